@@ -1,0 +1,48 @@
+"""The four NavBench tasks (empty, obstacle, pedestrian, both) as switches on scene generation.
+
+A task only decides which dynamic and static distractors a scene gets; layouts, routes and robots
+stay the same, so success rates across tasks isolate the effect of obstacles and crowds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from s2e.sim.generator import SceneConfig
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Which distractors a task's scenes contain."""
+
+    name: str
+    obstacles: bool
+    pedestrians: bool
+
+    def apply(self, config: "SceneConfig") -> "SceneConfig":
+        """The scene config with the counts this task excludes set to zero."""
+        out = config
+        if not self.obstacles:
+            out = replace(out, num_obstacles=(0, 0))
+        if not self.pedestrians:
+            out = replace(out, num_pedestrians=(0, 0))
+        return out
+
+
+TASKS: dict[str, TaskSpec] = {
+    "empty": TaskSpec("empty", obstacles=False, pedestrians=False),
+    "obstacle": TaskSpec("obstacle", obstacles=True, pedestrians=False),
+    "pedestrian": TaskSpec("pedestrian", obstacles=False, pedestrians=True),
+    "both": TaskSpec("both", obstacles=True, pedestrians=True),
+}
+
+
+def get_task(task: str | TaskSpec) -> TaskSpec:
+    """Look a task up by name; unknown names list the known ones."""
+    if isinstance(task, TaskSpec):
+        return task
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
+    return TASKS[task]

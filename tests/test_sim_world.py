@@ -1,0 +1,177 @@
+"""Scene generation, physics (blocked motion, contact events), crowd and expert, without a renderer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from s2e.sim.crowd import crowd_step
+from s2e.sim.expert import ExpertPlanner
+from s2e.sim.generator import SceneConfig, generate_world
+from s2e.sim.physics import ContactTracker, footprint_clearance, integrate_unicycle, sample_field
+from s2e.sim.rewards import route_arclength
+from s2e.sim.robots import get_robot
+from s2e.sim.scene import WALKABLE, ObstacleKind, ObstacleShape
+from s2e.sim.tasks import get_task
+
+WHEELED = get_robot("wheeled")
+
+
+def _straight(seed: int = 0, **overrides) -> object:
+    config = SceneConfig(layouts=("straight",), num_obstacles=(0, 0), num_pedestrians=(0, 0))
+    return generate_world([seed], replace(config, **overrides), WHEELED)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"sidewalk_width": (0.5, 3.0)}, "sidewalk_width"),
+        ({"num_obstacles": (-1, 2)}, "num_obstacles"),
+        ({"num_pedestrians": (5, 2)}, "num_pedestrians"),
+        ({"layouts": ("maze",)}, "layouts"),
+        ({"route_length": (10.0, 500.0)}, "route_length"),
+    ],
+)
+def test_bad_scene_parameters_raise_clear_errors(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        generate_world([0], replace(SceneConfig(), **overrides), WHEELED)
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(ValueError, match="quadruped"):
+        get_robot("tank")
+    with pytest.raises(ValueError, match="obstacle"):
+        get_task("racing")
+
+
+def test_generation_is_deterministic_and_seed_dependent():
+    a = generate_world([3, 4], SceneConfig(), WHEELED)
+    b = generate_world([3, 4], SceneConfig(), WHEELED)
+    c = generate_world([5, 6], SceneConfig(), WHEELED)
+    assert torch.equal(a.scene.surface, b.scene.surface) and torch.equal(a.scene.pedestrians, b.scene.pedestrians)
+    assert torch.equal(a.scene.obstacles, b.scene.obstacles) and torch.equal(a.scene.route, b.scene.route)
+    assert not torch.equal(a.scene.surface, c.scene.surface) or not torch.equal(a.scene.route, c.scene.route)
+
+
+def test_routes_and_obstacles_lie_on_walkable_ground_and_leave_a_passage():
+    config = SceneConfig(num_obstacles=(4, 6))
+    world = generate_world(range(12), config, WHEELED)
+    scene = world.scene
+    walkable = torch.zeros_like(scene.surface, dtype=torch.bool)
+    for surface in WALKABLE:
+        walkable |= scene.surface == surface
+    for points in (scene.start, scene.goal):
+        cell = scene.world_to_cell(points[:, None])[:, 0].long()
+        assert walkable[torch.arange(12), cell[:, 1], cell[:, 0]].all()
+    assert (world.route_total >= config.route_length[0] - 1).all()
+    assert (world.route_total <= config.route_length[1] + 1e-3).all()
+    # The expert's planner needs a way past every obstacle: walk the route in 0.25 m steps and check
+    # that some point across the sidewalk there keeps the footprint clear.
+    s = torch.linspace(0, 1, 80)[None] * world.route_total[:, None]
+    from s2e.sim.expert import _point_at
+
+    for j in range(s.shape[1]):
+        centre = _point_at(scene.route, world.route_cumlen, s[:, j])
+        ahead = _point_at(scene.route, world.route_cumlen, s[:, j] + 0.3) - centre
+        normal = torch.stack([-ahead[:, 1], ahead[:, 0]], -1) / ahead.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        offsets = torch.linspace(-2.4, 2.4, 33)
+        probes = centre[:, None] + offsets[None, :, None] * normal[:, None]
+        clear = footprint_clearance(world, probes, WHEELED.radius).total
+        assert (clear.max(-1).values > 0).all(), f"route blocked at sample {j}"
+
+
+def test_distance_field_is_positive_exactly_on_walkable_cells():
+    world = generate_world(range(4), SceneConfig(), WHEELED)
+    scene = world.scene
+    walkable = (scene.surface == WALKABLE[0]) | (scene.surface == WALKABLE[1])
+    assert torch.equal(scene.distance > 0, walkable)
+    assert ((scene.height > 0) == (world.solid_distance < 0)).all()
+
+
+def _drive(world, xy, yaw, v, omega, steps, tracker=None):
+    tracker = tracker or ContactTracker(xy.shape[0], xy.device)
+    clearances = []
+    for _ in range(steps):
+        xy, yaw, blocked = integrate_unicycle(world, xy, yaw, torch.full_like(yaw, v), torch.full_like(yaw, omega), 0.1, 4, WHEELED.radius)
+        clear = footprint_clearance(world, xy[:, None], WHEELED.radius).total[:, 0]
+        tracker.update(blocked, clear)
+        clearances.append(clear)
+    return xy, yaw, tracker, torch.stack(clearances)
+
+
+def test_robot_cannot_drive_through_a_wall_and_counts_one_collision():
+    world = _straight(seed=1)
+    xy = world.scene.start.clone()
+    grad = torch.stack(
+        [sample_field(world.solid_distance, world.scene.origin, 0.2, xy[:, None] + d)[:, 0] for d in (torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.5]))], -1
+    ) - sample_field(world.solid_distance, world.scene.origin, 0.2, xy[:, None])[:, 0, None]
+    yaw = torch.atan2(-grad[:, 1], -grad[:, 0])  # face the facade
+    xy, yaw, tracker, clearances = _drive(world, xy, yaw, 1.5, 0.0, steps=60)
+    assert clearances.min() >= -1e-4  # never inside the wall
+    assert clearances[-1].item() < 0.05  # pressed against it
+    assert tracker.count.item() == 1  # one contact event despite ~50 steps of pushing
+
+
+def test_robot_cannot_pass_through_an_obstacle_and_contact_events_are_counted_once_each():
+    world = _straight(seed=2)
+    start = world.scene.start[0]
+    direction = world.scene.route[0, 1] - start
+    direction = direction / direction.norm()
+    pole = start + 2.0 * direction
+    world.scene.obstacles = torch.tensor([[[pole[0], pole[1], 0.0, 0.1, 0.0, 3.0, float(ObstacleShape.CIRCLE), float(ObstacleKind.POLE)]]])
+    world.scene.obstacle_mask = torch.ones(1, 1, dtype=torch.bool)
+    yaw = torch.atan2(direction[1], direction[0])[None]
+    xy, yaw, tracker, clearances = _drive(world, start[None].clone(), yaw, 1.5, 0.0, steps=40)
+    assert clearances.min() >= -1e-4
+    assert ((xy[0] - start) @ direction).item() < 2.0 - 0.1 - WHEELED.radius + 1e-3  # still in front of the pole
+    assert tracker.count.item() == 1
+    # Turn round in place (~pi), drive away: the contact ends without a new count.
+    xy, yaw, tracker, _ = _drive(world, xy, yaw, 0.0, 1.5, steps=21, tracker=tracker)
+    xy, yaw, tracker, _ = _drive(world, xy, yaw, 1.0, 0.0, steps=10, tracker=tracker)
+    assert tracker.count.item() == 1 and not tracker.in_contact.item()
+    xy, yaw, tracker, _ = _drive(world, xy, yaw, 0.0, 1.5, steps=21, tracker=tracker)
+    xy, yaw, tracker, _ = _drive(world, xy, yaw, 1.5, 0.0, steps=30, tracker=tracker)
+    assert tracker.count.item() == 2  # a second, separate contact event
+
+
+def test_pedestrians_keep_apart_from_each_other_and_the_robot():
+    config = SceneConfig(num_pedestrians=(10, 10), num_obstacles=(2, 3))
+    world = generate_world(range(6), config, WHEELED)
+    robot_xy = world.scene.route[:, 1].clone()  # the robot stands in the crowd's way
+    radius = world.scene.pedestrians[..., 4]
+    mask = world.scene.pedestrian_mask
+    pair = mask[:, :, None] & mask[:, None, :] & ~torch.eye(mask.shape[1], dtype=torch.bool)
+    start = world.scene.pedestrians[..., :2].clone()
+    for _ in range(150):
+        crowd_step(world, robot_xy, torch.zeros_like(robot_xy), WHEELED.radius, 0.1)
+        xy = world.scene.pedestrians[..., :2]
+        gaps = (xy[:, :, None] - xy[:, None]).norm(dim=-1) - radius[:, :, None] - radius[:, None, :]
+        assert gaps[pair].min() > -0.03
+        robot_gap = (xy - robot_xy[:, None]).norm(dim=-1) - radius - WHEELED.radius
+        assert robot_gap[mask].min() > -0.03
+    moved = (world.scene.pedestrians[..., :2] - start).norm(dim=-1)[mask]
+    assert (moved > 1.0).float().mean() > 0.4  # most of them actually walk
+    assert torch.isfinite(world.scene.pedestrians).all()
+
+
+def test_expert_reaches_goals_in_obstacle_scenes():
+    config = get_task("obstacle").apply(SceneConfig())
+    world = generate_world(range(100, 108), config, WHEELED)
+    planner = ExpertPlanner(WHEELED)
+    xy = world.scene.start.clone()
+    d = world.scene.route[:, 1] - xy
+    yaw = torch.atan2(d[:, 1], d[:, 0])
+    tracker = ContactTracker(8, xy.device)
+    for _ in range(400):
+        plan = planner.plan(world, xy, yaw)
+        assert plan.waypoints.shape == (8, planner.config.steps, 2)
+        xy, yaw, blocked = integrate_unicycle(world, xy, yaw, plan.action[:, 0], plan.action[:, 1], 0.1, 4, WHEELED.radius)
+        tracker.update(blocked, footprint_clearance(world, xy[:, None], WHEELED.radius).total[:, 0])
+        if ((world.scene.goal - xy).norm(dim=-1) < 1.0).all():
+            break
+    assert ((world.scene.goal - xy).norm(dim=-1) < 1.0).float().mean() >= 7 / 8
+    assert tracker.count.sum() <= 1
+    arc = route_arclength(world.scene.route, world.route_cumlen, xy)
+    assert (arc / world.route_total > 0.9).float().mean() >= 7 / 8
