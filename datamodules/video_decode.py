@@ -1,0 +1,117 @@
+"""Decode a whole episode video (mp4 bytes) to resized uint8 frames plus their timestamps.
+
+Training cuts many windows from one episode, so each video is decoded once, sequentially, and
+resized by the decoder itself (decord resizes in FFmpeg's scaler on the native thread; resizing
+afterwards in numpy/torch would double the cost). Random access per sample would re-seek to a
+keyframe and re-decode the GOP for every window, which is ~40x slower.
+
+decord is the fast path; PyAV (FFmpeg too, but always installed with s2e) is the fallback when
+decord is missing or refuses a file. Anything that cannot give at least one frame raises
+:class:`UndecodableVideoError`, which the streaming pipeline counts and skips.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Backend = Literal["auto", "decord", "pyav"]
+
+#: Frames fetched per decord ``get_batch`` call: large enough to amortize the call, small enough
+#: that the batch copy is not a second full-video buffer.
+DECORD_CHUNK = 64
+
+
+class UndecodableVideoError(ValueError):
+    """The bytes are not a video any backend can decode, or the video has no frames."""
+
+
+@dataclass
+class DecodedVideo:
+    """Frames of one video.
+
+    Attributes:
+        frames: uint8 [T, H, W, 3] RGB at the requested size.
+        times: float64 [T] presentation time of each frame in seconds, relative to the stream start.
+        backend: which decoder produced them ("decord" or "pyav"), for logs and tests.
+    """
+
+    frames: np.ndarray
+    times: np.ndarray
+    backend: str
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto") -> DecodedVideo:
+    """Decode all frames of ``data`` resized to ``size`` = (height, width).
+
+    ``backend="auto"`` tries decord and falls back to PyAV when decord is not installed or fails on
+    this file; naming a backend uses only that one (tests, benchmarks).
+    """
+    height, width = int(size[0]), int(size[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"decode size must be positive (height, width), got {size}")
+    if not data:
+        raise UndecodableVideoError("empty video member (0 bytes)")
+    if backend not in ("auto", "decord", "pyav"):
+        raise ValueError(f"unknown video backend {backend!r}; use 'auto', 'decord' or 'pyav'")
+    if backend in ("auto", "decord"):
+        try:
+            return _decode_decord(data, height, width)
+        except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
+            if backend == "decord":
+                raise UndecodableVideoError(f"decord could not decode the video: {exc}") from exc
+    return _decode_pyav(data, height, width)
+
+
+def _decode_decord(data: bytes, height: int, width: int) -> DecodedVideo:
+    import decord  # imported here: a missing decord must only disable the fast path
+
+    reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+    count = len(reader)
+    if count == 0:
+        raise UndecodableVideoError("video has no frames")
+    frames = np.empty((count, height, width, 3), np.uint8)
+    for start in range(0, count, DECORD_CHUNK):
+        stop = min(start + DECORD_CHUNK, count)
+        frames[start:stop] = reader.get_batch(list(range(start, stop))).asnumpy()
+    times = reader.get_frame_timestamp(np.arange(count))[:, 0].astype(np.float64)
+    return DecodedVideo(frames=frames, times=times - times[0], backend="decord")
+
+
+def _decode_pyav(data: bytes, height: int, width: int) -> DecodedVideo:
+    import av
+
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise UndecodableVideoError("file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+                frames.append(rgb)
+                # pts can be missing on broken streams; fall back to the nominal frame rate
+                if frame.time is not None:
+                    times.append(float(frame.time))
+                else:
+                    rate = float(stream.average_rate or 0) or 1.0
+                    times.append(index / rate)
+    except UndecodableVideoError:
+        raise
+    except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
+        if not frames:
+            raise UndecodableVideoError(f"PyAV could not decode the video: {exc}") from exc
+        # a stream cut short after some good frames: keep what decoded (the pose check decides)
+    if not frames:
+        raise UndecodableVideoError("video has no frames")
+    t = np.asarray(times, np.float64)
+    order = np.argsort(t, kind="stable")  # decode order is presentation order for sane files; enforce it
+    return DecodedVideo(frames=np.stack(frames)[order], times=t[order] - t[order][0], backend="pyav")

@@ -1,0 +1,151 @@
+"""Window cutting: context frames, waypoints and goal checked against closed-form arc geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import curved_trajectory
+from datamodules.windows import AugmentConfig, WindowConfig, cut_windows
+from s2e.timing import TimingSpec
+
+FPS = 10.0
+SPEED, TURN = 1.2, 0.15
+N = 80  # 8 s of poses
+
+
+def _frames(n: int) -> np.ndarray:
+    """Frame i is filled with i, so gathered indices can be read back from the pixels."""
+    return np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 4, 6, 3)).copy()
+
+
+def _arc_point(t: np.ndarray) -> np.ndarray:
+    """Closed form of conftest.curved_trajectory: position at time t on the arc."""
+    yaw = 0.3 + TURN * t
+    return np.stack([SPEED / TURN * (np.sin(yaw) - np.sin(0.3)), -SPEED / TURN * (np.cos(yaw) - np.cos(0.3))], -1)
+
+
+def _in_frame_of(points: np.ndarray, t_now: float) -> np.ndarray:
+    yaw = 0.3 + TURN * t_now
+    d = points - _arc_point(np.array(t_now))
+    return np.stack([np.cos(yaw) * d[..., 0] + np.sin(yaw) * d[..., 1], -np.sin(yaw) * d[..., 0] + np.cos(yaw) * d[..., 1]], -1)
+
+
+def _cut(config: WindowConfig, traj=None, times=None, seed: int = 0):
+    traj = traj if traj is not None else curved_trajectory(N, FPS, SPEED, TURN)
+    times = times if times is not None else np.arange(N) / FPS
+    return cut_windows(_frames(N), times, traj, config, np.random.default_rng(seed), key="ep")
+
+
+def test_context_frames_waypoints_and_goal_match_the_arc() -> None:
+    windows = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0)))
+    # first now needs 0.8 s of history, last needs 3 s of future: frames 8 .. 49
+    assert [round(w.t * FPS) for w in windows] == list(range(8, 50))
+    for w in windows:
+        sample = w.materialize()
+        now = round(w.t * FPS)
+        assert sample["frames"].shape == (5, 3, 4, 6) and sample["frames"].dtype == torch.uint8
+        assert sample["frames"][:, 0, 0, 0].tolist() == [now - 8, now - 6, now - 4, now - 2, now]
+        expected = _in_frame_of(_arc_point(w.t + 0.3 * np.arange(1, 11)), w.t)
+        steps = np.linalg.norm(np.diff(np.concatenate([[[0, 0]], expected]), axis=0), axis=1)
+        np.testing.assert_allclose(float(sample["scale"]), steps.mean(), rtol=1e-5)
+        np.testing.assert_allclose(sample["waypoints"].numpy() * steps.mean(), expected, atol=2e-3)
+        goal = _in_frame_of(_arc_point(np.array(w.t + 2.0)), w.t)
+        dist = np.hypot(*goal)
+        np.testing.assert_allclose(sample["goal"].numpy(), [dist, goal[0] / dist, goal[1] / dist], atol=2e-3)
+        assert bool(sample["goal_mask"]) and sample["key"] == "ep"
+    # turning left (CCW): the future bends to +y in the robot frame
+    assert windows[0].waypoints[-1, 1] > 0
+
+
+def test_stride_and_goal_horizon_limit_the_windows() -> None:
+    strided = _cut(WindowConfig(window_stride=5, goal_horizon_s=(2.0, 2.0)))
+    assert [round(w.t * FPS) for w in strided] == list(range(10, 50, 5))
+    # a goal at least 5 s ahead needs 5 s of future
+    far = _cut(WindowConfig(goal_horizon_s=(5.0, 6.0)))
+    assert max(round(w.t * FPS) for w in far) == 79 - 50
+
+
+def test_goal_horizon_in_metres() -> None:
+    windows = _cut(WindowConfig(goal_horizon_m=(1.0, 2.0)))
+    dist = np.array([w.goal[0] for w in windows])
+    chord = lambda s: 2 / (TURN / SPEED) * np.sin(TURN / SPEED * s / 2)  # noqa: E731  straight-line distance for arc length s
+    assert (dist >= chord(1.0) - 1e-3).all() and (dist <= 2.0 + 1e-3).all()
+    assert dist.max() - dist.min() > 0.5  # drawn across the range, not a constant
+
+
+def test_invalid_poses_are_never_inside_a_window() -> None:
+    traj = curved_trajectory(N, FPS, SPEED, TURN)
+    traj.valid = np.ones(N, bool)
+    traj.valid[40] = False
+    traj.xy[40] = np.nan  # what a lost tracker looks like
+    windows = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0)), traj=traj)
+    assert windows
+    for w in windows:
+        now = round(w.t * FPS)
+        assert not (now - 8 <= 40 <= now + 30), now
+        assert np.isfinite(w.waypoints).all() and np.isfinite(w.goal).all()
+
+
+def test_missing_frames_beyond_tolerance_are_not_used() -> None:
+    keep = np.r_[0:30, 34:N]  # frames 30..33 dropped by the camera
+    times = keep / FPS
+    frames = _frames(N)[keep]
+    windows = cut_windows(frames, times, curved_trajectory(N, FPS, SPEED, TURN), WindowConfig(goal_horizon_s=(2.0, 2.0)), np.random.default_rng(0))
+    for w in windows:
+        gathered = w.materialize()["frames"][:, 0, 0, 0].numpy()
+        expected = round(w.t * FPS) + np.array([-8, -6, -4, -2, 0])
+        np.testing.assert_array_equal(gathered, expected)  # never a neighbour standing in for a lost frame
+    assert len(windows) < 42
+
+
+def test_too_short_episode_gives_no_window() -> None:
+    traj = curved_trajectory(30, FPS, SPEED, TURN)  # 2.9 s < 0.8 s context + 3 s future
+    assert cut_windows(_frames(30), np.arange(30) / FPS, traj, WindowConfig(), np.random.default_rng(0)) == []
+
+
+def test_goal_dropout_zeroes_the_goal() -> None:
+    dropped = _cut(WindowConfig(goal_dropout=1.0))
+    assert all(not w.goal_mask and not w.goal.any() for w in dropped)
+    half = _cut(WindowConfig(goal_dropout=0.5))
+    masks = np.array([w.goal_mask for w in half])
+    assert 0 < masks.sum() < len(masks)
+
+
+def test_horizontal_flip_mirrors_image_trajectory_and_goal() -> None:
+    config = WindowConfig(goal_horizon_s=(2.0, 2.0))
+    plain = _cut(config)[0]
+    flipped_window = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0), augment=AugmentConfig(hflip=1.0)))[0]
+    frames = np.arange(plain.frames.size, dtype=np.int64).reshape(plain.frames.shape) % 251
+    plain.frames = flipped_window.frames = frames.astype(np.uint8)  # left/right distinguishable pixels
+    a, b = plain.materialize(), flipped_window.materialize()
+    assert torch.equal(b["frames"], a["frames"].flip(-1))
+    torch.testing.assert_close(b["waypoints"], a["waypoints"] * torch.tensor([1.0, -1.0]))
+    torch.testing.assert_close(b["goal"], a["goal"] * torch.tensor([1.0, 1.0, -1.0]))
+
+
+def test_colour_jitter_changes_pixels_alike_across_the_clip() -> None:
+    config = WindowConfig(augment=AugmentConfig(brightness=0.5))
+    window = _cut(config, seed=3)[0]
+    window.frames = np.full_like(window.frames, 100)
+    out = window.materialize()["frames"]
+    assert out.dtype == torch.uint8
+    assert len(out.unique()) == 1 and int(out.flatten()[0]) == round(100 * window.jitter[0])
+
+
+def test_other_timings_are_honoured() -> None:
+    timing = TimingSpec(context_frames=3, frame_dt=0.5, num_waypoints=4, waypoint_dt=0.5)
+    windows = _cut(WindowConfig(timing=timing, goal_horizon_s=(2.0, 2.0)))
+    sample = windows[0].materialize()
+    assert round(windows[0].t * FPS) == 10 and sample["waypoints"].shape == (4, 2)
+    assert sample["frames"][:, 0, 0, 0].tolist() == [0, 5, 10]
+
+
+def test_bad_configs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="window_stride"):
+        WindowConfig(window_stride=0)
+    with pytest.raises(ValueError, match="goal_horizon_s"):
+        WindowConfig(goal_horizon_s=(3.0, 1.0))
+    with pytest.raises(ValueError, match="hflip"):
+        AugmentConfig(hflip=2.0)
