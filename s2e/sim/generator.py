@@ -218,16 +218,15 @@ def _layout(canvas: _Canvas, kind: str, hw: float, rng: np.random.Generator, con
         canvas.pave(-big, big, -hw, hw)
         canvas.pave(-hw, hw, -big, big)
         canvas.pave(-half, half, -half, half, Surface.PLAZA)
-        centre = rng.uniform(-half + 2.0, half - 2.0, size=2)
+        # Walk along an arm's centre line into the plaza, then cut across it via a random point.
+        inside = rng.uniform(-half + 2.0, half - 2.0, size=2)
+        return [
+            np.vstack([arms[a], arms[a] * (half - 0.5) / edge, inside, arms[b] * (half - 0.5) / edge, arms[b]])
+            for a in arms for b in arms if a != b
+        ]
     else:
         raise ValueError(f"unknown layout {kind!r}; known layouts: {LAYOUTS}")
-    names = list(arms)
-    paths = []
-    for a in names:
-        for b in names:
-            if a != b:
-                paths.append(np.vstack([arms[a], centre, arms[b]]))
-    return paths
+    return [np.vstack([arms[a], centre, arms[b]]) for a in arms for b in arms if a != b]
 
 
 def _signed_distance(walkable: np.ndarray, res: float) -> np.ndarray:
@@ -258,6 +257,8 @@ def _place_obstacles(rng, count, route, cum, clearance_at, robot: RobotProfile, 
     placed: list[np.ndarray] = []
     used_s: list[float] = []
     corners = cum[1:-1]
+    if cum[-1] <= 6.0:  # obstacles keep 3 m from start and goal: a short route has no room for any
+        return np.zeros((0, 8), np.float32)
     for _ in range(count * 8):
         if len(placed) == count:
             break
