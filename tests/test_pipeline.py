@@ -1,0 +1,229 @@
+"""The streaming pipeline on real shards: round trip, corrupt input, pickle safety, rank/worker split, epochs."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import pickle
+import tarfile
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from conftest import curved_trajectory, encode_indexed_video, read_frame_index
+from datamodules.pipeline import (
+    NavWindowDataset,
+    NoUsableDataError,
+    batches_for_worker,
+    expand_shards,
+    split_by_rank,
+    split_by_worker,
+)
+from datamodules.shard_writer import EpisodeShardWriter
+from datamodules.windows import WindowConfig
+
+NTSC = Fraction(30000, 1001)
+FPS = float(NTSC)
+FRAMES = 150  # 5 s
+SIZE = (48, 64)  # decoded from 96x128
+SPEEDS = {"ep_a": 1.0, "ep_b": 1.5, "ep_c": 0.8, "ep_d": 1.2}
+TURN = 0.15
+CONFIG = WindowConfig(goal_horizon_s=(2.0, 3.0))
+
+
+class _MarkerPayload:
+    """A pickle that creates a file when unpickled: the attack a data reader must never run."""
+
+    def __init__(self, marker: pathlib.Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def _episode(n: int, speed: float, fps=NTSC):
+    return encode_indexed_video(n, fps, bframes=2), curved_trajectory(n, float(fps), speed, TURN)
+
+
+def _write_tar(path: pathlib.Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _members(key: str, video: bytes, traj, meta: bytes = b'{"fps": 29.97}') -> list[tuple[str, bytes]]:
+    return [(f"{key}.mp4", video), (f"{key}.traj.npz", traj.to_npz_bytes()), (f"{key}.json", meta)]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("shards")
+    with EpisodeShardWriter(root / "good", max_count=1) as writer:
+        for key, speed in SPEEDS.items():
+            video, traj = _episode(FRAMES, speed)
+            writer.write(key, video, traj, {"fps": FPS})
+    good = [str(p) for p in writer.shard_paths]
+
+    marker = root / "pickle-was-executed"
+    video, traj = _episode(FRAMES, 1.1)
+    payload = pickle.dumps(_MarkerPayload(marker))
+    _write_tar(root / "pickle.tar", _members("ep_pickle", video, traj) + [("ep_pickle.pyd", payload), ("ep_pickle.pickle", payload)])
+
+    truncated = pathlib.Path(good[0]).read_bytes()
+    (root / "truncated.tar").write_bytes(truncated[: len(truncated) // 2])
+
+    nan_traj = curved_trajectory(FRAMES, FPS, 1.0, TURN)
+    nan_traj.xy[70] = np.nan
+    short_video, _ = _episode(60, 1.0)
+    tiny_video, tiny_traj = _episode(30, 1.0)
+    ok_video, ok_traj = _episode(FRAMES, 1.0)
+    bad: list[tuple[str, bytes]] = []
+    bad += [(n, d) for n, d in _members("no_video", ok_video, ok_traj) if not n.endswith(".mp4")]
+    bad += _members("empty_video", b"", ok_traj)
+    bad += _members("garbage_video", b"\x00\x01garbage" * 300, ok_traj)
+    bad += _members("short_video", short_video, ok_traj)
+    bad += _members("nan_poses", ok_video, nan_traj)
+    bad += _members("too_short", tiny_video, tiny_traj)
+    bad += _members("bad_json", ok_video, ok_traj, meta=b'{"fps": 29.97')
+    _write_tar(root / "bad.tar", bad)
+    return {"good": good, "pickle": str(root / "pickle.tar"), "marker": marker, "truncated": str(root / "truncated.tar"), "bad": str(root / "bad.tar"), "root": root}
+
+
+def _arc(t, speed):
+    yaw = 0.3 + TURN * t
+    r = speed / TURN
+    return np.stack([r * (np.sin(yaw) - np.sin(0.3)), -r * (np.cos(yaw) - np.cos(0.3))], -1), yaw
+
+
+def _samples(batches):
+    for batch in batches:
+        for i in range(len(batch["key"])):
+            yield {k: (v[i] if k != "skip_counts" else None) for k, v in batch.items()}
+
+
+def test_round_trip_frames_times_waypoints_and_goal(shards: dict) -> None:
+    ds = NavWindowDataset(expand_shards(shards["good"]), CONFIG, SIZE, batch_size=16, shuffle_buffer=0, seed=1)
+    samples = list(_samples(ds))
+    assert Counter(s["key"] for s in samples) == {k: 36 for k in SPEEDS}  # now frames 24..59 of each
+    offsets = np.array([-0.8, -0.6, -0.4, -0.2, 0.0])
+    for s in samples:
+        t, speed = float(s["t"]), SPEEDS[s["key"]]
+        now = round(t * FPS)
+        assert abs(now - t * FPS) < 1e-4  # "now" is a frame time (decord reports float32 seconds)
+        assert s["frames"].shape == (5, 3, *SIZE)
+        expected_frames = [round((now / FPS + o) * FPS) for o in offsets]  # nearest frame at 1001/30000 s spacing
+        assert [read_frame_index(f.numpy()) for f in s["frames"]] == expected_frames
+        # waypoints: closed-form arc, expressed in the robot frame of now
+        origin, yaw = _arc(np.array(t), speed)
+        pts, _ = _arc(t + 0.3 * np.arange(1, 11), speed)
+        c, sn = np.cos(yaw), np.sin(yaw)
+        d = pts - origin
+        local = np.stack([c * d[:, 0] + sn * d[:, 1], -sn * d[:, 0] + c * d[:, 1]], -1)
+        np.testing.assert_allclose(float(s["scale"]), speed * 0.3, rtol=1e-3)  # chord of 0.3 s at this speed
+        np.testing.assert_allclose(s["waypoints"].numpy() * float(s["scale"]), local, atol=2e-3)
+        # goal: a point of the same arc, 2..3 s ahead
+        dist, gc, gs = s["goal"].numpy()
+        g_local = dist * np.array([gc, gs])
+        g_world = origin + np.array([c * g_local[0] - sn * g_local[1], sn * g_local[0] + c * g_local[1]])
+        r = speed / TURN
+        centre = np.array([-r * np.sin(0.3), r * np.cos(0.3)])
+        rel = g_world - centre
+        assert abs(np.hypot(*rel) - r) < 2e-3
+        t_goal = (np.arctan2(rel[0], -rel[1]) - 0.3) / TURN
+        assert 2.0 - 1e-3 <= t_goal - t <= 3.0 + 1e-3
+        assert bool(s["goal_mask"])
+
+
+def test_pickle_member_is_never_unpickled(shards: dict, tmp_path: pathlib.Path) -> None:
+    # the payload is live: unpickling it does create its marker
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_MarkerPayload(probe)))
+    assert probe.exists()
+    ds = NavWindowDataset([shards["pickle"]], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
+    keys = {s["key"] for s in _samples(ds)}
+    assert keys == {"ep_pickle"}
+    assert not shards["marker"].exists()
+
+
+def test_corrupt_input_is_skipped_counted_and_data_keeps_flowing(shards: dict) -> None:
+    urls = [shards["bad"], shards["truncated"], shards["good"][1]]
+    ds = NavWindowDataset(urls, CONFIG, SIZE, batch_size=8, samples_per_epoch=200, shuffle_buffer=0)
+    batches = list(ds)
+    assert len(batches) == len(ds) == 25  # full quota despite two broken shards of three
+    assert {s["key"] for s in _samples(batches)} == {"ep_b"}
+    skips = Counter()
+    for batch in batches:
+        skips.update(batch["skip_counts"])
+    passes = skips["train/tar_error"]  # the source cycles: each pass meets the broken shards again
+    assert passes >= 1
+    assert dict(skips) == {
+        "train/tar_error": passes,
+        "train/missing_member": passes,
+        "train/undecodable_video": 2 * passes,
+        "train/video_shorter_than_poses": passes,
+        "train/bad_trajectory": passes,
+        "train/too_short": passes,
+        "train/bad_meta": passes,
+    }
+
+
+def test_only_broken_shards_raise_a_clear_error_instead_of_spinning(shards: dict) -> None:
+    ds = NavWindowDataset([shards["bad"]], CONFIG, SIZE, batch_size=8, samples_per_epoch=100)
+    with pytest.raises(NoUsableDataError, match="no usable training window"):
+        next(iter(ds))
+
+
+def test_rank_split_reads_every_shard_exactly_once(shards: dict) -> None:
+    urls = expand_shards(shards["good"]) + [shards["pickle"]]
+    seen: Counter[str] = Counter()
+    for rank in range(2):
+        ds = NavWindowDataset(urls, CONFIG, SIZE, batch_size=8, rank=rank, world_size=2, shuffle_buffer=0)
+        keys = {s["key"] for s in _samples(ds)}
+        seen.update(keys)
+        assert keys == {"ep_a", "ep_c", "ep_pickle"} if rank == 0 else {"ep_b", "ep_d"}
+    assert seen == {k: 1 for k in [*SPEEDS, "ep_pickle"]}
+    with pytest.raises(ValueError, match="every rank needs at least one shard"):
+        split_by_rank(urls[:1], 0, 2)
+
+
+def test_split_helpers_cover_all_shards_disjointly() -> None:
+    urls = [f"s{i}" for i in range(7)]
+    for world in (1, 2, 3):
+        ranks = [split_by_rank(urls, r, world) for r in range(world)]
+        assert sorted(sum(ranks, [])) == sorted(urls)
+        for shard_list in ranks:
+            workers = [split_by_worker(shard_list, w, 2) for w in range(2)]
+            assert sorted(sum(workers, [])) == sorted(shard_list)
+    # the rank's batch count is dealt to the workers that have shards
+    assert [batches_for_worker(7, w, 4, 3) for w in range(4)] == [3, 2, 2, 0]
+
+
+def test_order_changes_with_the_epoch_and_repeats_within_one(shards: dict) -> None:
+    ds = NavWindowDataset(expand_shards(shards["good"]), CONFIG, SIZE, batch_size=8, samples_per_epoch=64, shuffle_buffer=40, seed=5)
+
+    def order():
+        return [(s["key"], round(float(s["t"]), 4)) for s in _samples(ds)]
+
+    first = order()
+    assert order() == first
+    ds.set_epoch(1)
+    second = order()
+    assert len(second) == len(first) == 64 and second != first
+    assert len({k for k, _ in first}) > 1  # the buffer mixes episodes
+
+
+def test_missing_local_shard_is_named(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "nope-000000.tar").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="nope-000001.tar"):
+        expand_shards(str(tmp_path / "nope-{000000..000001}.tar"))
+
+
+def test_brace_patterns_expand_in_order(shards: dict) -> None:
+    pattern = str(pathlib.Path(shards["good"][0]).parent / "shard-{000000..000003}.tar")
+    assert expand_shards(pattern) == shards["good"]
+    assert json.loads(json.dumps(expand_shards([pattern, shards["bad"]])))[-1] == shards["bad"]
