@@ -61,12 +61,29 @@ def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto") 
     if backend not in ("auto", "decord", "pyav"):
         raise ValueError(f"unknown video backend {backend!r}; use 'auto', 'decord' or 'pyav'")
     if backend in ("auto", "decord"):
+        _probe(data)
         try:
             return _decode_decord(data, height, width)
         except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
             if backend == "decord":
                 raise UndecodableVideoError(f"decord could not decode the video: {exc}") from exc
     return _decode_pyav(data, height, width)
+
+
+def _probe(data: bytes) -> None:
+    """Open the container with PyAV (header only, no decoding) before decord sees it.
+
+    decord reports a file it cannot open by printing the whole input to stderr, which for a
+    BytesIO is the raw video bytes; the probe turns such files into a one-line counted error.
+    """
+    import av
+
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise UndecodableVideoError("file has no video stream")
+    except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
+        raise UndecodableVideoError(f"not a readable video container: {exc}") from exc
 
 
 def _decode_decord(data: bytes, height: int, width: int) -> DecodedVideo:
