@@ -34,8 +34,8 @@ class CrowdConfig:
     relaxation: float = 0.5  # s to reach the desired velocity
     agent_strength: float = 2.0  # m/s^2 repulsion between pedestrians
     agent_range: float = 0.3  # m
-    robot_strength: float = 4.0  # pedestrians give a robot more room than each other
-    robot_range: float = 0.5
+    robot_strength: float = 8.0  # pedestrians give a robot more room than each other
+    robot_range: float = 0.6
     wall_strength: float = 5.0
     wall_range: float = 0.2
     anisotropy: float = 0.35  # weight of interactions behind a walker (1 = isotropic)
