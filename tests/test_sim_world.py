@@ -175,3 +175,24 @@ def test_expert_reaches_goals_in_obstacle_scenes():
     assert tracker.count.sum() <= 1
     arc = route_arclength(world.scene.route, world.route_cumlen, xy)
     assert (arc / world.route_total > 0.9).float().mean() >= 7 / 8
+
+
+def test_expert_side_bias_picks_the_side_an_obstacle_is_passed_on():
+    world = _straight(seed=1)
+    start = world.scene.start[0]
+    forward = (world.scene.route[0, 1] - start) / (world.scene.route[0, 1] - start).norm()
+    left = torch.stack([-forward[1], forward[0]])
+    box = start + 5 * forward
+    world.scene.obstacles = torch.tensor([[[box[0], box[1], 0.0, 0.4, 0.4, 1.0, float(ObstacleShape.BOX), float(ObstacleKind.BOX)]]])
+    world.scene.obstacle_mask = torch.ones(1, 1, dtype=torch.bool)
+    planner = ExpertPlanner(WHEELED)
+    passing = {}
+    for bias in (1.5, -1.5):
+        xy, yaw = start[None].clone(), torch.atan2(forward[1], forward[0])[None]
+        for _ in range(80):
+            action = planner.plan(world, xy, yaw, side_bias=torch.tensor([bias])).action
+            xy, yaw, _ = integrate_unicycle(world, xy, yaw, action[:, 0], action[:, 1], 0.1, 4, WHEELED.radius)
+            if abs(((xy[0] - start) @ forward).item() - 5.0) < 0.3:
+                passing[bias] = ((xy[0] - start) @ left).item()
+        assert ((xy[0] - start) @ forward).item() > 8.0  # got past it
+    assert passing[1.5] > 0.5 and passing[-1.5] < -0.5  # left with a positive bias, right with a negative one
