@@ -196,3 +196,24 @@ def test_expert_side_bias_picks_the_side_an_obstacle_is_passed_on():
                 passing[bias] = ((xy[0] - start) @ left).item()
         assert ((xy[0] - start) @ forward).item() > 8.0  # got past it
     assert passing[1.5] > 0.5 and passing[-1.5] < -0.5  # left with a positive bias, right with a negative one
+
+
+def test_rule_terms_penalize_the_sidewalk_edge_and_crowding_people():
+    from s2e.sim.rewards import RewardConfig, reward_terms
+
+    world = _straight(seed=3)
+    start = world.scene.start[0]
+    forward = (world.scene.route[0, 1] - start) / (world.scene.route[0, 1] - start).norm()
+    left = torch.stack([-forward[1], forward[0]])
+    edge = start + left * (world.half_width[0] - WHEELED.radius)
+    world.scene.pedestrians = torch.tensor([[[*(start + forward * 0.8).tolist(), 0.0, 0.0, 0.25, 1.7]]])
+    world.scene.pedestrian_mask = torch.ones(1, 1, dtype=torch.bool)
+    zeros, action = torch.zeros(1), torch.zeros(1, 2)
+    terms = {
+        name: reward_terms(world, xy[None], WHEELED.radius, zeros, zeros.bool(), zeros.bool(), action, action, torch.ones(2), RewardConfig())
+        for name, xy in (("centre", start), ("edge", edge))
+    }
+    assert terms["centre"]["centering"].item() > -0.05 > terms["edge"]["centering"].item()
+    assert terms["centre"]["social"].item() < terms["edge"]["social"].item() <= 0  # the pedestrian is next to the centre point
+    jerk = reward_terms(world, start[None], WHEELED.radius, zeros, zeros.bool(), zeros.bool(), torch.ones(1, 2), action, torch.ones(2), RewardConfig())
+    assert jerk["smoothness"].item() == -2.0
