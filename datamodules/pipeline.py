@@ -190,6 +190,27 @@ def read_tar_episodes(urls: Iterable[str], counter: SkipCounter) -> Iterator[dic
             yield current
 
 
+def parse_episode(raw: dict[str, Any], counter: SkipCounter) -> Optional[Trajectory]:
+    """Check an episode's members and metadata and parse its trajectory; None (counted) when unusable."""
+    where = f"{raw['__url__']}:{raw['__key__']}"
+    missing = [m for m in EPISODE_MEMBERS if m not in raw]
+    if missing:
+        counter.add("missing_member", f"{where} lacks {missing}")
+        return None
+    try:
+        meta = json.loads(raw[META_MEMBER])
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        counter.add("bad_meta", f"{where}: {exc}")
+        return None
+    try:
+        return Trajectory.from_npz_bytes(raw[TRAJ_MEMBER])
+    except BadTrajectoryError as exc:
+        counter.add("bad_trajectory", f"{where}: {exc}")
+        return None
+
+
 def episode_windows(
     episodes: Iterable[dict[str, Any]],
     config: WindowConfig,
@@ -200,23 +221,10 @@ def episode_windows(
 ) -> Iterator[Window]:
     """Validate, decode and cut each raw episode; bad ones are counted and skipped."""
     for raw in episodes:
+        traj = parse_episode(raw, counter)
+        if traj is None:
+            continue
         where = f"{raw['__url__']}:{raw['__key__']}"
-        missing = [m for m in EPISODE_MEMBERS if m not in raw]
-        if missing:
-            counter.add("missing_member", f"{where} lacks {missing}")
-            continue
-        try:
-            meta = json.loads(raw[META_MEMBER])
-            if not isinstance(meta, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            counter.add("bad_meta", f"{where}: {exc}")
-            continue
-        try:
-            traj = Trajectory.from_npz_bytes(raw[TRAJ_MEMBER])
-        except BadTrajectoryError as exc:
-            counter.add("bad_trajectory", f"{where}: {exc}")
-            continue
         try:
             video = decode_video(raw[VIDEO_MEMBER], image_size, video_backend)
         except UndecodableVideoError as exc:
