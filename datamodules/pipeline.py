@@ -47,7 +47,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from datamodules.episode import META_MEMBER, TRAJ_MEMBER, VIDEO_MEMBER, BadTrajectoryError, Trajectory
 from datamodules.video_decode import Backend, UndecodableVideoError, decode_video
-from datamodules.windows import Window, WindowConfig, cut_windows
+from datamodules.windows import Window, WindowConfig, collate_windows, cut_windows
 
 log = logging.getLogger(__name__)
 
@@ -258,28 +258,15 @@ def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) ->
     yield from buffer
 
 
-def collate_samples(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; keep ``key`` as a list of strings and ``t`` as a float64 tensor."""
-    batch: dict[str, Any] = {}
-    for name, first in samples[0].items():
-        values = [s[name] for s in samples]
-        if isinstance(first, torch.Tensor):
-            batch[name] = torch.stack(values)
-        elif isinstance(first, (float, int)):
-            batch[name] = torch.tensor(values, dtype=torch.float64)
-        else:
-            batch[name] = values
-    return batch
-
-
-def batched(samples: Iterable[dict[str, Any]], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[dict[str, Any]]:
-    """Collate ``batch_size`` samples; each batch carries the worker's new skip counts."""
-    iterator = iter(samples)
+def batched(windows: Iterable[Window], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[dict[str, Any]]:
+    """Collate ``batch_size`` windows; each batch carries the worker's new skip counts."""
+    shared_memory = get_worker_info() is not None
+    iterator = iter(windows)
     while True:
         chunk = list(itertools.islice(iterator, batch_size))
         if not chunk or (len(chunk) < batch_size and not partial):
             return
-        batch = collate_samples(chunk)
+        batch = collate_windows(chunk, shared_memory)
         batch["skip_counts"] = counter.take()
         yield batch
 
@@ -380,7 +367,6 @@ class NavWindowDataset(IterableDataset):
                 video_backend=self.video_backend,
             ),
             functools.partial(shuffle_buffer, size=self.shuffle_buffer, rng=rng),
-            _materialize,
             functools.partial(batched, batch_size=self.batch_size, counter=counter, partial=not cycle),
         )
         batches = iter(pipeline)
@@ -388,9 +374,4 @@ class NavWindowDataset(IterableDataset):
             quota = batches_for_worker(self.batches_per_rank or 0, worker_id, num_workers, len(self.rank_urls))
             batches = itertools.islice(batches, quota)
         return batches
-
-
-def _materialize(windows: Iterable[Window]) -> Iterator[dict[str, Any]]:
-    for window in windows:
-        yield window.materialize()
 

@@ -16,7 +16,13 @@ import io
 from dataclasses import dataclass
 from typing import Literal
 
+import av
 import numpy as np
+
+try:  # decord is the fast path; without it every video goes through PyAV
+    import decord
+except ImportError:  # pragma: no cover - depends on the installation
+    decord = None
 
 Backend = Literal["auto", "decord", "pyav"]
 
@@ -76,8 +82,6 @@ def _probe(data: bytes) -> None:
     decord reports a file it cannot open by printing the whole input to stderr, which for a
     BytesIO is the raw video bytes; the probe turns such files into a one-line counted error.
     """
-    import av
-
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -87,8 +91,8 @@ def _probe(data: bytes) -> None:
 
 
 def _decode_decord(data: bytes, height: int, width: int) -> DecodedVideo:
-    import decord  # imported here: a missing decord must only disable the fast path
-
+    if decord is None:
+        raise UndecodableVideoError("decord is not installed")
     reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     count = len(reader)
     if count == 0:
@@ -102,8 +106,6 @@ def _decode_decord(data: bytes, height: int, width: int) -> DecodedVideo:
 
 
 def _decode_pyav(data: bytes, height: int, width: int) -> DecodedVideo:
-    import av
-
     frames: list[np.ndarray] = []
     times: list[float] = []
     try:

@@ -2,9 +2,9 @@
 
 One episode is decoded once and yields many windows, so window cutting is vectorized over all
 "now" frames of the episode and the pixel work (gather, flip, colour jitter) is deferred to
-:meth:`Window.materialize`, which the pipeline calls only when a window leaves the shuffle buffer:
-the buffer then holds small index records that share the episode's frame array instead of k
-copied frames each.
+:func:`collate_windows`, which the pipeline calls only when windows leave the shuffle buffer: the
+buffer then holds small index records that share the episode's frame tensor instead of k copied
+frames each, and every output frame is copied exactly once, into its batch.
 
 Time bases: frame ``i`` of the decoded video shows the pose at ``traj.t[0] + video_time[i]``
 (the shard contract says ``traj.t`` are the frame presentation times; aligning on the first frame
@@ -14,7 +14,7 @@ absorbs containers whose timestamps do not start at 0).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -92,11 +92,11 @@ class Window:
     """One training window, pixels not yet gathered (see module docstring).
 
     ``waypoints``/``goal`` are already in the robot frame of now; ``flip`` and ``jitter`` are the
-    augmentation draws, applied in :meth:`materialize`.
+    augmentation draws, applied when the frames are written.
     """
 
-    frames: np.ndarray  # the whole episode [T, H, W, 3], shared between windows
-    frame_indices: np.ndarray  # [k] oldest first
+    frames: torch.Tensor  # the whole episode, channels first [T, 3, H, W] uint8, shared between windows
+    frame_indices: torch.Tensor  # [k] int64, oldest first
     waypoints: np.ndarray  # [num_waypoints, 2] normalized
     scale: float
     goal: np.ndarray  # [3] (distance m, cos, sin)
@@ -106,25 +106,53 @@ class Window:
     flip: bool = False
     jitter: Optional[tuple[float, float, float]] = None  # brightness, contrast, saturation factors
 
-    def materialize(self) -> dict[str, Any]:
-        """The training sample (DESIGN.md "Training sample") with augmentation applied."""
-        frames = torch.from_numpy(np.ascontiguousarray(self.frames[self.frame_indices])).permute(0, 3, 1, 2)
-        waypoints, goal = self.waypoints, self.goal
+    def write_frames(self, out: torch.Tensor) -> None:
+        """Gather the k context frames into ``out`` [k, 3, H, W] (a slot of a batch tensor), augmented."""
+        torch.index_select(self.frames, 0, self.frame_indices, out=out)
         if self.flip:
-            frames = frames.flip(-1)
-            waypoints = mirror_lateral(waypoints)
-            goal = goal * np.array([1.0, 1.0, -1.0])
+            out.copy_(out.flip(-1))
         if self.jitter is not None:
-            frames = _colour_jitter(frames, *self.jitter)
-        return {
-            "frames": frames.contiguous(),
-            "goal": torch.as_tensor(goal, dtype=torch.float32),
-            "waypoints": torch.as_tensor(waypoints, dtype=torch.float32),
-            "scale": torch.tensor(self.scale, dtype=torch.float32),
-            "goal_mask": torch.tensor(self.goal_mask),
-            "key": self.key,
-            "t": self.t,
-        }
+            out.copy_(_colour_jitter(out, *self.jitter))
+
+    def targets(self) -> tuple[np.ndarray, np.ndarray]:
+        """(waypoints, goal) with the flip applied: the mirrored image needs the mirrored future."""
+        if not self.flip:
+            return self.waypoints, self.goal
+        return mirror_lateral(self.waypoints), self.goal * np.array([1.0, 1.0, -1.0], np.float32)
+
+    def materialize(self) -> dict[str, Any]:
+        """This window alone as a training sample (DESIGN.md "Training sample")."""
+        batch = collate_windows([self])
+        return {name: value[0] for name, value in batch.items()}
+
+
+def collate_windows(windows: Sequence[Window], shared_memory: bool = False) -> dict[str, Any]:
+    """A batch (DESIGN.md "Training sample") gathered straight from the episodes' frames.
+
+    Every frame is copied exactly once, into the batch tensor; with ``shared_memory`` (inside a
+    DataLoader worker) that tensor is allocated in shared memory as torch's own collate does, so
+    handing it to the main process copies nothing more. ``key`` stays a list of strings and ``t``
+    a float64 tensor.
+    """
+    first = windows[0]
+    shape = (len(windows), len(first.frame_indices), *first.frames.shape[1:])
+    if shared_memory:
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+        frames = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    else:
+        frames = torch.empty(shape, dtype=torch.uint8)
+    targets = [w.targets() for w in windows]
+    for slot, window in zip(frames, windows):
+        window.write_frames(slot)
+    return {
+        "frames": frames,
+        "goal": torch.from_numpy(np.stack([g for _, g in targets]).astype(np.float32)),
+        "waypoints": torch.from_numpy(np.stack([wp for wp, _ in targets]).astype(np.float32)),
+        "scale": torch.tensor([w.scale for w in windows], dtype=torch.float32),
+        "goal_mask": torch.tensor([w.goal_mask for w in windows], dtype=torch.bool),
+        "key": [w.key for w in windows],
+        "t": torch.tensor([w.t for w in windows], dtype=torch.float64),
+    }
 
 
 def _colour_jitter(frames: torch.Tensor, brightness: float, contrast: float, saturation: float) -> torch.Tensor:
@@ -191,13 +219,16 @@ def cut_windows(
     goal_mask = rng.random(len(t_now)) >= config.goal_dropout
     goal = np.where(goal_mask[:, None], goal, 0.0)
 
+    # channels-first once per episode: each window gather is then a plain memcpy per frame
+    frames_chw = torch.from_numpy(np.asarray(frames[:n])).permute(0, 3, 1, 2).contiguous()
+    ctx_t = torch.from_numpy(ctx.astype(np.int64))
     aug = config.augment
     flips = rng.random(len(t_now)) < aug.hflip
     jitters = rng.uniform(-1.0, 1.0, (len(t_now), 3)) * np.array([aug.brightness, aug.contrast, aug.saturation]) + 1.0
     return [
         Window(
-            frames=frames,
-            frame_indices=ctx[i],
+            frames=frames_chw,
+            frame_indices=ctx_t[i],
             waypoints=(wp_robot[i] / scale[i]).astype(np.float32),
             scale=float(scale[i]),
             goal=goal[i].astype(np.float32),

@@ -117,8 +117,8 @@ def test_horizontal_flip_mirrors_image_trajectory_and_goal() -> None:
     config = WindowConfig(goal_horizon_s=(2.0, 2.0))
     plain = _cut(config)[0]
     flipped_window = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0), augment=AugmentConfig(hflip=1.0)))[0]
-    frames = np.arange(plain.frames.size, dtype=np.int64).reshape(plain.frames.shape) % 251
-    plain.frames = flipped_window.frames = frames.astype(np.uint8)  # left/right distinguishable pixels
+    frames = torch.arange(plain.frames.numel()).reshape(plain.frames.shape) % 251
+    plain.frames = flipped_window.frames = frames.to(torch.uint8)  # left/right distinguishable pixels
     a, b = plain.materialize(), flipped_window.materialize()
     assert torch.equal(b["frames"], a["frames"].flip(-1))
     torch.testing.assert_close(b["waypoints"], a["waypoints"] * torch.tensor([1.0, -1.0]))
@@ -128,7 +128,7 @@ def test_horizontal_flip_mirrors_image_trajectory_and_goal() -> None:
 def test_colour_jitter_changes_pixels_alike_across_the_clip() -> None:
     config = WindowConfig(augment=AugmentConfig(brightness=0.5))
     window = _cut(config, seed=3)[0]
-    window.frames = np.full_like(window.frames, 100)
+    window.frames = torch.full_like(window.frames, 100)
     out = window.materialize()["frames"]
     assert out.dtype == torch.uint8
     assert len(out.unique()) == 1 and int(out.flatten()[0]) == round(100 * window.jitter[0])
