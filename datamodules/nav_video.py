@@ -76,10 +76,12 @@ class NavVideoDataModule(pl.LightningDataModule):
         video_backend: Backend = "auto",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.timing = timing if isinstance(timing, TimingSpec) else TimingSpec.from_dict(timing or {})
+        # timing as a plain dict: checkpoints must stay loadable with torch.load(weights_only=True)
+        self.save_hyperparameters(ignore=["timing"])
+        self.hparams["timing"] = self.timing.to_dict()
         self.train_urls = expand_shards(train_shards)
         self.val_urls = expand_shards(val_shards) if val_shards is not None else None
-        self.timing = timing if isinstance(timing, TimingSpec) else TimingSpec.from_dict(timing or {})
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = batch_size
         self.num_workers = num_workers

@@ -22,7 +22,8 @@ DDP without hangs: with ``samples_per_epoch`` set, every rank yields exactly
 ``ceil(samples_per_epoch / (world_size * batch_size))`` full batches per epoch, dealt over its
 workers that have shards; each worker cycles over its own shards (reshuffled every pass) until its
 quota is met. Ranks with less or worse data simply revisit their shards more often. A worker whose
-shards give no window in a whole pass raises :class:`NoUsableDataError` instead of spinning.
+shards give no window in a whole pass reads its rank's other shards instead; when none of the
+rank's shards gives a window it raises :class:`NoUsableDataError` instead of spinning.
 """
 
 from __future__ import annotations
@@ -143,8 +144,19 @@ def batches_for_worker(total_batches: int, worker_id: int, num_workers: int, num
 # ----------------------------------------------------------------------------------------- stages
 
 
-def shard_source(urls: Sequence[str], rng: Optional[np.random.Generator], cycle: bool, counter: SkipCounter) -> Iterator[str]:
-    """Yield shard URLs: one pass in order, or endless reshuffled passes when ``cycle``."""
+def shard_source(
+    urls: Sequence[str],
+    rng: Optional[np.random.Generator],
+    cycle: bool,
+    counter: SkipCounter,
+    fallback_urls: Sequence[str] = (),
+) -> Iterator[str]:
+    """Yield shard URLs: one pass in order, or endless reshuffled passes when ``cycle``.
+
+    When a whole cycling pass over ``urls`` gives no window (say, a worker whose only shard is
+    corrupt), the worker widens to ``fallback_urls`` (all of its rank's shards) so its batch quota
+    is still met from good data; only when those give nothing either is it an error.
+    """
     while True:
         windows_before = counter.windows
         order = list(urls)
@@ -153,10 +165,13 @@ def shard_source(urls: Sequence[str], rng: Optional[np.random.Generator], cycle:
         yield from order
         if not cycle:
             return
-        if counter.windows == windows_before:
-            raise NoUsableDataError(
-                f"shards {list(urls)} gave no usable training window in a whole pass; skips so far: {dict(counter.total)}"
-            )
+        if counter.windows > windows_before:
+            continue
+        if fallback_urls and set(fallback_urls) != set(urls):
+            log.warning("shards %s gave no usable window; this worker now reads all of its rank's shards", list(urls))
+            urls = fallback_urls
+            continue
+        raise NoUsableDataError(f"shards {list(urls)} gave no usable training window in a whole pass; skips so far: {dict(counter.total)}")
 
 
 def read_tar_episodes(urls: Iterable[str], counter: SkipCounter) -> Iterator[dict[str, Any]]:
@@ -356,7 +371,7 @@ class NavWindowDataset(IterableDataset):
         counter = SkipCounter(self.split)
         shuffle = self.shuffle_buffer > 1
         pipeline = wds.DataPipeline(
-            functools.partial(shard_source, urls, rng if shuffle else None, cycle, counter),
+            functools.partial(shard_source, urls, rng if shuffle else None, cycle, counter, self.rank_urls),
             functools.partial(read_tar_episodes, counter=counter),
             functools.partial(
                 episode_windows,

@@ -141,6 +141,10 @@ def test_fit_logs_skips_to_tensorboard_and_reshuffles_each_epoch(shard_dir: path
     assert [len(epoch) for epoch in model.seen] == [48, 48]
     assert model.seen[0] != model.seen[1]  # persistent workers saw the new epoch
     assert dm.train_dataset.epoch == 1
+    checkpoint = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)  # no pickled classes from the datamodule
+    assert saved["datamodule_hyper_parameters"]["timing"] == TimingSpec().to_dict()
     events = EventAccumulator(str(pathlib.Path(trainer.logger.log_dir))).Reload()
     logged = events.Scalars("data_skipped/train/undecodable_video")
     assert len(logged) == 2 and logged[-1].value >= logged[0].value >= 1

@@ -227,3 +227,20 @@ def test_brace_patterns_expand_in_order(shards: dict) -> None:
     pattern = str(pathlib.Path(shards["good"][0]).parent / "shard-{000000..000003}.tar")
     assert expand_shards(pattern) == shards["good"]
     assert json.loads(json.dumps(expand_shards([pattern, shards["bad"]])))[-1] == shards["bad"]
+
+
+def test_worker_with_only_a_broken_shard_borrows_its_ranks_good_shards(shards: dict) -> None:
+    """Two workers, one holding only the broken shard: the epoch still gets all its batches."""
+    from torch.utils.data import DataLoader
+
+    ds = NavWindowDataset([shards["bad"], shards["good"][2]], CONFIG, SIZE, batch_size=8, samples_per_epoch=64, shuffle_buffer=0)
+    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+    assert len(batches) == 8 and {s["key"] for s in _samples(batches)} == {"ep_c"}
+    assert sum(b["skip_counts"].get("train/undecodable_video", 0) for b in batches) >= 2
+
+
+def test_pipe_urls_are_read_through_webdataset_gopen(shards: dict) -> None:
+    url = f"pipe:cat {shards['good'][3]}"
+    assert expand_shards([url]) == [url]  # not mistaken for a missing local file
+    ds = NavWindowDataset([url], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
+    assert {s["key"] for s in _samples(ds)} == {"ep_d"}
