@@ -46,6 +46,9 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 POSE_SUFFIXES = {"tum": (".txt", ".tum"), "csv": (".csv",)}
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 SECONDS_PER_HOUR = 3600.0
+#: Frames this close outside the pose time range still count as covered (pose and frame times are
+#: the same instants written through different float/rational roundings).
+TIME_TOLERANCE = 1e-3
 
 #: Why frames are marked invalid inside a kept clip (hours dropped are reported per reason).
 FRAME_DROP_REASONS = ("nonfinite_pose", "time_order", "gap", "outside_pose_range", "short_run")
@@ -287,7 +290,7 @@ def align_poses(poses: Trajectory, frame_t: np.ndarray, pose_time: str, max_gap:
     pose. Frames strictly between two consecutive usable poses are invalid when a non-usable pose
     lies between them (reason "nonfinite_pose" or "time_order") or when they are more than
     ``max_gap`` seconds apart ("gap"); frames before the first or after the last usable pose are
-    "outside_pose_range".
+    "outside_pose_range" (beyond :data:`TIME_TOLERANCE`).
     """
     t = np.asarray(poses.t, np.float64)
     finite = np.isfinite(t) & np.isfinite(poses.xy).all(-1) & np.isfinite(poses.yaw)
@@ -314,7 +317,7 @@ def align_poses(poses: Trajectory, frame_t: np.ndarray, pose_time: str, max_gap:
         reason = between[0] if between else ("gap" if t[b] - t[a] > max_gap else "")
         if reason:
             problem[(frame_t > t[a]) & (frame_t < t[b]) & (problem == "")] = reason
-    problem[(frame_t < t[good[0]]) | (frame_t > t[good[-1]])] = "outside_pose_range"
+    problem[(frame_t < t[good[0]] - TIME_TOLERANCE) | (frame_t > t[good[-1]] + TIME_TOLERANCE)] = "outside_pose_range"
     xy, yaw = interpolate_poses(frame_t, t[good], poses.xy[good], poses.yaw[good])
     return AlignedPoses(xy, yaw, problem)
 
