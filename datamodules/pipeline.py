@@ -63,6 +63,7 @@ SKIP_REASONS = (
     "bad_trajectory",  # NaN poses at valid frames, wrong shapes, non-increasing time, no pickle-free npz
     "undecodable_video",  # empty or undecodable mp4
     "video_shorter_than_poses",  # fewer decoded frames than poses
+    "frame_times_mismatch",  # decoded frame times drift from traj.t (wrong fps metadata, raw streams)
     "too_short",  # decoded fine but no window fits (too short, too many invalid poses)
 )
 
@@ -247,6 +248,10 @@ def episode_windows(
             continue
         if len(video) < len(traj):
             counter.add("video_shorter_than_poses", f"{where}: {len(video)} frames for {len(traj)} poses")
+            continue
+        drift = float(np.abs((video.times[: len(traj)] - video.times[0]) - (traj.t - traj.t[0])).max())
+        if drift > config.tolerance:
+            counter.add("frame_times_mismatch", f"{where}: frame times drift {drift:.3f}s from the poses' times")
             continue
         windows = cut_windows(video.frames, video.times, traj, config, rng, key=raw["__key__"])
         if not windows:

@@ -176,10 +176,13 @@ def cut_windows(
 ) -> list[Window]:
     """All windows of one episode that satisfy the timing, validity and goal constraints.
 
+    ``frames`` are the decoded uint8 [T, H, W, 3] frames, ``frame_times`` their [T] presentation
+    times in seconds (see the module docstring for how they meet ``traj.t``).
+
     A "now" frame is used when its k context frames exist (nearest decoded frame within the
     tolerance of each target time; no target before the first frame: the tolerance absorbs frame
-    grids that do not fall on ``frame_dt``, it never extrapolates), its waypoints end before the last pose,
-    a goal can be drawn within the horizon, and every pose from the oldest context frame to the
+    grids that do not fall on ``frame_dt``, it never extrapolates), its waypoints end before the
+    last pose, a goal can be drawn within the horizon, and every pose from the oldest context frame to the
     later of the last waypoint and the goal is ``valid``. Returns [] when no window fits.
     """
     timing = config.timing

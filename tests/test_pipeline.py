@@ -24,6 +24,7 @@ from datamodules.pipeline import (
 )
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
+from test_video_decode import raw_h264_stream
 
 NTSC = Fraction(30000, 1001)
 FPS = float(NTSC)
@@ -90,6 +91,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
     bad += _members("nan_poses", ok_video, nan_traj)
     bad += _members("too_short", tiny_video, tiny_traj)
     bad += _members("bad_json", ok_video, ok_traj, meta=b'{"fps": 29.97')
+    bad += _members("raw_stream", raw_h264_stream(FRAMES), ok_traj)  # decodes, but its clock is not the poses' clock
     _write_tar(root / "bad.tar", bad)
     return {"good": good, "pickle": str(root / "pickle.tar"), "marker": marker, "truncated": str(root / "truncated.tar"), "bad": str(root / "bad.tar"), "root": root}
 
@@ -169,6 +171,7 @@ def test_corrupt_input_is_skipped_counted_and_data_keeps_flowing(shards: dict) -
         "train/bad_trajectory": passes,
         "train/too_short": passes,
         "train/bad_meta": passes,
+        "train/frame_times_mismatch": passes,
     }
 
 

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import io
+
+import av
 import numpy as np
 import pytest
 
-from conftest import encode_indexed_video, read_frame_index
+from conftest import encode_indexed_video, frame_with_index, read_frame_index
 from datamodules import video_decode
 from datamodules.video_decode import UndecodableVideoError, decode_video
 
 NTSC = Fraction(30000, 1001)
+
+
+def raw_h264_stream(n: int) -> bytes:
+    """An H.264 elementary stream (no container, no timestamps): decord refuses it, PyAV decodes it at 25 fps."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for i in range(n):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame_with_index(i), format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +55,15 @@ def test_auto_falls_back_to_pyav_when_decord_is_missing(bframe_video: bytes, mon
     video = decode_video(bframe_video, (48, 64))
     assert video.backend == "pyav"
     assert [read_frame_index(f) for f in video.frames] == list(range(45))
+
+
+def test_auto_falls_back_to_pyav_on_a_file_decord_refuses() -> None:
+    data = raw_h264_stream(20)
+    with pytest.raises(UndecodableVideoError, match="decord"):
+        decode_video(data, (48, 64), "decord")
+    video = decode_video(data, (48, 64))
+    assert video.backend == "pyav"
+    assert [read_frame_index(f) for f in video.frames] == list(range(20))
 
 
 def test_auto_uses_decord_when_it_works(bframe_video: bytes) -> None:
