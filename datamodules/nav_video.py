@@ -14,6 +14,7 @@ DDP runs should do for the same reason.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any, Optional, Union
 
@@ -25,6 +26,8 @@ from datamodules.pipeline import SKIP_REASONS, NavWindowDataset, expand_shards
 from datamodules.video_decode import Backend
 from datamodules.windows import AugmentConfig, WindowConfig
 from s2e.timing import TimingSpec
+
+log = logging.getLogger(__name__)
 
 
 class NavVideoDataModule(pl.LightningDataModule):
@@ -126,6 +129,12 @@ class NavVideoDataModule(pl.LightningDataModule):
                 **common,
             )
         if stage in (None, "fit", "validate") and self.val_urls is not None and self.val_dataset is None:
+            if world > 1 and self.val_samples_per_epoch is None:
+                log.warning(
+                    "val_samples_per_epoch is not set with %d ranks: each rank reads its validation shards once, "
+                    "so ranks may run different numbers of validation batches; set it for a fixed count per rank",
+                    world,
+                )
             self.val_dataset = NavWindowDataset(
                 self.val_urls,
                 self.val_windows,
