@@ -170,23 +170,39 @@ def find_clips(videos: Path, poses: Optional[Path], pose_format: str) -> tuple[l
 
 @dataclass
 class EpisodeVideo:
-    """The mp4 stored in the shard, its frame times, and the source frame times poses are sampled at."""
+    """The mp4 stored in the shard and its frame times.
+
+    ``source_times`` are the frame times of the recording on its own clock (what ``--pose-time
+    absolute`` poses refer to); they equal ``times`` + ``source_start`` except after re-encoding a
+    variable-frame-rate source, whose frames are stored at a constant rate.
+    """
 
     mp4: bytes
     times: np.ndarray
     source_times: np.ndarray
+    source_start: float
     fps: float
     copied: bool
 
 
-def frame_times(source: str | Path | bytes, on_frame: Optional[Callable[[av.VideoFrame], None]] = None) -> tuple[np.ndarray, Fraction, str, str]:
-    """Decode every frame; returns (presentation times relative to the first frame, rate, codec, container).
+@dataclass(frozen=True)
+class FrameClock:
+    """Presentation times of a video's frames, as the streaming reader computes them."""
 
-    Times come from each frame's pts, sorted (decode order may differ from presentation order).
-    ``on_frame`` sees each decoded frame (used to re-encode in the same pass). Raises ClipSkipped
-    ("undecodable") on anything FFmpeg cannot read.
+    times: np.ndarray  # seconds relative to the first frame
+    start: float  # the first frame's time on the container's own clock
+    rate: Fraction
+    codec: str
+    container: str
+
+
+def frame_times(source: bytes) -> FrameClock:
+    """Decode every frame of ``source`` and read its presentation time.
+
+    Times come from each frame's pts, sorted (decode order differs from presentation order with
+    B-frames). Raises ClipSkipped ("undecodable") on anything FFmpeg cannot read.
     """
-    handle = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    handle = io.BytesIO(source)
     times: list[float] = []
     try:
         with av.open(handle, mode="r") as container:
@@ -198,8 +214,6 @@ def frame_times(source: str | Path | bytes, on_frame: Optional[Callable[[av.Vide
             codec, fmt = stream.codec_context.name, container.format.name
             for index, frame in enumerate(container.decode(stream)):
                 times.append(float(frame.time) if frame.time is not None else (index / float(rate) if rate else np.nan))
-                if on_frame is not None:
-                    on_frame(frame)
     except ClipSkipped:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
@@ -211,15 +225,15 @@ def frame_times(source: str | Path | bytes, on_frame: Optional[Callable[[av.Vide
         raise ClipSkipped("bad_video_time", "frame timestamps missing or repeated")
     if not rate:
         rate = Fraction(1.0 / float(np.median(np.diff(t)))).limit_denominator(1001)
-    return t - t[0], rate, codec, fmt
+    return FrameClock(t - t[0], float(t[0]), rate, codec, fmt)
 
 
 def load_video_file(path: Path, crf: int) -> EpisodeVideo:
     """Copy an H.264 mp4 byte-for-byte; re-encode anything else to H.264 mp4 in one decode pass."""
     data = path.read_bytes()
-    times, rate, codec, fmt = frame_times(data)
-    if codec == "h264" and "mp4" in fmt.split(",") and path.suffix.lower() in (".mp4", ".m4v"):
-        return EpisodeVideo(data, times, times, float(rate), copied=True)
+    clock = frame_times(data)
+    if clock.codec == "h264" and "mp4" in clock.container.split(",") and path.suffix.lower() in (".mp4", ".m4v"):
+        return EpisodeVideo(data, clock.times, clock.times, clock.start, float(clock.rate), copied=True)
     buf = io.BytesIO()
 
     def frames() -> Iterator[np.ndarray]:
@@ -228,13 +242,13 @@ def load_video_file(path: Path, crf: int) -> EpisodeVideo:
                 yield even_crop(frame.to_ndarray(format="rgb24"))
 
     try:
-        write_mp4(buf, frames(), rate, crf=crf)
+        write_mp4(buf, frames(), clock.rate, crf=crf)
     except (av.FFmpegError, ValueError, OSError) as exc:
         raise ClipSkipped("undecodable", f"re-encoding failed: {exc}") from exc
-    new_times, _, _, _ = frame_times(buf.getvalue())
-    if len(new_times) != len(times):
-        raise ClipSkipped("undecodable", f"re-encoded {len(new_times)} frames of {len(times)}")
-    return EpisodeVideo(buf.getvalue(), new_times, times, float(rate), copied=False)
+    stored = frame_times(buf.getvalue())
+    if len(stored.times) != len(clock.times):
+        raise ClipSkipped("undecodable", f"re-encoded {len(stored.times)} frames of {len(clock.times)}")
+    return EpisodeVideo(buf.getvalue(), stored.times, clock.times, clock.start, float(clock.rate), copied=False)
 
 
 def load_frame_folder(folder: Path, fps: float, crf: int) -> EpisodeVideo:
@@ -261,8 +275,8 @@ def load_frame_folder(folder: Path, fps: float, crf: int) -> EpisodeVideo:
         write_mp4(buf, frames(), rate, crf=crf)
     except (OSError, ValueError, av.FFmpegError) as exc:  # PIL raises OSError for truncated/corrupt images
         raise ClipSkipped("undecodable", f"{folder}: {exc}") from exc
-    times, _, _, _ = frame_times(buf.getvalue())
-    return EpisodeVideo(buf.getvalue(), times, np.asarray(indices, np.float64) / fps, float(rate), copied=False)
+    stored = frame_times(buf.getvalue())
+    return EpisodeVideo(buf.getvalue(), stored.times, np.asarray(indices, np.float64) / fps, 0.0, float(rate), copied=False)
 
 
 def even_crop(frame: np.ndarray) -> np.ndarray:
@@ -358,7 +372,9 @@ def build_episode(clip: Clip, options: IngestOptions) -> tuple[EpisodeVideo, Tra
         raise ClipSkipped("bad_pose_file", str(exc), duration) from exc
     if duration < options.min_seconds:
         raise ClipSkipped("too_short", f"{duration:.2f} s < --min-seconds {options.min_seconds}", duration)
-    aligned = align_poses(poses, video.source_times, options.pose_time, options.max_gap)
+    # relative: the first pose is the first frame; absolute: pose times are on the video's own clock
+    query = video.source_times + (video.source_start if options.pose_time == "absolute" else 0.0)
+    aligned = align_poses(poses, query, options.pose_time, options.max_gap)
     drop_short_runs(aligned.problem, frame_dt, options.min_seconds)
     if not (aligned.problem == "").any():
         reasons = sorted(set(aligned.problem))

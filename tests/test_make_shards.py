@@ -141,13 +141,17 @@ def test_bad_clips_are_skipped_and_counted(tmp_path):
     assert set(read_shards(out)) == {"good"}
 
 
-def encode_mpeg4(path: Path, num_frames: int, fps: int) -> None:
+def encode_mpeg4(path: Path, num_frames: int, fps: int, start_frame: int = 0) -> None:
+    """An MPEG-4 part 2 video in Matroska whose clock starts at ``start_frame / fps`` seconds."""
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
         stream.options = {"qscale": "2"}
         for i in range(num_frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_with_index(i), format="rgb24")):
+            frame = av.VideoFrame.from_ndarray(frame_with_index(i), format="rgb24")
+            frame.pts, frame.time_base = start_frame + i, Fraction(1, fps)
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -155,9 +159,11 @@ def encode_mpeg4(path: Path, num_frames: int, fps: int) -> None:
 
 def test_other_codecs_are_reencoded_to_h264_mp4_with_absolute_time(tmp_path):
     videos, poses, out = make_dirs(tmp_path)
-    encode_mpeg4(videos / "cam.mkv", 40, 10)
-    pose_t = np.arange(0.0, 4.0, 0.05)
-    write_csv(poses / "cam.csv", pose_t + 0.5, *pose_fn(pose_t + 0.5))  # absolute: already video seconds
+    encode_mpeg4(videos / "cam.mkv", 40, 10, start_frame=10)  # the recording's clock starts at 1.0 s
+    with av.open(str(videos / "cam.mkv")) as container:
+        assert next(container.decode(video=0)).time == pytest.approx(1.0)
+    pose_t = np.arange(1.5, 5.5, 0.05)  # absolute: on the video's clock, starting 0.5 s after its first frame
+    write_csv(poses / "cam.csv", pose_t, *pose_fn(pose_t))
     ingest(videos, poses, out, IngestOptions(pose_format="csv", pose_time="absolute", min_seconds=1.0))
     episode = read_shards(out)["cam"]
     with av.open(io.BytesIO(episode["mp4"])) as container:
@@ -168,7 +174,7 @@ def test_other_codecs_are_reencoded_to_h264_mp4_with_absolute_time(tmp_path):
     traj = Trajectory.from_npz_bytes(episode["traj.npz"])
     np.testing.assert_allclose(traj.t, decoded.times, atol=1e-9)
     np.testing.assert_array_equal(traj.valid, np.round(traj.t, 6) >= 0.5)  # before the first pose: invalid
-    want_xy, _ = pose_fn(traj.t)
+    want_xy, _ = pose_fn(traj.t + 1.0)
     np.testing.assert_allclose(traj.xy[traj.valid], want_xy[traj.valid], atol=1e-9)
     assert json.loads(episode["json"])["video_copied"] is False
 
