@@ -359,7 +359,8 @@ def episode_key(name: str, taken: set[str]) -> str:
 
 def build_episode(clip: Clip, options: IngestOptions) -> tuple[EpisodeVideo, Trajectory, np.ndarray]:
     """Video, aligned validity-marked trajectory and per-frame problem reasons for one clip, or ClipSkipped."""
-    assert clip.video is not None and clip.poses is not None
+    if clip.video is None or clip.poses is None:
+        raise ClipSkipped("no_video" if clip.video is None else "no_poses", clip.name)
     if options.pose_format == "gnm":
         video = load_frame_folder(clip.video, float(options.fps), options.crf)
     else:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import encode_indexed_video, frame_with_index, read_frame_index
 from datamodules.episode import Trajectory
-from datamodules.ingest import IngestOptions, align_poses, ingest
+from datamodules.ingest import IngestOptions, align_poses, drop_short_runs, episode_key, ingest
 from datamodules.video_decode import decode_video
 from s2e.geometry import wrap_angle
 
@@ -112,8 +112,6 @@ def test_short_valid_runs_and_duplicate_times_are_dropped():
     reasons = dict(zip(np.round(frame_t, 1), aligned.problem))
     assert reasons[2.0] == "time_order" and reasons[1.9] == "" and reasons[2.1] == ""
     assert reasons[3.0] == "nonfinite_pose" and reasons[2.9] == "" and reasons[3.1] == ""
-    from datamodules.ingest import drop_short_runs
-
     drop_short_runs(aligned.problem, 0.1, min_seconds=1.0)
     # 2.1 .. 2.9 is a 9-frame valid run (0.9 s) between two problems: too short
     assert all(reasons_after == "short_run" for reasons_after in aligned.problem[21:30])
@@ -230,3 +228,19 @@ def test_tool_help_and_argument_errors(tmp_path):
     result = subprocess.run([sys.executable, "tools/make_shards.py", "--videos", str(tmp_path), "--pose-format", "gnm", "--out", str(tmp_path / "o")],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2 and "--fps" in result.stderr
+
+
+def test_tool_refuses_to_write_over_existing_shards(tmp_path):
+    videos, poses, out = make_dirs(tmp_path)
+    out.mkdir()
+    (out / "shard-000000.tar").write_bytes(b"an earlier dataset")
+    cmd = [sys.executable, "tools/make_shards.py", "--videos", str(videos), "--poses", str(poses), "--pose-format", "csv", "--out", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "already holds shards" in result.stderr
+    assert (out / "shard-000000.tar").read_bytes() == b"an earlier dataset"
+
+
+def test_episode_keys_are_sanitized_and_unique():
+    taken = {"walk_01_v2"}
+    assert episode_key("walk.01 v2", taken) == "walk_01_v2_1"
+    assert episode_key("ok-name_3", set()) == "ok-name_3"

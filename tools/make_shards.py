@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.videos.is_dir():
         print(f"error: --videos {args.videos} is not a folder", file=sys.stderr)
         return 2
+    existing = sorted(args.out.glob("shard-*.tar")) if args.out.is_dir() else []
+    if existing:  # writing over them would mix two datasets or silently lose the old one
+        print(f"error: --out {args.out} already holds shards ({existing[0].name}, ...); choose an empty folder", file=sys.stderr)
+        return 2
     summary = ingest(args.videos, args.poses, args.out, options, shard_max_count=args.shard_max_count,
                      shard_max_mb=args.shard_max_mb, progress=print)
     result = summary.to_dict()
