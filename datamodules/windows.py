@@ -3,8 +3,8 @@
 One episode is decoded once and yields many windows, so window cutting is vectorized over all
 "now" frames of the episode and the pixel work (gather, flip, colour jitter) is deferred to
 :func:`collate_windows`, which the pipeline calls only when windows leave the shuffle buffer: the
-buffer then holds small index records that share the episode's frame tensor instead of k copied
-frames each, and every output frame is copied exactly once, into its batch.
+buffer then holds small index records that share the episode's decoded frames instead of k
+copied frames each, and every output frame is copied exactly once, into its batch.
 
 Time bases: frame ``i`` of the decoded video shows the pose at ``traj.t[0] + video_time[i]``
 (the shard contract says ``traj.t`` are the frame presentation times; aligning on the first frame
@@ -95,8 +95,8 @@ class Window:
     augmentation draws, applied when the frames are written.
     """
 
-    frames: torch.Tensor  # the whole episode, channels first [T, 3, H, W] uint8, shared between windows
-    frame_indices: torch.Tensor  # [k] int64, oldest first
+    frames: torch.Tensor  # the whole decoded episode [T, H, W, 3] uint8, shared between windows
+    frame_indices: np.ndarray  # [k] oldest first
     waypoints: np.ndarray  # [num_waypoints, 2] normalized
     scale: float
     goal: np.ndarray  # [3] (distance m, cos, sin)
@@ -107,8 +107,14 @@ class Window:
     jitter: Optional[tuple[float, float, float]] = None  # brightness, contrast, saturation factors
 
     def write_frames(self, out: torch.Tensor) -> None:
-        """Gather the k context frames into ``out`` [k, 3, H, W] (a slot of a batch tensor), augmented."""
-        torch.index_select(self.frames, 0, self.frame_indices, out=out)
+        """Gather the k context frames into ``out`` [k, 3, H, W] (a slot of a batch tensor), augmented.
+
+        One transposing copy per frame, straight from the decoded HWC episode into the batch:
+        converting whole episodes to CHW first would cost more than it saves (a decoded frame is
+        used by about k / window_stride windows, and not at all beyond the last window).
+        """
+        for slot, index in zip(out, self.frame_indices.tolist()):
+            slot.copy_(self.frames[index].permute(2, 0, 1))
         if self.flip:
             out.copy_(out.flip(-1))
         if self.jitter is not None:
@@ -135,7 +141,8 @@ def collate_windows(windows: Sequence[Window], shared_memory: bool = False) -> d
     a float64 tensor.
     """
     first = windows[0]
-    shape = (len(windows), len(first.frame_indices), *first.frames.shape[1:])
+    height, width = first.frames.shape[1:3]
+    shape = (len(windows), len(first.frame_indices), 3, height, width)
     if shared_memory:
         storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
         frames = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
@@ -222,16 +229,14 @@ def cut_windows(
     goal_mask = rng.random(len(t_now)) >= config.goal_dropout
     goal = np.where(goal_mask[:, None], goal, 0.0)
 
-    # channels-first once per episode: each window gather is then a plain memcpy per frame
-    frames_chw = torch.from_numpy(np.asarray(frames[:n])).permute(0, 3, 1, 2).contiguous()
-    ctx_t = torch.from_numpy(ctx.astype(np.int64))
+    frames_t = torch.from_numpy(np.asarray(frames))  # shares memory with the decoded episode
     aug = config.augment
     flips = rng.random(len(t_now)) < aug.hflip
     jitters = rng.uniform(-1.0, 1.0, (len(t_now), 3)) * np.array([aug.brightness, aug.contrast, aug.saturation]) + 1.0
     return [
         Window(
-            frames=frames_chw,
-            frame_indices=ctx_t[i],
+            frames=frames_t,
+            frame_indices=ctx[i],
             waypoints=(wp_robot[i] / scale[i]).astype(np.float32),
             scale=float(scale[i]),
             goal=goal[i].astype(np.float32),
