@@ -175,3 +175,34 @@ def test_two_rank_gloo_run_reads_disjoint_shards_with_equal_batch_counts(shard_d
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0]["keys"] == ["ep0", "ep2"] and results[1]["keys"] == ["ep1"]
     assert results[0]["batches"] == results[1]["batches"] == 3
+
+
+@pytest.mark.slow
+def test_lightning_ddp_fit_on_uneven_shards_finishes_and_sums_skips(shard_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Real 2-process DDP (gloo): rank 0 holds two good shards, rank 1 one good and the broken one."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    dm = _datamodule(
+        shard_dir,
+        train_shards=str(shard_dir / "{train-{000000..000002},broken-000000}.tar"),
+        val_shards=str(shard_dir / "train-{000000..000001}.tar"),
+        val_samples_per_epoch=8,
+        samples_per_epoch=64,
+    )
+    trainer = pl.Trainer(
+        strategy="ddp_spawn",
+        accelerator="cpu",
+        devices=2,
+        max_epochs=2,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(TinyPolicy(), datamodule=dm)
+    assert trainer.state.finished
+    events = EventAccumulator(str(pathlib.Path(tmp_path, "tb", "version_0"))).Reload()
+    # 64 windows over 2 ranks x batch 4 = 8 batches per rank per epoch; the broken episode sits on rank 1
+    assert events.Scalars("data_skipped/train/undecodable_video")[-1].value >= 1
+    assert [e.step for e in events.Scalars("data_skipped/train/undecodable_video")] == [7, 15]
