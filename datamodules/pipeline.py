@@ -124,7 +124,7 @@ def split_by_rank(urls: Sequence[str], rank: int, world_size: int) -> list[str]:
     if len(urls) < world_size:
         raise ValueError(
             f"{len(urls)} shard(s) for {world_size} ranks: every rank needs at least one shard of its own; "
-            "write more, smaller shards (tools/make_shards.py --max-count)"
+            "write the data as more, smaller shards"
         )
     return list(urls[rank::world_size])
 
