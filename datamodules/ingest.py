@@ -14,7 +14,9 @@ The library behind ``tools/make_shards.py``. Each clip goes through:
    ``valid=False`` (the reader never cuts a window touching them) instead of being cut out of the
    video, so the video and trajectory stay one-to-one; valid runs shorter than ``min_seconds`` are
    marked invalid too, and a clip without any usable run is skipped;
-5. interpolation of the good poses to the frame times with :func:`s2e.geometry.interpolate_poses`.
+5. interpolation of the good poses to the frame times with :func:`s2e.geometry.interpolate_poses`;
+6. optionally (``max_episode_seconds``) cutting long clips into keyframe-aligned chunks by stream
+   copy (:mod:`datamodules.mp4_chunks`), because the reader decodes an episode whole.
 
 Nothing here is fatal for one bad clip: every skip and every dropped second is counted by reason
 in :class:`IngestSummary`.
@@ -35,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from datamodules.episode import BadTrajectoryError, Trajectory
+from datamodules.mp4_chunks import split_mp4
 from datamodules.pose_formats import GNM_POSE_FILE, GroundFrame, PoseFormatError, read_poses
 from datamodules.shard_writer import EpisodeShardWriter
 from s2e.geometry import interpolate_poses
@@ -78,18 +81,21 @@ class IngestOptions:
     license: Optional[str] = None
     intrinsics: Optional[tuple[float, float, float, float]] = None
     crf: int = 23
+    max_episode_seconds: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.pose_time not in ("relative", "absolute"):
             raise ValueError(f"pose_time must be 'relative' or 'absolute', got {self.pose_time!r}")
         if not self.max_gap > 0 or self.min_seconds < 0:
             raise ValueError("max_gap must be > 0 and min_seconds >= 0")
+        if self.max_episode_seconds is not None and not self.max_episode_seconds > 0:
+            raise ValueError(f"max_episode_seconds must be > 0, got {self.max_episode_seconds}")
         if self.pose_format == "gnm" and not (self.fps and self.fps > 0):
             raise ValueError("the gnm format has no timestamps: --fps is required")
         GroundFrame(self.up, self.forward).basis()  # raises on a malformed axis
 
     def ingest_parameters(self) -> dict[str, Any]:
-        keys = ("pose_time", "max_gap", "min_seconds", "fps", "up", "forward", "crf")
+        keys = ("pose_time", "max_gap", "min_seconds", "fps", "up", "forward", "crf", "max_episode_seconds")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -104,7 +110,7 @@ class Clip:
 
 @dataclass
 class IngestSummary:
-    """What happened to every clip: kept episodes, skipped clips, hours kept and dropped by reason."""
+    """What happened to every clip: kept episodes (several per clip when split), skipped clips, hours by reason."""
 
     kept: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -113,6 +119,10 @@ class IngestSummary:
     @property
     def hours_kept(self) -> float:
         return sum(k["valid_hours"] for k in self.kept)
+
+    @property
+    def clips_kept(self) -> int:
+        return len({k["clip"] for k in self.kept})
 
     def skipped_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -126,8 +136,9 @@ class IngestSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "clips_kept": len(self.kept),
+            "clips_kept": self.clips_kept,
             "clips_skipped": len(self.skipped),
+            "episodes": len(self.kept),
             "hours_kept": self.hours_kept,
             "hours_dropped": dict(sorted(self.hours_dropped.items())),
             "skipped_by_reason": self.skipped_by_reason(),
@@ -137,7 +148,10 @@ class IngestSummary:
 
     def table(self) -> str:
         """A human-readable summary for the terminal."""
-        lines = [f"clips kept: {len(self.kept)}   clips skipped: {len(self.skipped)}   hours kept: {self.hours_kept:.4f}"]
+        lines = [
+            f"clips kept: {self.clips_kept} ({len(self.kept)} episodes)   clips skipped: {len(self.skipped)}   "
+            f"hours kept: {self.hours_kept:.4f}"
+        ]
         for reason, count in sorted(self.skipped_by_reason().items()):
             lines.append(f"  skipped clips  {reason:<20} {count:>6}")
         for reason, hours in sorted(self.hours_dropped.items()):
@@ -345,6 +359,56 @@ def drop_short_runs(problem: np.ndarray, frame_dt: float, min_seconds: float) ->
             problem[start:stop] = "short_run"
 
 
+# -------------------------------------------------------------------------------------- splitting
+
+
+@dataclass
+class EpisodePart:
+    """One episode written to the shards: a whole clip, or a keyframe-aligned chunk of it."""
+
+    mp4: bytes
+    traj: Trajectory
+    problem: np.ndarray
+    chunk: Optional[dict[str, Any]] = None
+
+
+def split_episode(name: str, video: EpisodeVideo, traj: Trajectory, problem: np.ndarray, options: IngestOptions) -> list[EpisodePart]:
+    """Cut a long clip into chunks of at most ``max_episode_seconds`` at keyframes (stream copy).
+
+    Each chunk's trajectory is the slice of frames its mp4 shows, re-timed to start at 0, and its
+    decoded frame times are checked against that slice; if the remuxed video does not match (an
+    unusual stream), the clip is kept whole rather than stored with misaligned poses. Valid runs
+    cut by a chunk boundary are re-checked against ``min_seconds``.
+    """
+    whole = [EpisodePart(video.mp4, traj, problem)]
+    if options.max_episode_seconds is None:
+        return whole
+    try:
+        chunks = split_mp4(video.mp4, options.max_episode_seconds)
+    except (ValueError, av.FFmpegError) as exc:
+        log.warning("cannot split %s at keyframes (%s); keeping it as one episode", name, exc)
+        return whole
+    if len(chunks) == 1:
+        return whole
+    parts = []
+    for index, chunk in enumerate(chunks):
+        try:
+            times = frame_times(chunk.mp4).times
+        except ClipSkipped:
+            return whole
+        first = int(np.argmin(np.abs(traj.t - chunk.start)))
+        part = slice(first, first + len(times))
+        t = traj.t[part] - traj.t[first]
+        if len(t) != len(times) or not np.allclose(t, times, atol=TIME_TOLERANCE):
+            log.warning("chunk %d of %s does not match its frame times; keeping the clip whole", index, name)
+            return whole
+        part_problem = problem[part].copy()
+        drop_short_runs(part_problem, 1.0 / video.fps, options.min_seconds)
+        part_traj = Trajectory(t=times, xy=traj.xy[part], yaw=traj.yaw[part], valid=part_problem == "")
+        parts.append(EpisodePart(chunk.mp4, part_traj, part_problem, {"index": index, "of": len(chunks), "start": chunk.start}))
+    return parts
+
+
 # ----------------------------------------------------------------------------------------- driver
 
 
@@ -430,22 +494,28 @@ def ingest(
                 summary.drop(skip.reason, skip.seconds)
                 progress(f"[{number}/{len(clips)}] {clip.name}: skipped ({skip.reason}: {skip.detail})")
                 continue
-            key = episode_key(clip.name, keys)
-            keys.add(key)
-            writer.write(key, video.mp4, traj, episode_meta(clip, video, options))
             frame_dt = 1.0 / video.fps
-            for reason in FRAME_DROP_REASONS:
-                summary.drop(reason, int((problem == reason).sum()) * frame_dt)
-            valid = int(traj.valid.sum())
-            summary.kept.append(
-                {
-                    "clip": clip.name,
-                    "key": key,
-                    "frames": len(traj),
-                    "valid_fraction": valid / len(traj),
-                    "valid_hours": valid * frame_dt / SECONDS_PER_HOUR,
-                    "copied": video.copied,
-                }
-            )
-            progress(f"[{number}/{len(clips)}] {clip.name}: kept {len(traj)} frames, {valid / len(traj):.0%} valid")
+            for part in split_episode(clip.name, video, traj, problem, options):
+                for reason in FRAME_DROP_REASONS:
+                    summary.drop(reason, int((part.problem == reason).sum()) * frame_dt)
+                valid = int(part.traj.valid.sum())
+                if valid == 0 or len(part.traj) < 2:
+                    continue  # a chunk with nothing usable: its seconds are counted above by reason
+                key = episode_key(clip.name if part.chunk is None else f"{clip.name}-{part.chunk['index']:04d}", keys)
+                keys.add(key)
+                meta = episode_meta(clip, video, options)
+                if part.chunk is not None:
+                    meta["chunk"] = part.chunk
+                writer.write(key, part.mp4, part.traj, meta)
+                summary.kept.append(
+                    {
+                        "clip": clip.name,
+                        "key": key,
+                        "frames": len(part.traj),
+                        "valid_fraction": valid / len(part.traj),
+                        "valid_hours": valid * frame_dt / SECONDS_PER_HOUR,
+                        "copied": video.copied,
+                    }
+                )
+                progress(f"[{number}/{len(clips)}] {clip.name} -> {key}: {len(part.traj)} frames, {valid / len(part.traj):.0%} valid")
     return summary

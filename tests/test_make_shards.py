@@ -19,6 +19,7 @@ from PIL import Image
 from conftest import encode_indexed_video, frame_with_index, read_frame_index
 from datamodules.episode import Trajectory
 from datamodules.ingest import IngestOptions, align_poses, drop_short_runs, episode_key, ingest
+from datamodules.mp4_chunks import chunk_starts
 from datamodules.video_decode import decode_video
 from s2e.geometry import wrap_angle
 
@@ -116,6 +117,34 @@ def test_short_valid_runs_and_duplicate_times_are_dropped():
     # 2.1 .. 2.9 is a 9-frame valid run (0.9 s) between two problems: too short
     assert all(reasons_after == "short_run" for reasons_after in aligned.problem[21:30])
     assert (aligned.problem[:20] == "").all() and (aligned.problem[31:] == "").all()
+
+
+def test_long_clip_is_split_at_keyframes_without_reencoding(tmp_path):
+    videos, poses, out = make_dirs(tmp_path)
+    (videos / "long.mp4").write_bytes(encode_indexed_video(100, NTSC, bframes=2))  # keyframes every 30 frames
+    pose_t = np.arange(0.0, 3.45, 0.1)  # covers the last frame (3.30 s)
+    xy, yaw = pose_fn(pose_t)
+    xy[(pose_t > 1.45) & (pose_t < 1.65)] = np.nan  # invalid span inside the first chunk
+    write_csv(poses / "long.csv", pose_t, xy, yaw)
+    summary = ingest(videos, poses, out, IngestOptions(pose_format="csv", min_seconds=0.3, max_episode_seconds=2.1))
+    episodes = read_shards(out)
+    assert sorted(episodes) == ["long-0000", "long-0001"] and summary.clips_kept == 1
+    first_frames = []
+    for key, episode in sorted(episodes.items()):
+        traj = Trajectory.from_npz_bytes(episode["traj.npz"])
+        decoded = decode_video(episode["mp4"], (96, 128), backend="pyav")
+        np.testing.assert_allclose(traj.t, decoded.times, atol=1e-9)
+        indices = [read_frame_index(f) for f in decoded.frames]
+        assert indices == list(range(indices[0], indices[0] + len(indices)))
+        first_frames.append(indices[0])
+        source_t = np.asarray(indices) * 1001 / 30000  # each frame's time in the whole recording
+        chunk = json.loads(episode["json"])["chunk"]
+        assert chunk["start"] == pytest.approx(source_t[0])
+        want_xy, _ = pose_fn(source_t)
+        np.testing.assert_allclose(traj.xy[traj.valid], want_xy[traj.valid], atol=1e-9)
+        np.testing.assert_array_equal(~traj.valid, (source_t > 1.4 + 1e-9) & (source_t < 1.7 - 1e-9))
+    assert first_frames == [0, 60]  # cut at the keyframe of frame 60 (2.002 s <= 2.1 s)
+    assert sum(k["frames"] for k in summary.kept) == 100
 
 
 def test_bad_clips_are_skipped_and_counted(tmp_path):
@@ -244,3 +273,9 @@ def test_episode_keys_are_sanitized_and_unique():
     taken = {"walk_01_v2"}
     assert episode_key("walk.01 v2", taken) == "walk_01_v2_1"
     assert episode_key("ok-name_3", set()) == "ok-name_3"
+
+
+def test_chunk_starts_respect_the_limit_except_for_single_long_gops():
+    assert chunk_starts(np.array([0.0, 1, 2, 3, 4, 5, 5.5]), 2.0) == [0, 2, 4]  # last chunk 4 -> 5.5 s end
+    assert chunk_starts(np.array([0.0, 5, 6, 7]), 2.0) == [0, 1]  # the 5 s GOP cannot be cut
+    assert chunk_starts(np.array([0.0, 1, 1.5]), 2.0) == [0]  # short video: one chunk

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--license", help="license of the recordings, stored in the metadata")
     parser.add_argument("--intrinsics", type=parse_intrinsics, help="camera intrinsics fx,fy,cx,cy in pixels")
     parser.add_argument("--crf", type=int, default=23, help="H.264 quality for videos that must be re-encoded")
+    parser.add_argument("--max-episode-seconds", type=float,
+                        help="cut longer clips into episodes of at most this length at keyframes (stream copy); "
+                             "the training reader decodes an episode whole, so use e.g. 300 for hour-long walks")
     parser.add_argument("--shard-max-count", type=int, default=1000, help="episodes per shard")
     parser.add_argument("--shard-max-mb", type=float, default=1000.0, help="megabytes per shard")
     return parser
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             pose_format=args.pose_format, pose_time=args.pose_time, max_gap=args.max_gap, min_seconds=args.min_seconds,
             fps=args.fps, up=args.up, forward=args.forward, embodiment=args.embodiment, scene=args.scene,
             license=args.license, intrinsics=args.intrinsics, crf=args.crf,
+            max_episode_seconds=args.max_episode_seconds,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     result = summary.to_dict()
     (args.out / "summary.json").write_text(json.dumps(result, indent=2))
     print(summary.table())
-    totals = {k: result[k] for k in ("clips_kept", "clips_skipped", "hours_kept", "hours_dropped", "skipped_by_reason")}
+    totals = {k: result[k] for k in ("clips_kept", "clips_skipped", "episodes", "hours_kept", "hours_dropped", "skipped_by_reason")}
     print(json.dumps(totals))
     return 0
 
