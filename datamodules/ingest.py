@@ -243,7 +243,11 @@ def frame_times(source: bytes) -> FrameClock:
 
 
 def load_video_file(path: Path, crf: int) -> EpisodeVideo:
-    """Copy an H.264 mp4 byte-for-byte; re-encode anything else to H.264 mp4 in one decode pass."""
+    """Copy an H.264 mp4 byte-for-byte; re-encode anything else to H.264 mp4.
+
+    Re-encoding decodes the source a second time and streams its frames into the encoder, so no
+    clip is ever held as decoded frames in memory.
+    """
     data = path.read_bytes()
     clock = frame_times(data)
     if clock.codec == "h264" and "mp4" in clock.container.split(",") and path.suffix.lower() in (".mp4", ".m4v"):

@@ -9,6 +9,7 @@ default) the frames shown in a chunk are exactly those whose packets lie between
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import av
@@ -24,19 +25,19 @@ class Mp4Chunk:
 
 
 def chunk_starts(boundaries: np.ndarray, max_seconds: float) -> list[int]:
-    """Indices of the keyframes that begin chunks of at most ``max_seconds``.
+    """Indices of the keyframes that begin chunks of at most ``max_seconds``, of similar lengths.
 
-    ``boundaries`` holds the keyframe times followed by the video's end time. A chunk ends where
-    the next one begins (or at the end); it is longer than ``max_seconds`` only when a single GOP is.
+    ``boundaries`` holds the keyframe times followed by the video's end time. The fewest chunks
+    whose cuts (each at the keyframe nearest an even split) keep every chunk within the limit;
+    balanced lengths avoid a tiny tail chunk that the minimum-run rule would throw away. Keyframes
+    further apart than ``max_seconds`` cannot be helped: then every GOP is its own chunk.
     """
-    starts = [0]
-    k = 1
-    while k < len(boundaries):
-        if boundaries[k] - boundaries[starts[-1]] > max_seconds + 1e-9 and k - 1 > starts[-1]:
-            starts.append(k - 1)
-        else:
-            k += 1
-    return starts
+    keyframes, end = np.asarray(boundaries[:-1], np.float64), float(boundaries[-1])
+    for n in range(max(1, math.ceil(end / max_seconds - 1e-9)), len(keyframes) + 1):
+        starts = sorted({int(np.argmin(np.abs(keyframes - i * end / n))) for i in range(n)})
+        if np.all(np.diff(np.append(keyframes[starts], end)) <= max_seconds + 1e-9):
+            return starts
+    return list(range(len(keyframes)))
 
 
 def split_mp4(mp4: bytes, max_seconds: float) -> list[Mp4Chunk]:

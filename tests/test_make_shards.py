@@ -275,7 +275,8 @@ def test_episode_keys_are_sanitized_and_unique():
     assert episode_key("ok-name_3", set()) == "ok-name_3"
 
 
-def test_chunk_starts_respect_the_limit_except_for_single_long_gops():
-    assert chunk_starts(np.array([0.0, 1, 2, 3, 4, 5, 5.5]), 2.0) == [0, 2, 4]  # last chunk 4 -> 5.5 s end
-    assert chunk_starts(np.array([0.0, 5, 6, 7]), 2.0) == [0, 1]  # the 5 s GOP cannot be cut
+def test_chunk_starts_are_balanced_and_respect_the_limit():
+    assert chunk_starts(np.array([0.0, 1, 2, 3, 4, 5, 5.5]), 2.0) == [0, 2, 4]  # chunks 2, 2, 1.5 s
+    assert chunk_starts(np.array([0.0, 1, 2, 3, 4, 5, 6, 6.2]), 3.0) == [0, 2, 4]  # 2, 2, 2.2 s: no 0.2 s tail
+    assert chunk_starts(np.array([0.0, 5, 6, 7]), 2.0) == [0, 1, 2]  # a 5 s GOP cannot be cut: one chunk per GOP
     assert chunk_starts(np.array([0.0, 1, 1.5]), 2.0) == [0]  # short video: one chunk
