@@ -1,0 +1,267 @@
+"""``NavEnv``: the embedded simulator as a batched TorchRL environment.
+
+One env object simulates N independent scenes in lock-step as tensors: robot unicycles with blocked
+motion, a social-force crowd, contact events, route progress, the paper's reward terms and a
+raycast camera. The policy decides every ``control_dt``; it sees the last k camera frames spaced
+``frame_dt`` apart, exactly as the video datamodule cut its training clips, so the env renders at
+every control step into a ring buffer and picks every (frame_dt / control_dt)-th frame from it.
+A timing whose frame period is not a whole number of control periods is refused, because no
+stacking of rendered frames could reproduce it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.data import Bounded, Categorical, Composite, Unbounded
+from torchrl.envs import EnvBase
+
+from s2e.geometry import goal_encoding, to_robot_frame
+from s2e.sim.crowd import CrowdConfig, crowd_step
+from s2e.sim.generator import SceneConfig, World, generate_world
+from s2e.sim.physics import ContactTracker, footprint_clearance, integrate_unicycle
+from s2e.sim.render import Raycaster
+from s2e.sim.rewards import TERMS, RewardConfig, reward_terms, route_arclength, total_reward
+from s2e.sim.robots import RobotProfile, get_robot
+from s2e.sim.tasks import get_task
+from s2e.timing import TimingSpec
+
+
+@dataclass(frozen=True)
+class NavEnvConfig:
+    """Everything that defines an environment instance (besides its batch size, device and seed).
+
+    Attributes:
+        task: "empty", "obstacle", "pedestrian" or "both".
+        robot: "wheeled" or "quadruped" (or a ``RobotProfile``).
+        timing: frame stacking and control period.
+        image_size: (height, width) of rendered frames.
+        domain: appearance domain name of the renderer ("sim", "recorded", ...).
+        with_depth: also return stacked depth frames under "depth".
+        arrival_radius: metres from the goal that count as arrival (success).
+        physics_substeps: blocked-motion substeps per control step.
+        time_limit_factor: episode time limit = factor * route length / max speed + time_limit_slack.
+        time_limit_slack: seconds added to every time limit.
+    """
+
+    task: str = "both"
+    robot: str | RobotProfile = "wheeled"
+    timing: TimingSpec = field(default_factory=TimingSpec)
+    image_size: tuple[int, int] = (96, 96)
+    domain: str = "sim"
+    with_depth: bool = False
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    crowd: CrowdConfig = field(default_factory=CrowdConfig)
+    arrival_radius: float = 1.0
+    physics_substeps: int = 4
+    time_limit_factor: float = 2.0
+    time_limit_slack: float = 10.0
+
+
+def frame_stride(timing: TimingSpec) -> int:
+    """Control steps between stacked frames; a clear error unless frame_dt is a multiple of control_dt."""
+    ratio = timing.frame_dt / timing.control_dt
+    stride = round(ratio)
+    if stride < 1 or abs(ratio - stride) > 1e-6:
+        raise ValueError(
+            f"TimingSpec.frame_dt ({timing.frame_dt} s) must be a whole multiple of control_dt ({timing.control_dt} s): "
+            "the simulator renders once per control step and stacks every n-th frame"
+        )
+    return stride
+
+
+class NavEnv(EnvBase):
+    """Batched point-goal navigation along sidewalks (see the module docstring).
+
+    Output keys besides the TorchRL ones: ``frames`` uint8 [N, k, 3, H, W], ``goal`` [N, 3]
+    (distance, cos, sin in the robot frame), optional ``depth`` [N, k, 1, H, W], ``collisions``
+    [N, 1] (contact events this episode), ``route_completion`` [N, 1], ``success`` [N, 1] and
+    ``("reward_terms", name)`` [N, 1] for every term of ``rewards.TERMS``.
+    """
+
+    def __init__(self, config: NavEnvConfig = NavEnvConfig(), num_envs: int = 1, device: str | torch.device = "cpu", seed: int = 0) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(batch_size=torch.Size([num_envs]), device=device)
+        self.config = config
+        self.robot = get_robot(config.robot)
+        self.task = get_task(config.task)
+        self.scene_config = self.task.apply(config.scene).validate(self.robot)
+        self.stride = frame_stride(config.timing)
+        h, w = config.image_size
+        if h < 8 or w < 8:
+            raise ValueError(f"image_size must be at least 8x8, got {config.image_size}")
+        self.renderer = Raycaster(w, h, domain=config.domain, max_distance=config.scene.extent, device=self.device)
+        self._make_specs(num_envs)
+        self._render_generator = torch.Generator(device=self.device)
+        self._set_seed(seed)
+        self.world: Optional[World] = None
+
+    # ------------------------------------------------------------------ specs
+    def _make_specs(self, n: int) -> None:
+        cfg, robot = self.config, self.robot
+        k, (h, w) = cfg.timing.context_frames, cfg.image_size
+        obs = {
+            "frames": Bounded(0, 255, shape=(n, k, 3, h, w), dtype=torch.uint8, device=self.device),
+            "goal": Unbounded(shape=(n, 3), dtype=torch.float32, device=self.device),
+            "collisions": Unbounded(shape=(n, 1), dtype=torch.int64, device=self.device),
+            "route_completion": Bounded(0.0, 1.0, shape=(n, 1), dtype=torch.float32, device=self.device),
+            "success": Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device),  # arrived this episode
+            "reward_terms": Composite({t: Unbounded(shape=(n, 1), device=self.device) for t in TERMS}, shape=(n,), device=self.device),
+        }
+        if cfg.with_depth:
+            obs["depth"] = Unbounded(shape=(n, k, 1, h, w), dtype=torch.float32, device=self.device)
+        self.observation_spec = Composite(obs, shape=(n,), device=self.device)
+        low = torch.tensor([robot.min_speed, -robot.max_omega], device=self.device).expand(n, 2)
+        high = torch.tensor([robot.max_speed, robot.max_omega], device=self.device).expand(n, 2)
+        self.action_spec = Bounded(low.clone(), high.clone(), shape=(n, 2), dtype=torch.float32, device=self.device)
+        self.reward_spec = Unbounded(shape=(n, 1), dtype=torch.float32, device=self.device)
+        flag = lambda: Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device)  # noqa: E731
+        self.done_spec = Composite(done=flag(), terminated=flag(), truncated=flag(), shape=(n,), device=self.device)
+        self._action_range = (high[0] - low[0]).clamp_min(1e-6)
+
+    def _set_seed(self, seed: Optional[int]) -> None:
+        self._rng = np.random.default_rng(seed)
+        self._render_generator.manual_seed(int(self._rng.integers(2**62)))
+
+    # ------------------------------------------------------------------ state helpers
+    def _new_scenes(self, count: int) -> World:
+        seeds = self._rng.integers(0, 2**31 - 1, size=count)
+        return generate_world(seeds.tolist(), self.scene_config, self.robot, device=self.device)
+
+    def _render(self, idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        scene = self.world.scene if idx is None else self.world.scene.index(idx)
+        xy = self.robot_xy if idx is None else self.robot_xy[idx]
+        yaw = self.robot_yaw if idx is None else self.robot_yaw[idx]
+        camera = xy + self.robot.camera_forward * torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
+        return self.renderer.render(
+            scene, camera, yaw, self.robot.camera_height, self.robot.hfov_deg,
+            with_depth=self.config.with_depth, noise_generator=self._render_generator,
+        )
+
+    def _stacked(self, buffer: torch.Tensor) -> torch.Tensor:
+        k = self.config.timing.context_frames
+        newest = (self._head - 1) % buffer.shape[1]
+        order = (newest - torch.arange(k - 1, -1, -1, device=self.device) * self.stride) % buffer.shape[1]
+        return buffer[:, order]
+
+    def _observation(self) -> dict[str, torch.Tensor]:
+        world = self.world
+        goal_local = to_robot_frame(world.scene.goal[:, None], self.robot_xy, self.robot_yaw)[:, 0]
+        obs = {
+            "frames": self._stacked(self._frames),
+            "goal": goal_encoding(goal_local).float(),
+            "collisions": self.contacts.count[:, None].clone(),
+            "route_completion": self.route_completion[:, None],
+            "success": self._success[:, None].clone(),
+        }
+        if self.config.with_depth:
+            obs["depth"] = self._stacked(self._depth)
+        return obs
+
+    # ------------------------------------------------------------------ TorchRL API
+    def _reset(self, tensordict: Optional[TensorDictBase] = None, **kwargs) -> TensorDictBase:
+        n = self.batch_size[0]
+        mask = tensordict.get("_reset", None) if tensordict is not None else None
+        if self.world is None or mask is None:
+            mask = torch.ones(n, dtype=torch.bool, device=self.device)
+        mask = mask.reshape(n).to(self.device)
+        idx = mask.nonzero()[:, 0]
+        fresh = self._new_scenes(len(idx))
+        if self.world is None:
+            self._allocate(fresh)
+        else:
+            self.world.assign(idx, fresh)
+        route = self.world.scene.route[idx]
+        start_dir = route[:, 1] - route[:, 0]
+        self.robot_xy[idx] = route[:, 0]
+        self.robot_yaw[idx] = torch.atan2(start_dir[:, 1], start_dir[:, 0])
+        self._prev_action[idx] = 0.0
+        self._steps[idx] = 0
+        self._best_arc[idx] = 0.0
+        self._success[idx] = False
+        self.contacts.reset(idx)
+        limit = (self.config.time_limit_factor * self.world.route_total[idx] / self.robot.max_speed + self.config.time_limit_slack)
+        self._step_limit[idx] = torch.ceil(limit / self.config.timing.control_dt).long()
+        rgb, depth = self._render(idx)
+        self._frames[idx] = rgb[:, None]  # the robot stood still before the episode: history = first frame
+        if depth is not None:
+            self._depth[idx] = depth[:, None]
+        out = self._observation()
+        out["reward_terms"] = {t: torch.zeros(n, 1, device=self.device) for t in TERMS}
+        zeros = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
+        out.update(done=zeros, terminated=zeros.clone(), truncated=zeros.clone())
+        return TensorDict(out, batch_size=self.batch_size, device=self.device)
+
+    def _allocate(self, world: World) -> None:
+        n, dev = self.batch_size[0], self.device
+        k, (h, w) = self.config.timing.context_frames, self.config.image_size
+        length = (k - 1) * self.stride + 1
+        self.world = world
+        self.robot_xy = torch.zeros(n, 2, device=dev)
+        self.robot_yaw = torch.zeros(n, device=dev)
+        self._prev_action = torch.zeros(n, 2, device=dev)
+        self._steps = torch.zeros(n, dtype=torch.long, device=dev)
+        self._step_limit = torch.zeros(n, dtype=torch.long, device=dev)
+        self._best_arc = torch.zeros(n, device=dev)
+        self._success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.contacts = ContactTracker(n, dev)
+        self._frames = torch.zeros(n, length, 3, h, w, dtype=torch.uint8, device=dev)
+        self._depth = torch.zeros(n, length, 1, h, w, device=dev) if self.config.with_depth else None
+        self._head = 0
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        cfg, robot, world = self.config, self.robot, self.world
+        dt = cfg.timing.control_dt
+        spec = self.action_spec
+        action = torch.maximum(torch.minimum(tensordict.get("action").to(self.device).float(), spec.space.high), spec.space.low)
+        old_xy = self.robot_xy
+        xy, yaw, blocked = integrate_unicycle(world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius)
+        self.robot_xy, self.robot_yaw = xy, yaw
+        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd)
+        clearance = footprint_clearance(world, xy[:, None], robot.radius).total[:, 0]
+        new_collision = self.contacts.update(blocked, clearance)
+
+        arc = route_arclength(world.scene.route, world.route_cumlen, xy)
+        progress = (arc - self._best_arc).clamp_min(0)
+        self._best_arc = torch.maximum(self._best_arc, arc)
+        arrived = ((world.scene.goal - xy).norm(dim=-1) <= cfg.arrival_radius) & ~self._success
+        self._success = self._success | arrived
+        self._steps += 1
+        truncated = (self._steps >= self._step_limit) & ~self._success
+
+        terms = reward_terms(world, xy, robot.radius, progress, arrived, new_collision, action, self._prev_action, self._action_range, cfg.rewards)
+        reward = total_reward(terms, cfg.rewards)
+        self._prev_action = action
+
+        rgb, depth = self._render()
+        self._frames[:, self._head] = rgb
+        if depth is not None:
+            self._depth[:, self._head] = depth
+        self._head = (self._head + 1) % self._frames.shape[1]
+
+        out = self._observation()
+        out["reward_terms"] = {t: v[:, None].float() for t, v in terms.items()}
+        out.update(
+            reward=reward[:, None].float(),
+            terminated=self._success[:, None].clone(),
+            truncated=truncated[:, None],
+            done=(self._success | truncated)[:, None],
+        )
+        return TensorDict(out, batch_size=self.batch_size, device=self.device)
+
+    @property
+    def route_completion(self) -> torch.Tensor:
+        """Fraction [N] of the route covered this episode (1 once arrived within the arrival radius)."""
+        covered = (self._best_arc / self.world.route_total.clamp_min(1e-6)).clamp(0, 1)
+        return torch.where(self._success, torch.ones_like(covered), covered)
+
+    @property
+    def time(self) -> torch.Tensor:
+        """Seconds since each env's episode started [N]."""
+        return self._steps.float() * self.config.timing.control_dt

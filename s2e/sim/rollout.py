@@ -1,0 +1,123 @@
+"""Batched episode rollouts of a controller in ``NavEnv``, recorded per env until each one finishes.
+
+Demo-data generation, expert evaluation and the preview tool all need "run one episode in every env
+of a batch and keep what happened", with episodes of different lengths; this module does that once.
+An env that finishes is frozen in the record (later steps are ignored) while the others run on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from s2e.sim.env import NavEnv
+from s2e.sim.expert import ExpertPlan, ExpertPlanner
+
+Controller = Callable[[NavEnv], torch.Tensor]
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode: poses and frames at every control step (t = 0 is the reset frame)."""
+
+    t: np.ndarray
+    xy: np.ndarray
+    yaw: np.ndarray
+    speed: np.ndarray
+    success: bool
+    route_completion: float
+    collisions: int
+    style_seed: int
+    frames: Optional[np.ndarray] = None  # [T, H, W, 3] uint8
+    pedestrians: list[np.ndarray] = field(default_factory=list)  # per step [P, 6] real rows (if asked)
+
+
+def run_episodes(env: NavEnv, controller: Controller, record_frames: bool = True, record_pedestrians: bool = False) -> list[EpisodeRecord]:
+    """Reset every env, step ``controller`` until all episodes are done, return one record per env."""
+    td = env.reset()
+    n = env.batch_size[0]
+    dt = env.config.timing.control_dt
+    live = torch.ones(n, dtype=torch.bool)
+    xy, yaw, frames, peds = [env.robot_xy.cpu().clone()], [env.robot_yaw.cpu().clone()], [], []
+    steps = torch.zeros(n, dtype=torch.long)
+    final = {}
+    style = env.world.scene.style_seed.cpu().clone()
+
+    def snapshot(obs) -> None:
+        if record_frames:
+            frames.append(obs["frames"][:, -1].permute(0, 2, 3, 1).cpu().numpy())
+        if record_pedestrians:
+            peds.append((env.world.scene.pedestrians.cpu().clone(), env.world.scene.pedestrian_mask.cpu().clone()))
+
+    snapshot(td)
+    while live.any():
+        action = controller(env)
+        td = env.step(td.set("action", action)).get("next")
+        xy.append(env.robot_xy.cpu().clone())
+        yaw.append(env.robot_yaw.cpu().clone())
+        snapshot(td)
+        steps += live.long()
+        done = td["done"][:, 0].cpu() & live
+        for i in done.nonzero()[:, 0].tolist():
+            final[i] = (bool(td["success"][i, 0]), float(td["route_completion"][i, 0]), int(td["collisions"][i, 0]))
+        live &= ~done
+    xy_all, yaw_all = torch.stack(xy).numpy(), torch.stack(yaw).numpy()
+    records = []
+    for i in range(n):
+        length = int(steps[i]) + 1
+        path = xy_all[:length, i].astype(np.float64)
+        speed = np.concatenate([[0.0], np.linalg.norm(np.diff(path, axis=0), axis=1) / dt])
+        records.append(
+            EpisodeRecord(
+                t=np.arange(length) * dt, xy=path, yaw=yaw_all[:length, i].astype(np.float64), speed=speed,
+                success=final[i][0], route_completion=final[i][1], collisions=final[i][2], style_seed=int(style[i]),
+                frames=np.stack([f[i] for f in frames[:length]]) if record_frames else None,
+                pedestrians=[p[i][m[i]].numpy() for p, m in peds[:length]] if record_pedestrians else [],
+            )
+        )
+    return records
+
+
+@dataclass
+class ExpertStyle:
+    """Per-env variation of the expert for multi-modal demonstrations.
+
+    Attributes:
+        speed_scale: [N] fraction of the robot's top speed the expert allows itself.
+        side_bias: [N] metres; the sign picks which side obstacles are passed on.
+        noise_std: (v, omega) std of Gaussian action noise, as fractions of the limits.
+    """
+
+    speed_scale: torch.Tensor
+    side_bias: torch.Tensor
+    noise_std: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def sample(cls, n: int, generator: torch.Generator, noise_std: tuple[float, float] = (0.05, 0.1)) -> "ExpertStyle":
+        scale = 0.6 + 0.4 * torch.rand(n, generator=generator)
+        side = (torch.rand(n, generator=generator) * 2 - 1) * 1.5
+        return cls(scale, side, noise_std)
+
+
+def expert_controller(planner: ExpertPlanner, style: Optional[ExpertStyle] = None, generator: Optional[torch.Generator] = None, plans: Optional[list[ExpertPlan]] = None) -> Controller:
+    """A controller that asks ``planner`` for every env (optionally styled and noised); ``plans``
+    collects each step's plan (waypoints included) when given."""
+
+    def control(env: NavEnv) -> torch.Tensor:
+        if style is None:
+            plan = planner.plan(env.world, env.robot_xy, env.robot_yaw)
+        else:
+            plan = planner.plan(env.world, env.robot_xy, env.robot_yaw, style.speed_scale.to(env.device), style.side_bias.to(env.device))
+        if plans is not None:
+            plans.append(plan)
+        action = plan.action
+        if style is not None and any(style.noise_std):
+            limits = torch.tensor([planner.robot.max_speed, planner.robot.max_omega])
+            noise = torch.randn(action.shape, generator=generator) * torch.tensor(style.noise_std) * limits
+            action = action + noise.to(action.device)
+        return action
+
+    return control

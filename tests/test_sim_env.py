@@ -1,0 +1,129 @@
+"""NavEnv as a TorchRL environment: specs, resets, determinism, frame stacking, rewards, termination."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torchrl.envs.utils import check_env_specs, step_mdp
+
+from s2e.sim.expert import ExpertPlanner
+from s2e.sim.generator import SceneConfig
+from s2e.sim.rewards import TERMS
+from s2e.sim.tasks import TASKS
+from s2e.timing import TimingSpec
+
+pytest.importorskip("s2e.sim.render", reason="the raycaster (s2e/sim/render.py) has not landed yet")
+
+from s2e.sim.env import NavEnv, NavEnvConfig  # noqa: E402
+
+SMALL = NavEnvConfig(image_size=(16, 16), scene=SceneConfig(route_length=(6.0, 8.0)))
+
+
+def _forward(env: NavEnv, speed: float = 0.8) -> torch.Tensor:
+    return torch.tensor([speed, 0.1]).expand(env.batch_size[0], 2).clone()
+
+
+@pytest.mark.parametrize("robot", ["wheeled", "quadruped"])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_check_env_specs_for_every_task_and_robot(task, robot):
+    env = NavEnv(replace(SMALL, task=task, robot=robot), num_envs=2, seed=0)
+    check_env_specs(env)
+    td = env.rollout(3)
+    assert td["next", "frames"].shape == (2, 3, 5, 3, 16, 16)
+    assert td["next", "frames"].dtype == torch.uint8
+    assert set(td["next", "reward_terms"].keys()) == set(TERMS)
+
+
+def test_depth_frames_are_stacked_when_asked():
+    env = NavEnv(replace(SMALL, with_depth=True), num_envs=2, seed=0)
+    check_env_specs(env)
+    td = env.reset()
+    assert td["depth"].shape == (2, 5, 1, 16, 16) and (td["depth"] > 0).any()
+
+
+def test_frame_period_must_be_a_multiple_of_the_control_period():
+    with pytest.raises(ValueError, match="multiple of control_dt"):
+        NavEnv(replace(SMALL, timing=TimingSpec(frame_dt=0.25, control_dt=0.1)), num_envs=1)
+
+
+def test_stacked_frames_are_exactly_frame_dt_apart():
+    timing = TimingSpec(context_frames=4, frame_dt=0.3, control_dt=0.1)
+    env = NavEnv(replace(SMALL, timing=timing, task="empty"), num_envs=2, seed=4)
+    td = env.reset()
+    history = [td["frames"][:, -1].clone()]
+    for step in range(1, 13):
+        td = step_mdp(env.step(td.set("action", _forward(env))))
+        history.append(td["frames"][:, -1].clone())
+        for j in range(4):  # frame j is (3 - j) * 3 control steps old, clamped at the episode start
+            assert torch.equal(td["frames"][:, j], history[max(step - (3 - j) * 3, 0)])
+    assert not torch.equal(history[0], history[-1])  # the view changed as the robot moved
+
+
+def test_same_seed_same_rollout_and_different_seed_differs():
+    def run(seed: int):
+        env = NavEnv(replace(SMALL, task="both"), num_envs=3, seed=seed)
+        torch.manual_seed(123)  # rollout's random actions come from the global generator
+        return env.rollout(15)
+
+    a, b, c = run(7), run(7), run(8)
+    for key in ("frames", "goal", "reward", "collisions"):
+        assert torch.equal(a["next", key], b["next", key])
+    assert not torch.equal(a["next", "goal"], c["next", "goal"])
+
+
+def test_partial_reset_resets_only_the_masked_envs():
+    env = NavEnv(replace(SMALL, task="pedestrian"), num_envs=3, seed=2)
+    td = env.reset()
+    for _ in range(5):
+        td = step_mdp(env.step(td.set("action", _forward(env))))
+    xy, goal, frames = env.robot_xy.clone(), env.world.scene.goal.clone(), td["frames"].clone()
+    mask = torch.tensor([[True], [False], [True]])
+    out = env.reset(td.clone().set("_reset", mask))
+    keep = ~mask[:, 0]
+    assert torch.equal(env.robot_xy[keep], xy[keep]) and torch.equal(env.world.scene.goal[keep], goal[keep])
+    assert torch.equal(out["frames"][keep], frames[keep])
+    assert torch.equal(env.robot_xy[mask[:, 0]], env.world.scene.start[mask[:, 0]])  # back at a start
+    assert not torch.equal(env.world.scene.goal[mask[:, 0]], goal[mask[:, 0]])  # new scenes
+    reset_frames = out["frames"][mask[:, 0]]
+    assert torch.equal(reset_frames, reset_frames[:, :1].expand_as(reset_frames))  # history = first frame
+    assert (env.time[mask[:, 0]] == 0).all() and (env.time[keep] > 0).all()
+
+
+def test_reward_is_the_weighted_sum_of_its_terms():
+    env = NavEnv(replace(SMALL, task="both"), num_envs=4, seed=1)
+    torch.manual_seed(0)
+    td = env.rollout(10)
+    weights = env.config.rewards.weights()
+    total = sum(w * td["next", "reward_terms", t] for t, w in weights.items())
+    torch.testing.assert_close(td["next", "reward"], total)
+
+
+def test_expert_episode_terminates_with_success_and_route_completion():
+    env = NavEnv(replace(SMALL, task="obstacle"), num_envs=3, seed=5)
+    planner = ExpertPlanner(env.robot)
+    td = env.reset()
+    arrivals = torch.zeros(3)
+    for _ in range(300):
+        td = env.step(td.set("action", planner.plan(env.world, env.robot_xy, env.robot_yaw).action))
+        arrivals += td["next", "reward_terms", "arrival"][:, 0]
+        if td["next", "done"].all():
+            break
+        td = step_mdp(td)
+    nxt = td["next"]
+    assert nxt["terminated"].all() and nxt["success"].all() and not nxt["truncated"].any()
+    assert torch.equal(arrivals, torch.ones(3))  # the arrival bonus is paid once
+    assert torch.equal(nxt["route_completion"], torch.ones(3, 1))
+
+
+def test_standing_still_times_out_as_truncated():
+    env = NavEnv(replace(SMALL, task="empty", time_limit_factor=0.0, time_limit_slack=1.05), num_envs=2, seed=0)  # 11 steps
+    td = env.reset()
+    for step in range(10):
+        td = env.step(td.set("action", torch.zeros(2, 2)))
+        assert not td["next", "done"].any()
+        td = step_mdp(td)
+    td = env.step(td.set("action", torch.zeros(2, 2)))
+    assert td["next", "truncated"].all() and not td["next", "terminated"].any()
+    assert (td["next", "route_completion"] < 0.05).all()
