@@ -1,0 +1,85 @@
+"""Frame and goal encoders: images -> one token per frame, (distance, cos, sin) -> one goal token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+# ImageNet statistics: the timm backbones were trained with them and the CNN does not mind.
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+class ConvFrameEncoder(nn.Module):
+    """A compact strided CNN (the CPU default): each block halves the resolution, then a global
+    average pool and a linear layer give one d_model token per frame, for any input size."""
+
+    def __init__(self, d_model: int, channels: Sequence[int] = (32, 64, 96, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for out_ch in channels:
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False),
+                nn.GroupNorm(min(8, out_ch), out_ch),
+                nn.GELU(),
+            ]
+            in_ch = out_ch
+        self.blocks = nn.Sequential(*layers)
+        self.proj = nn.Linear(in_ch, d_model)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images: [N, 3, H, W] normalized float -> [N, d_model]."""
+        return self.proj(self.blocks(images).mean(dim=(2, 3)))
+
+
+class TimmFrameEncoder(nn.Module):
+    """Any timm backbone (e.g. ``vit_small_patch16_224`` for the paper config) with weights read
+    from a LOCAL file: nothing is downloaded, so a cluster without internet trains the same."""
+
+    def __init__(self, d_model: int, model_name: str, weights_path: Optional[str], image_size: tuple[int, int]) -> None:
+        super().__init__()
+        try:
+            import timm
+        except ImportError as err:  # timm is an optional extra
+            raise ImportError(f"the timm frame encoder ({model_name!r}) needs timm: pip install s2e[timm]") from err
+        self.backbone = timm.create_model(model_name, pretrained=False, num_classes=0, img_size=image_size)
+        if weights_path is not None:
+            path = Path(weights_path)
+            if not path.is_file():
+                raise FileNotFoundError(f"backbone weights not found: {path}")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+            if missing:
+                raise ValueError(f"{path} lacks backbone weights {missing[:5]}... for {model_name}")
+            del unexpected  # classifier heads of the source checkpoint are irrelevant here
+        self.proj = nn.Linear(self.backbone.num_features, d_model)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.proj(self.backbone(images))
+
+
+class GoalEncoder(nn.Module):
+    """(distance m, cos, sin) -> a d_model token; rows whose goal is masked get a learned null token.
+
+    The distance is clipped to ``max_distance`` and divided by it (the paper uses 200 m), so goals far
+    beyond anything in training do not push the MLP out of range.
+    """
+
+    def __init__(self, d_model: int, max_distance: float = 200.0) -> None:
+        super().__init__()
+        self.max_distance = float(max_distance)
+        self.mlp = nn.Sequential(nn.Linear(3, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.null_token = nn.Parameter(torch.zeros(d_model))
+        nn.init.normal_(self.null_token, std=0.02)
+
+    def forward(self, goal: Tensor, goal_mask: Optional[Tensor] = None) -> Tensor:
+        """goal: [B, 3]; goal_mask: [B] bool, True where the goal is given -> [B, d_model]."""
+        distance = goal[:, :1].clamp(0.0, self.max_distance) / self.max_distance
+        token = self.mlp(torch.cat([distance, goal[:, 1:3]], dim=-1))
+        if goal_mask is None:
+            return token
+        return torch.where(goal_mask[:, None], token, self.null_token.to(token.dtype).expand_as(token))
