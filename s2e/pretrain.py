@@ -1,0 +1,256 @@
+"""``PretrainModule``: AGDM pretraining of :class:`s2e.model.S2EPolicy` (stage 1 of the paper).
+
+The anchors file fixes the model's TimingSpec and its number of modes; both, the anchors themselves
+(policy buffers) and the policy config are stored in every checkpoint as plain types, so
+:func:`load_policy_from_checkpoint` rebuilds the policy from the checkpoint alone with
+``torch.load(weights_only=True)``. ``setup`` refuses a DataModule cut with another TimingSpec or image size.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+
+from s2e.anchors import Anchors
+from s2e.distributions import Assignment, agdm_loss
+from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres, modes_metres
+from s2e.timing import TimingSpec
+
+
+class PretrainModule(pl.LightningModule):
+    """AGDM pretraining.
+
+    Args:
+        anchors_path: the anchors ``.npz`` (tools/compute_anchors.py); sets timing and num_anchors.
+        preset: policy preset (``small`` | ``paper``); ``policy`` overrides single fields of it.
+        num_anchors: if given, must equal the anchors file's count (a config that expects another
+            anchor set fails loudly instead of training a different model).
+        assignment: AGDM mode assignment, ``nearest_anchor`` or ``best_mode``.
+        scale_weight: weight of the velocity-scale L2 term.
+        lr, weight_decay, warmup_steps: AdamW with linear warm-up, then cosine decay to
+            ``min_lr_ratio * lr`` at the trainer's last step.
+        top_k: modes counted in minADE/minFDE.
+        image_every_n_steps: training steps between TensorBoard mode images (0 disables them).
+    """
+
+    def __init__(
+        self,
+        anchors_path: str,
+        preset: str = "small",
+        policy: Optional[dict[str, Any]] = None,
+        num_anchors: Optional[int] = None,
+        assignment: Assignment = "nearest_anchor",
+        scale_weight: float = 1.0,
+        lr: float = 3e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        min_lr_ratio: float = 0.05,
+        top_k: int = 5,
+        image_every_n_steps: int = 500,
+    ) -> None:
+        super().__init__()
+        anchors = Anchors.load(anchors_path)
+        if num_anchors is not None and num_anchors != anchors.num_anchors:
+            raise ValueError(
+                f"the model expects num_anchors={num_anchors} but {anchors_path} holds {anchors.num_anchors} anchors; "
+                "refit the anchors with tools/compute_anchors.py --num-anchors or fix model.num_anchors"
+            )
+        self.timing = anchors.timing
+        config = PolicyConfig.preset(
+            preset,
+            **{
+                **(policy or {}),
+                "num_anchors": anchors.num_anchors,
+                "context_frames": anchors.timing.context_frames,
+                "num_waypoints": anchors.timing.num_waypoints,
+            },
+        )
+        self.policy = S2EPolicy(config, torch.from_numpy(anchors.points), torch.from_numpy(anchors.trajectories))
+        self.register_buffer("anchor_counts", torch.from_numpy(anchors.counts))
+        self.save_hyperparameters()
+        # plain types only: checkpoints must load with torch.load(weights_only=True)
+        self.hparams["timing"] = self.timing.to_dict()
+        self.hparams["policy_config"] = config.to_dict()
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None:
+            return
+        data_timing = getattr(datamodule, "timing", None)
+        if data_timing is not None:
+            self.timing.check_compatible(data_timing, this="model (anchors)", that="data")
+        image_size = getattr(datamodule, "image_size", None)
+        if image_size is not None and tuple(image_size) != self.policy.config.image_size:
+            raise ValueError(
+                f"the data decodes frames at {tuple(image_size)} but the model is configured for "
+                f"{self.policy.config.image_size}; set model.policy.image_size or data.image_size"
+            )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse to resume or fine-tune from a checkpoint trained under another TimingSpec."""
+        stored = checkpoint.get("hyper_parameters", {}).get("timing")
+        if stored is not None:
+            self.timing.check_compatible(TimingSpec.from_dict(stored), this="model (anchors)", that="checkpoint")
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, frames: Tensor, goal: Tensor, goal_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+        return self.policy(frames, goal, goal_mask)
+
+    def _shared_step(self, batch: dict[str, Any], split: str) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.policy(batch["frames"], batch["goal"], batch.get("goal_mask"))
+        mixture = self.policy.mixture(out)
+        losses = agdm_loss(
+            mixture,
+            out["scale"],
+            batch["waypoints"],
+            batch["scale"],
+            self.policy.anchor_points,
+            assignment=self.hparams.assignment,
+            scale_weight=self.hparams.scale_weight,
+        )
+        metrics = trajectory_metrics(out, batch["waypoints"], batch["scale"], losses["assigned"], self.hparams.top_k)
+        metrics["nll"] = -mixture.log_prob(batch["waypoints"]).mean()
+        batch_size = batch["frames"].shape[0]
+        logged = {f"{split}/{k}": v for k, v in losses.items() if k != "assigned"}
+        logged.update({f"{split}/{k}": v for k, v in metrics.items()})
+        sync = split != "train"  # training metrics stay per-rank: no all-reduce on every step
+        self.log_dict(logged, batch_size=batch_size, sync_dist=sync)
+        return losses["loss"], out
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, out = self._shared_step(batch, "train")
+        every = self.hparams.image_every_n_steps
+        if every and self.global_step % every == 0:
+            self._log_modes_image(batch, out)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = self.policy(batch["frames"], batch["goal"], batch.get("goal_mask"))
+        return {"key": batch.get("key"), "t": batch.get("t"), "waypoints_m": best_trajectory_metres(out), "scores": out["scores"].softmax(-1)}
+
+    # ------------------------------------------------------------- optimizer
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            (no_decay if param.ndim < 2 or "embedding" in name or "null_token" in name else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = warmup_cosine(self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------ TensorBoard
+    @rank_zero_only
+    def _log_modes_image(self, batch: dict[str, Any], out: dict[str, Tensor]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_figure"):
+            return
+        figure = modes_figure(
+            batch["frames"][0, -1].detach().cpu().numpy(),
+            modes_metres(out)[0].detach().float().cpu().numpy(),
+            out["scores"][0].detach().float().softmax(-1).cpu().numpy(),
+            (batch["waypoints"][0] * batch["scale"][0]).detach().float().cpu().numpy(),
+        )
+        experiment.add_figure("train/modes", figure, global_step=self.global_step)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warm-up over ``warmup_steps``, then cosine from 1 to ``min_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def trajectory_metrics(out: dict[str, Tensor], target: Tensor, target_scale: Tensor, assigned: Tensor, top_k: int) -> dict[str, Tensor]:
+    """Best-mode ADE/FDE and minADE/minFDE over the top-k scored modes (metres), anchor top-1 accuracy."""
+    with torch.no_grad():
+        truth = target * target_scale[:, None, None]
+        errors = (modes_metres(out) - truth[:, None]).norm(dim=-1)  # [B, M, T]
+        rows = torch.arange(errors.shape[0], device=errors.device)
+        best = out["scores"].argmax(-1)
+        k = min(top_k, errors.shape[1])
+        top = out["scores"].topk(k, dim=-1).indices  # [B, k]
+        top_errors = errors[rows[:, None], top]  # [B, k, T]
+        return {
+            "ade": errors[rows, best].mean(),
+            "fde": errors[rows, best, -1].mean(),
+            "min_ade": top_errors.mean(-1).min(-1).values.mean(),
+            "min_fde": top_errors[..., -1].min(-1).values.mean(),
+            "anchor_acc": (best == assigned).float().mean(),
+        }
+
+
+def modes_figure(frame_chw: np.ndarray, modes_m: np.ndarray, weights: np.ndarray, truth_m: np.ndarray):
+    """Matplotlib figure: the newest context frame beside a top-down plot (robot frame, +x up, +y
+    left) of every predicted mode with opacity by its score and the ground truth in black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_img, ax_top) = plt.subplots(1, 2, figsize=(8, 4))
+    ax_img.imshow(frame_chw.transpose(1, 2, 0))
+    ax_img.set_axis_off()
+    ax_img.set_title("context frame (now)")
+    alpha = 0.1 + 0.9 * weights / max(float(weights.max()), 1e-9)
+    for mode, a in zip(modes_m, alpha):
+        ax_top.plot(-mode[:, 1], mode[:, 0], "-", color="tab:blue", alpha=float(a), linewidth=1.5)
+    ax_top.plot(-truth_m[:, 1], truth_m[:, 0], "k.-", linewidth=2, label="ground truth")
+    ax_top.plot([0], [0], "r^", markersize=8)
+    ax_top.set_aspect("equal", adjustable="datalim")
+    ax_top.set_xlabel("-y (m, right)")
+    ax_top.set_ylabel("x (m, forward)")
+    ax_top.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def load_policy_from_checkpoint(path: Union[str, Path], map_location: str = "cpu") -> tuple[S2EPolicy, TimingSpec, Anchors]:
+    """Rebuild the trained policy from a PretrainModule checkpoint alone (no anchors file, no config).
+
+    Loads with ``weights_only=True``: checkpoints hold tensors and plain types, nothing is unpickled.
+    Returns the policy (eval mode), its TimingSpec and its Anchors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "policy_config" not in hparams or "timing" not in hparams:
+        raise ValueError(f"{path} is not an S2E policy checkpoint (no policy_config/timing hyper-parameters)")
+    config = PolicyConfig.from_dict(hparams["policy_config"])
+    timing = TimingSpec.from_dict(hparams["timing"])
+    state = {k[len("policy.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
+    policy = S2EPolicy(config, state["anchor_points"], state["anchor_trajectories"])
+    policy.load_state_dict(state)
+    policy.eval()
+    counts = checkpoint["state_dict"].get("anchor_counts", torch.zeros(config.num_anchors, dtype=torch.int64))
+    anchors = Anchors(
+        points=state["anchor_points"].numpy(),
+        trajectories=state["anchor_trajectories"].numpy(),
+        timing=timing,
+        counts=counts.numpy(),
+    )
+    return policy, timing, anchors

@@ -1,0 +1,189 @@
+"""PretrainModule on real mp4 shards: overfit, TensorBoard events, checkpoint round trip, resume, errors.
+
+The helpers at the top (demo shards with left / straight / right episodes and anchors fitted on
+them) are shared with test_cli.py and test_ddp_pretrain.py.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+import sys
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from conftest import curved_trajectory, encode_indexed_video
+from datamodules.nav_video import NavVideoDataModule
+from datamodules.shard_writer import EpisodeShardWriter
+from datamodules.windows import WindowConfig
+from s2e.anchors import Anchors, fit_anchors
+from s2e.distributions import agdm_loss
+from s2e.pretrain import PretrainModule, load_policy_from_checkpoint
+from s2e.timing import TimingMismatchError, TimingSpec
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from tools.compute_anchors import gather_trajectories  # noqa: E402
+
+FPS = 10
+IMAGE = 32
+# turn rates (rad/s) of the demo episodes: left, straight, right -> a multi-modal future
+TURNS = (0.5, 1e-3, -0.5, 0.3, -0.3, 1e-3)
+TINY_POLICY = {"image_size": [IMAGE, IMAGE], "d_model": 32, "cnn_channels": [8, 16, 16, 32], "fusion_heads": 2, "fusion_depth": 1}
+
+
+def write_demo_shards(root: pathlib.Path, num_episodes: int = 4, frames: int = 50) -> str:
+    """One episode per shard (so DDP ranks get shards of their own); returns the brace pattern."""
+    with EpisodeShardWriter(root, prefix="train", max_count=1) as writer:
+        for i in range(num_episodes):
+            traj = curved_trajectory(frames, FPS, speed=1.0 + 0.1 * i, turn_rate=TURNS[i % len(TURNS)])
+            writer.write(f"ep{i}", encode_indexed_video(frames, FPS, height=IMAGE, width=IMAGE), traj, {"fps": FPS})
+    return str(root / f"train-{{000000..{num_episodes - 1:06d}}}.tar")
+
+
+def fit_demo_anchors(shards: str, path: pathlib.Path, num_anchors: int = 4, timing: TimingSpec = TimingSpec()) -> pathlib.Path:
+    from datamodules.pipeline import expand_shards
+
+    trajectories, _, _ = gather_trajectories(expand_shards(shards), WindowConfig(timing=timing))
+    fit_anchors(trajectories, num_anchors, timing).save(path)
+    return path
+
+
+def demo_datamodule(shards: str, **kwargs) -> NavVideoDataModule:
+    args = dict(
+        train_shards=shards,
+        image_size=(IMAGE, IMAGE),
+        batch_size=4,
+        num_workers=0,
+        samples_per_epoch=16,
+        shuffle_buffer=8,
+        goal_horizon_s=(1.0, 2.0),
+    )
+    args.update(kwargs)
+    return NavVideoDataModule(**args)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pathlib.Path]:
+    root = tmp_path_factory.mktemp("demo")
+    shards = write_demo_shards(root)
+    return shards, fit_demo_anchors(shards, root / "anchors.npz")
+
+
+def _module(anchors: pathlib.Path, **kwargs) -> PretrainModule:
+    args = dict(anchors_path=str(anchors), policy=dict(TINY_POLICY), warmup_steps=2, image_every_n_steps=0)
+    args.update(kwargs)
+    return PretrainModule(**args)
+
+
+def _trainer(tmp_path: pathlib.Path, **kwargs) -> pl.Trainer:
+    args = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        limit_val_batches=0,
+    )
+    args.update(kwargs)
+    return pl.Trainer(**args)
+
+
+def test_agdm_loss_falls_when_overfitting_one_real_batch(demo) -> None:
+    shards, anchors = demo
+    dm = demo_datamodule(shards)
+    dm.setup("fit")
+    batch = dm.consume_skip_counts(next(iter(dm.train_dataloader())))
+    torch.manual_seed(0)
+    module = _module(anchors)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        out = module.policy(batch["frames"], batch["goal"], batch["goal_mask"])
+        loss = agdm_loss(module.policy.mixture(out), out["scale"], batch["waypoints"], batch["scale"], module.policy.anchor_points)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 5.0, losses
+
+
+def test_fit_writes_tensorboard_scalars_image_and_a_self_contained_checkpoint(demo, tmp_path: pathlib.Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    shards, anchors = demo
+    module = _module(anchors, image_every_n_steps=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, monitor="train/loss", save_top_k=1)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer = _trainer(tmp_path, max_steps=4, logger=logger, callbacks=[checkpoint], log_every_n_steps=1, limit_val_batches=None)
+    trainer.fit(module, datamodule=demo_datamodule(shards, val_shards=shards, val_samples_per_epoch=4))
+
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/nll", "train/ade", "train/min_fde", "train/anchor_acc", "val/ade", "val/min_ade"} <= scalars
+    assert [e.step for e in events.Images("train/modes")] == [0, 2]
+    assert len(events.Scalars("train/loss")) == 4
+
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert checkpoint.best_model_path and last.is_file()
+    policy, timing, loaded_anchors = load_policy_from_checkpoint(last)  # no anchors file needed
+    assert timing == TimingSpec()
+    original = Anchors.load(anchors)
+    np.testing.assert_allclose(loaded_anchors.trajectories, original.trajectories)
+    np.testing.assert_array_equal(loaded_anchors.counts, original.counts)
+    frames = torch.randint(0, 255, (2, 5, 3, IMAGE, IMAGE), dtype=torch.uint8)
+    goal = torch.tensor([[3.0, 1.0, 0.0], [5.0, 0.0, 1.0]])
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(policy(frames, goal)["mean"], module.policy(frames, goal)["mean"])
+
+
+def test_resume_from_last_mid_epoch_ends_at_the_uninterrupted_step(demo, tmp_path: pathlib.Path) -> None:
+    shards, anchors = demo
+
+    class StopAt(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == 3:
+                trainer.should_stop = True
+
+    def run(root: pathlib.Path, callbacks, ckpt_path=None) -> pl.Trainer:
+        checkpoint = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1, save_top_k=0)
+        trainer = _trainer(root, max_epochs=2, callbacks=[checkpoint, *callbacks])
+        trainer.fit(_module(anchors), datamodule=demo_datamodule(shards), ckpt_path=ckpt_path)
+        return trainer
+
+    full = run(tmp_path / "full", [])
+    assert full.global_step == 8  # 2 epochs x 16 samples / batch 4
+    interrupted = run(tmp_path / "cut", [StopAt()])
+    assert interrupted.global_step == 3
+    resumed = run(tmp_path / "cut", [], ckpt_path="last")
+    assert resumed.global_step == full.global_step
+
+
+def test_anchor_count_mismatch_is_a_clear_error(demo) -> None:
+    _, anchors = demo
+    with pytest.raises(ValueError, match="num_anchors=7 .* holds 4 anchors"):
+        _module(anchors, num_anchors=7)
+
+
+def test_data_with_another_timing_is_refused(demo, tmp_path: pathlib.Path) -> None:
+    shards, anchors = demo
+    dm = demo_datamodule(shards, timing=TimingSpec(context_frames=3))
+    with pytest.raises(TimingMismatchError, match="context_frames: model \\(anchors\\)=5 vs data=3"):
+        _trainer(tmp_path, max_steps=1).fit(_module(anchors), datamodule=dm)
+
+
+def test_checkpoint_from_another_timing_is_refused(demo, tmp_path: pathlib.Path) -> None:
+    shards, anchors = demo
+    other = TimingSpec(context_frames=3)
+    other_anchors = fit_demo_anchors(shards, tmp_path / "anchors3.npz", timing=other)
+    trainer = _trainer(tmp_path / "a", max_steps=1, callbacks=[ModelCheckpoint(dirpath=tmp_path / "a", save_last=True)])
+    trainer.fit(_module(other_anchors), datamodule=demo_datamodule(shards, timing=other))
+    with pytest.raises(TimingMismatchError, match="context_frames: model \\(anchors\\)=5 vs checkpoint=3"):
+        _trainer(tmp_path / "b", max_steps=2).fit(_module(anchors), datamodule=demo_datamodule(shards), ckpt_path=str(tmp_path / "a" / "last.ckpt"))
