@@ -23,6 +23,8 @@ from s2e.distributions import Assignment, agdm_loss
 from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres, modes_metres
 from s2e.timing import TimingSpec
 
+CHECKPOINT_KEY = "s2e_policy"  # {"policy_config": dict, "timing": dict} in every checkpoint
+
 
 class PretrainModule(pl.LightningModule):
     """AGDM pretraining.
@@ -75,9 +77,6 @@ class PretrainModule(pl.LightningModule):
         self.policy = S2EPolicy(config, torch.from_numpy(anchors.points), torch.from_numpy(anchors.trajectories))
         self.register_buffer("anchor_counts", torch.from_numpy(anchors.counts))
         self.save_hyperparameters()
-        # plain types only: checkpoints must load with torch.load(weights_only=True)
-        self.hparams["timing"] = self.timing.to_dict()
-        self.hparams["policy_config"] = config.to_dict()
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -94,9 +93,16 @@ class PretrainModule(pl.LightningModule):
                 f"{self.policy.config.image_size}; set model.policy.image_size or data.image_size"
             )
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store what rebuilds the policy (its config and TimingSpec) as plain types beside the weights.
+
+        Kept out of the hyper-parameters on purpose: LightningCLI feeds those back into ``__init__``.
+        """
+        checkpoint[CHECKPOINT_KEY] = {"policy_config": self.policy.config.to_dict(), "timing": self.timing.to_dict()}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume or fine-tune from a checkpoint trained under another TimingSpec."""
-        stored = checkpoint.get("hyper_parameters", {}).get("timing")
+        stored = checkpoint.get(CHECKPOINT_KEY, {}).get("timing")
         if stored is not None:
             self.timing.check_compatible(TimingSpec.from_dict(stored), this="model (anchors)", that="checkpoint")
 
@@ -237,11 +243,11 @@ def load_policy_from_checkpoint(path: Union[str, Path], map_location: str = "cpu
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if "policy_config" not in hparams or "timing" not in hparams:
-        raise ValueError(f"{path} is not an S2E policy checkpoint (no policy_config/timing hyper-parameters)")
-    config = PolicyConfig.from_dict(hparams["policy_config"])
-    timing = TimingSpec.from_dict(hparams["timing"])
+    stored = checkpoint.get(CHECKPOINT_KEY)
+    if stored is None:
+        raise ValueError(f"{path} is not an S2E policy checkpoint (it has no {CHECKPOINT_KEY!r} entry)")
+    config = PolicyConfig.from_dict(stored["policy_config"])
+    timing = TimingSpec.from_dict(stored["timing"])
     state = {k[len("policy.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
     policy = S2EPolicy(config, state["anchor_points"], state["anchor_trajectories"])
     policy.load_state_dict(state)
