@@ -110,7 +110,11 @@ class PretrainModule(pl.LightningModule):
     def forward(self, frames: Tensor, goal: Tensor, goal_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
         return self.policy(frames, goal, goal_mask)
 
-    def _shared_step(self, batch: dict[str, Any], split: str) -> tuple[Tensor, dict[str, Tensor]]:
+    def compute_step(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+        """Forward + AGDM loss + metrics of one batch, no logging: (loss, outputs, loss parts and metrics).
+
+        Split from the Lightning hooks so tools/bench_train.py can run exactly this work in a plain loop.
+        """
         out = self.policy(batch["frames"], batch["goal"], batch.get("goal_mask"))
         mixture = self.policy.mixture(out)
         losses = agdm_loss(
@@ -122,14 +126,17 @@ class PretrainModule(pl.LightningModule):
             assignment=self.hparams.assignment,
             scale_weight=self.hparams.scale_weight,
         )
-        metrics = trajectory_metrics(out, batch["waypoints"], batch["scale"], losses["assigned"], self.hparams.top_k)
-        metrics["nll"] = -mixture.log_prob(batch["waypoints"]).mean()
-        batch_size = batch["frames"].shape[0]
-        logged = {f"{split}/{k}": v for k, v in losses.items() if k != "assigned"}
-        logged.update({f"{split}/{k}": v for k, v in metrics.items()})
+        metrics = {k: v for k, v in losses.items() if k != "assigned"}
+        metrics.update(trajectory_metrics(out, batch["waypoints"], batch["scale"], losses["assigned"], self.hparams.top_k))
+        with torch.no_grad():
+            metrics["nll"] = -mixture.log_prob(batch["waypoints"]).mean()
+        return losses["loss"], out, metrics
+
+    def _shared_step(self, batch: dict[str, Any], split: str) -> tuple[Tensor, dict[str, Tensor]]:
+        loss, out, metrics = self.compute_step(batch)
         sync = split != "train"  # training metrics stay per-rank: no all-reduce on every step
-        self.log_dict(logged, batch_size=batch_size, sync_dist=sync)
-        return losses["loss"], out
+        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, batch_size=batch["frames"].shape[0], sync_dist=sync)
+        return loss, out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, out = self._shared_step(batch, "train")

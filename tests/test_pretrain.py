@@ -22,7 +22,6 @@ from datamodules.nav_video import NavVideoDataModule
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
 from s2e.anchors import Anchors, fit_anchors
-from s2e.distributions import agdm_loss
 from s2e.pretrain import PretrainModule, load_policy_from_checkpoint
 from s2e.timing import TimingMismatchError, TimingSpec
 
@@ -104,8 +103,7 @@ def test_agdm_loss_falls_when_overfitting_one_real_batch(demo) -> None:
     optimizer = torch.optim.AdamW(module.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):
-        out = module.policy(batch["frames"], batch["goal"], batch["goal_mask"])
-        loss = agdm_loss(module.policy.mixture(out), out["scale"], batch["waypoints"], batch["scale"], module.policy.anchor_points)["loss"]
+        loss, _, _ = module.compute_step(batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
