@@ -79,6 +79,17 @@ def test_fit_from_the_experiment_config_saves_config_and_checkpoints_then_valida
     torch.testing.assert_close(validated.model.policy.state_dict()["heads.score.weight"], policy.state_dict()["heads.score.weight"])
 
 
+def test_ckpt_path_last_resumes_the_previous_run_of_the_experiment(demo, tmp_path: pathlib.Path) -> None:
+    shards, anchors = demo
+    args = _tiny_args(shards, anchors, tmp_path)
+    first = S2ECLI(args=["fit", *args, "--trainer.max_epochs", "1"])
+    assert first.trainer.global_step == 2
+    resumed = S2ECLI(args=["fit", *args, "--ckpt_path", "last"])  # a new logger version, same experiment
+    assert resumed.trainer.log_dir != first.trainer.log_dir
+    assert pathlib.Path(resumed.trainer.ckpt_path) == pathlib.Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    assert resumed.trainer.global_step == 4
+
+
 def test_single_gaussian_overlay_trains_one_mode(demo, tmp_path: pathlib.Path) -> None:
     shards, _ = demo
     single = fit_demo_anchors(shards, tmp_path / "anchors_single.npz", num_anchors=1)
