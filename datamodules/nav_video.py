@@ -36,6 +36,7 @@ class NavVideoDataModule(pl.LightningDataModule):
     Args:
         train_shards: shard paths, brace patterns (``data/train-{000000..000031}.tar``) or URLs.
         val_shards: the same for validation; None disables validation.
+        test_shards: shards for ``test`` and ``predict`` (one pass, no augmentation); None uses ``val_shards``.
         timing: the TimingSpec windows are cut with (link the model's timing to ``data.timing``).
         image_size: (height, width) the video is decoded to.
         batch_size: windows per batch on each rank.
@@ -58,6 +59,7 @@ class NavVideoDataModule(pl.LightningDataModule):
         self,
         train_shards: Union[str, list[str]],
         val_shards: Optional[Union[str, list[str]]] = None,
+        test_shards: Optional[Union[str, list[str]]] = None,
         timing: Optional[TimingSpec] = None,
         image_size: tuple[int, int] = (224, 224),
         batch_size: int = 32,
@@ -85,6 +87,7 @@ class NavVideoDataModule(pl.LightningDataModule):
         self.hparams["timing"] = self.timing.to_dict()
         self.train_urls = expand_shards(train_shards)
         self.val_urls = expand_shards(val_shards) if val_shards is not None else None
+        self.test_urls = expand_shards(test_shards) if test_shards is not None else self.val_urls
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -106,6 +109,7 @@ class NavVideoDataModule(pl.LightningDataModule):
         self.val_windows = WindowConfig(**common)  # no augmentation, no goal dropout
         self.train_dataset: Optional[NavWindowDataset] = None
         self.val_dataset: Optional[NavWindowDataset] = None
+        self.test_dataset: Optional[NavWindowDataset] = None
         self._skips: Counter[str] = Counter()
 
     def _rank_and_world(self) -> tuple[int, int]:
@@ -144,6 +148,12 @@ class NavVideoDataModule(pl.LightningDataModule):
                 split="val/",
                 **common,
             )
+        if stage in ("test", "predict") and self.test_dataset is None:
+            if self.test_urls is None:
+                raise ValueError(f"{stage} needs shards: pass data.test_shards (or data.val_shards)")
+            self.test_dataset = NavWindowDataset(
+                self.test_urls, self.val_windows, shuffle_buffer=0, seed=self.seed + 2, split="val/", **common
+            )
         if self.trainer is not None and not any(isinstance(cb, StreamingDataCallback) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(StreamingDataCallback())
 
@@ -161,8 +171,15 @@ class NavVideoDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, "train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, "val")
+    def val_dataloader(self) -> DataLoader | list:
+        # An empty list tells Lightning there is no validation (fit without val_shards).
+        return self._loader(self.val_dataset, "val") if self.val_urls is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, "test")
 
     def set_epoch(self, epoch: int) -> None:
         """New shuffle for a new epoch (called by StreamingDataCallback at every training epoch start)."""

@@ -185,3 +185,18 @@ def test_checkpoint_from_another_timing_is_refused(demo, tmp_path: pathlib.Path)
     trainer.fit(_module(other_anchors), datamodule=demo_datamodule(shards, timing=other))
     with pytest.raises(TimingMismatchError, match="context_frames: model \\(anchors\\)=5 vs checkpoint=3"):
         _trainer(tmp_path / "b", max_steps=2).fit(_module(anchors), datamodule=demo_datamodule(shards), ckpt_path=str(tmp_path / "a" / "last.ckpt"))
+
+
+def test_fit_without_val_shards_then_test_and_predict_on_test_shards(demo, tmp_path: pathlib.Path) -> None:
+    shards, anchors = demo
+    module = _module(anchors)
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=None)
+    trainer.fit(module, datamodule=demo_datamodule(shards))  # no val_shards: validation is skipped, not an error
+    assert trainer.global_step == 2
+    eval_dm = demo_datamodule(shards, test_shards=shards)
+    metrics = _trainer(tmp_path).test(module, datamodule=eval_dm, verbose=False)[0]
+    assert {"test/ade", "test/fde"} <= set(metrics) and all(math.isfinite(v) for v in metrics.values())
+    predictions = _trainer(tmp_path).predict(module, datamodule=demo_datamodule(shards, test_shards=shards))
+    assert predictions and all(p["waypoints_m"].shape[1:] == (10, 2) and torch.isfinite(p["waypoints_m"]).all() for p in predictions)
+    with pytest.raises(ValueError, match="test_shards"):
+        _trainer(tmp_path).test(module, datamodule=demo_datamodule(shards), verbose=False)
