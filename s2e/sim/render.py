@@ -1,0 +1,448 @@
+"""The batched CPU raycaster: B street scenes -> B camera frames, as tensor ops over columns and pixels.
+
+Why a raycaster: the layout is a 2.5D world (a ground grid, extruded buildings, upright obstacles and
+pedestrians) seen by a level camera, so every image column is one 2D ray and every pixel row one
+elevation. Work is split accordingly:
+
+* per column [B, W]: a vectorized grid DDA finds the first building face (exact cell crossings,
+  tested in chunks with early exit), and analytic ray/shape tests find every obstacle and pedestrian
+  the ray meets; the ``layers`` nearest of them are kept, sorted by depth;
+* per pixel [B, H, W]: rows below the horizon are floor-cast with a per-row distance table, the wall
+  covers the rows its extruded height spans, objects cover rows by their height (seen OVER low ones:
+  their top face shows, and the facade above them), pedestrians by a legs/torso/head profile;
+* colour is one gather of a texel index into the scene's cached texture atlas (``s2e.sim.textures``),
+  then Lambert shading, distance fog, exposure, white balance, gamma, blur and sensor noise of the
+  appearance domain.
+
+Camera: pinhole, square pixels, horizontal field of view ``hfov_deg``, pitch 0 (horizon at mid-height),
+height ``camera_height`` above the ground. Depth (``with_depth``) is z-depth: metres along the optical
+axis (not along the pixel's ray), ``max_distance`` where nothing is hit (sky, far ground).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from s2e.sim.appearance import AppearanceDomain, get_domain
+from s2e.sim.scene import OBSTACLE_FIELDS, PEDESTRIAN_FIELDS, ObstacleKind, ObstacleShape, SceneBatch, Surface
+from s2e.sim.textures import MAT_FACADE, MAT_LANE, MAT_OBSTACLE, NUM_MATERIALS, PED_PARTS, TEXTURE_SIZE, StyleCache
+
+_NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
+_LANE_WIDTH = 0.15  # metres of painted lane line
+_LANE_DASH = 3.0  # metres per dash period (half painted)
+# Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
+_HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
+_LEG_GAP, _LEG_OUTER, _NECK_HALF, _HEAD_HALF = 0.12, 0.75, 0.30, 0.45
+
+
+@dataclass
+class _WallHits:
+    """First building face per column (``t`` = inf where none within range)."""
+
+    t: Tensor  # [B, W] z-depth
+    height: Tensor  # [B, W] metres of the hit building
+    along: Tensor  # [B, W] world coordinate along the face (texture u)
+    normal: Tensor  # [B, W, 2] outward face normal
+
+
+@dataclass
+class _ObjectLayers:
+    """The nearest ``K`` objects (obstacles or pedestrians) per column, sorted near to far, [B, K, W]."""
+
+    t_in: Tensor
+    t_out: Tensor
+    height: Tensor
+    shade: Tensor
+    texel: Tensor  # long: obstacles -> index of texel row 0 at this column; pedestrians -> colour slot
+    is_ped: Tensor
+    lateral: Tensor  # |offset of the ray from a pedestrian's axis| / radius (0 for obstacles)
+    valid: Tensor
+
+
+def _per_env(value: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32, device=device)
+    if t.dim() == 0:
+        return t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"{name} must be a float or a tensor of shape [{batch}], got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_scene(scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor) -> int:
+    """Shape checks with messages that name the offending tensor (instead of a crash deep in a gather)."""
+    b = scene.batch_size
+    grid = tuple(scene.surface.shape)
+    expected = {
+        "scene.surface": (scene.surface, grid if len(grid) == 3 else None),
+        "scene.height": (scene.height, grid),
+        "scene.origin": (scene.origin, (b, 2)),
+        "scene.style_seed": (scene.style_seed, (b,)),
+        "camera_xy": (camera_xy, (b, 2)),
+        "camera_yaw": (camera_yaw, (b,)),
+    }
+    for name, (tensor, shape) in expected.items():
+        if shape is None or tuple(tensor.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape or '[B, H, W]'}, got {tuple(tensor.shape)}")
+    for name, tensor, mask, width in (
+        ("obstacles", scene.obstacles, scene.obstacle_mask, len(OBSTACLE_FIELDS)),
+        ("pedestrians", scene.pedestrians, scene.pedestrian_mask, len(PEDESTRIAN_FIELDS)),
+    ):
+        if tensor.dim() != 3 or tensor.shape[0] != b or tensor.shape[2] != width:
+            raise ValueError(f"scene.{name} must have shape [B={b}, N, {width}], got {tuple(tensor.shape)}")
+        if tuple(mask.shape) != tuple(tensor.shape[:2]):
+            raise ValueError(f"scene.{name[:-1]}_mask must have shape {tuple(tensor.shape[:2])}, got {tuple(mask.shape)}")
+    if b < 1:
+        raise ValueError("cannot render an empty scene batch")
+    return b
+
+
+class Raycaster:
+    """Renders ``SceneBatch`` views in one appearance domain; see the module docstring for the model.
+
+    Args:
+        width, height: image size in pixels.
+        domain: an ``AppearanceDomain`` or the name of a registered one.
+        max_distance: farthest z-depth drawn (metres); beyond it the view fades into fog.
+        device: where images are made (CPU by default; CUDA works unchanged).
+        layers: how many objects per column are composited (the nearest ones; more are hidden).
+    """
+
+    def __init__(self, width: int, height: int, domain: str | AppearanceDomain = "sim",
+                 max_distance: float = 40.0, device: str | torch.device = "cpu", layers: int = 3) -> None:
+        if width < 2 or height < 2:
+            raise ValueError(f"image size must be at least 2x2 pixels, got {width}x{height}")
+        if max_distance <= 0 or layers < 1:
+            raise ValueError(f"max_distance must be positive and layers >= 1, got {max_distance}, {layers}")
+        self.width, self.height = int(width), int(height)
+        self.domain = get_domain(domain)
+        self.max_distance = float(max_distance)
+        self.device = torch.device(device)
+        self.layers = int(layers)
+        self._styles = StyleCache(self.domain, self.device)
+        d = self.domain
+        sun = torch.tensor(d.sun_direction, dtype=torch.float32, device=self.device)
+        self._sun_xy = sun[:2]
+        self._top_shade = d.ambient + d.sun_intensity * max(float(sun[2]), 0.0)  # ground and roofs
+        self._fog = torch.tensor(d.fog_colour, dtype=torch.float32, device=self.device).view(3, 1, 1, 1)
+        self._gain = (torch.tensor(d.colour_cast, dtype=torch.float32, device=self.device) * d.exposure).view(3, 1, 1, 1)
+        self._sky = [torch.tensor(c, dtype=torch.float32, device=self.device) for c in (d.sky_horizon, d.sky_top)]
+        self._blur = self._gaussian(d.blur_sigma) if d.blur_sigma > 0 else None
+        self._noise_bank: Tensor | None = None
+        self._colours: tuple[Tensor, Tensor, int] | None = None  # (atlas the buffer was made from, buffer, tail offset)
+
+    # ------------------------------------------------------------------ public API
+    def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
+               hfov_deg: Tensor | float, with_depth: bool = False,
+               noise_generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+        """Frames uint8 [B, 3, H, W] and, if ``with_depth``, z-depth float [B, 1, H, W] in metres.
+
+        A pure function of its inputs: the only randomness is sensor noise, drawn from
+        ``noise_generator`` (``None`` gives a fixed noise pattern, so output is still deterministic).
+        """
+        b = _check_scene(scene, camera_xy, camera_yaw)
+        dev = self.device
+        scene = scene.to(dev) if scene.device != dev else scene
+        cam = camera_xy.to(dev, torch.float32)
+        yaw = camera_yaw.to(dev, torch.float32)
+        cam_h = _per_env(camera_height, b, "camera_height", dev).view(b, 1, 1)
+        fov = _per_env(hfov_deg, b, "hfov_deg", dev)
+        if bool(((fov <= 0) | (fov >= 180)).any()):
+            raise ValueError(f"hfov_deg must lie in (0, 180), got {fov.tolist()}")
+        focal = (0.5 * self.width) / torch.tan(torch.deg2rad(fov) / 2)
+        W, H = self.width, self.height
+        col_slope = (0.5 * W - (torch.arange(W, device=dev) + 0.5)) / focal.view(b, 1)  # [B, W] leftward
+        row_slope = (0.5 * H - (torch.arange(H, device=dev) + 0.5)) / focal.view(b, 1)  # [B, H] upward
+        c, s = torch.cos(yaw).view(b, 1), torch.sin(yaw).view(b, 1)
+        dirs = torch.stack([c - col_slope * s, s + col_slope * c], -1)  # [B, W, 2]; forward component 1
+
+        atlas, repeat = self._styles.batch(scene.style_seed)
+        colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, focal, row_slope)
+        wall = self._cast_walls(scene, cam, dirs)
+        layers = self._intersect_objects(scene, cam, dirs, wall.t, ped_offset)
+
+        index, shade, depth = self._background(scene, cam, dirs, cam_h, row_slope, wall, repeat, sky_offset)
+        self._composite_objects(layers, cam_h, row_slope, index, shade, depth)
+
+        rgb = colours[:, index.view(-1)].view(3, b, H, W) * shade
+        sky = depth >= self.max_distance
+        fog = torch.exp(depth.masked_fill(sky, 0.0) / -self.domain.fog_distance)
+        rgb = torch.lerp(self._fog, rgb, fog) * self._gain
+        image = self._camera_response(rgb.permute(1, 0, 2, 3), noise_generator)
+        return image, (depth.unsqueeze(1) if with_depth else None)
+
+    # ------------------------------------------------------------------ geometry per column
+    def _cast_walls(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, chunk: int = 24) -> _WallHits:
+        """Exact grid DDA for every column at once: all x- and y-gridline crossings, ``chunk`` at a time.
+
+        The crossing of the k-th vertical gridline happens at t = (offset + k - 1) * res / |dx| and
+        enters column floor(gx0) + k * sign(dx); the first crossing whose entered cell is a building is
+        the hit. A hit is final once it is nearer than the next untested crossing of either axis.
+        """
+        b, w = dirs.shape[:2]
+        dev, res = self.device, float(scene.resolution)
+        gh, gw = scene.surface.shape[1:]
+        building = scene.surface == int(Surface.BUILDING)
+        wall_h = torch.where(building, scene.height.to(torch.float32), 0.0).reshape(-1)
+        g0 = (cam - scene.origin.to(torch.float32)) / res  # [B, 2] continuous (col, row)
+        cell0 = g0.floor()
+        sign = torch.where(dirs >= 0, 1.0, -1.0)  # [B, W, 2]
+        inv = res / dirs.abs().clamp_min(1e-9)  # metres of t per cell along each axis
+        frac = (g0 - cell0).unsqueeze(1)
+        offset = torch.where(dirs >= 0, 1 - frac, frac)  # [B, W, 2] cells to the first crossing
+        lo = torch.where(dirs >= 0, (torch.tensor([gw, gh], device=dev) - g0).unsqueeze(1), g0.unsqueeze(1))
+        t_limit = (lo.clamp_min(0) * inv).amin(-1).clamp_max(self.max_distance)  # leave the grid or max range
+        base = (torch.arange(b, device=dev) * (gh * gw)).view(b, 1, 1)
+        best_t = torch.full((b, w), math.inf, device=dev)
+        best_h = torch.zeros(b, w, device=dev)
+        best_axis = torch.zeros(b, w, dtype=torch.long, device=dev)
+        k0 = 1
+        while True:
+            k = torch.arange(k0, k0 + chunk, device=dev, dtype=torch.float32)
+            cert = []
+            for axis in (0, 1):
+                t = (offset[..., axis : axis + 1] + k - 1) * inv[..., axis : axis + 1]  # [B, W, C]
+                along = cell0[:, axis].view(b, 1, 1) + sign[..., axis : axis + 1] * k
+                other = (g0[:, 1 - axis].view(b, 1, 1) + t * (dirs[..., 1 - axis : 2 - axis] / res)).floor()
+                col, row = (along, other) if axis == 0 else (other, along)
+                inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & (t < t_limit.unsqueeze(-1))
+                flat = torch.where(inside, base + row.long() * gw + col.long(), 0)
+                h = torch.where(inside, wall_h[flat], 0.0)
+                t_hit = torch.where(h > 0, t, math.inf)
+                t_min, arg = t_hit.min(-1)
+                closer = t_min < best_t
+                best_t = torch.where(closer, t_min, best_t)
+                best_h = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), best_h)
+                best_axis = torch.where(closer, axis, best_axis)
+                cert.append((offset[..., axis] + k0 + chunk - 1) * inv[..., axis])
+            certain = torch.minimum(cert[0], cert[1])
+            if bool(((best_t <= certain) | (certain >= t_limit)).all()):
+                break
+            k0 += chunk
+        point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
+        along = torch.where(best_axis == 0, point[..., 1], point[..., 0])
+        normal = -sign * torch.stack([best_axis == 0, best_axis == 1], -1)
+        return _WallHits(best_t, best_h, along, normal)
+
+    def _intersect_objects(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, wall_t: Tensor,
+                           ped_offset: int) -> _ObjectLayers:
+        """Ray tests against every obstacle (circle or oriented box) and pedestrian (circle) per column."""
+        b, w = dirs.shape[:2]
+        dev, T = self.device, TEXTURE_SIZE
+        dx, dy = dirs[..., 0:1], dirs[..., 1:2]  # [B, W, 1]
+        obs = scene.obstacles.to(torch.float32)
+        rel_x, rel_y = (obs[..., 0] - cam[:, 0:1]).unsqueeze(1), (obs[..., 1] - cam[:, 1:2]).unsqueeze(1)  # [B, 1, O]
+        yaw, hl, hw, oh = (obs[..., i].unsqueeze(1) for i in (2, 3, 4, 5))
+        circle = obs[..., 6].round().long().unsqueeze(1) == int(ObstacleShape.CIRCLE)
+        kind = obs[..., 7].round().long().clamp(0, len(ObstacleKind) - 1)
+
+        c_in, c_out, c_nx, c_ny, c_u, _ = self._circles(dx, dy, rel_x, rel_y, hl)
+        # Oriented box: slab test in the box frame.
+        cy_, sy_ = torch.cos(yaw), torch.sin(yaw)
+        ldx, ldy = dx * cy_ + dy * sy_, -dx * sy_ + dy * cy_
+        ox, oy = -(rel_x * cy_ + rel_y * sy_), -(-rel_x * sy_ + rel_y * cy_)
+        tx1, tx2 = self._slab(ox, ldx, hl)
+        ty1, ty2 = self._slab(oy, ldy, hw)
+        b_in, b_out = torch.maximum(tx1, ty1), torch.minimum(tx2, ty2)
+        x_face = tx1 >= ty1
+        lnx = torch.where(x_face, -torch.sign(ldx), 0.0)
+        lny = torch.where(x_face, 0.0, -torch.sign(ldy))
+        b_nx, b_ny = lnx * cy_ - lny * sy_, lnx * sy_ + lny * cy_
+        qx, qy = ox + b_in * ldx, oy + b_in * ldy
+        b_u = torch.where(x_face, (qy + hw) / (2 * hw).clamp_min(1e-6), (qx + hl) / (2 * hl).clamp_min(1e-6))
+
+        o_in, o_out = torch.where(circle, c_in, b_in), torch.where(circle, c_out, b_out)
+        o_nx, o_ny = torch.where(circle, c_nx, b_nx), torch.where(circle, c_ny, b_ny)
+        o_u = torch.where(circle, c_u, b_u)
+        tu = (o_u.clamp(0, 0.999) * T).long()
+        mat = (torch.arange(b, device=dev).view(b, 1) * NUM_MATERIALS + MAT_OBSTACLE + kind).unsqueeze(1)
+        o_texel = mat * (T * T) + tu
+        o_valid = scene.obstacle_mask.unsqueeze(1) & (o_out > torch.clamp_min(o_in, _NEAR))
+
+        peds = scene.pedestrians.to(torch.float32)
+        p = peds.shape[1]
+        pr_x, pr_y = (peds[..., 0] - cam[:, 0:1]).unsqueeze(1), (peds[..., 1] - cam[:, 1:2]).unsqueeze(1)
+        radius, ph = peds[..., 4].unsqueeze(1), peds[..., 5].unsqueeze(1)
+        p_in, p_out, p_nx, p_ny, _, lateral = self._circles(dx, dy, pr_x, pr_y, radius)
+        slot = (torch.arange(b, device=dev).view(b, 1) * p + torch.arange(p, device=dev)) * PED_PARTS + ped_offset
+        p_valid = scene.pedestrian_mask.unsqueeze(1) & (p_out > torch.clamp_min(p_in, _NEAR))
+
+        cat = lambda a, bb: torch.cat([a.expand(b, w, -1), bb.expand(b, w, -1)], -1)  # noqa: E731
+        t_in, t_out = cat(o_in, p_in).clamp_min(_NEAR), cat(o_out, p_out)
+        valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(-1)) & (t_in < self.max_distance)
+        shade = self.domain.ambient + self.domain.sun_intensity * (
+            cat(o_nx, p_nx) * self._sun_xy[0] + cat(o_ny, p_ny) * self._sun_xy[1]).clamp_min(0)
+        fields = {
+            "t_in": t_in, "t_out": t_out, "height": cat(oh, ph), "shade": shade,
+            "texel": cat(o_texel, slot.unsqueeze(1)),
+            "is_ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
+            "lateral": cat(torch.zeros_like(o_in), lateral.abs()), "valid": valid,
+        }
+        k = min(self.layers, t_in.shape[-1])
+        order = torch.where(valid, t_in, math.inf).topk(k, dim=-1, largest=False, sorted=True).indices
+        return _ObjectLayers(**{n: v.gather(-1, order).transpose(1, 2) for n, v in fields.items()})
+
+    @staticmethod
+    def _circles(dx: Tensor, dy: Tensor, rx: Tensor, ry: Tensor, radius: Tensor):
+        """Ray (origin 0, direction d) vs circles at rel (rx, ry): t_in, t_out, normal, u, lateral offset / r."""
+        a = dx * dx + dy * dy
+        proj = dx * rx + dy * ry
+        disc = proj * proj - a * (rx * rx + ry * ry - radius * radius)
+        root = disc.clamp_min(0).sqrt()
+        t_in = torch.where(disc > 0, (proj - root) / a, math.inf)
+        t_out = torch.where(disc > 0, (proj + root) / a, -math.inf)
+        r = radius.clamp_min(1e-6)
+        nx, ny = (t_in.clamp_max(1e6) * dx - rx) / r, (t_in.clamp_max(1e6) * dy - ry) / r
+        u = torch.atan2(ny, nx) / (2 * math.pi) + 0.5
+        lateral = (dx * ry - dy * rx) / (a.sqrt() * r)
+        return t_in, t_out, nx, ny, u, lateral
+
+    @staticmethod
+    def _slab(origin: Tensor, direction: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+        safe = torch.where(direction.abs() < 1e-9, 1e-9, direction)
+        t1, t2 = (-half - origin) / safe, (half - origin) / safe
+        return torch.minimum(t1, t2), torch.maximum(t1, t2)
+
+    # ------------------------------------------------------------------ pixels
+    def _background(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, cam_h: Tensor, row_slope: Tensor,
+                    wall: _WallHits, repeat: Tensor, sky_offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Texel index, shade and z-depth [B, H, W] of sky, facades and floor."""
+        b, H, W = row_slope.shape[0], self.height, self.width
+        dev, T, res = self.device, TEXTURE_SIZE, float(scene.resolution)
+        rows = row_slope.view(b, H, 1)
+        arange_b = torch.arange(b, device=dev)
+        # Sky: one colour slot per (env, row).
+        index = (sky_offset + arange_b.view(b, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1)).expand(b, H, W).clone()
+        shade = torch.ones(b, H, W, device=dev)
+        depth = torch.full((b, H, W), self.max_distance, device=dev)
+        # Facades: rows whose height at the wall's depth lies on the building.
+        wall_t = wall.t.view(b, 1, W)
+        z = cam_h + rows * wall_t
+        on_wall = (z >= 0) & (z <= wall.height.view(b, 1, W)) & torch.isfinite(wall_t)
+        bay = repeat[:, MAT_FACADE].view(b, 2, 1, 1)
+        tu = ((wall.along / bay[:, 0, 0]).frac() * T).long().clamp(0, T - 1).view(b, 1, W)
+        tv = ((1 - (z / bay[:, 1]).frac()) * T).long().clamp(0, T - 1)
+        facade = ((arange_b.view(b, 1, 1) * NUM_MATERIALS + MAT_FACADE) * T + tv) * T + tu
+        index = torch.where(on_wall, facade, index)
+        wall_shade = self.domain.ambient + self.domain.sun_intensity * (wall.normal @ self._sun_xy).clamp_min(0)
+        shade = torch.where(on_wall, wall_shade.view(b, 1, W), shade)
+        depth = torch.where(on_wall, wall_t, depth)
+        # Floor: rows below the horizon, z-depth from the per-row table cam_h / -slope.
+        first = (H + 1) // 2
+        fr = -rows[:, first:]  # [B, Hf, 1] > 0
+        t_floor = cam_h / fr
+        floor = (t_floor < wall_t) & (t_floor < self.max_distance)
+        px = cam[:, 0].view(b, 1, 1) + t_floor * dirs[..., 0].view(b, 1, W)
+        py = cam[:, 1].view(b, 1, 1) + t_floor * dirs[..., 1].view(b, 1, W)
+        gh, gw = scene.surface.shape[1:]
+        origin = scene.origin.to(torch.float32)
+        gx, gy = ((px - origin[:, 0].view(b, 1, 1)) / res).floor(), ((py - origin[:, 1].view(b, 1, 1)) / res).floor()
+        inside = (gx >= 0) & (gx < gw) & (gy >= 0) & (gy < gh)
+        cell = torch.where(inside, arange_b.view(b, 1, 1) * (gh * gw) + gy.long() * gw + gx.long(), 0)
+        surface = torch.where(inside, scene.surface.reshape(-1)[cell].long(), int(Surface.ROAD))
+        margin = -torch.where(inside, scene.distance.reshape(-1)[cell].to(torch.float32), -1e3)
+        lane = (surface == int(Surface.ROAD)) & ((margin - self.domain.lane_offset).abs() < _LANE_WIDTH / 2)
+        lane = lane & (((px + py) / _LANE_DASH).frac() < 0.5)
+        mat = torch.where(lane, MAT_LANE, surface) + arange_b.view(b, 1, 1) * NUM_MATERIALS
+        rep = repeat.view(-1, 2)[mat]  # [B, Hf, W, 2]
+        ftu = ((px / rep[..., 0]).frac() * T).long().clamp(0, T - 1)
+        ftv = ((py / rep[..., 1]).frac() * T).long().clamp(0, T - 1)
+        findex = (mat * T + ftv) * T + ftu
+        index[:, first:] = torch.where(floor, findex, index[:, first:])
+        shade[:, first:] = torch.where(floor, self._top_shade, shade[:, first:])
+        depth[:, first:] = torch.where(floor, t_floor.expand(b, H - first, W), depth[:, first:])
+        return index, shade, depth
+
+    def _composite_objects(self, layers: _ObjectLayers, cam_h: Tensor, row_slope: Tensor,
+                           index: Tensor, shade: Tensor, depth: Tensor) -> None:
+        """Paint the per-column object layers over the background, far to near, in place."""
+        b, H = row_slope.shape[0], self.height
+        T = TEXTURE_SIZE
+        rows = row_slope.view(b, H, 1)
+        for k in reversed(range(layers.t_in.shape[1])):
+            valid = layers.valid[:, k : k + 1]  # [B, 1, W]
+            if not bool(valid.any()):
+                continue
+            t_in, t_out, top = (x[:, k : k + 1] for x in (layers.t_in, layers.t_out, layers.height))
+            z = cam_h + rows * t_in  # height of the front face seen by each pixel
+            side = valid & (z >= 0) & (z <= top)
+            roof = valid & ~layers.is_ped[:, k : k + 1] & (z > top) & (cam_h + rows * t_out <= top)
+            frac = (z / top.clamp_min(1e-3)).clamp(0, 1)
+            ped = layers.is_ped[:, k : k + 1]
+            lat = layers.lateral[:, k : k + 1]
+            head = ((lat / _HEAD_HALF) ** 2 + ((frac - (1 + _HEAD) / 2) / ((1 - _HEAD) / 2)) ** 2) <= 1
+            body = torch.where(frac < _HIP, (lat > _LEG_GAP * (1 - frac / _HIP)) & (lat < _LEG_OUTER),
+                               torch.where(frac < _NECK, True, torch.where(frac < _HEAD, lat < _NECK_HALF, head)))
+            side = side & (~ped | body)
+            part = (frac >= _HIP).long() + (frac >= _NECK).long()
+            tv = ((1 - frac) * T).long().clamp(0, T - 1)
+            texel = layers.texel[:, k : k + 1] + torch.where(ped, part, tv * T)
+            covered = side | roof
+            index.copy_(torch.where(covered, torch.where(roof, layers.texel[:, k : k + 1], texel), index))
+            shade.copy_(torch.where(side, layers.shade[:, k : k + 1], torch.where(roof, self._top_shade, shade)))
+            roof_depth = (top - cam_h) / rows.clamp_max(-1e-6)
+            depth.copy_(torch.where(side, t_in, torch.where(roof, roof_depth, depth)))
+
+    # ------------------------------------------------------------------ colours and camera
+    def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, focal: Tensor, row_slope: Tensor) -> tuple[Tensor, int, int]:
+        """The flat colour table [3, N]: scene atlases, then pedestrian colours, then sky rows.
+
+        Kept between calls (rebuilt only when the atlas batch changes) so that a frame only writes its
+        few hundred pedestrian and sky entries instead of copying the atlases.
+        """
+        b, p = scene.batch_size, scene.pedestrians.shape[1]
+        tail = b * p * PED_PARTS + b * self.height
+        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[1] != atlas.shape[1] + tail:
+            buffer = torch.empty(3, atlas.shape[1] + tail, device=self.device)
+            buffer[:, : atlas.shape[1]] = atlas
+            self._colours = (atlas, buffer, atlas.shape[1])
+        _, buffer, ped_offset = self._colours
+        sky_offset = ped_offset + b * p * PED_PARTS
+        buffer[:, ped_offset:sky_offset] = self._styles.pedestrian_colours(scene.style_seed.to(self.device), p)
+        elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).view(1, -1)  # 0 at the horizon, 1 ~ 22 deg up
+        buffer[:, sky_offset:] = torch.lerp(self._sky[0].view(3, 1), self._sky[1].view(3, 1), elevation.sqrt())
+        return buffer, ped_offset, sky_offset
+
+    @staticmethod
+    def _gaussian(sigma: float) -> Tensor:
+        radius = max(1, math.ceil(2 * sigma))
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.exp(-0.5 * (x / sigma) ** 2)
+        return k / k.sum()
+
+    def _camera_response(self, rgb: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Linear colour [B, 3, H, W] -> uint8: gamma, optical blur, sensor noise, quantization."""
+        d = self.domain
+        rgb = rgb.clamp(0, 1)
+        if d.gamma != 1.0:
+            rgb = rgb.pow(1.0 / d.gamma)
+        if self._blur is not None:
+            k = self._blur.to(rgb.device)
+            r = k.numel() // 2
+            flat = rgb.reshape(-1, 1, *rgb.shape[2:])
+            flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+            flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+            rgb = flat.view_as(rgb)
+        rgb = rgb * 255.0
+        if d.noise_std > 0:
+            rgb = rgb + d.noise_std * self._noise(rgb.numel(), generator).view_as(rgb)
+        return rgb.clamp_(0, 255).round_().to(torch.uint8)
+
+    def _noise(self, count: int, generator: torch.Generator | None) -> Tensor:
+        """Unit Gaussian noise: a window of a fixed bank at an offset drawn from ``generator``.
+
+        Drawing fresh normals for every pixel costs as much as the rest of the frame; a random window
+        into a bank twice the frame size is indistinguishable at 8-bit quantization.
+        """
+        if self._noise_bank is None or self._noise_bank.numel() < 2 * count:
+            g = torch.Generator(device="cpu").manual_seed(0x5EED)
+            self._noise_bank = torch.randn(2 * count, generator=g).to(self.device)
+        if generator is None:
+            start = 0
+        else:
+            start = int(torch.randint(0, count + 1, (1,), generator=generator, device=generator.device))
+        return self._noise_bank[start : start + count]
