@@ -37,7 +37,7 @@ _LANE_WIDTH = 0.15  # metres of painted lane line
 _LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
 _HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
-_LEG_GAP, _LEG_OUTER, _NECK_HALF, _HEAD_HALF = 0.12, 0.75, 0.30, 0.45
+_LEG_GAP, _LEG_OUTER, _NECK_HALF, _HEAD_HALF = 0.2, 0.75, 0.30, 0.45
 
 
 @dataclass

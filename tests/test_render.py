@@ -1,0 +1,212 @@
+"""Raycaster geometry on a hand-built scene (known distances), determinism, domains and input checks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from s2e.sim.render import Raycaster
+from s2e.sim.scene import ObstacleKind, ObstacleShape, SceneBatch, Surface
+
+RES, CELLS = 0.2, 100  # a 20 m square grid centred on the origin
+W, H, HFOV, CAM_H = 64, 48, 90.0, 1.0
+FOCAL = 0.5 * W / math.tan(math.radians(HFOV) / 2)
+END_WALL_X = 6.0  # building face across the corridor's +x end
+MAX_DISTANCE = 40.0
+
+
+def _corridor(obstacles: list[list[float]] = (), pedestrians: list[list[float]] = (), seed: int = 7) -> SceneBatch:
+    """Sidewalk corridor |y| < 3 between 8 m buildings, closed at x >= 6, open towards -x; grass at 1 <= x < 2."""
+    centres = -CELLS * RES / 2 + (torch.arange(CELLS) + 0.5) * RES
+    x, y = centres.view(1, -1).expand(CELLS, CELLS), centres.view(-1, 1).expand(CELLS, CELLS)  # row = y
+    surface = torch.full((CELLS, CELLS), int(Surface.SIDEWALK), dtype=torch.uint8)
+    surface[(x >= 1.0) & (x < 2.0)] = int(Surface.GRASS)
+    solid = (y.abs() > 3.0) | (x > END_WALL_X)
+    surface[solid] = int(Surface.BUILDING)
+    height = torch.where(solid, 8.0, 0.0)
+    obs = torch.tensor(list(obstacles) or [[0.0] * 8], dtype=torch.float32).view(1, -1, 8)
+    peds = torch.tensor(list(pedestrians) or [[0.0] * 6], dtype=torch.float32).view(1, -1, 6)
+    return SceneBatch(
+        surface=surface.unsqueeze(0), height=height.unsqueeze(0), distance=torch.ones(1, CELLS, CELLS),
+        origin=torch.tensor([[-CELLS * RES / 2, -CELLS * RES / 2]]), resolution=RES,
+        obstacles=obs, obstacle_mask=torch.tensor([[len(obstacles) > 0] * obs.shape[1]]),
+        pedestrians=peds, pedestrian_mask=torch.tensor([[len(pedestrians) > 0] * peds.shape[1]]),
+        route=torch.tensor([[[0.0, 0.0], [5.0, 0.0]]]), route_length=torch.tensor([2]), style_seed=torch.tensor([seed]),
+    )
+
+
+def _render(scene: SceneBatch, yaw: float = 0.0, domain: str = "sim", generator=None):
+    caster = Raycaster(W, H, domain=domain, max_distance=MAX_DISTANCE)
+    return caster.render(scene, torch.zeros(1, 2), torch.tensor([yaw]), CAM_H, HFOV, with_depth=True,
+                         noise_generator=generator)
+
+
+def _row_at_height(z: float, distance: float) -> int:
+    """Image row that sees height z (metres) at z-depth ``distance`` straight ahead."""
+    return int(H / 2 - (z - CAM_H) / distance * FOCAL)
+
+
+def _column_towards(x: float, y: float) -> int:
+    return int(W / 2 - (y / x) * FOCAL)
+
+
+CENTRE = W // 2
+
+
+def test_wall_straight_ahead_at_known_depth_and_sky_above_open_end():
+    rgb, depth = _render(_corridor())
+    assert rgb.shape == (1, 3, H, W) and rgb.dtype == torch.uint8
+    assert depth.shape == (1, 1, H, W)
+    for z in (0.1, 1.0, 3.0):  # facade rows from its foot to above the camera
+        assert depth[0, 0, _row_at_height(z, END_WALL_X), CENTRE].item() == pytest.approx(END_WALL_X, abs=RES)
+    # Turned around, the corridor is open: sky on top (max range, blue), no wall at the horizon.
+    rgb_back, depth_back = _render(_corridor(), yaw=math.pi)
+    assert depth_back[0, 0, 0, CENTRE].item() == MAX_DISTANCE
+    r, g, b = rgb_back[0, :, 0, CENTRE].tolist()
+    assert b > r and b > 100
+    assert depth_back[0, 0, H // 2 - 1, CENTRE].item() > 2 * END_WALL_X
+
+
+def test_floor_rows_show_the_surface_class_under_them():
+    rgb, depth = _render(_corridor())
+    bottom = H - 1
+    t_bottom = CAM_H / ((bottom + 0.5 - H / 2) / FOCAL)
+    assert 1.0 <= t_bottom < 2.0  # the grass band
+    assert depth[0, 0, bottom, CENTRE].item() == pytest.approx(t_bottom, rel=1e-4)
+    r, g, b = rgb[0, :, bottom, CENTRE].tolist()
+    assert g > r + 30 and g > b + 30  # green grass
+    sidewalk_row = int(H / 2 + CAM_H / 3.5 * FOCAL)  # floor 3.5 m ahead: sidewalk
+    r, g, b = rgb[0, :, sidewalk_row, CENTRE].tolist()
+    assert max(r, g, b) - min(r, g, b) < 30 and r > 80  # light grey paving
+
+
+def _box(x, y, height, half_length=0.3, half_width=0.5, kind=ObstacleKind.BOX):
+    return [x, y, 0.0, half_length, half_width, height, float(ObstacleShape.BOX), float(kind)]
+
+
+def test_tall_box_occludes_the_wall_at_its_distance():
+    _, depth = _render(_corridor([_box(3.0, 0.0, 2.0)]))
+    front = 3.0 - 0.3
+    for z in (0.2, 1.0, 1.8):
+        assert depth[0, 0, _row_at_height(z, front), CENTRE].item() == pytest.approx(front, abs=0.02)
+    assert depth[0, 0, _row_at_height(5.0, END_WALL_X), CENTRE].item() == pytest.approx(END_WALL_X, abs=RES)  # above it
+    # Columns beside the box still see the far wall.
+    side = _column_towards(END_WALL_X, 1.5)
+    assert depth[0, 0, _row_at_height(1.0, END_WALL_X), side].item() == pytest.approx(END_WALL_X, abs=RES)
+
+
+def test_low_obstacle_leaves_the_wall_visible_above_it():
+    _, depth = _render(_corridor([_box(3.0, 0.0, 0.4, kind=ObstacleKind.BENCH)]))
+    column = depth[0, 0, :, CENTRE]
+    front, back = 2.7, 3.3
+    assert column[: H // 2].sub(END_WALL_X).abs().max().item() <= RES  # every row above the horizon: the wall
+    assert column[_row_at_height(0.2, front)].item() == pytest.approx(front, abs=0.02)  # its side
+    top_row = _row_at_height(0.4, (front + back) / 2)  # looking down onto its seat
+    assert front - 0.05 <= column[top_row].item() <= back + 0.05
+
+
+def test_circle_obstacle_depth():
+    pole = [4.0, 0.0, 0.0, 0.25, 0.0, 3.0, float(ObstacleShape.CIRCLE), float(ObstacleKind.BIN)]
+    _, depth = _render(_corridor([pole]))
+    assert depth[0, 0, H // 2, CENTRE].item() == pytest.approx(3.75, abs=0.03)
+
+
+def test_pedestrian_torso_occludes_and_legs_leave_a_gap():
+    col, ped_x, radius = 44, 4.0, 0.3
+    ped_y = ped_x * (W / 2 - col - 0.5) / FOCAL  # the pixel column's ray passes through the body axis
+    rgb, depth = _render(_corridor(pedestrians=[[ped_x, ped_y, 0.0, 0.0, radius, 1.7]]))
+    _, empty = _render(_corridor())
+    front = ped_x - radius  # z-depth of the near surface, roughly
+    torso = _row_at_height(1.1, front)
+    assert front - 0.1 <= depth[0, 0, torso, col].item() <= ped_x
+    assert depth[0, 0, torso, col].item() < empty[0, 0, torso, col].item() - 1.0
+    # Between the legs (on the axis, near the ground) the ray passes through: background depth.
+    knee = _row_at_height(0.15, ped_x)
+    assert depth[0, 0, knee, col].item() == pytest.approx(empty[0, 0, knee, col].item())
+    # Above the head: background again.
+    assert depth[0, 0, _row_at_height(2.0, front), col].item() == pytest.approx(empty[0, 0, _row_at_height(2.0, front), col].item())
+
+
+def test_nearer_object_wins_per_pixel():
+    near, far = _box(2.0, 0.0, 2.0, 0.2, 0.2), _box(4.0, 0.0, 2.0, 0.5, 1.0)
+    _, depth = _render(_corridor([far, near]))  # listed far first: order must come from depth
+    assert depth[0, 0, H // 2, CENTRE].item() == pytest.approx(1.8, abs=0.02)
+    beside = _column_towards(3.5, 0.7)  # misses the small near box, hits the wide far one
+    assert depth[0, 0, H // 2, beside].item() == pytest.approx(3.5, abs=0.05)
+
+
+def test_cpu_output_is_deterministic_and_noise_follows_the_generator():
+    scene = _corridor([_box(3.0, 0.0, 0.4)], [[4.0, -1.5, 0.0, 0.0, 0.3, 1.7]])
+    seeded = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    a, _ = _render(scene, domain="recorded", generator=seeded(1))
+    b, _ = _render(scene, domain="recorded", generator=seeded(1))
+    c, _ = _render(scene, domain="recorded", generator=seeded(2))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert (a.float() - c.float()).abs().mean() < 10  # only noise differs
+    assert torch.equal(_render(scene, domain="recorded")[0], _render(scene, domain="recorded")[0])
+
+
+def test_domains_look_different_and_style_seed_varies_textures_not_geometry():
+    scene = _corridor([_box(3.0, 0.0, 0.4)])
+    sim, sim_depth = _render(scene, domain="sim")
+    recorded, recorded_depth = _render(scene, domain="recorded")
+    assert torch.equal(sim_depth, recorded_depth)
+    assert (sim.float() - recorded.float()).abs().mean() > 10
+    other, other_depth = _render(replace(scene, style_seed=torch.tensor([12345])), domain="sim")
+    assert torch.equal(other_depth, sim_depth)
+    assert not torch.equal(other, sim)
+
+
+def test_batch_renders_each_scene_like_alone():
+    a, b = _corridor([_box(3.0, 0.0, 2.0)], seed=1), _corridor(pedestrians=[[4.0, 1.0, 0.0, 0.0, 0.3, 1.7]], seed=2)
+    both = SceneBatch(**{f: (torch.cat([getattr(a, f), getattr(b, f)]) if isinstance(getattr(a, f), torch.Tensor)
+                             else getattr(a, f)) for f in a.__dataclass_fields__})
+    caster = Raycaster(W, H, domain="sim")
+    yaw = torch.tensor([0.0, 0.3])
+    rgb, depth = caster.render(both, torch.zeros(2, 2), yaw, torch.tensor([1.0, 0.7]), torch.tensor([90.0, 70.0]), True)
+    for i, scene in enumerate((a, b)):
+        one, one_depth = caster.render(scene, torch.zeros(1, 2), yaw[i : i + 1], [1.0, 0.7][i], [90.0, 70.0][i], True)
+        assert torch.equal(rgb[i : i + 1], one)
+        assert torch.allclose(depth[i : i + 1], one_depth)
+
+
+def test_generated_scenes_render_identically_for_the_same_seed():
+    from s2e.sim.generator import SceneConfig, generate_world
+    from s2e.sim.robots import get_robot
+
+    robot = get_robot("quadruped")
+    caster = Raycaster(48, 32, domain="recorded")
+    images = []
+    for seeds in ([3, 4], [3, 4], [5, 6]):
+        scene = generate_world(seeds, SceneConfig(), robot).scene
+        start, ahead = scene.route[:, 0], scene.route[:, 1]
+        yaw = torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
+        rgb, _ = caster.render(scene, start, yaw, robot.camera_height, robot.hfov_deg,
+                               noise_generator=torch.Generator().manual_seed(0))
+        images.append(rgb)
+    assert torch.equal(images[0], images[1])
+    assert not torch.equal(images[0], images[2])
+    assert images[0].float().std() > 10  # a real picture, not a flat fill
+
+
+def test_bad_inputs_raise_clear_errors():
+    scene = _corridor()
+    caster = Raycaster(W, H)
+    with pytest.raises(ValueError, match="camera_xy"):
+        caster.render(scene, torch.zeros(1, 3), torch.zeros(1), CAM_H, HFOV)
+    with pytest.raises(ValueError, match="camera_yaw"):
+        caster.render(scene, torch.zeros(1, 2), torch.zeros(2), CAM_H, HFOV)
+    with pytest.raises(ValueError, match="obstacles"):
+        caster.render(replace(scene, obstacles=torch.zeros(1, 1, 7)), torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV)
+    with pytest.raises(ValueError, match="scene.height"):
+        caster.render(replace(scene, height=torch.zeros(1, 5, 5)), torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV)
+    with pytest.raises(ValueError, match="camera_height"):
+        caster.render(scene, torch.zeros(1, 2), torch.zeros(1), torch.ones(3), HFOV)
+    with pytest.raises(ValueError, match="hfov_deg"):
+        caster.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, 180.0)
+    with pytest.raises(ValueError, match="image size"):
+        Raycaster(1, 48)
