@@ -1,0 +1,157 @@
+"""Simulator throughput: full NavEnv steps/s and rendered frames/s, against a crude raycaster baseline.
+
+    python tools/bench_sim.py --envs 1 16 64 --sizes 128x72 96x96 --threads 2
+
+For every (envs, size): ``render`` times ``Raycaster.render`` alone on generator-made scenes seen
+from moving poses; ``baseline`` times a deliberately crude column raycaster (flat colours, sampled
+march, no objects) on the same scenes, the reference written here so that figures from a busy
+machine stay comparable as the ratio ``render / baseline`` measured in the same run; ``env`` times
+FULL ``NavEnv`` steps (random actions: crowd, physics, rewards, rendering, frame stacking, partial
+resets), reported as env steps/s (one per environment) which equals rendered frames/s.
+Prints one line per measurement and, last, one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from s2e.sim.env import NavEnv, NavEnvConfig  # noqa: E402
+from s2e.sim.generator import SceneConfig, generate_world  # noqa: E402
+from s2e.sim.render import Raycaster  # noqa: E402
+from s2e.sim.robots import get_robot  # noqa: E402
+from s2e.sim.scene import SceneBatch, Surface  # noqa: E402
+
+
+class CrudeColumnRaycaster:
+    """The reference: one sampled march per column, then flat wall/floor/sky colours per pixel.
+
+    No textures, objects, pedestrians, lighting or camera model beyond the pinhole: the cheapest
+    picture a batched column raycaster can make, so ``Raycaster``'s cost is read relative to it.
+    """
+
+    def __init__(self, width: int, height: int, max_distance: float) -> None:
+        self.width, self.height, self.max_distance = width, height, max_distance
+        self.palette = torch.tensor([[135, 180, 230], [150, 150, 150], [110, 100, 95]], dtype=torch.uint8)  # sky, floor, wall
+
+    def render(self, scene: SceneBatch, cam: torch.Tensor, yaw: torch.Tensor, cam_h: float, hfov_deg: float) -> torch.Tensor:
+        b, (gh, gw), res = scene.batch_size, scene.surface.shape[1:], scene.resolution
+        focal = 0.5 * self.width / torch.tan(torch.deg2rad(torch.tensor(hfov_deg)) / 2)
+        angle = yaw.view(b, 1) + torch.atan((0.5 * self.width - torch.arange(self.width) - 0.5) / focal)
+        steps = torch.arange(1, int(self.max_distance / res) + 1, dtype=torch.float32) * res  # [S] metres
+        gx = ((cam[:, 0].view(b, 1, 1) + steps * torch.cos(angle).unsqueeze(-1) - scene.origin[:, 0].view(b, 1, 1)) / res).long()
+        gy = ((cam[:, 1].view(b, 1, 1) + steps * torch.sin(angle).unsqueeze(-1) - scene.origin[:, 1].view(b, 1, 1)) / res).long()
+        inside = (gx >= 0) & (gx < gw) & (gy >= 0) & (gy < gh)
+        cell = torch.arange(b).view(b, 1, 1) * (gh * gw) + gy.clamp(0, gh - 1) * gw + gx.clamp(0, gw - 1)
+        solid = inside & (scene.surface.reshape(-1)[cell] == int(Surface.BUILDING))
+        first = torch.where(solid.any(-1), solid.float().argmax(-1), steps.numel() - 1)
+        dist = (steps[first] * torch.cos(angle - yaw.view(b, 1))).view(b, 1, self.width)  # z-depth
+        half = focal * cam_h / dist  # wall foot, pixels below the horizon
+        row = torch.arange(self.height).view(1, -1, 1) + 0.5 - 0.5 * self.height
+        top = (focal * (scene.height.reshape(-1)[cell.gather(-1, first.unsqueeze(-1))].view(b, 1, self.width) - cam_h) / dist)
+        label = torch.where(row > half, 1, torch.where(-row <= top, 2, 0))
+        return self.palette[label].permute(0, 3, 1, 2)
+
+
+def _scenes(envs: int, robot_name: str, seed: int) -> tuple[SceneBatch, torch.Tensor, torch.Tensor]:
+    robot = get_robot(robot_name)
+    scene = generate_world(list(range(seed, seed + envs)), SceneConfig(), robot).scene
+    start, ahead = scene.route[:, 0], scene.route[:, 1]
+    return scene, start, torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
+
+
+def _time(fn, repeats: int, min_seconds: float) -> float:
+    """Seconds per call: one warm-up call, then at least ``repeats`` calls and ``min_seconds``."""
+    fn(0)
+    count, start = 0, time.perf_counter()
+    while count < repeats or time.perf_counter() - start < min_seconds:
+        fn(count + 1)
+        count += 1
+    return (time.perf_counter() - start) / count
+
+
+def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
+    (w, h), robot = size, get_robot(args.robot)
+    scene, start, yaw = _scenes(envs, args.robot, args.seed)
+    caster = Raycaster(w, h, domain=args.domain)
+    crude = CrudeColumnRaycaster(w, h, caster.max_distance)
+    gen = torch.Generator().manual_seed(args.seed)
+    forward = torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
+
+    def pose(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # walk along the first route leg, turning a little
+        return start + (0.05 * (i % 40)) * forward, yaw + 0.02 * (i % 40)
+
+    def ours(i: int) -> None:
+        caster.render(scene, *pose(i), robot.camera_height, robot.hfov_deg, with_depth=args.depth, noise_generator=gen)
+
+    def reference(i: int) -> None:
+        crude.render(scene, *pose(i), robot.camera_height, robot.hfov_deg)
+
+    t_ours = _time(ours, args.repeats, args.min_seconds)
+    t_ref = _time(reference, args.repeats, args.min_seconds)
+    return {"render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours}
+
+
+def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
+    w, h = size
+    env = NavEnv(NavEnvConfig(task=args.task, robot=args.robot, image_size=(h, w), domain=args.domain,
+                              with_depth=args.depth), num_envs=envs, seed=args.seed)
+    td = env.reset()
+    state = {"td": td}
+
+    def step(_: int) -> None:
+        td = state["td"]
+        td["action"] = env.action_spec.rand()
+        _, state["td"] = env.step_and_maybe_reset(td)
+
+    t = _time(step, args.repeats, args.min_seconds)
+    return {"env_steps_per_s": envs / t, "env_frames_per_s": envs / t}
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 128x72 (width x height), got {text!r}") from None
+    return w, h
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", type=int, nargs="+", default=[1, 16, 64], help="batch sizes (environments)")
+    parser.add_argument("--sizes", type=_size, nargs="+", default=[(128, 72), (96, 96)], help="WIDTHxHEIGHT")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--domain", default="sim", help="appearance domain")
+    parser.add_argument("--robot", default="wheeled")
+    parser.add_argument("--task", default="both", help="NavEnv task")
+    parser.add_argument("--depth", action="store_true", help="also produce depth images")
+    parser.add_argument("--repeats", type=int, default=5, help="minimum timed calls per measurement")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
+    parser.add_argument("--no-env", action="store_true", help="renderer only (skip full env steps)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    results = []
+    for size in args.sizes:
+        for envs in args.envs:
+            row = {"envs": envs, "width": size[0], "height": size[1], **bench_render(envs, size, args)}
+            if not args.no_env:
+                row.update(bench_env(envs, size, args))
+            results.append(row)
+            env_part = "" if args.no_env else f"  env {row['env_steps_per_s']:8.0f} steps/s (full steps)"
+            print(f"{size[0]}x{size[1]} envs={envs:3d}  render {row['render_fps']:8.0f} frames/s  "
+                  f"crude baseline {row['baseline_fps']:8.0f} frames/s  ratio {row['ratio']:.2f}{env_part}", flush=True)
+    summary = {"threads": args.threads, "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
