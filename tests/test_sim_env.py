@@ -8,15 +8,12 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs, step_mdp
 
+from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.expert import ExpertPlanner
 from s2e.sim.generator import SceneConfig
 from s2e.sim.rewards import TERMS
 from s2e.sim.tasks import TASKS
 from s2e.timing import TimingSpec
-
-pytest.importorskip("s2e.sim.render", reason="the raycaster (s2e/sim/render.py) has not landed yet")
-
-from s2e.sim.env import NavEnv, NavEnvConfig  # noqa: E402
 
 SMALL = NavEnvConfig(image_size=(16, 16), scene=SceneConfig(route_length=(6.0, 8.0)))
 
