@@ -196,33 +196,43 @@ class Raycaster:
         offset = torch.where(dirs >= 0, 1 - frac, frac)  # [B, W, 2] cells to the first crossing
         lo = torch.where(dirs >= 0, (torch.tensor([gw, gh], device=dev) - g0).unsqueeze(1), g0.unsqueeze(1))
         t_limit = (lo.clamp_min(0) * inv).amin(-1).clamp_max(self.max_distance)  # leave the grid or max range
-        base = (torch.arange(b, device=dev) * (gh * gw)).view(b, 1, 1)
-        best_t = torch.full((b, w), math.inf, device=dev)
-        best_h = torch.zeros(b, w, device=dev)
-        best_axis = torch.zeros(b, w, dtype=torch.long, device=dev)
+        # Rays are flattened to [R] so that, after each chunk, only the unresolved ones (those looking
+        # down a long street) are carried on: most rays hit a facade within the first chunk or two.
+        n = b * w
+        ray_env = torch.arange(b, device=dev).repeat_interleave(w)
+        r_base, r_g0, r_cell0 = ray_env * (gh * gw), g0[ray_env], cell0[ray_env]
+        r_sign, r_inv, r_off, r_step = sign.view(n, 2), inv.view(n, 2), offset.view(n, 2), dirs.view(n, 2) / res
+        r_limit = t_limit.reshape(n)
+        best_t = torch.full((n,), math.inf, device=dev)
+        best_h = torch.zeros(n, device=dev)
+        best_axis = torch.zeros(n, dtype=torch.long, device=dev)
+        active = torch.arange(n, device=dev)
         k0 = 1
-        while True:
+        while active.numel():
             k = torch.arange(k0, k0 + chunk, device=dev, dtype=torch.float32)
+            g0a, c0a, sa, ia, oa, da = (x[active] for x in (r_g0, r_cell0, r_sign, r_inv, r_off, r_step))
+            base, limit = r_base[active].unsqueeze(1), r_limit[active]
+            bt, bh, ba = best_t[active], best_h[active], best_axis[active]
             cert = []
             for axis in (0, 1):
-                t = (offset[..., axis : axis + 1] + k - 1) * inv[..., axis : axis + 1]  # [B, W, C]
-                along = cell0[:, axis].view(b, 1, 1) + sign[..., axis : axis + 1] * k
-                other = (g0[:, 1 - axis].view(b, 1, 1) + t * (dirs[..., 1 - axis : 2 - axis] / res)).floor()
+                t = (oa[:, axis : axis + 1] + k - 1) * ia[:, axis : axis + 1]  # [A, C]
+                along = c0a[:, axis : axis + 1] + sa[:, axis : axis + 1] * k
+                other = (g0a[:, 1 - axis : 2 - axis] + t * da[:, 1 - axis : 2 - axis]).floor()
                 col, row = (along, other) if axis == 0 else (other, along)
-                inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & (t < t_limit.unsqueeze(-1))
+                inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & (t < limit.unsqueeze(-1))
                 flat = torch.where(inside, base + row.long() * gw + col.long(), 0)
                 h = torch.where(inside, wall_h[flat], 0.0)
-                t_hit = torch.where(h > 0, t, math.inf)
-                t_min, arg = t_hit.min(-1)
-                closer = t_min < best_t
-                best_t = torch.where(closer, t_min, best_t)
-                best_h = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), best_h)
-                best_axis = torch.where(closer, axis, best_axis)
-                cert.append((offset[..., axis] + k0 + chunk - 1) * inv[..., axis])
+                t_min, arg = torch.where(h > 0, t, math.inf).min(-1)
+                closer = t_min < bt
+                bt = torch.where(closer, t_min, bt)
+                bh = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), bh)
+                ba = torch.where(closer, axis, ba)
+                cert.append((oa[:, axis] + k0 + chunk - 1) * ia[:, axis])
+            best_t[active], best_h[active], best_axis[active] = bt, bh, ba
             certain = torch.minimum(cert[0], cert[1])
-            if bool(((best_t <= certain) | (certain >= t_limit)).all()):
-                break
+            active = active[(bt > certain) & (certain < limit)]
             k0 += chunk
+        best_t, best_h, best_axis = best_t.view(b, w), best_h.view(b, w), best_axis.view(b, w)
         point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
         along = torch.where(best_axis == 0, point[..., 1], point[..., 0])
         normal = -sign * torch.stack([best_axis == 0, best_axis == 1], -1)
