@@ -2,14 +2,21 @@
 
 The model and data classes are chosen by the config (``class_path``), so pretraining, RL
 post-training and the benchmark all run through this one entry point. A fixed default seed makes
-runs repeatable; the resolved config is saved next to the logs. Further subcommands (e.g. ``export``)
-are added by extending :meth:`S2ECLI.subcommands` and implementing a method of the same name.
+runs repeatable; the resolved config is saved next to the logs.
+
+``python -m s2e export --ckpt_path CKPT --out DIR [--config CFG]`` is dispatched before LightningCLI:
+an export needs no Trainer, model or data config, since the checkpoint alone rebuilds the policy
+(see :func:`export_main`).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Any, Optional
+
+import yaml
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -24,6 +31,7 @@ class S2ECLI(LightningCLI):
     def __init__(self, args: Optional[list[str]] = None, run: bool = True, **kwargs: Any) -> None:
         kwargs.setdefault("seed_everything_default", DEFAULT_SEED)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("parser_kwargs", {"epilog": "export: python -m s2e export --help (TorchScript / torch.export of a checkpoint)"})
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -60,5 +68,50 @@ def find_last_checkpoint(trainer: Trainer) -> Optional[Path]:
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 
+def export_parser() -> argparse.ArgumentParser:
+    from s2e.control import ControllerLimits
+
+    defaults = ControllerLimits()
+    parser = argparse.ArgumentParser(
+        prog="python -m s2e export",
+        description="Write policy.ts (TorchScript), policy.pt2 (torch.export) and policy.json for a trained checkpoint.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="PretrainModule checkpoint; it alone rebuilds the policy")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="optional YAML (repeatable, e.g. the training config); only its `export:` section is read "
+        "(keys max_speed, max_yaw_rate, lookahead_time); the command line wins",
+    )
+    parser.add_argument("--max_speed", type=float, help=f"m/s (default {defaults.max_speed})")
+    parser.add_argument("--max_yaw_rate", type=float, help=f"rad/s (default {defaults.max_yaw_rate})")
+    parser.add_argument("--lookahead_time", type=float, help=f"s along the plan for pure pursuit (default {defaults.lookahead_time})")
+    return parser
+
+
+def export_main(args: list[str]) -> None:
+    """``python -m s2e export``: checkpoint -> export folder; prints the written policy.json path."""
+    from s2e.control import ControllerLimits
+    from s2e.export import JSON_FILE, export_policy
+    from s2e.pretrain import load_policy_from_checkpoint
+
+    parsed = export_parser().parse_args(args)
+    limits = ControllerLimits().to_dict()
+    for path in parsed.config:
+        with open(path) as handle:
+            section = (yaml.safe_load(handle) or {}).get("export") or {}
+        limits.update(ControllerLimits.from_dict(section).to_dict() if section else {})
+    limits.update({k: getattr(parsed, k) for k in ("max_speed", "max_yaw_rate", "lookahead_time") if getattr(parsed, k) is not None})
+    policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)
+    export_policy(policy, timing, anchors, parsed.out, ControllerLimits.from_dict(limits), source=str(parsed.ckpt_path))
+    print(Path(parsed.out) / JSON_FILE)
+
+
 def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["export"]:
+        export_main(argv[1:])
+        return
     S2ECLI(args=args)

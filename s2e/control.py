@@ -69,7 +69,8 @@ def smooth_clamp(x: Tensor, limit: float, knee_fraction: float = 0.8) -> Tensor:
     knee = knee_fraction * limit
     room = limit - knee
     magnitude = x.abs()
-    bent = knee + room * torch.tanh((magnitude - knee) / room)
+    # the final clamp only catches float rounding of tanh -> 1 (where its gradient is already ~0)
+    bent = (knee + room * torch.tanh((magnitude - knee) / room)).clamp_max(limit)
     return torch.where(magnitude <= knee, x, torch.sign(x) * bent)
 
 

@@ -1,0 +1,233 @@
+"""Export a trained policy for robots: ``policy.ts`` (TorchScript), ``policy.pt2`` (torch.export)
+and ``policy.json`` (timing, image size, anchors, controller limits, versions, file hashes).
+
+:class:`DeployablePolicy` is the whole robot-side contract in one module, so the exported files
+run from plain ``torch`` (or libtorch) without this package: raw uint8 frames and a goal in, the
+best trajectory in metres, every mode with its probability and the shared controller's (v, omega)
+out. Its streaming entry point ``step`` keeps per-frame features in a registered buffer, so each
+control step encodes only the newest frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from s2e.anchors import Anchors
+from s2e.control import ControllerLimits, waypoints_to_command
+from s2e.model.policy import S2EPolicy
+from s2e.timing import TimingSpec
+
+FORMAT_VERSION = 1
+TS_FILE, PT2_FILE, JSON_FILE = "policy.ts", "policy.pt2", "policy.json"
+#: Output names, in the order both entry points return them.
+OUTPUTS = ("best_trajectory_m", "modes_m", "mode_probs", "command")
+
+
+def streaming_stride(timing: TimingSpec) -> int:
+    """Control steps per frame period: ``step`` runs once per control period and the context takes
+    every ``stride``-th cached frame, so frame_dt must be a whole multiple of control_dt."""
+    ratio = timing.frame_dt / timing.control_dt
+    stride = int(round(ratio))
+    if stride < 1 or not math.isclose(ratio, stride, rel_tol=1e-6):
+        raise ValueError(
+            f"streaming needs frame_dt to be a whole multiple of control_dt, got frame_dt={timing.frame_dt} and "
+            f"control_dt={timing.control_dt}"
+        )
+    return stride
+
+
+class DeployablePolicy(nn.Module):
+    """The policy + the controller + the timing constants, with a robot-facing interface.
+
+    Inputs: ``frames`` uint8 [B, k, 3, H, W] RGB (oldest first, ``frame_dt`` apart) and ``goal``
+    [B, 2], the goal's (x, y) in metres in the robot frame (+x forward, +y left); a row with a
+    non-finite goal (NaN) means "no goal" and uses the policy's null goal token.
+
+    Outputs (a tuple, in :data:`OUTPUTS` order): best trajectory [B, T, 2] m, all modes [B, M, T, 2] m,
+    mode probabilities [B, M], command [B, 2] = (v m/s, omega rad/s).
+
+    ``step(frame [B, 3, H, W], goal)`` is the streaming form, called once per control period: it
+    encodes only ``frame``, keeps the last ``(k - 1) * stride + 1`` per-frame features and decodes
+    from every ``stride``-th of them, which equals ``forward`` on the same frames. Until the cache
+    holds that many frames, the first frame's features stand in for the missing older ones (the
+    runtime in :mod:`s2e.deploy` sends no motion command before the window is full). ``reset()``
+    empties the cache (a new episode, or after stale frames).
+    """
+
+    def __init__(self, policy: S2EPolicy, timing: TimingSpec, limits: ControllerLimits) -> None:
+        super().__init__()
+        config = policy.config
+        self.policy = policy.eval()
+        self.context_frames = int(config.context_frames)
+        self.image_height = int(config.image_size[0])
+        self.image_width = int(config.image_size[1])
+        self.waypoint_dt = float(timing.waypoint_dt)
+        self.max_speed = float(limits.max_speed)
+        self.max_yaw_rate = float(limits.max_yaw_rate)
+        self.lookahead_time = float(limits.lookahead_time)
+        self.stride = streaming_stride(timing)
+        self.cache_length = (self.context_frames - 1) * self.stride + 1
+        self.register_buffer("feature_cache", torch.zeros(0, self.cache_length, config.d_model), persistent=False)
+        self.register_buffer("cached_frames", torch.zeros((), dtype=torch.long), persistent=False)
+
+    def _check_frames(self, frames: Tensor, expected_dim: int) -> None:
+        if frames.dtype != torch.uint8:
+            raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+        if frames.dim() != expected_dim or frames.shape[-3] != 3 or frames.shape[-2] != self.image_height or frames.shape[-1] != self.image_width:
+            raise ValueError(
+                f"frames must be [B{', k' if expected_dim == 5 else ''}, 3, {self.image_height}, {self.image_width}], "
+                f"got {list(frames.shape)}"
+            )
+
+    def _goal_inputs(self, goal: Tensor, batch: int) -> Tuple[Tensor, Tensor]:
+        if goal.dim() != 2 or goal.shape[0] != batch or goal.shape[1] != 2:
+            raise ValueError(f"goal must be [B, 2] (x, y) metres in the robot frame with B={batch}, got {list(goal.shape)}")
+        goal = goal.float()
+        given = torch.isfinite(goal).all(dim=-1)
+        xy = torch.where(given[:, None], goal, torch.zeros_like(goal))
+        distance = torch.sqrt((xy**2).sum(-1))
+        bearing = torch.atan2(xy[:, 1], xy[:, 0])
+        return torch.stack([distance, torch.cos(bearing), torch.sin(bearing)], dim=-1), given
+
+    def _decode(self, features: Tensor, goal: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        encoded, given = self._goal_inputs(goal, features.shape[0])
+        out = self.policy.decode_from_features(features, encoded, given)
+        modes = out["mean"] * out["scale"][..., None, None]
+        probs = torch.softmax(out["scores"], dim=-1)
+        best_index = out["scores"].argmax(dim=-1)
+        best = modes[torch.arange(modes.shape[0], device=modes.device), best_index]
+        command = waypoints_to_command(best, self.waypoint_dt, self.max_speed, self.max_yaw_rate, self.lookahead_time)
+        return best, modes, probs, command
+
+    def forward(self, frames: Tensor, goal: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Full window: frames uint8 [B, k, 3, H, W], goal [B, 2] -> the outputs of the class docstring."""
+        self._check_frames(frames, 5)
+        if frames.shape[1] != self.context_frames:
+            raise ValueError(f"expected {self.context_frames} context frames, got {frames.shape[1]}")
+        return self._decode(self.policy.encode_frames(frames), goal)
+
+    @torch.jit.export
+    def step(self, frame: Tensor, goal: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Streaming: the newest frame uint8 [B, 3, H, W] (one call per control period) + goal."""
+        self._check_frames(frame, 4)
+        feature = self.policy.encode_frames(frame[:, None])  # [B, 1, D]
+        if self.feature_cache.shape[0] != feature.shape[0] or int(self.cached_frames) == 0:
+            self.feature_cache = feature.expand(feature.shape[0], self.cache_length, feature.shape[2]).clone()
+            self.cached_frames = torch.ones((), dtype=torch.long)
+        else:
+            self.feature_cache = torch.cat([self.feature_cache[:, 1:], feature], dim=1)
+            self.cached_frames = self.cached_frames + 1
+        return self._decode(self.feature_cache[:, :: self.stride], goal)
+
+    @torch.jit.export
+    def window_full(self) -> bool:
+        """True once ``step`` has seen enough frames that its output no longer uses stand-ins."""
+        return int(self.cached_frames) >= self.cache_length
+
+    @torch.jit.export
+    def reset(self) -> None:
+        self.feature_cache = torch.zeros(0, self.cache_length, self.feature_cache.shape[2])
+        self.cached_frames = torch.zeros((), dtype=torch.long)
+
+
+@contextmanager
+def quiet_export_warnings() -> Iterator[None]:
+    """Silence upstream deprecation chatter of the export APIs (``torch.jit.script`` is deprecated in
+    favour of torch.export, which we also write; TorchScript stays because only it carries the
+    stateful streaming method and loads from libtorch). Other warnings still reach the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.(script|save|load|trace).* deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.(jit|export|_export)")
+        # TorchScript's note on nn.MultiheadAttention/TransformerEncoderLayer internals, not our code
+        warnings.filterwarnings("ignore", message=r".* was found in ScriptModule constants", category=UserWarning)
+        yield
+
+
+def script_policy(deployable: DeployablePolicy) -> torch.jit.ScriptModule:
+    with quiet_export_warnings():
+        return torch.jit.script(deployable)
+
+
+def export_program(deployable: DeployablePolicy, example_batch: int = 2) -> "torch.export.ExportedProgram":
+    """torch.export of the full-window forward, batch dimension dynamic (the example batch is 2
+    because export specializes a size-1 example dimension to the constant 1)."""
+    frames = torch.zeros(example_batch, deployable.context_frames, 3, deployable.image_height, deployable.image_width, dtype=torch.uint8)
+    goal = torch.zeros(example_batch, 2)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    with quiet_export_warnings(), torch.no_grad():
+        return torch.export.export(deployable, (frames, goal), dynamic_shapes={"frames": {0: batch}, "goal": {0: batch}})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_policy(
+    policy: S2EPolicy,
+    timing: TimingSpec,
+    anchors: Anchors,
+    out_dir: Union[str, Path],
+    limits: ControllerLimits = ControllerLimits(),
+    source: Optional[str] = None,
+) -> dict[str, Any]:
+    """Write policy.ts, policy.pt2 and policy.json into ``out_dir``; returns the JSON written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    deployable = DeployablePolicy(policy, timing, limits).eval()
+    script_policy(deployable).save(str(out / TS_FILE))
+    torch.export.save(export_program(deployable), str(out / PT2_FILE))
+    config = policy.config
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "source_checkpoint": source,
+        "timing": timing.to_dict(),
+        "image_size": list(config.image_size),
+        "input": {
+            "frames": "uint8 RGB [B, k, 3, H, W], oldest first, frame_dt apart",
+            "goal": "float [B, 2] goal (x, y) metres in the robot frame (+x forward, +y left); NaN row = no goal",
+        },
+        "outputs": list(OUTPUTS),
+        "streaming": {
+            "entry_points": {"policy.ts": ["forward", "step", "reset", "window_full"], "policy.pt2": ["forward"]},
+            "note": "step() is stateful and exists only in policy.ts; policy.pt2 holds the full-window forward.",
+            "step_period_s": timing.control_dt,
+            "stride": deployable.stride,
+            "cache_length": deployable.cache_length,
+        },
+        "controller": {"name": "pure_pursuit", **limits.to_dict()},
+        "policy_config": config.to_dict(),
+        "anchors": {"num_anchors": anchors.num_anchors, "points": anchors.points.tolist(), "trajectories": anchors.trajectories.tolist()},
+        "versions": {"torch": torch.__version__, "python": platform.python_version(), "s2e_export_format": FORMAT_VERSION},
+        "sha256": {name: sha256_file(out / name) for name in (TS_FILE, PT2_FILE)},
+    }
+    (out / JSON_FILE).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def read_export_metadata(directory: Union[str, Path], verify: bool = True) -> dict[str, Any]:
+    """policy.json of an export folder; with ``verify`` the files must match their recorded sha256."""
+    directory = Path(directory)
+    path = directory / JSON_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {directory} a folder written by `python -m s2e export`?")
+    meta = json.loads(path.read_text())
+    if verify:
+        for name, digest in meta["sha256"].items():
+            if sha256_file(directory / name) != digest:
+                raise ValueError(f"{directory / name} does not match the sha256 in {path}: the export is corrupt or was edited")
+    return meta

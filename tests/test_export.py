@@ -1,0 +1,165 @@
+"""``python -m s2e export`` on a real trained checkpoint: files, parity in a torch-only process,
+streaming == full window, input errors."""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from s2e.control import ControllerLimits
+from s2e.export import DeployablePolicy, read_export_metadata, script_policy
+from s2e.pretrain import load_policy_from_checkpoint
+from test_pretrain import IMAGE, _module, _trainer, demo_datamodule, fit_demo_anchors, write_demo_shards
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+#: Run in a fresh interpreter in isolated mode (-I: no PYTHONPATH, no cwd on sys.path), as on a
+#: robot that has torch but not this package.
+TORCH_ONLY_SCRIPT = r"""
+import sys, torch
+folder, inputs, result = sys.argv[1:4]
+data = torch.load(inputs, weights_only=True)
+ts = torch.jit.load(folder + "/policy.ts")
+pt2 = torch.export.load(folder + "/policy.pt2").module()
+with torch.no_grad():
+    out = {"ts": list(ts(data["frames"], data["goal"])), "pt2": list(pt2(data["frames"], data["goal"]))}
+    out["ts_step"] = [list(ts.step(frame, data["goal"])) for frame in data["stream"]]
+assert not any(name == "s2e" or name.startswith("s2e.") for name in sys.modules), "s2e was imported"
+torch.save(out, result)
+"""
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("export_demo")
+    shards = write_demo_shards(root, num_episodes=3)
+    anchors = fit_demo_anchors(shards, root / "anchors.npz", num_anchors=3)
+    trainer = _trainer(root, max_steps=2, callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)])
+    trainer.fit(_module(anchors), datamodule=demo_datamodule(shards))
+    return root / "ckpt" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("export") / "policy"
+    command = [sys.executable, "-W", "error::DeprecationWarning", "-m", "s2e", "export", "--config", str(ROOT / "experiments" / "export.yaml")]
+    command += ["--ckpt_path", str(checkpoint), "--out", str(out), "--max_speed", "0.9"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "deprecated" not in result.stderr.lower(), result.stderr  # upstream chatter is handled
+    return out
+
+
+def _deployable(checkpoint: pathlib.Path, limits: ControllerLimits) -> DeployablePolicy:
+    policy, timing, _ = load_policy_from_checkpoint(checkpoint)
+    return DeployablePolicy(policy, timing, limits).eval()
+
+
+def test_export_writes_hashed_files_and_metadata_from_the_checkpoint_alone(exported: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    meta = read_export_metadata(exported)
+    assert {p.name for p in exported.iterdir()} == {"policy.ts", "policy.pt2", "policy.json"}
+    assert meta["timing"]["context_frames"] == 5 and meta["image_size"] == [IMAGE, IMAGE]
+    assert meta["controller"] == {"name": "pure_pursuit", "max_speed": 0.9, "max_yaw_rate": 1.5, "lookahead_time": 0.6}
+    assert len(meta["anchors"]["trajectories"]) == meta["anchors"]["num_anchors"] == 3
+    assert meta["streaming"]["stride"] == 2 and meta["streaming"]["cache_length"] == 9
+    assert meta["versions"]["torch"] == torch.__version__
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    with open(copy / "policy.pt2", "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(ValueError, match="policy.pt2 does not match the sha256"):
+        read_export_metadata(copy)
+
+
+def test_eager_torchscript_and_pt2_agree_in_a_torch_only_process(checkpoint: pathlib.Path, exported: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    out = exported
+    deployable = _deployable(checkpoint, ControllerLimits(max_speed=0.9))
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, 5, 3, IMAGE, IMAGE), dtype=torch.uint8, generator=generator)
+    goal = torch.tensor([[4.0, 1.0], [2.0, -3.0], [float("nan"), float("nan")]])
+    stream = [frames[:, i] for i in range(5)]
+    torch.save({"frames": frames, "goal": goal, "stream": stream}, tmp_path / "inputs.pt")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", TORCH_ONLY_SCRIPT, str(out), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = torch.load(tmp_path / "out.pt", weights_only=True)
+    with torch.no_grad():
+        eager = deployable(frames, goal)
+        eager_stream = [deployable.step(frame, goal) for frame in stream]
+    for name in ("ts", "pt2"):
+        for got, want in zip(loaded[name], eager):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for got_step, want_step in zip(loaded["ts_step"], eager_stream):
+        for got, want in zip(got_step, want_step):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    best, modes, probs, command = eager
+    assert best.shape == (3, 10, 2) and modes.shape == (3, 3, 10, 2) and command.shape == (3, 2)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    assert torch.isfinite(command).all() and (command[:, 0] <= 0.9).all()
+
+
+@pytest.mark.parametrize("scripted", [False, True], ids=["eager", "torchscript"])
+def test_streaming_equals_the_full_window_over_a_sequence(checkpoint: pathlib.Path, scripted: bool) -> None:
+    deployable = _deployable(checkpoint, ControllerLimits())
+    module = script_policy(deployable) if scripted else deployable
+    generator = torch.Generator().manual_seed(1)
+    sequence = torch.randint(0, 256, (2, 14, 3, IMAGE, IMAGE), dtype=torch.uint8, generator=generator)  # one frame per control step
+    goal = torch.tensor([[5.0, 0.5], [1.0, 2.0]])
+    stride, cache = deployable.stride, deployable.cache_length
+    with torch.no_grad():
+        for t in range(sequence.shape[1]):
+            streamed = module.step(sequence[:, t], goal)
+            # the window the policy should see: k frames frame_dt apart ending now; before the cache is
+            # full the first frame stands in for the older ones
+            times = [max(0, t - j * stride) for j in reversed(range(deployable.context_frames))]
+            full = module(sequence[:, times], goal)
+            for got, want in zip(streamed, full):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+            assert module.window_full() == (t + 1 >= cache)
+        module.reset()
+        assert not module.window_full()
+        restarted = module.step(sequence[:, 7], goal)
+        torch.testing.assert_close(restarted[0], module(sequence[:, [7] * 5], goal)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_a_nan_goal_means_no_goal(checkpoint: pathlib.Path) -> None:
+    deployable = _deployable(checkpoint, ControllerLimits())
+    frames = torch.randint(0, 256, (2, 5, 3, IMAGE, IMAGE), dtype=torch.uint8)
+    with torch.no_grad():
+        best = deployable(frames, torch.tensor([[float("nan"), 0.0], [3.0, 0.0]]))[0]
+        reference = deployable.policy(frames, torch.tensor([[0.0, 1.0, 0.0], [3.0, 1.0, 0.0]]), torch.tensor([False, True]))
+    torch.testing.assert_close(best[0], reference["mean"][0, reference["scores"][0].argmax()] * reference["scale"][0, reference["scores"][0].argmax()])
+
+
+def test_wrong_inputs_are_clear_errors_in_eager_and_torchscript(checkpoint: pathlib.Path) -> None:
+    deployable = _deployable(checkpoint, ControllerLimits())
+    scripted = script_policy(deployable)
+    frames = torch.zeros(1, 5, 3, IMAGE, IMAGE, dtype=torch.uint8)
+    goal = torch.zeros(1, 2)
+    for module, error in ((deployable, ValueError), (scripted, torch.jit.Error)):
+        with pytest.raises(error, match="uint8"):
+            module(frames.float(), goal)
+        with pytest.raises(error, match=r"\[B, k, 3, 32, 32\]"):
+            module(frames[..., :16], goal)
+        with pytest.raises(error, match="expected 5 context frames"):
+            module(frames[:, :3], goal)
+        with pytest.raises(error, match=r"goal must be \[B, 2\]"):
+            module(frames, torch.zeros(1, 3))
+        with pytest.raises(error, match=r"\[B, 3, 32, 32\]"):
+            module.step(frames, goal)
+
+
+def test_missing_checkpoint_is_a_clear_cli_error(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "s2e", "export", "--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0 and "checkpoint not found" in result.stderr
