@@ -67,7 +67,7 @@ def crowd_step(
 ) -> None:
     """Advance ``world.scene.pedestrians`` by ``dt`` seconds in place, reacting to the robot disc."""
     scene, state = world.scene, world.crowd
-    if scene.pedestrians.shape[1] == 0:
+    if not bool(scene.pedestrian_mask.any()):  # tasks without a crowd keep one padded row: nothing to move
         return
     peds = scene.pedestrians.clone()
     mask = scene.pedestrian_mask
