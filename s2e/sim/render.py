@@ -52,7 +52,7 @@ class _WallHits:
 
 @dataclass
 class _ObjectLayers:
-    """The nearest ``K`` objects (obstacles or pedestrians) per column, sorted near to far, [B, K, W]."""
+    """The nearest ``K`` objects (obstacles or pedestrians) per column, sorted near to far, [B, W, K]."""
 
     t_in: Tensor
     t_out: Tensor
@@ -128,12 +128,13 @@ class Raycaster:
         sun = torch.tensor(d.sun_direction, dtype=torch.float32, device=self.device)
         self._sun_xy = sun[:2]
         self._top_shade = d.ambient + d.sun_intensity * max(float(sun[2]), 0.0)  # ground and roofs
-        self._fog = torch.tensor(d.fog_colour, dtype=torch.float32, device=self.device).view(3, 1, 1, 1)
-        self._gain = (torch.tensor(d.colour_cast, dtype=torch.float32, device=self.device) * d.exposure).view(3, 1, 1, 1)
+        self._fog = torch.tensor(d.fog_colour, dtype=torch.float32, device=self.device)
+        self._gain = (torch.tensor(d.colour_cast, dtype=torch.float32, device=self.device) * d.exposure)
         self._sky = [torch.tensor(c, dtype=torch.float32, device=self.device) for c in (d.sky_horizon, d.sky_top)]
         self._blur = self._gaussian(d.blur_sigma) if d.blur_sigma > 0 else None
         self._noise_bank: Tensor | None = None
         self._colours: tuple[Tensor, Tensor, int] | None = None  # (atlas the buffer was made from, buffer, tail offset)
+        self._grid_cache: list = []
 
     # ------------------------------------------------------------------ public API
     def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
@@ -161,48 +162,42 @@ class Raycaster:
         dirs = torch.stack([c - col_slope * s, s + col_slope * c], -1)  # [B, W, 2]; forward component 1
 
         atlas, repeat = self._styles.batch(scene.style_seed)
-        colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, focal, row_slope)
-        wall = self._cast_walls(scene, cam, dirs)
+        colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
+        wall_h, ground = self._grids(scene)
+        wall = self._cast_walls(scene, wall_h, cam, dirs)
         layers = self._intersect_objects(scene, cam, dirs, wall.t, ped_offset)
-
-        index, shade, depth = self._background(scene, cam, dirs, cam_h, row_slope, wall, repeat, sky_offset)
-        self._composite_objects(layers, cam_h, row_slope, index, shade, depth)
-
-        rgb = colours[:, index.view(-1)].view(3, b, H, W) * shade
-        sky = depth >= self.max_distance
-        fog = torch.exp(depth.masked_fill(sky, 0.0) / -self.domain.fog_distance)
-        rgb = torch.lerp(self._fog, rgb, fog) * self._gain
-        image = self._camera_response(rgb.permute(1, 0, 2, 3), noise_generator)
-        return image, (depth.unsqueeze(1) if with_depth else None)
+        # Pixels are laid out column-major [B, W, H] until the end: every quantity is per column.
+        rows = row_slope.view(b, 1, H)
+        index, shade, depth = self._background(scene, ground, cam, dirs, cam_h, rows, wall, repeat, sky_offset)
+        self._composite_objects(layers, cam_h, rows, index, shade, depth)
+        image = self._camera_response(colours, index, shade, depth, noise_generator)
+        return image, (depth.transpose(1, 2).unsqueeze(1) if with_depth else None)
 
     # ------------------------------------------------------------------ geometry per column
-    def _cast_walls(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, chunk: int = 24) -> _WallHits:
+    def _cast_walls(self, scene: SceneBatch, wall_h: Tensor, cam: Tensor, dirs: Tensor, chunk: int = 16) -> _WallHits:
         """Exact grid DDA for every column at once: all x- and y-gridline crossings, ``chunk`` at a time.
 
-        The crossing of the k-th vertical gridline happens at t = (offset + k - 1) * res / |dx| and
-        enters column floor(gx0) + k * sign(dx); the first crossing whose entered cell is a building is
-        the hit. A hit is final once it is nearer than the next untested crossing of either axis.
+        The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * res / |dx| and enters
+        column floor(gx0) + k * sign(dx) (likewise for horizontal gridlines); the first crossing that
+        enters a building cell is the hit. A hit is final once it is nearer than the next untested
+        crossing of either axis, and columns drop out of the march as soon as they are final or leave
+        the grid, so open streets cost only their own long rays. The grid is padded with one empty
+        cell, so crossings outside it clamp onto empty cells instead of needing bounds checks.
         """
         b, w = dirs.shape[:2]
         dev, res = self.device, float(scene.resolution)
         gh, gw = scene.surface.shape[1:]
-        building = scene.surface == int(Surface.BUILDING)
-        wall_h = torch.where(building, scene.height.to(torch.float32), 0.0).reshape(-1)
-        g0 = (cam - scene.origin.to(torch.float32)) / res  # [B, 2] continuous (col, row)
+        size = torch.tensor([gw + 1, gh + 1], device=dev, dtype=torch.float32)  # last index of the padded grid
+        g0 = ((cam - scene.origin.to(torch.float32)) / res + 1).unsqueeze(1).expand(b, w, 2).reshape(-1, 2)
+        rays = dirs.reshape(-1, 2)
         cell0 = g0.floor()
-        sign = torch.where(dirs >= 0, 1.0, -1.0)  # [B, W, 2]
-        inv = res / dirs.abs().clamp_min(1e-9)  # metres of t per cell along each axis
-        frac = (g0 - cell0).unsqueeze(1)
-        offset = torch.where(dirs >= 0, 1 - frac, frac)  # [B, W, 2] cells to the first crossing
-        lo = torch.where(dirs >= 0, (torch.tensor([gw, gh], device=dev) - g0).unsqueeze(1), g0.unsqueeze(1))
-        t_limit = (lo.clamp_min(0) * inv).amin(-1).clamp_max(self.max_distance)  # leave the grid or max range
-        # Rays are flattened to [R] so that, after each chunk, only the unresolved ones (those looking
-        # down a long street) are carried on: most rays hit a facade within the first chunk or two.
+        sign = torch.where(rays >= 0, 1.0, -1.0)
+        inv = res / rays.abs().clamp_min(1e-9)  # metres of t per cell along each axis
+        offset = torch.where(rays >= 0, 1 - (g0 - cell0), g0 - cell0)  # cells to the first crossing
+        slope = rays / res  # cells per metre of t
+        t_limit = (torch.where(rays >= 0, size - g0, g0 - 1).clamp_min(0) * inv).amin(-1).clamp_max(self.max_distance)
+        base = torch.arange(b, device=dev).repeat_interleave(w) * ((gh + 2) * (gw + 2))
         n = b * w
-        ray_env = torch.arange(b, device=dev).repeat_interleave(w)
-        r_base, r_g0, r_cell0 = ray_env * (gh * gw), g0[ray_env], cell0[ray_env]
-        r_sign, r_inv, r_off, r_step = sign.view(n, 2), inv.view(n, 2), offset.view(n, 2), dirs.view(n, 2) / res
-        r_limit = t_limit.reshape(n)
         best_t = torch.full((n,), math.inf, device=dev)
         best_h = torch.zeros(n, device=dev)
         best_axis = torch.zeros(n, dtype=torch.long, device=dev)
@@ -210,33 +205,30 @@ class Raycaster:
         k0 = 1
         while active.numel():
             k = torch.arange(k0, k0 + chunk, device=dev, dtype=torch.float32)
-            g0a, c0a, sa, ia, oa, da = (x[active] for x in (r_g0, r_cell0, r_sign, r_inv, r_off, r_step))
-            base, limit = r_base[active].unsqueeze(1), r_limit[active]
-            bt, bh, ba = best_t[active], best_h[active], best_axis[active]
-            cert = []
+            a_off, a_inv, a_g0, a_cell, a_sign, a_slope = (x[active] for x in (offset, inv, g0, cell0, sign, slope))
+            a_t, a_h, a_axis = best_t[active], best_h[active], best_axis[active]
             for axis in (0, 1):
-                t = (oa[:, axis : axis + 1] + k - 1) * ia[:, axis : axis + 1]  # [A, C]
-                along = c0a[:, axis : axis + 1] + sa[:, axis : axis + 1] * k
-                other = (g0a[:, 1 - axis : 2 - axis] + t * da[:, 1 - axis : 2 - axis]).floor()
+                t = (a_off[:, axis : axis + 1] + (k - 1)) * a_inv[:, axis : axis + 1]  # [A, C]
+                along = (a_cell[:, axis : axis + 1] + a_sign[:, axis : axis + 1] * k).clamp(0, float(size[axis]))
+                other = (a_g0[:, 1 - axis : 2 - axis] + t * a_slope[:, 1 - axis : 2 - axis]).floor()
+                other = other.clamp(0, float(size[1 - axis]))
                 col, row = (along, other) if axis == 0 else (other, along)
-                inside = (col >= 0) & (col < gw) & (row >= 0) & (row < gh) & (t < limit.unsqueeze(-1))
-                flat = torch.where(inside, base + row.long() * gw + col.long(), 0)
-                h = torch.where(inside, wall_h[flat], 0.0)
+                h = wall_h[base[active].unsqueeze(1) + (row * (gw + 2) + col).long()]
                 t_min, arg = torch.where(h > 0, t, math.inf).min(-1)
-                closer = t_min < bt
-                bt = torch.where(closer, t_min, bt)
-                bh = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), bh)
-                ba = torch.where(closer, axis, ba)
-                cert.append((oa[:, axis] + k0 + chunk - 1) * ia[:, axis])
-            best_t[active], best_h[active], best_axis[active] = bt, bh, ba
-            certain = torch.minimum(cert[0], cert[1])
-            active = active[(bt > certain) & (certain < limit)]
+                closer = t_min < a_t
+                a_t = torch.where(closer, t_min, a_t)
+                a_h = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), a_h)
+                a_axis = torch.where(closer, axis, a_axis)
+            best_t[active], best_h[active], best_axis[active] = a_t, a_h, a_axis
+            certain = ((a_off + (k0 + chunk - 1)) * a_inv).amin(-1)
+            active = active[(a_t > certain) & (certain < t_limit[active])]
             k0 += chunk
-        best_t, best_h, best_axis = best_t.view(b, w), best_h.view(b, w), best_axis.view(b, w)
+        best_t = torch.where(best_t <= self.max_distance, best_t, math.inf).view(b, w)
         point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
+        best_axis = best_axis.view(b, w)
         along = torch.where(best_axis == 0, point[..., 1], point[..., 0])
-        normal = -sign * torch.stack([best_axis == 0, best_axis == 1], -1)
-        return _WallHits(best_t, best_h, along, normal)
+        normal = -sign.view(b, w, 2) * torch.stack([best_axis == 0, best_axis == 1], -1)
+        return _WallHits(best_t, best_h.view(b, w), along, normal)
 
     def _intersect_objects(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, wall_t: Tensor,
                            ped_offset: int) -> _ObjectLayers:
@@ -294,7 +286,7 @@ class Raycaster:
         }
         k = min(self.layers, t_in.shape[-1])
         order = torch.where(valid, t_in, math.inf).topk(k, dim=-1, largest=False, sorted=True).indices
-        return _ObjectLayers(**{n: v.gather(-1, order).transpose(1, 2) for n, v in fields.items()})
+        return _ObjectLayers(**{n: v.gather(-1, order) for n, v in fields.items()})
 
     @staticmethod
     def _circles(dx: Tensor, dy: Tensor, rx: Tensor, ry: Tensor, radius: Tensor):
@@ -318,103 +310,134 @@ class Raycaster:
         return torch.minimum(t1, t2), torch.maximum(t1, t2)
 
     # ------------------------------------------------------------------ pixels
-    def _background(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, cam_h: Tensor, row_slope: Tensor,
-                    wall: _WallHits, repeat: Tensor, sky_offset: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Texel index, shade and z-depth [B, H, W] of sky, facades and floor."""
-        b, H, W = row_slope.shape[0], self.height, self.width
-        dev, T, res = self.device, TEXTURE_SIZE, float(scene.resolution)
-        rows = row_slope.view(b, H, 1)
-        arange_b = torch.arange(b, device=dev)
-        # Sky: one colour slot per (env, row).
-        index = (sky_offset + arange_b.view(b, 1, 1) * H + torch.arange(H, device=dev).view(1, H, 1)).expand(b, H, W).clone()
-        shade = torch.ones(b, H, W, device=dev)
-        depth = torch.full((b, H, W), self.max_distance, device=dev)
-        # Facades: rows whose height at the wall's depth lies on the building.
-        wall_t = wall.t.view(b, 1, W)
-        z = cam_h + rows * wall_t
-        on_wall = (z >= 0) & (z <= wall.height.view(b, 1, W)) & torch.isfinite(wall_t)
-        bay = repeat[:, MAT_FACADE].view(b, 2, 1, 1)
-        tu = ((wall.along / bay[:, 0, 0]).frac() * T).long().clamp(0, T - 1).view(b, 1, W)
-        tv = ((1 - (z / bay[:, 1]).frac()) * T).long().clamp(0, T - 1)
-        facade = ((arange_b.view(b, 1, 1) * NUM_MATERIALS + MAT_FACADE) * T + tv) * T + tu
-        index = torch.where(on_wall, facade, index)
-        wall_shade = self.domain.ambient + self.domain.sun_intensity * (wall.normal @ self._sun_xy).clamp_min(0)
-        shade = torch.where(on_wall, wall_shade.view(b, 1, W), shade)
-        depth = torch.where(on_wall, wall_t, depth)
-        # Floor: rows below the horizon, z-depth from the per-row table cam_h / -slope.
-        first = (H + 1) // 2
-        fr = -rows[:, first:]  # [B, Hf, 1] > 0
-        t_floor = cam_h / fr
-        floor = (t_floor < wall_t) & (t_floor < self.max_distance)
-        px = cam[:, 0].view(b, 1, 1) + t_floor * dirs[..., 0].view(b, 1, W)
-        py = cam[:, 1].view(b, 1, 1) + t_floor * dirs[..., 1].view(b, 1, W)
-        gh, gw = scene.surface.shape[1:]
+    def _grids(self, scene: SceneBatch) -> tuple[Tensor, Tensor]:
+        """Per-scene grids padded by one cell: wall height for the DDA, ground material for floor casting.
+
+        The ground material already holds the road's lane marks (cells at ``lane_offset`` from the
+        walkable edge, dashed) and the scene's atlas offset, so a floor pixel needs one gather. Both
+        depend only on the scene tensors, so they are cached while those tensors stay unmodified
+        (identity and in-place version), i.e. across all the steps of an episode.
+        """
+        tensors = (scene.surface, scene.height, scene.distance, scene.origin)
+        key = tuple((id(t), t._version) for t in tensors)
+        for i, (k, held, grids) in enumerate(self._grid_cache):
+            if k == key:
+                return grids
+        b, (gh, gw), res = scene.batch_size, scene.surface.shape[1:], float(scene.resolution)
+        surface = scene.surface.long()
+        wall_h = torch.where(surface == int(Surface.BUILDING), scene.height.to(torch.float32), 0.0)
+        centres = (torch.arange(max(gh, gw), device=self.device, dtype=torch.float32) + 0.5) * res
         origin = scene.origin.to(torch.float32)
-        gx, gy = ((px - origin[:, 0].view(b, 1, 1)) / res).floor(), ((py - origin[:, 1].view(b, 1, 1)) / res).floor()
-        inside = (gx >= 0) & (gx < gw) & (gy >= 0) & (gy < gh)
-        cell = torch.where(inside, arange_b.view(b, 1, 1) * (gh * gw) + gy.long() * gw + gx.long(), 0)
-        surface = torch.where(inside, scene.surface.reshape(-1)[cell].long(), int(Surface.ROAD))
-        margin = -torch.where(inside, scene.distance.reshape(-1)[cell].to(torch.float32), -1e3)
-        lane = (surface == int(Surface.ROAD)) & ((margin - self.domain.lane_offset).abs() < _LANE_WIDTH / 2)
-        lane = lane & (((px + py) / _LANE_DASH).frac() < 0.5)
-        mat = torch.where(lane, MAT_LANE, surface) + arange_b.view(b, 1, 1) * NUM_MATERIALS
-        rep = repeat.view(-1, 2)[mat]  # [B, Hf, W, 2]
-        ftu = ((px / rep[..., 0]).frac() * T).long().clamp(0, T - 1)
-        ftv = ((py / rep[..., 1]).frac() * T).long().clamp(0, T - 1)
+        wx = origin[:, 0].view(b, 1, 1) + centres[:gw].view(1, 1, gw)
+        wy = origin[:, 1].view(b, 1, 1) + centres[:gh].view(1, gh, 1)
+        margin = -scene.distance.to(torch.float32)
+        lane = (surface == int(Surface.ROAD)) & ((margin - self.domain.lane_offset).abs() <= res / 2)
+        lane = lane & (((wx + wy) / _LANE_DASH).frac() < 0.5)
+        material = torch.where(lane, MAT_LANE, surface) + torch.arange(b, device=self.device).view(b, 1, 1) * NUM_MATERIALS
+        border = (torch.arange(b, device=self.device) * NUM_MATERIALS + int(Surface.ROAD)).view(b, 1, 1)
+        material = torch.cat([border.expand(b, gh, 1), material, border.expand(b, gh, 1)], 2)
+        material = torch.cat([border.expand(b, 1, gw + 2), material, border.expand(b, 1, gw + 2)], 1)
+        grids = (F.pad(wall_h, (1, 1, 1, 1)).reshape(-1), material.reshape(-1))
+        self._grid_cache = [(key, tensors, grids)] + self._grid_cache[:3]  # holding the tensors keeps ids unique
+        return grids
+
+    def _background(self, scene: SceneBatch, ground: Tensor, cam: Tensor, dirs: Tensor, cam_h: Tensor, rows: Tensor,
+                    wall: _WallHits, repeat: Tensor, sky_offset: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Texel index, shade and z-depth [B, W, H] of sky, facades and floor."""
+        b, H, W = rows.shape[0], self.height, self.width
+        dev, T, res = self.device, TEXTURE_SIZE, float(scene.resolution)
+        arange_b = torch.arange(b, device=dev)
+        # Facades: rows whose height at the wall's depth lies on the building; texel rows count up
+        # from the ground (the atlas stores row 0 at the top, hence the bitwise flip).
+        wall_t = wall.t.unsqueeze(-1)  # [B, W, 1]
+        z = torch.addcmul(cam_h, rows, wall_t)  # [B, W, H]
+        on_wall = (z >= 0) & (z <= wall.height.unsqueeze(-1))
+        texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
+        tu = (wall.along * texels_per_m[:, 0:1]).floor().long() & (T - 1)
+        column = ((arange_b.view(b, 1) * NUM_MATERIALS + MAT_FACADE) * T * T + tu).unsqueeze(-1)
+        tv = ~(z * texels_per_m[:, 1].view(b, 1, 1)).long() & (T - 1)
+        sky = (sky_offset + arange_b.view(b, 1, 1) * H + torch.arange(H, device=dev).view(1, 1, H))
+        index = torch.where(on_wall, column + tv * T, sky)
+        wall_shade = self.domain.ambient + self.domain.sun_intensity * (wall.normal @ self._sun_xy).clamp_min(0)
+        shade = torch.where(on_wall, wall_shade.unsqueeze(-1), 1.0)
+        depth = torch.where(on_wall, wall_t, self.max_distance)
+        # Floor: rows below the horizon, z-depth from the per-row table cam_h / -slope, one material
+        # gather per pixel from the padded ground grid, texels from continuous grid coordinates.
+        first = (H + 1) // 2
+        t_floor = cam_h / -rows[..., first:]  # [B, 1, Hf]
+        floor = t_floor < torch.clamp_max(wall_t, self.max_distance)
+        g0 = (cam - scene.origin.to(torch.float32)) / res + 1
+        gx = torch.addcmul(g0[:, 0].view(b, 1, 1), dirs[..., 0:1] / res, t_floor)  # [B, W, Hf]
+        gy = torch.addcmul(g0[:, 1].view(b, 1, 1), dirs[..., 1:2] / res, t_floor)
+        gh, gw = scene.surface.shape[1:]
+        cell = gy.long().clamp_(0, gh + 1) * (gw + 2) + gx.long().clamp_(0, gw + 1)
+        cell += (arange_b * ((gh + 2) * (gw + 2))).view(b, 1, 1)
+        mat = ground[cell]  # scene-offset material id
+        scale = (T * res / repeat.view(-1, 2)).t()  # [2, B * NUM_MATERIALS] texels per grid cell
+        ftu = (gx * scale[0][mat]).long() & (T - 1)
+        ftv = (gy * scale[1][mat]).long() & (T - 1)
         findex = (mat * T + ftv) * T + ftu
-        index[:, first:] = torch.where(floor, findex, index[:, first:])
-        shade[:, first:] = torch.where(floor, self._top_shade, shade[:, first:])
-        depth[:, first:] = torch.where(floor, t_floor.expand(b, H - first, W), depth[:, first:])
+        index[..., first:] = torch.where(floor, findex, index[..., first:])
+        shade[..., first:] = torch.where(floor, self._top_shade, shade[..., first:])
+        depth[..., first:] = torch.where(floor, t_floor, depth[..., first:])
         return index, shade, depth
 
-    def _composite_objects(self, layers: _ObjectLayers, cam_h: Tensor, row_slope: Tensor,
+    def _composite_objects(self, layers: _ObjectLayers, cam_h: Tensor, rows: Tensor,
                            index: Tensor, shade: Tensor, depth: Tensor) -> None:
-        """Paint the per-column object layers over the background, far to near, in place."""
-        b, H = row_slope.shape[0], self.height
+        """Paint the per-column object layers over the background [B, W, H], far to near, in place.
+
+        Only columns that meet an object are touched: they are gathered into [N, H] rows, painted,
+        and scattered back, so the cost follows how much of the view objects take up.
+        """
+        b, w, H = index.shape
         T = TEXTURE_SIZE
-        rows = row_slope.view(b, H, 1)
-        for k in reversed(range(layers.t_in.shape[1])):
-            valid = layers.valid[:, k : k + 1]  # [B, 1, W]
-            if not bool(valid.any()):
-                continue
-            t_in, t_out, top = (x[:, k : k + 1] for x in (layers.t_in, layers.t_out, layers.height))
-            z = cam_h + rows * t_in  # height of the front face seen by each pixel
+        hit = layers.valid.any(-1).view(-1)
+        cols = hit.nonzero().squeeze(-1)
+        if cols.numel() == 0:
+            return
+        env = cols // w
+        r, ch = rows.view(b, H)[env], cam_h.view(b, 1)[env]  # [N, H], [N, 1]
+        flat = lambda x: x.reshape(b * w, -1)[cols]  # noqa: E731
+        idx, shd, dep = flat(index), flat(shade), flat(depth)
+        sel = {name: flat(getattr(layers, name)) for name in layers.__dataclass_fields__}  # [N, K]
+        for k in reversed(range(sel["t_in"].shape[1])):
+            valid, t_in, t_out, top, ped, lat = (sel[n][:, k : k + 1] for n in ("valid", "t_in", "t_out", "height", "is_ped", "lateral"))
+            z = torch.addcmul(ch, r, t_in)  # height of the front face seen by each pixel
             side = valid & (z >= 0) & (z <= top)
-            roof = valid & ~layers.is_ped[:, k : k + 1] & (z > top) & (cam_h + rows * t_out <= top)
+            roof = valid & ~ped & (z > top) & (torch.addcmul(ch, r, t_out) <= top)
             frac = (z / top.clamp_min(1e-3)).clamp(0, 1)
-            ped = layers.is_ped[:, k : k + 1]
-            lat = layers.lateral[:, k : k + 1]
             head = ((lat / _HEAD_HALF) ** 2 + ((frac - (1 + _HEAD) / 2) / ((1 - _HEAD) / 2)) ** 2) <= 1
             body = torch.where(frac < _HIP, (lat > _LEG_GAP * (1 - frac / _HIP)) & (lat < _LEG_OUTER),
                                torch.where(frac < _NECK, True, torch.where(frac < _HEAD, lat < _NECK_HALF, head)))
             side = side & (~ped | body)
             part = (frac >= _HIP).long() + (frac >= _NECK).long()
             tv = ((1 - frac) * T).long().clamp(0, T - 1)
-            texel = layers.texel[:, k : k + 1] + torch.where(ped, part, tv * T)
-            covered = side | roof
-            index.copy_(torch.where(covered, torch.where(roof, layers.texel[:, k : k + 1], texel), index))
-            shade.copy_(torch.where(side, layers.shade[:, k : k + 1], torch.where(roof, self._top_shade, shade)))
-            roof_depth = (top - cam_h) / rows.clamp_max(-1e-6)
-            depth.copy_(torch.where(side, t_in, torch.where(roof, roof_depth, depth)))
+            texel = sel["texel"][:, k : k + 1]
+            idx = torch.where(side, texel + torch.where(ped, part, tv * T), torch.where(roof, texel, idx))
+            shd = torch.where(side, sel["shade"][:, k : k + 1], torch.where(roof, self._top_shade, shd))
+            roof_depth = (top - ch) / r.clamp_max(-1e-6)
+            dep = torch.where(side, t_in, torch.where(roof, roof_depth, dep))
+        for full, part_ in ((index, idx), (shade, shd), (depth, dep)):
+            full.view(b * w, H)[cols] = part_
 
     # ------------------------------------------------------------------ colours and camera
-    def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, focal: Tensor, row_slope: Tensor) -> tuple[Tensor, int, int]:
-        """The flat colour table [3, N]: scene atlases, then pedestrian colours, then sky rows.
+    def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, row_slope: Tensor) -> tuple[Tensor, int, int]:
+        """The flat colour table [N, 3]: scene atlases, then pedestrian colours, then sky rows.
 
         Kept between calls (rebuilt only when the atlas batch changes) so that a frame only writes its
         few hundred pedestrian and sky entries instead of copying the atlases.
         """
         b, p = scene.batch_size, scene.pedestrians.shape[1]
         tail = b * p * PED_PARTS + b * self.height
-        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[1] != atlas.shape[1] + tail:
-            buffer = torch.empty(3, atlas.shape[1] + tail, device=self.device)
-            buffer[:, : atlas.shape[1]] = atlas
+        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[0] != atlas.shape[1] + tail:
+            buffer = torch.empty(atlas.shape[1] + tail, 3, device=self.device)
+            buffer[: atlas.shape[1]] = atlas.t()
             self._colours = (atlas, buffer, atlas.shape[1])
         _, buffer, ped_offset = self._colours
         sky_offset = ped_offset + b * p * PED_PARTS
-        buffer[:, ped_offset:sky_offset] = self._styles.pedestrian_colours(scene.style_seed.to(self.device), p)
-        elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).view(1, -1)  # 0 at the horizon, 1 ~ 22 deg up
-        buffer[:, sky_offset:] = torch.lerp(self._sky[0].view(3, 1), self._sky[1].view(3, 1), elevation.sqrt())
+        buffer[ped_offset:sky_offset] = self._styles.pedestrian_colours(scene.style_seed.to(self.device), p).t()
+        elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(-1, 1)  # 0 at the horizon, 1 ~ 22 deg up
+        buffer[sky_offset:] = torch.lerp(self._sky[0].view(1, 3), self._sky[1].view(1, 3), elevation.sqrt())
         return buffer, ped_offset, sky_offset
 
     @staticmethod
@@ -424,23 +447,42 @@ class Raycaster:
         k = torch.exp(-0.5 * (x / sigma) ** 2)
         return k / k.sum()
 
-    def _camera_response(self, rgb: Tensor, generator: torch.Generator | None) -> Tensor:
-        """Linear colour [B, 3, H, W] -> uint8: gamma, optical blur, sensor noise, quantization."""
+    def _camera_response(self, colours: Tensor, index: Tensor, shade: Tensor, depth: Tensor,
+                         generator: torch.Generator | None) -> Tensor:
+        """Texel colours [B, W, H] -> uint8 [B, 3, H, W]: shading, fog, exposure, gamma, blur, noise.
+
+        Shade, fog and gain are folded into one multiply-add per channel: colour * (shade * fog) *
+        gain + fog_colour * (1 - fog) * gain, with 8-bit scaling and rounding folded into the gain.
+        """
         d = self.domain
-        rgb = rgb.clamp(0, 1)
+        b, w, h = index.shape
+        fog = torch.exp(depth.masked_fill(depth >= self.max_distance, 0.0) / -d.fog_distance)  # no fog on the sky
+        scale = 255.0 if d.gamma == 1.0 else 1.0
+        rgb = colours[index.view(-1)].view(b, w, h, 3)
+        rgb = torch.addcmul((1 - fog).unsqueeze(-1) * (self._fog * self._gain * scale),
+                            rgb, (shade * fog).unsqueeze(-1) * (self._gain * scale))
         if d.gamma != 1.0:
-            rgb = rgb.pow(1.0 / d.gamma)
+            rgb = rgb.clamp_(0, 1).pow_(1.0 / d.gamma).mul_(255.0)
+        rgb = rgb.permute(0, 3, 2, 1)  # [B, 3, H, W] view
         if self._blur is not None:
-            k = self._blur.to(rgb.device)
-            r = k.numel() // 2
-            flat = rgb.reshape(-1, 1, *rgb.shape[2:])
-            flat = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-            flat = F.conv2d(F.pad(flat, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-            rgb = flat.view_as(rgb)
-        rgb = rgb * 255.0
+            rgb = self._blurred(rgb)
         if d.noise_std > 0:
-            rgb = rgb + d.noise_std * self._noise(rgb.numel(), generator).view_as(rgb)
-        return rgb.clamp_(0, 255).round_().to(torch.uint8)
+            rgb = rgb + d.noise_std * self._noise(rgb.numel(), generator).view(b, 3, self.height, self.width)
+        return (rgb + 0.5).clamp_(0, 255).to(torch.uint8).contiguous()
+
+    def _blurred(self, rgb: Tensor) -> Tensor:
+        """Separable Gaussian blur by shifted sums with replicated borders (cheaper than conv2d here)."""
+        k = self._blur.tolist()
+        r = len(k) // 2
+        for dim in (3, 2):
+            n = rgb.shape[dim]
+            padded = torch.cat([rgb.narrow(dim, 0, 1).expand_as(rgb.narrow(dim, 0, r)), rgb,
+                                rgb.narrow(dim, n - 1, 1).expand_as(rgb.narrow(dim, 0, r))], dim)
+            out = padded.narrow(dim, 0, n) * k[0]
+            for i in range(1, len(k)):
+                out.add_(padded.narrow(dim, i, n), alpha=k[i])
+            rgb = out
+        return rgb
 
     def _noise(self, count: int, generator: torch.Generator | None) -> Tensor:
         """Unit Gaussian noise: a window of a fixed bank at an offset drawn from ``generator``.
