@@ -32,6 +32,7 @@ from s2e.sim.appearance import AppearanceDomain, get_domain
 from s2e.sim.scene import OBSTACLE_FIELDS, PEDESTRIAN_FIELDS, ObstacleKind, ObstacleShape, SceneBatch, Surface
 from s2e.sim.textures import MAT_FACADE, MAT_LANE, MAT_OBSTACLE, NUM_MATERIALS, PED_PARTS, TEXTURE_SIZE, StyleCache
 
+_COARSE = 8  # fine cells per coarse DDA block side
 _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
 _LANE_WIDTH = 0.15  # metres of painted lane line
 _LANE_DASH = 3.0  # metres per dash period (half painted)
@@ -163,8 +164,8 @@ class Raycaster:
 
         atlas, repeat = self._styles.batch(scene.style_seed)
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
-        wall_h, ground = self._grids(scene)
-        wall = self._cast_walls(scene, wall_h, cam, dirs)
+        wall_h, coarse, ground = self._grids(scene)
+        wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs)
         layers = self._intersect_objects(scene, cam, dirs, wall.t, ped_offset)
         # Pixels are laid out column-major [B, W, H] until the end: every quantity is per column.
         rows = row_slope.view(b, 1, H)
@@ -174,30 +175,71 @@ class Raycaster:
         return image, (depth.transpose(1, 2).unsqueeze(1) if with_depth else None)
 
     # ------------------------------------------------------------------ geometry per column
-    def _cast_walls(self, scene: SceneBatch, wall_h: Tensor, cam: Tensor, dirs: Tensor, chunk: int = 16) -> _WallHits:
-        """Exact grid DDA for every column at once: all x- and y-gridline crossings, ``chunk`` at a time.
+    def _cast_walls(self, scene: SceneBatch, grids: tuple[Tensor, Tensor], cam: Tensor, dirs: Tensor) -> _WallHits:
+        """First building face per column, by a coarse-then-fine grid DDA over all columns at once.
 
-        The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * res / |dx| and enters
-        column floor(gx0) + k * sign(dx) (likewise for horizontal gridlines); the first crossing that
-        enters a building cell is the hit. A hit is final once it is nearer than the next untested
-        crossing of either axis, and columns drop out of the march as soon as they are final or leave
-        the grid, so open streets cost only their own long rays. The grid is padded with one empty
-        cell, so crossings outside it clamp onto empty cells instead of needing bounds checks.
+        Rays first march the max-pooled grid (``_COARSE`` cells per block) to the first block holding
+        any building; rays that meet none (open streets, the sky) are finished at a fraction of the
+        cost, the others march the fine grid from just before that block.
         """
+        wall_h, coarse = grids
         b, w = dirs.shape[:2]
-        dev, res = self.device, float(scene.resolution)
+        res = float(scene.resolution)
         gh, gw = scene.surface.shape[1:]
-        size = torch.tensor([gw + 1, gh + 1], device=dev, dtype=torch.float32)  # last index of the padded grid
-        g0 = ((cam - scene.origin.to(torch.float32)) / res + 1).unsqueeze(1).expand(b, w, 2).reshape(-1, 2)
+        env = torch.arange(b, device=self.device).repeat_interleave(w)
         rays = dirs.reshape(-1, 2)
+        g0 = ((cam - scene.origin.to(torch.float32)) / res + 1).repeat_interleave(w, 0)  # padded fine cells
+        fine_dims = (gh + 2, gw + 2)
+        coarse_dims = (-(-fine_dims[0] // _COARSE) + 2, -(-fine_dims[1] // _COARSE) + 2)
+        g0_coarse = g0 / _COARSE + 1
+        start_cell = g0_coarse.long()
+        inside = coarse[(env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]] > 0
+        t_block, _, _ = self._march(coarse, coarse_dims, env, g0_coarse, rays, res * _COARSE, self.max_distance)
+        t_block = torch.where(inside, 0.0, t_block)
+        near = t_block.isfinite().nonzero().squeeze(-1)
+        best_t = torch.full_like(t_block, math.inf)
+        best_h = torch.zeros_like(t_block)
+        best_axis = torch.zeros(t_block.shape, dtype=torch.long, device=self.device)
+        if near.numel():
+            t0 = (t_block[near] - 1e-4).clamp_min(0)  # just before the block: an empty fine cell
+            start = g0[near] + t0.unsqueeze(-1) * rays[near] / res
+            t, h, axis = self._march(wall_h, fine_dims, env[near], start, rays[near], res, self.max_distance - t0)
+            best_t[near], best_h[near], best_axis[near] = t + t0, h, axis
+        best_t = torch.where(best_t <= self.max_distance, best_t, math.inf).view(b, w)
+        point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
+        best_axis = best_axis.view(b, w)
+        along = torch.where(best_axis == 0, point[..., 1], point[..., 0])
+        sign = torch.where(dirs >= 0, 1.0, -1.0)
+        normal = -sign * torch.stack([best_axis == 0, best_axis == 1], -1)
+        return _WallHits(best_t, best_h.view(b, w), along, normal)
+
+    def _march(self, grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: Tensor, cell: float,
+               t_limit: Tensor | float, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+        """Exact DDA of N rays over a padded grid: (t, value, axis) of the first crossing into a cell > 0.
+
+        The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * cell / |dx| and
+        enters column floor(gx0) + k * sign(dx) (likewise for horizontal gridlines). Crossings are
+        tested ``chunk`` at a time; a hit is final once nearer than the next untested crossing of
+        either axis, and rays drop out as soon as they are final or leave the grid. The grid's empty
+        one-cell border lets out-of-grid crossings clamp onto empty cells instead of bounds checks.
+
+        Args:
+            grid: flat [B * rows * cols] values (> 0 = hit); dims = (rows, cols), padding included.
+            env: [N] scene of each ray; g0: [N, 2] start in (col, row) cell units; rays: [N, 2] world
+            direction per unit t; cell: metres per cell; t_limit: farthest t to search.
+        """
+        dev = self.device
+        rows, cols = dims
+        size = torch.tensor([cols - 1, rows - 1], device=dev, dtype=torch.float32)
         cell0 = g0.floor()
-        sign = torch.where(rays >= 0, 1.0, -1.0)
-        inv = res / rays.abs().clamp_min(1e-9)  # metres of t per cell along each axis
+        inv = cell / rays.abs().clamp_min(1e-9)  # t per cell along each axis
         offset = torch.where(rays >= 0, 1 - (g0 - cell0), g0 - cell0)  # cells to the first crossing
-        slope = rays / res  # cells per metre of t
-        t_limit = (torch.where(rays >= 0, size - g0, g0 - 1).clamp_min(0) * inv).amin(-1).clamp_max(self.max_distance)
-        base = torch.arange(b, device=dev).repeat_interleave(w) * ((gh + 2) * (gw + 2))
-        n = b * w
+        exit_t = (torch.where(rays >= 0, size - g0, g0 - 1).clamp_min(0) * inv).amin(-1)
+        t_limit = torch.clamp_max(exit_t, t_limit)
+        sign = torch.where(rays >= 0, 1.0, -1.0)
+        params = torch.cat([offset, inv, g0, cell0, sign, rays / cell], -1)  # [N, 12]: one gather drops finished rays
+        base = env * (rows * cols)
+        n = g0.shape[0]
         best_t = torch.full((n,), math.inf, device=dev)
         best_h = torch.zeros(n, device=dev)
         best_axis = torch.zeros(n, dtype=torch.long, device=dev)
@@ -205,7 +247,7 @@ class Raycaster:
         k0 = 1
         while active.numel():
             k = torch.arange(k0, k0 + chunk, device=dev, dtype=torch.float32)
-            a_off, a_inv, a_g0, a_cell, a_sign, a_slope = (x[active] for x in (offset, inv, g0, cell0, sign, slope))
+            a_off, a_inv, a_g0, a_cell, a_sign, a_slope = params[active].split(2, -1)
             a_t, a_h, a_axis = best_t[active], best_h[active], best_axis[active]
             for axis in (0, 1):
                 t = (a_off[:, axis : axis + 1] + (k - 1)) * a_inv[:, axis : axis + 1]  # [A, C]
@@ -213,7 +255,7 @@ class Raycaster:
                 other = (a_g0[:, 1 - axis : 2 - axis] + t * a_slope[:, 1 - axis : 2 - axis]).floor()
                 other = other.clamp(0, float(size[1 - axis]))
                 col, row = (along, other) if axis == 0 else (other, along)
-                h = wall_h[base[active].unsqueeze(1) + (row * (gw + 2) + col).long()]
+                h = grid[base[active].unsqueeze(1) + (row * cols + col).long()]
                 t_min, arg = torch.where(h > 0, t, math.inf).min(-1)
                 closer = t_min < a_t
                 a_t = torch.where(closer, t_min, a_t)
@@ -223,12 +265,7 @@ class Raycaster:
             certain = ((a_off + (k0 + chunk - 1)) * a_inv).amin(-1)
             active = active[(a_t > certain) & (certain < t_limit[active])]
             k0 += chunk
-        best_t = torch.where(best_t <= self.max_distance, best_t, math.inf).view(b, w)
-        point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
-        best_axis = best_axis.view(b, w)
-        along = torch.where(best_axis == 0, point[..., 1], point[..., 0])
-        normal = -sign.view(b, w, 2) * torch.stack([best_axis == 0, best_axis == 1], -1)
-        return _WallHits(best_t, best_h.view(b, w), along, normal)
+        return best_t, best_h, best_axis
 
     def _intersect_objects(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, wall_t: Tensor,
                            ped_offset: int) -> _ObjectLayers:
@@ -310,8 +347,9 @@ class Raycaster:
         return torch.minimum(t1, t2), torch.maximum(t1, t2)
 
     # ------------------------------------------------------------------ pixels
-    def _grids(self, scene: SceneBatch) -> tuple[Tensor, Tensor]:
-        """Per-scene grids padded by one cell: wall height for the DDA, ground material for floor casting.
+    def _grids(self, scene: SceneBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-scene grids padded by one cell: wall height for the DDA (fine, and max-pooled by
+        ``_COARSE`` to skip empty space), ground material for floor casting.
 
         The ground material already holds the road's lane marks (cells at ``lane_offset`` from the
         walkable edge, dashed) and the scene's atlas offset, so a floor pixel needs one gather. Both
@@ -337,7 +375,9 @@ class Raycaster:
         border = (torch.arange(b, device=self.device) * NUM_MATERIALS + int(Surface.ROAD)).view(b, 1, 1)
         material = torch.cat([border.expand(b, gh, 1), material, border.expand(b, gh, 1)], 2)
         material = torch.cat([border.expand(b, 1, gw + 2), material, border.expand(b, 1, gw + 2)], 1)
-        grids = (F.pad(wall_h, (1, 1, 1, 1)).reshape(-1), material.reshape(-1))
+        padded = F.pad(wall_h, (1, 1, 1, 1))
+        coarse = F.pad(F.max_pool2d(padded.unsqueeze(1), _COARSE, ceil_mode=True).squeeze(1), (1, 1, 1, 1))
+        grids = (padded.reshape(-1), coarse.reshape(-1), material.reshape(-1))
         self._grid_cache = [(key, tensors, grids)] + self._grid_cache[:3]  # holding the tensors keeps ids unique
         return grids
 
