@@ -128,9 +128,11 @@ class Raycaster:
         d = self.domain
         sun = torch.tensor(d.sun_direction, dtype=torch.float32, device=self.device)
         self._sun_xy = sun[:2]
-        self._top_shade = d.ambient + d.sun_intensity * max(float(sun[2]), 0.0)  # ground and roofs
-        self._fog = torch.tensor(d.fog_colour, dtype=torch.float32, device=self.device)
-        self._gain = (torch.tensor(d.colour_cast, dtype=torch.float32, device=self.device) * d.exposure)
+        self._top_shade = self._lambert(torch.tensor(max(float(sun[2]), 0.0))).item()  # ground and roofs
+        # Camera response folded into colours: 8-bit scale, exposure and white balance multiply every
+        # colour-table entry; display gamma applies to colours and to light separately (before fog).
+        self._gain = torch.tensor(d.colour_cast, dtype=torch.float32, device=self.device) * (d.exposure * 255.0)
+        self._fog = torch.tensor(d.fog_colour, dtype=torch.float32, device=self.device).pow(1 / d.gamma) * self._gain
         self._sky = [torch.tensor(c, dtype=torch.float32, device=self.device) for c in (d.sky_horizon, d.sky_top)]
         self._blur = self._gaussian(d.blur_sigma) if d.blur_sigma > 0 else None
         self._noise_bank: Tensor | None = None
@@ -193,7 +195,7 @@ class Raycaster:
         coarse_dims = (-(-fine_dims[0] // _COARSE) + 2, -(-fine_dims[1] // _COARSE) + 2)
         g0_coarse = g0 / _COARSE + 1
         start_cell = g0_coarse.long()
-        inside = coarse[(env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]] > 0
+        inside = coarse.take((env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]) > 0
         t_block, _, _ = self._march(coarse, coarse_dims, env, g0_coarse, rays, res * _COARSE, self.max_distance)
         t_block = torch.where(inside, 0.0, t_block)
         near = t_block.isfinite().nonzero().squeeze(-1)
@@ -247,21 +249,22 @@ class Raycaster:
         k0 = 1
         while active.numel():
             k = torch.arange(k0, k0 + chunk, device=dev, dtype=torch.float32)
-            a_off, a_inv, a_g0, a_cell, a_sign, a_slope = params[active].split(2, -1)
-            a_t, a_h, a_axis = best_t[active], best_h[active], best_axis[active]
+            a_off, a_inv, a_g0, a_cell, a_sign, a_slope = params.index_select(0, active).split(2, -1)
+            a_t, a_h, a_axis = (x.index_select(0, active) for x in (best_t, best_h, best_axis))
             for axis in (0, 1):
                 t = (a_off[:, axis : axis + 1] + (k - 1)) * a_inv[:, axis : axis + 1]  # [A, C]
                 along = (a_cell[:, axis : axis + 1] + a_sign[:, axis : axis + 1] * k).clamp(0, float(size[axis]))
                 other = (a_g0[:, 1 - axis : 2 - axis] + t * a_slope[:, 1 - axis : 2 - axis]).floor()
                 other = other.clamp(0, float(size[1 - axis]))
                 col, row = (along, other) if axis == 0 else (other, along)
-                h = grid[base[active].unsqueeze(1) + (row * cols + col).long()]
+                h = grid.take(base.index_select(0, active).unsqueeze(1) + (row * cols + col).long())
                 t_min, arg = torch.where(h > 0, t, math.inf).min(-1)
                 closer = t_min < a_t
                 a_t = torch.where(closer, t_min, a_t)
                 a_h = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), a_h)
                 a_axis = torch.where(closer, axis, a_axis)
-            best_t[active], best_h[active], best_axis[active] = a_t, a_h, a_axis
+            for best, value in ((best_t, a_t), (best_h, a_h), (best_axis, a_axis)):
+                best.index_copy_(0, active, value)
             certain = ((a_off + (k0 + chunk - 1)) * a_inv).amin(-1)
             active = active[(a_t > certain) & (certain < t_limit[active])]
             k0 += chunk
@@ -313,8 +316,7 @@ class Raycaster:
         cat = lambda a, bb: torch.cat([a.expand(b, w, -1), bb.expand(b, w, -1)], -1)  # noqa: E731
         t_in, t_out = cat(o_in, p_in).clamp_min(_NEAR), cat(o_out, p_out)
         valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(-1)) & (t_in < self.max_distance)
-        shade = self.domain.ambient + self.domain.sun_intensity * (
-            cat(o_nx, p_nx) * self._sun_xy[0] + cat(o_ny, p_ny) * self._sun_xy[1]).clamp_min(0)
+        shade = self._lambert(cat(o_nx, p_nx) * self._sun_xy[0] + cat(o_ny, p_ny) * self._sun_xy[1])
         fields = {
             "t_in": t_in, "t_out": t_out, "height": cat(oh, ph), "shade": shade,
             "texel": cat(o_texel, slot.unsqueeze(1)),
@@ -398,7 +400,7 @@ class Raycaster:
         tv = ~(z * texels_per_m[:, 1].view(b, 1, 1)).long() & (T - 1)
         sky = (sky_offset + arange_b.view(b, 1, 1) * H + torch.arange(H, device=dev).view(1, 1, H))
         index = torch.where(on_wall, column + tv * T, sky)
-        wall_shade = self.domain.ambient + self.domain.sun_intensity * (wall.normal @ self._sun_xy).clamp_min(0)
+        wall_shade = self._lambert(wall.normal @ self._sun_xy)
         shade = torch.where(on_wall, wall_shade.unsqueeze(-1), 1.0)
         depth = torch.where(on_wall, wall_t, self.max_distance)
         # Floor: rows below the horizon, z-depth from the per-row table cam_h / -slope, one material
@@ -412,10 +414,10 @@ class Raycaster:
         gh, gw = scene.surface.shape[1:]
         cell = gy.long().clamp_(0, gh + 1) * (gw + 2) + gx.long().clamp_(0, gw + 1)
         cell += (arange_b * ((gh + 2) * (gw + 2))).view(b, 1, 1)
-        mat = ground[cell]  # scene-offset material id
+        mat = ground.take(cell)  # scene-offset material id
         scale = (T * res / repeat.view(-1, 2)).t()  # [2, B * NUM_MATERIALS] texels per grid cell
-        ftu = (gx * scale[0][mat]).long() & (T - 1)
-        ftv = (gy * scale[1][mat]).long() & (T - 1)
+        ftu = (gx * scale[0].take(mat)).long() & (T - 1)
+        ftv = (gy * scale[1].take(mat)).long() & (T - 1)
         findex = (mat * T + ftv) * T + ftu
         index[..., first:] = torch.where(floor, findex, index[..., first:])
         shade[..., first:] = torch.where(floor, self._top_shade, shade[..., first:])
@@ -436,8 +438,8 @@ class Raycaster:
         if cols.numel() == 0:
             return
         env = cols // w
-        r, ch = rows.view(b, H)[env], cam_h.view(b, 1)[env]  # [N, H], [N, 1]
-        flat = lambda x: x.reshape(b * w, -1)[cols]  # noqa: E731
+        r, ch = rows.view(b, H).index_select(0, env), cam_h.view(b, 1).index_select(0, env)  # [N, H], [N, 1]
+        flat = lambda x: x.reshape(b * w, -1).index_select(0, cols)  # noqa: E731
         idx, shd, dep = flat(index), flat(shade), flat(depth)
         sel = {name: flat(getattr(layers, name)) for name in layers.__dataclass_fields__}  # [N, K]
         for k in reversed(range(sel["t_in"].shape[1])):
@@ -458,7 +460,7 @@ class Raycaster:
             roof_depth = (top - ch) / r.clamp_max(-1e-6)
             dep = torch.where(side, t_in, torch.where(roof, roof_depth, dep))
         for full, part_ in ((index, idx), (shade, shd), (depth, dep)):
-            full.view(b * w, H)[cols] = part_
+            full.view(b * w, H).index_copy_(0, cols, part_)
 
     # ------------------------------------------------------------------ colours and camera
     def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, row_slope: Tensor) -> tuple[Tensor, int, int]:
@@ -471,13 +473,13 @@ class Raycaster:
         tail = b * p * PED_PARTS + b * self.height
         if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[0] != atlas.shape[1] + tail:
             buffer = torch.empty(atlas.shape[1] + tail, 3, device=self.device)
-            buffer[: atlas.shape[1]] = atlas.t()
+            buffer[: atlas.shape[1]] = self._response(atlas.t())
             self._colours = (atlas, buffer, atlas.shape[1])
         _, buffer, ped_offset = self._colours
         sky_offset = ped_offset + b * p * PED_PARTS
-        buffer[ped_offset:sky_offset] = self._styles.pedestrian_colours(scene.style_seed.to(self.device), p).t()
+        buffer[ped_offset:sky_offset] = self._response(self._styles.pedestrian_colours(scene.style_seed.to(self.device), p).t())
         elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(-1, 1)  # 0 at the horizon, 1 ~ 22 deg up
-        buffer[sky_offset:] = torch.lerp(self._sky[0].view(1, 3), self._sky[1].view(1, 3), elevation.sqrt())
+        buffer[sky_offset:] = self._response(torch.lerp(self._sky[0].view(1, 3), self._sky[1].view(1, 3), elevation.sqrt()))
         return buffer, ped_offset, sky_offset
 
     @staticmethod
@@ -487,28 +489,33 @@ class Raycaster:
         k = torch.exp(-0.5 * (x / sigma) ** 2)
         return k / k.sum()
 
+    def _lambert(self, cos_sun: Tensor) -> Tensor:
+        """Light on a surface whose normal has ``cos_sun`` with the sun, gamma applied."""
+        d = self.domain
+        return (d.ambient + d.sun_intensity * cos_sun.clamp_min(0)).pow(1 / d.gamma)
+
+    def _response(self, colours: Tensor) -> Tensor:
+        """Linear colours [N, 3] -> colour-table entries (gamma, exposure, white balance, 8-bit scale)."""
+        return colours.clamp(0, 1).pow(1 / self.domain.gamma) * self._gain
+
     def _camera_response(self, colours: Tensor, index: Tensor, shade: Tensor, depth: Tensor,
                          generator: torch.Generator | None) -> Tensor:
-        """Texel colours [B, W, H] -> uint8 [B, 3, H, W]: shading, fog, exposure, gamma, blur, noise.
+        """Colour-table indices [B, W, H] -> uint8 [B, 3, H, W]: light, fog, blur, noise, quantization.
 
-        Shade, fog and gain are folded into one multiply-add per channel: colour * (shade * fog) *
-        gain + fog_colour * (1 - fog) * gain, with 8-bit scaling and rounding folded into the gain.
+        Two multiply-adds per channel: 0.5 + fog_colour * (1 - fog), plus colour * light * fog; the
+        table entries already carry the camera gain (``_response``), and the 0.5 makes truncation round.
         """
         d = self.domain
         b, w, h = index.shape
         fog = torch.exp(depth.masked_fill(depth >= self.max_distance, 0.0) / -d.fog_distance)  # no fog on the sky
-        scale = 255.0 if d.gamma == 1.0 else 1.0
-        rgb = colours[index.view(-1)].view(b, w, h, 3)
-        rgb = torch.addcmul((1 - fog).unsqueeze(-1) * (self._fog * self._gain * scale),
-                            rgb, (shade * fog).unsqueeze(-1) * (self._gain * scale))
-        if d.gamma != 1.0:
-            rgb = rgb.clamp_(0, 1).pow_(1.0 / d.gamma).mul_(255.0)
+        rgb = torch.addcmul(torch.tensor(0.5, device=self.device), (1 - fog).unsqueeze(-1), self._fog)
+        rgb.addcmul_(colours.index_select(0, index.view(-1)).view(b, w, h, 3), (shade * fog).unsqueeze(-1))
         rgb = rgb.permute(0, 3, 2, 1)  # [B, 3, H, W] view
         if self._blur is not None:
             rgb = self._blurred(rgb)
         if d.noise_std > 0:
             rgb = rgb + d.noise_std * self._noise(rgb.numel(), generator).view(b, 3, self.height, self.width)
-        return (rgb + 0.5).clamp_(0, 255).to(torch.uint8).contiguous()
+        return rgb.clamp_(0, 255).to(torch.uint8, memory_format=torch.contiguous_format)
 
     def _blurred(self, rgb: Tensor) -> Tensor:
         """Separable Gaussian blur by shifted sums with replicated borders (cheaper than conv2d here)."""
