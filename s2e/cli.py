@@ -97,14 +97,18 @@ def export_main(args: list[str]) -> None:
     from s2e.export import JSON_FILE, export_policy
     from s2e.pretrain import load_policy_from_checkpoint
 
-    parsed = export_parser().parse_args(args)
+    parser = export_parser()
+    parsed = parser.parse_args(args)
     limits = ControllerLimits().to_dict()
     for path in parsed.config:
         with open(path) as handle:
             section = (yaml.safe_load(handle) or {}).get("export") or {}
         limits.update(ControllerLimits.from_dict(section).to_dict() if section else {})
     limits.update({k: getattr(parsed, k) for k in ("max_speed", "max_yaw_rate", "lookahead_time") if getattr(parsed, k) is not None})
-    policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)
+    try:
+        policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)
+    except (FileNotFoundError, ValueError) as err:  # not a checkpoint of ours: a usage error, not a crash
+        parser.error(str(err))
     export_policy(policy, timing, anchors, parsed.out, ControllerLimits.from_dict(limits), source=str(parsed.ckpt_path))
     print(Path(parsed.out) / JSON_FILE)
 

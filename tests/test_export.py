@@ -12,6 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from s2e.cli import main as cli_main
 from s2e.control import ControllerLimits
 from s2e.export import DeployablePolicy, read_export_metadata, script_policy
 from s2e.pretrain import load_policy_from_checkpoint
@@ -157,9 +158,12 @@ def test_wrong_inputs_are_clear_errors_in_eager_and_torchscript(checkpoint: path
             module.step(frames, goal)
 
 
-def test_missing_checkpoint_is_a_clear_cli_error(tmp_path: pathlib.Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "s2e", "export", "--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode != 0 and "checkpoint not found" in result.stderr
+def test_missing_or_foreign_checkpoint_is_a_clear_cli_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["export", "--ckpt_path", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "checkpoint not found" in capsys.readouterr().err
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--ckpt_path", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "o")])
+    assert "is not an S2E policy checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
