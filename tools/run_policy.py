@@ -60,8 +60,9 @@ def control_ticks(frames: Iterator[tuple[float, np.ndarray]], control_dt: float)
         tick += 1
 
 
-def draw_plan(frame: np.ndarray, out: RuntimeOutput, horizon_m: float) -> np.ndarray:
-    """The frame with a top-down inset (robot at the bottom centre, +x up, +y left) of the plan."""
+def draw_plan(frame: np.ndarray, out: RuntimeOutput, horizon_m: float, goal: Optional[list[float]]) -> np.ndarray:
+    """The frame with a top-down inset (robot at the bottom centre, +x up, +y left) of the plan and
+    the goal (red, clipped to the inset's edge when farther)."""
     image = Image.fromarray(frame)
     size = max(64, min(image.width, image.height) // 2)
     inset = Image.new("RGBA", (size, size), (0, 0, 0, 150))
@@ -77,8 +78,12 @@ def draw_plan(frame: np.ndarray, out: RuntimeOutput, horizon_m: float) -> np.nda
     if out.best_trajectory is not None:
         draw.line(to_px(out.best_trajectory), fill=(255, 200, 0, 255), width=2)
     draw.ellipse((size / 2 - 3, size - 7, size / 2 + 3, size - 1), fill=(255, 255, 255, 255))
+    if goal is not None:
+        gx, gy = to_px(np.asarray([goal], dtype=np.float64))[1]
+        gx, gy = min(max(gx, 3.0), size - 3.0), min(max(gy, 3.0), size - 3.0)
+        draw.ellipse((gx - 3, gy - 3, gx + 3, gy + 3), fill=(255, 60, 60, 255))
     image.paste(inset, (image.width - size, 0), inset)
-    ImageDraw.Draw(image).text((4, 4), f"{out.status}  v={out.v:.2f} m/s  w={out.omega:+.2f} rad/s", fill=(255, 255, 0))
+    ImageDraw.Draw(image).text((4, 4), f"{out.status} v={out.v:.2f} w={out.omega:+.2f}", fill=(255, 255, 0))
     return np.asarray(image.convert("RGB"))
 
 
@@ -106,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         for now, frame_time, frame in control_ticks(read_frames(args.video), timing.control_dt):
             result = runtime.step(now, frame, frame_time, args.goal)
             rows.append(result)
-            yield draw_plan(frame, result, horizon_m)
+            yield draw_plan(frame, result, horizon_m, args.goal)
 
     written = write_mp4(out_path, drawn(), fps=1.0 / timing.control_dt)
     if args.commands:
