@@ -7,7 +7,8 @@ from moving poses; ``baseline`` times a deliberately crude column raycaster (fla
 march, no objects) on the same scenes, the reference written here so that figures from a busy
 machine stay comparable as the ratio ``render / baseline`` measured in the same run; ``env`` times
 FULL ``NavEnv`` steps (random actions: crowd, physics, rewards, rendering, frame stacking, partial
-resets), reported as env steps/s (one per environment) which equals rendered frames/s.
+resets), reported as env steps/s (one per environment; each renders one frame). Every figure is
+given per wall second and per CPU second of this process (robust to other tenants of the machine).
 Prints one line per measurement and, last, one JSON object with every figure.
 """
 
@@ -15,11 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Idle OpenMP workers sleep instead of spinning: on a machine shared with other jobs, spinning
+# threads wait for descheduled siblings and multiply every op's latency. Must precede torch's import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
@@ -67,14 +72,18 @@ def _scenes(envs: int, robot_name: str, seed: int) -> tuple[SceneBatch, torch.Te
     return scene, start, torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
 
 
-def _time(fn, repeats: int, min_seconds: float) -> float:
-    """Seconds per call: one warm-up call, then at least ``repeats`` calls and ``min_seconds``."""
+def _time(fn, repeats: int, min_seconds: float) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call: one warm-up call, then >= ``repeats`` calls and ``min_seconds``.
+
+    CPU seconds are reported too because on a shared machine wall time mostly measures the other
+    tenants; CPU time of this process is what the work itself costs (summed over its threads).
+    """
     fn(0)
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     while count < repeats or time.perf_counter() - start < min_seconds:
         fn(count + 1)
         count += 1
-    return (time.perf_counter() - start) / count
+    return (time.perf_counter() - start) / count, (time.process_time() - cpu) / count
 
 
 def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
@@ -94,9 +103,9 @@ def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> 
     def reference(i: int) -> None:
         crude.render(scene, *pose(i), robot.camera_height, robot.hfov_deg)
 
-    t_ours = _time(ours, args.repeats, args.min_seconds)
-    t_ref = _time(reference, args.repeats, args.min_seconds)
-    return {"render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours}
+    (t_ours, cpu_ours), (t_ref, cpu_ref) = _time(ours, args.repeats, args.min_seconds), _time(reference, args.repeats, args.min_seconds)
+    return {"render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours,
+            "render_frames_per_cpu_s": envs / cpu_ours, "baseline_frames_per_cpu_s": envs / cpu_ref, "cpu_ratio": cpu_ref / cpu_ours}
 
 
 def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
@@ -111,8 +120,8 @@ def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dic
         td["action"] = env.action_spec.rand()
         _, state["td"] = env.step_and_maybe_reset(td)
 
-    t = _time(step, args.repeats, args.min_seconds)
-    return {"env_steps_per_s": envs / t, "env_frames_per_s": envs / t}
+    t, cpu = _time(step, args.repeats, args.min_seconds)
+    return {"env_steps_per_s": envs / t, "env_steps_per_cpu_s": envs / cpu}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -145,10 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
             if not args.no_env:
                 row.update(bench_env(envs, size, args))
             results.append(row)
-            env_part = "" if args.no_env else f"  env {row['env_steps_per_s']:8.0f} steps/s (full steps)"
-            print(f"{size[0]}x{size[1]} envs={envs:3d}  render {row['render_fps']:8.0f} frames/s  "
-                  f"crude baseline {row['baseline_fps']:8.0f} frames/s  ratio {row['ratio']:.2f}{env_part}", flush=True)
-    summary = {"threads": args.threads, "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
+            env_part = "" if args.no_env else (f"  | full env steps {row['env_steps_per_s']:7.0f}/s "
+                                               f"({row['env_steps_per_cpu_s']:7.0f} per CPU-s)")
+            print(f"{size[0]}x{size[1]} envs={envs:3d}  render {row['render_fps']:7.0f} frames/s "
+                  f"({row['render_frames_per_cpu_s']:7.0f} per CPU-s)  crude baseline {row['baseline_fps']:7.0f} frames/s "
+                  f"({row['baseline_frames_per_cpu_s']:7.0f} per CPU-s)  ratio {row['ratio']:.2f} (CPU {row['cpu_ratio']:.2f})"
+                  f"{env_part}", flush=True)
+    summary = {"threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
     print(json.dumps(summary))
     return summary
 
