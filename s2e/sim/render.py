@@ -4,15 +4,22 @@ Why a raycaster: the layout is a 2.5D world (a ground grid, extruded buildings, 
 pedestrians) seen by a level camera, so every image column is one 2D ray and every pixel row one
 elevation. Work is split accordingly:
 
-* per column [B, W]: a vectorized grid DDA finds the first building face (exact cell crossings,
-  tested in chunks with early exit), and analytic ray/shape tests find every obstacle and pedestrian
-  the ray meets; the ``layers`` nearest of them are kept, sorted by depth;
-* per pixel [B, H, W]: rows below the horizon are floor-cast with a per-row distance table, the wall
-  covers the rows its extruded height spans, objects cover rows by their height (seen OVER low ones:
-  their top face shows, and the facade above them), pedestrians by a legs/torso/head profile;
-* colour is one gather of a texel index into the scene's cached texture atlas (``s2e.sim.textures``),
-  then Lambert shading, distance fog, exposure, white balance, gamma, blur and sensor noise of the
-  appearance domain.
+* per column [B, W]: a vectorized grid DDA finds the first building face (a coarse max-pooled pass
+  skips empty space, then exact cell crossings, in chunks, with finished rays dropped), and
+  analytic ray/shape tests find every obstacle and pedestrian the ray meets; the ``layers``
+  nearest of them are kept, sorted by depth;
+* per pixel (laid out [B, W, H], column-major, until the final image): rows below the horizon are
+  floor-cast with a per-row distance table, the wall covers the rows its extruded height spans,
+  objects cover rows by their height (seen OVER low ones: their top face shows, and the facade
+  above them), pedestrians by a legs/torso/head profile; only columns that meet objects are
+  composited;
+* colour is one gather of a texel index into a colour table holding the scenes' cached texture
+  atlases (``s2e.sim.textures``), pedestrian clothing and sky rows, then Lambert light, distance fog,
+  blur and sensor noise of the appearance domain (exposure, white balance and gamma are folded into
+  the table and the light).
+
+Limits: only the nearest building face per column is drawn (a taller building behind a lower one is
+hidden by it), and at most ``layers`` objects per column (farther ones are hidden).
 
 Camera: pinhole, square pixels, horizontal field of view ``hfov_deg``, pitch 0 (horizon at mid-height),
 height ``camera_height`` above the ground. Depth (``with_depth``) is z-depth: metres along the optical
@@ -34,7 +41,6 @@ from s2e.sim.textures import MAT_FACADE, MAT_LANE, MAT_OBSTACLE, NUM_MATERIALS, 
 
 _COARSE = 8  # fine cells per coarse DDA block side
 _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
-_LANE_WIDTH = 0.15  # metres of painted lane line
 _LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
 _HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
@@ -360,7 +366,7 @@ class Raycaster:
         """
         tensors = (scene.surface, scene.height, scene.distance, scene.origin)
         key = tuple((id(t), t._version) for t in tensors)
-        for i, (k, held, grids) in enumerate(self._grid_cache):
+        for k, _, grids in self._grid_cache:
             if k == key:
                 return grids
         b, (gh, gw), res = scene.batch_size, scene.surface.shape[1:], float(scene.resolution)
