@@ -210,3 +210,12 @@ def test_bad_inputs_raise_clear_errors():
         caster.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, 180.0)
     with pytest.raises(ValueError, match="image size"):
         Raycaster(1, 48)
+
+
+def test_scene_without_obstacle_or_pedestrian_rows_renders_the_walls():
+    empty = replace(_corridor(), obstacles=torch.zeros(1, 0, 8), obstacle_mask=torch.zeros(1, 0, dtype=torch.bool),
+                    pedestrians=torch.zeros(1, 0, 6), pedestrian_mask=torch.zeros(1, 0, dtype=torch.bool))
+    rgb, depth = _render(empty)
+    padded, padded_depth = _render(_corridor())  # same geometry with masked-out padding rows
+    assert torch.equal(depth, padded_depth) and torch.equal(rgb, padded)
+    assert depth[0, 0, _row_at_height(1.0, END_WALL_X), CENTRE].item() == pytest.approx(END_WALL_X, abs=RES)
