@@ -72,18 +72,26 @@ def _scenes(envs: int, robot_name: str, seed: int) -> tuple[SceneBatch, torch.Te
     return scene, start, torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
 
 
-def _time(fn, repeats: int, min_seconds: float) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) per call: one warm-up call, then >= ``repeats`` calls and ``min_seconds``.
+def _time(fns, repeats: int, min_seconds: float) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) per call of each function, calls interleaved.
 
-    CPU seconds are reported too because on a shared machine wall time mostly measures the other
-    tenants; CPU time of this process is what the work itself costs (summed over its threads).
+    One warm-up call each, then rounds of one call per function until ``repeats`` rounds and
+    ``min_seconds`` have passed: interleaving exposes every function to the same load of a shared
+    machine, so their ratio stays meaningful. CPU seconds are reported too because wall time on a
+    shared machine partly measures the other tenants (CPU time sums this process's threads).
     """
-    fn(0)
-    count, start, cpu = 0, time.perf_counter(), time.process_time()
+    for fn in fns:
+        fn(0)
+    wall, cpu = [0.0] * len(fns), [0.0] * len(fns)
+    count, start = 0, time.perf_counter()
     while count < repeats or time.perf_counter() - start < min_seconds:
-        fn(count + 1)
         count += 1
-    return (time.perf_counter() - start) / count, (time.process_time() - cpu) / count
+        for i, fn in enumerate(fns):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn(count)
+            wall[i] += time.perf_counter() - w0
+            cpu[i] += time.process_time() - c0
+    return [(w / count, c / count) for w, c in zip(wall, cpu)]
 
 
 def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
@@ -103,7 +111,7 @@ def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> 
     def reference(i: int) -> None:
         crude.render(scene, *pose(i), robot.camera_height, robot.hfov_deg)
 
-    (t_ours, cpu_ours), (t_ref, cpu_ref) = _time(ours, args.repeats, args.min_seconds), _time(reference, args.repeats, args.min_seconds)
+    (t_ours, cpu_ours), (t_ref, cpu_ref) = _time([ours, reference], args.repeats, args.min_seconds)
     return {"render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours,
             "render_frames_per_cpu_s": envs / cpu_ours, "baseline_frames_per_cpu_s": envs / cpu_ref, "cpu_ratio": cpu_ref / cpu_ours}
 
@@ -120,7 +128,7 @@ def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dic
         td["action"] = env.action_spec.rand()
         _, state["td"] = env.step_and_maybe_reset(td)
 
-    t, cpu = _time(step, args.repeats, args.min_seconds)
+    [(t, cpu)] = _time([step], args.repeats, args.min_seconds)
     return {"env_steps_per_s": envs / t, "env_steps_per_cpu_s": envs / cpu}
 
 
