@@ -449,10 +449,17 @@ class Raycaster:
         idx, shd, dep = flat(index), flat(shade), flat(depth)
         sel = {name: flat(getattr(layers, name)) for name in layers.__dataclass_fields__}  # [N, K]
         for k in reversed(range(sel["t_in"].shape[1])):
-            valid, t_in, t_out, top, ped, lat = (sel[n][:, k : k + 1] for n in ("valid", "t_in", "t_out", "height", "is_ped", "lateral"))
-            z = torch.addcmul(ch, r, t_in)  # height of the front face seen by each pixel
-            side = valid & (z >= 0) & (z <= top)
-            roof = valid & ~ped & (z > top) & (torch.addcmul(ch, r, t_out) <= top)
+            # Farther layers exist in fewer columns: work on this layer's own columns only.
+            mine = sel["valid"][:, k].nonzero().squeeze(-1)
+            if mine.numel() == 0:
+                continue
+            pick = lambda x: x.index_select(0, mine)  # noqa: E731
+            t_in, t_out, top, ped, lat, texel, light = (
+                pick(sel[n][:, k : k + 1]) for n in ("t_in", "t_out", "height", "is_ped", "lateral", "texel", "shade"))
+            rk, chk = pick(r), pick(ch)
+            z = torch.addcmul(chk, rk, t_in)  # height of the front face seen by each pixel
+            side = (z >= 0) & (z <= top)
+            roof = ~ped & (z > top) & (torch.addcmul(chk, rk, t_out) <= top)
             frac = (z / top.clamp_min(1e-3)).clamp(0, 1)
             head = ((lat / _HEAD_HALF) ** 2 + ((frac - (1 + _HEAD) / 2) / ((1 - _HEAD) / 2)) ** 2) <= 1
             body = torch.where(frac < _HIP, (lat > _LEG_GAP * (1 - frac / _HIP)) & (lat < _LEG_OUTER),
@@ -460,11 +467,13 @@ class Raycaster:
             side = side & (~ped | body)
             part = (frac >= _HIP).long() + (frac >= _NECK).long()
             tv = ((1 - frac) * T).long().clamp(0, T - 1)
-            texel = sel["texel"][:, k : k + 1]
-            idx = torch.where(side, texel + torch.where(ped, part, tv * T), torch.where(roof, texel, idx))
-            shd = torch.where(side, sel["shade"][:, k : k + 1], torch.where(roof, self._top_shade, shd))
-            roof_depth = (top - ch) / r.clamp_max(-1e-6)
-            dep = torch.where(side, t_in, torch.where(roof, roof_depth, dep))
+            new_idx = torch.where(side, texel + torch.where(ped, part, tv * T), torch.where(roof, texel, pick(idx)))
+            new_shd = torch.where(side, light, torch.where(roof, self._top_shade, pick(shd)))
+            roof_depth = (top - chk) / rk.clamp_max(-1e-6)
+            new_dep = torch.where(side, t_in, torch.where(roof, roof_depth, pick(dep)))
+            idx.index_copy_(0, mine, new_idx)
+            shd.index_copy_(0, mine, new_shd)
+            dep.index_copy_(0, mine, new_dep)
         for full, part_ in ((index, idx), (shade, shd), (depth, dep)):
             full.view(b * w, H).index_copy_(0, cols, part_)
 
