@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from s2e.sim.appearance import DOMAINS, AppearanceDomain, get_domain
+from s2e.sim.appearance import DOMAINS, get_domain
 from s2e.sim.generator import SceneConfig, generate_world
 from s2e.sim.render import Raycaster
 from s2e.sim.robots import get_robot
@@ -80,4 +80,3 @@ def test_style_cache_rebuilds_only_when_seeds_change_and_colours_pedestrians_by_
     shirts = colours[:, :, 1]
     assert len({tuple(c) for c in shirts.reshape(-1, 3).tolist()}) > 1  # not everyone dressed alike
     assert not torch.equal(colours[0], colours[1])
-    assert isinstance(DOMAINS["sim"], AppearanceDomain)
