@@ -110,15 +110,14 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         print(f"   streaming speed-up (p50): eager x{result['eager_stream_speedup_p50']}, torchscript x{result['torchscript_stream_speedup_p50']}")
     if "small" in report["configs"]:
         small = report["configs"]["small"]
-        best_stream = min(small["eager_stream"], small["torchscript_stream"], key=lambda r: r["p50_ms"])
-        best_full = min(small["eager_full"]["p50_ms"], small["torchscript_full"]["p50_ms"])
+        # judged on TorchScript: policy.ts is what a robot runs
         goals = {
-            "stream_p50": best_stream["p50_ms"] <= GOALS_MS["stream_p50"],
-            "stream_p99": best_stream["p99_ms"] <= GOALS_MS["stream_p99"],
-            "full_p50": best_full <= GOALS_MS["full_p50"],
+            "stream_p50": small["torchscript_stream"]["p50_ms"] <= GOALS_MS["stream_p50"],
+            "stream_p99": small["torchscript_stream"]["p99_ms"] <= GOALS_MS["stream_p99"],
+            "full_p50": small["torchscript_full"]["p50_ms"] <= GOALS_MS["full_p50"],
         }
-        report["small_goals_met"] = goals
-        print(f"small goals (ms) {GOALS_MS}: {goals}")
+        report["small_goals_met_torchscript"] = goals
+        print(f"small goals (ms, TorchScript) {GOALS_MS}: {goals}")
     print(json.dumps(report))
     return report
 
