@@ -100,16 +100,19 @@ def export_main(args: list[str]) -> None:
     parser = export_parser()
     parsed = parser.parse_args(args)
     limits = ControllerLimits().to_dict()
-    for path in parsed.config:
-        with open(path) as handle:
-            section = (yaml.safe_load(handle) or {}).get("export") or {}
-        limits.update(ControllerLimits.from_dict(section).to_dict() if section else {})
-    limits.update({k: getattr(parsed, k) for k in ("max_speed", "max_yaw_rate", "lookahead_time") if getattr(parsed, k) is not None})
     try:
+        for path in parsed.config:
+            with open(path) as handle:
+                document = yaml.safe_load(handle) or {}
+            if not isinstance(document, dict):
+                raise ValueError(f"{path} is not a YAML mapping")
+            limits.update(document.get("export") or {})
+        limits.update({k: getattr(parsed, k) for k in ("max_speed", "max_yaw_rate", "lookahead_time") if getattr(parsed, k) is not None})
+        controller = ControllerLimits.from_dict(limits)
         policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)
-    except (FileNotFoundError, ValueError) as err:  # not a checkpoint of ours: a usage error, not a crash
+    except (OSError, ValueError) as err:  # a bad path, config or checkpoint: a usage error, not a crash
         parser.error(str(err))
-    export_policy(policy, timing, anchors, parsed.out, ControllerLimits.from_dict(limits), source=str(parsed.ckpt_path))
+    export_policy(policy, timing, anchors, parsed.out, controller, source=str(parsed.ckpt_path))
     print(Path(parsed.out) / JSON_FILE)
 
 

@@ -61,7 +61,7 @@ class DeployablePolicy(nn.Module):
     from every ``stride``-th of them, which equals ``forward`` on the same frames. Until the cache
     holds that many frames, the first frame's features stand in for the missing older ones (the
     runtime in :mod:`s2e.deploy` sends no motion command before the window is full). ``reset()``
-    empties the cache (a new episode, or after stale frames).
+    empties the cache (a new episode, or after stale frames); a change of batch size restarts it too.
     """
 
     def __init__(self, policy: S2EPolicy, timing: TimingSpec, limits: ControllerLimits) -> None:
@@ -211,7 +211,12 @@ def export_policy(
         },
         "controller": {"name": "pure_pursuit", **limits.to_dict()},
         "policy_config": config.to_dict(),
-        "anchors": {"num_anchors": anchors.num_anchors, "points": anchors.points.tolist(), "trajectories": anchors.trajectories.tolist()},
+        "anchors": {
+            "units": "normalized: a mode in metres is its mean times its predicted scale (metres per step)",
+            "num_anchors": anchors.num_anchors,
+            "points": anchors.points.tolist(),
+            "trajectories": anchors.trajectories.tolist(),
+        },
         "versions": {"torch": torch.__version__, "python": platform.python_version(), "s2e_export_format": FORMAT_VERSION},
         "sha256": {name: sha256_file(out / name) for name in (TS_FILE, PT2_FILE)},
     }

@@ -166,4 +166,9 @@ def test_missing_or_foreign_checkpoint_is_a_clear_cli_error(tmp_path: pathlib.Pa
     with pytest.raises(SystemExit):
         cli_main(["export", "--ckpt_path", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "o")])
     assert "is not an S2E policy checkpoint" in capsys.readouterr().err
+    bad_limits = tmp_path / "limits.yaml"
+    bad_limits.write_text("export:\n  max_sped: 2.0\n")
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--config", str(bad_limits), "--ckpt_path", str(tmp_path / "other.ckpt"), "--out", str(tmp_path / "o")])
+    assert "unknown ControllerLimits fields ['max_sped']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
