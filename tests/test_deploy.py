@@ -129,3 +129,10 @@ def test_run_policy_tool_on_a_real_video(export_dir: pathlib.Path, tmp_path: pat
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 21 and decoded[0].shape == (64, 96, 3)
     assert decoded[-1][:32, -32:].std() > 5  # the plan inset is drawn top right
+
+
+def test_a_frame_period_that_is_not_a_multiple_of_the_control_period_is_refused() -> None:
+    policy, _ = _policy()
+    with pytest.raises(ValueError, match="frame_dt to be a whole multiple of control_dt"):
+        DeployablePolicy(policy, TimingSpec(frame_dt=0.25, control_dt=0.1), ControllerLimits())
+    assert DeployablePolicy(policy, TimingSpec(frame_dt=0.3, control_dt=0.1), ControllerLimits()).cache_length == 13
