@@ -28,7 +28,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install
-	$(PY) -m s2e.demo
+	$(PY) tools/demo.py --out artifacts/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,129 @@
+"""`make demo`: the S2E pipeline end to end on the embedded simulator, on CPU.
+
+    python tools/demo.py --out artifacts/demo
+
+Steps (each prints its progress; a rerun skips every step whose output already exists):
+
+1. render demo "recordings" with the simulator's expert in the ``recorded`` appearance domain
+   (the stand-in for real navigation video), written as shards;
+2. dataset statistics of those shards;
+3. K-Means anchors over their normalized future trajectories;
+4. AGDM pretraining of the small policy through the Lightning CLI (``experiments/pretrain.yaml``);
+5. TorchScript + torch.export of the trained policy;
+6. the robot runtime on a rendered video, drawing the plan over it.
+
+RL post-training and the closed-loop benchmark join this list with their issues. Every step is a
+plain command of the README's workflow, run as a subprocess, so the demo exercises exactly what
+users run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Step:
+    name: str
+    output: Path  # the step is done when this exists
+    command: list[str]
+    after: Optional[Callable[[], None]] = None  # moves the command's result to ``output``
+
+
+def _newest(pattern: str, root: Path) -> Path:
+    found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no {pattern} under {root}")
+    return found[-1]
+
+
+def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
+    py = sys.executable
+    shards = out / "shards"
+    logs = out / "lightning_logs"
+    return [
+        Step(
+            "render demo recordings (train)",
+            shards / "train" / "demo-000000.tar",
+            [py, "tools/render_demo_data.py", "--out", str(shards / "train"), "--episodes", str(args.episodes),
+             "--domain", "recorded", "--task", "both", "--size", "96x96", "--envs", "16", "--prefix", "demo", "--seed", "0"],
+        ),
+        Step(
+            "render demo recordings (val)",
+            shards / "val" / "val-000000.tar",
+            [py, "tools/render_demo_data.py", "--out", str(shards / "val"), "--episodes", str(args.val_episodes),
+             "--domain", "recorded", "--task", "both", "--size", "96x96", "--envs", str(args.val_episodes), "--prefix", "val", "--seed", "1"],
+        ),
+        Step("dataset statistics", out / "stats" / "stats.json",
+             [py, "tools/dataset_stats.py", "--shards", str(shards / "train" / "demo-*.tar"), "--out", str(out / "stats")]),
+        Step("anchors", out / "anchors.npz",
+             [py, "tools/compute_anchors.py", "--shards", str(shards / "train" / "demo-000000.tar"), "--num-anchors", "20", "--out", str(out / "anchors.npz")]),
+        Step(
+            "AGDM pretraining (small policy)",
+            out / "pretrain.ckpt",
+            [py, "-m", "s2e", "fit", "--config", "experiments/pretrain.yaml",
+             "--model.init_args.anchors_path", str(out / "anchors.npz"),
+             "--data.init_args.train_shards", str(shards / "train" / "demo-000000.tar"),
+             "--data.init_args.val_shards", str(shards / "val" / "val-000000.tar"),
+             "--trainer.max_epochs", str(args.epochs),
+             "--trainer.default_root_dir", str(logs),
+             "--trainer.logger.init_args.save_dir", str(logs)],
+            # the Lightning run's last checkpoint becomes the demo's stable path
+            after=lambda: shutil.copy(_newest("**/last.ckpt", logs), out / "pretrain.ckpt"),
+        ),
+        Step("export TorchScript + torch.export", out / "export" / "policy.json",
+             [py, "-m", "s2e", "export", "--ckpt_path", str(out / "pretrain.ckpt"), "--out", str(out / "export")]),
+        Step("render an input video for the runtime", out / "preview" / "episode.mp4",
+             [py, "tools/sim_preview.py", "--task", "both", "--domain", "recorded", "--size", "96x96", "--seed", "7", "--out", str(out / "preview")]),
+        Step("robot runtime on a rendered video", out / "run_policy" / "plan.mp4",
+             [py, "tools/run_policy.py", "--policy", str(out / "export"), "--video", str(out / "preview" / "episode.mp4"),
+              "--goal", "8", "0", "--out", str(out / "run_policy" / "plan.mp4"), "--commands", str(out / "run_policy" / "commands.csv")]),
+    ]
+
+
+def run(out: Path, args: argparse.Namespace) -> None:
+    steps = build_steps(out, args)
+    started = time.monotonic()
+    for number, step in enumerate(steps, 1):
+        header = f"[{number}/{len(steps)}] {step.name}"
+        if step.output.exists():
+            print(f"{header}: done already ({step.output})", flush=True)
+            continue
+        _run(header, step.command)
+        if step.after is not None:
+            step.after()
+        if not step.output.exists():
+            raise SystemExit(f"{header}: finished but {step.output} is missing")
+    print(f"demo finished in {time.monotonic() - started:.0f} s; everything is under {out}", flush=True)
+
+
+def _run(header: str, command: list[str]) -> None:
+    print(f"{header}: {' '.join(command)}", flush=True)
+    t0 = time.monotonic()
+    result = subprocess.run(command, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"{header}: failed with exit code {result.returncode}")
+    print(f"{header}: ok in {time.monotonic() - t0:.0f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("artifacts/demo"))
+    parser.add_argument("--episodes", type=int, default=48, help="training episodes to render")
+    parser.add_argument("--val-episodes", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs (3200 windows each)")
+    args = parser.parse_args()
+    run(args.out, args)
+
+
+if __name__ == "__main__":
+    main()
