@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from s2e.registry import dataclass_from_dict
+
 
 class TimingMismatchError(ValueError):
     """Raised when two parts of the pipeline were built for different timings."""
@@ -71,11 +73,7 @@ class TimingSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TimingSpec":
         """Build from a mapping (a checkpoint, an export's JSON); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown TimingSpec fields {sorted(unknown)}; expected a subset of {sorted(known)}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
     def check_compatible(self, other: "TimingSpec", *, this: str = "model", that: str = "data") -> None:
         """Raise TimingMismatchError naming every field that differs between the two specs."""

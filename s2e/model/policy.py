@@ -8,7 +8,7 @@ uint8 and are normalized inside, so an export needs no preprocessing contract be
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional
 
 import torch
@@ -19,6 +19,7 @@ from s2e.model.decoder import AnchorCrossAttention, AnchorQueries
 from s2e.model.encoders import IMAGE_MEAN, IMAGE_STD, ConvFrameEncoder, GoalEncoder, TimmFrameEncoder
 from s2e.model.fusion import ContextFusion
 from s2e.model.heads import AnchorHeads
+from s2e.registry import dataclass_from_dict
 
 
 @dataclass
@@ -66,11 +67,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown PolicyConfig fields {sorted(unknown)}")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PolicyConfig":

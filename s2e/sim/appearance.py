@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from s2e.registry import lookup
+
 RGB = tuple[float, float, float]
 
 
@@ -198,8 +200,4 @@ DOMAINS: dict[str, AppearanceDomain] = {d.name: d for d in (RECORDED, SIM, OVERC
 
 def get_domain(name: str | AppearanceDomain) -> AppearanceDomain:
     """The registered domain called ``name`` (an ``AppearanceDomain`` passes through unchanged)."""
-    if isinstance(name, AppearanceDomain):
-        return name
-    if name not in DOMAINS:
-        raise ValueError(f"unknown appearance domain {name!r}; known domains: {sorted(DOMAINS)}")
-    return DOMAINS[name]
+    return lookup(name, DOMAINS, "appearance domain")

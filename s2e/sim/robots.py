@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from s2e.registry import lookup
+
 
 @dataclass(frozen=True)
 class RobotProfile:
@@ -71,8 +73,4 @@ ROBOTS: dict[str, RobotProfile] = {
 
 def get_robot(robot: str | RobotProfile) -> RobotProfile:
     """Look a profile up by name (a profile passes through); unknown names list the known ones."""
-    if isinstance(robot, RobotProfile):
-        return robot
-    if robot not in ROBOTS:
-        raise ValueError(f"unknown robot {robot!r}; known robots: {sorted(ROBOTS)}")
-    return ROBOTS[robot]
+    return lookup(robot, ROBOTS, "robot")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from s2e.registry import lookup
+
 if TYPE_CHECKING:
     from s2e.sim.generator import SceneConfig
 
@@ -41,8 +43,4 @@ TASKS: dict[str, TaskSpec] = {
 
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """Look a task up by name; unknown names list the known ones."""
-    if isinstance(task, TaskSpec):
-        return task
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)}")
-    return TASKS[task]
+    return lookup(task, TASKS, "task")
