@@ -525,18 +525,21 @@ class Raycaster:
         fog = torch.exp(depth.masked_fill(depth >= self.max_distance, 0.0) / -d.fog_distance)  # no fog on the sky
         rgb = torch.addcmul(torch.tensor(0.5, device=self.device), (1 - fog).unsqueeze(-1), self._fog)
         rgb.addcmul_(colours.index_select(0, index.view(-1)).view(b, w, h, 3), (shade * fog).unsqueeze(-1))
-        rgb = rgb.permute(0, 3, 2, 1)  # [B, 3, H, W] view
+        # Blur and noise work on the contiguous [B, W, H, 3] layout (elementwise, so the same sums as
+        # on the [B, 3, H, W] image; the noise bank is read through the matching strided view).
         if self._blur is not None:
             rgb = self._blurred(rgb)
         if d.noise_std > 0:
-            rgb = rgb + d.noise_std * self._noise(rgb.numel(), generator).view(b, 3, self.height, self.width)
+            rgb.add_(self._noise(rgb.numel(), generator).view(b, 3, h, w).permute(0, 3, 2, 1))
+        rgb = rgb.permute(0, 3, 2, 1)  # [B, 3, H, W] view
         return rgb.clamp_(0, 255).to(torch.uint8, memory_format=torch.contiguous_format)
 
     def _blurred(self, rgb: Tensor) -> Tensor:
-        """Separable Gaussian blur by shifted sums with replicated borders (cheaper than conv2d here)."""
+        """Separable Gaussian blur of [B, W, H, 3] by shifted sums with replicated borders (cheaper
+        than conv2d here): along W first, then H."""
         k = self._blur.tolist()
         r = len(k) // 2
-        for dim in (3, 2):
+        for dim in (1, 2):
             n = rgb.shape[dim]
             padded = torch.cat([rgb.narrow(dim, 0, 1).expand_as(rgb.narrow(dim, 0, r)), rgb,
                                 rgb.narrow(dim, n - 1, 1).expand_as(rgb.narrow(dim, 0, r))], dim)
@@ -547,14 +550,14 @@ class Raycaster:
         return rgb
 
     def _noise(self, count: int, generator: torch.Generator | None) -> Tensor:
-        """Unit Gaussian noise: a window of a fixed bank at an offset drawn from ``generator``.
+        """Gaussian noise of std ``noise_std``: a window of a fixed bank at an offset drawn from ``generator``.
 
         Drawing fresh normals for every pixel costs as much as the rest of the frame; a random window
         into a bank twice the frame size is indistinguishable at 8-bit quantization.
         """
         if self._noise_bank is None or self._noise_bank.numel() < 2 * count:
             g = torch.Generator(device="cpu").manual_seed(0x5EED)
-            self._noise_bank = torch.randn(2 * count, generator=g).to(self.device)
+            self._noise_bank = (self.domain.noise_std * torch.randn(2 * count, generator=g)).to(self.device)
         if generator is None:
             start = 0
         else:
