@@ -386,7 +386,8 @@ class Raycaster:
         material = torch.cat([border.expand(b, 1, gw + 2), material, border.expand(b, 1, gw + 2)], 1)
         padded = F.pad(wall_h, (1, 1, 1, 1))
         coarse = F.pad(F.max_pool2d(padded.unsqueeze(1), _COARSE, ceil_mode=True).squeeze(1), (1, 1, 1, 1))
-        grids = (padded.reshape(-1), coarse.reshape(-1), material.reshape(-1))
+        # int32 material: half the bytes for the per-pixel floor gather to pull through the cache
+        grids = (padded.reshape(-1), coarse.reshape(-1), material.reshape(-1).to(torch.int32))
         self._grid_cache = [(key, tensors, grids)] + self._grid_cache[:3]  # holding the tensors keeps ids unique
         return grids
 
@@ -421,7 +422,7 @@ class Raycaster:
         gh, gw = scene.surface.shape[1:]
         cell = gy.long().clamp_(0, gh + 1) * (gw + 2) + gx.long().clamp_(0, gw + 1)
         cell += (arange_b * ((gh + 2) * (gw + 2))).view(b, 1, 1)
-        mat = ground.take(cell)  # scene-offset material id
+        mat = ground.take(cell).long()  # scene-offset material id
         scale = (T * res / repeat.view(-1, 2)).t()  # [2, B * NUM_MATERIALS] texels per grid cell
         ftu = (gx * scale[0].take(mat)).long() & (T - 1)
         ftv = (gy * scale[1].take(mat)).long() & (T - 1)
