@@ -427,9 +427,10 @@ class Raycaster:
         ftu = (gx * scale[0].take(mat)).long() & (T - 1)
         ftv = (gy * scale[1].take(mat)).long() & (T - 1)
         findex = (mat * T + ftv) * T + ftu
-        index[..., first:] = torch.where(floor, findex, index[..., first:])
-        shade[..., first:] = torch.where(floor, self._top_shade, shade[..., first:])
-        depth[..., first:] = torch.where(floor, t_floor, depth[..., first:])
+        for full, value in ((index, findex), (depth, t_floor)):
+            below = full[..., first:]
+            torch.where(floor, value, below, out=below)  # in place: no temporary, no copy back
+        shade[..., first:].masked_fill_(floor, self._top_shade)
         return index, shade, depth
 
     def _composite_objects(self, layers: _ObjectLayers, cam_h: Tensor, rows: Tensor,
