@@ -405,9 +405,10 @@ class Raycaster:
         texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
         tu = (wall.along * texels_per_m[:, 0:1]).floor().long() & (T - 1)
         column = ((arange_b.view(b, 1) * NUM_MATERIALS + MAT_FACADE) * T * T + tu).unsqueeze(-1)
-        tv = ~(z * texels_per_m[:, 1].view(b, 1, 1)).long() & (T - 1)
+        # Integer chains run in place: every [B, W, H] temporary is a fresh allocation otherwise.
+        tv = (z * texels_per_m[:, 1].view(b, 1, 1)).long().bitwise_not_().bitwise_and_(T - 1).mul_(T).add_(column)
         sky = (sky_offset + arange_b.view(b, 1, 1) * H + torch.arange(H, device=dev).view(1, 1, H))
-        index = torch.where(on_wall, column + tv * T, sky)
+        index = torch.where(on_wall, tv, sky)
         wall_shade = self._lambert(wall.normal @ self._sun_xy)
         shade = torch.where(on_wall, wall_shade.unsqueeze(-1), 1.0)
         depth = torch.where(on_wall, wall_t, self.max_distance)
@@ -424,9 +425,9 @@ class Raycaster:
         cell += (arange_b * ((gh + 2) * (gw + 2))).view(b, 1, 1)
         mat = ground.take(cell).long()  # scene-offset material id
         scale = (T * res / repeat.view(-1, 2)).t()  # [2, B * NUM_MATERIALS] texels per grid cell
-        ftu = (gx * scale[0].take(mat)).long() & (T - 1)
-        ftv = (gy * scale[1].take(mat)).long() & (T - 1)
-        findex = (mat * T + ftv) * T + ftu
+        ftu = (gx * scale[0].take(mat)).long().bitwise_and_(T - 1)
+        ftv = (gy * scale[1].take(mat)).long().bitwise_and_(T - 1)
+        findex = mat.mul_(T).add_(ftv).mul_(T).add_(ftu)
         for full, value in ((index, findex), (depth, t_floor)):
             below = full[..., first:]
             torch.where(floor, value, below, out=below)  # in place: no temporary, no copy back
