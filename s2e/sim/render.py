@@ -421,7 +421,7 @@ class Raycaster:
         gx = torch.addcmul(g0[:, 0].view(b, 1, 1), dirs[..., 0:1] / res, t_floor)  # [B, W, Hf]
         gy = torch.addcmul(g0[:, 1].view(b, 1, 1), dirs[..., 1:2] / res, t_floor)
         gh, gw = scene.surface.shape[1:]
-        cell = gy.long().clamp_(0, gh + 1) * (gw + 2) + gx.long().clamp_(0, gw + 1)
+        cell = gy.long().clamp_(0, gh + 1).mul_(gw + 2).add_(gx.long().clamp_(0, gw + 1))
         cell += (arange_b * ((gh + 2) * (gw + 2))).view(b, 1, 1)
         mat = ground.take(cell).long()  # scene-offset material id
         scale = (T * res / repeat.view(-1, 2)).t()  # [2, B * NUM_MATERIALS] texels per grid cell
@@ -526,7 +526,7 @@ class Raycaster:
         """
         d = self.domain
         b, w, h = index.shape
-        fog = torch.exp(depth.masked_fill(depth >= self.max_distance, 0.0) / -d.fog_distance)  # no fog on the sky
+        fog = depth.masked_fill(depth >= self.max_distance, 0.0).div_(-d.fog_distance).exp_()  # no fog on the sky
         # Written into the interior of a buffer padded by the blur radius along W, so that the blur
         # needs no padding copy.
         r = len(self._blur) // 2 if self._blur is not None else 0
