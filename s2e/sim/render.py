@@ -394,7 +394,7 @@ class Raycaster:
     def _background(self, scene: SceneBatch, ground: Tensor, cam: Tensor, dirs: Tensor, cam_h: Tensor, rows: Tensor,
                     wall: _WallHits, repeat: Tensor, sky_offset: int) -> tuple[Tensor, Tensor, Tensor]:
         """Texel index, shade and z-depth [B, W, H] of sky, facades and floor."""
-        b, H, W = rows.shape[0], self.height, self.width
+        b, H = rows.shape[0], self.height
         dev, T, res = self.device, TEXTURE_SIZE, float(scene.resolution)
         arange_b = torch.arange(b, device=dev)
         # Facades: rows whose height at the wall's depth lies on the building; texel rows count up
