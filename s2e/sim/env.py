@@ -22,11 +22,12 @@ from torchrl.envs import EnvBase
 
 from s2e.geometry import goal_encoding, to_robot_frame
 from s2e.sim.crowd import CrowdConfig, crowd_step
-from s2e.sim.generator import SceneConfig, World, generate_world
+from s2e.sim.generator import SceneConfig, World
 from s2e.sim.physics import ContactTracker, footprint_clearance, integrate_unicycle
 from s2e.sim.render import Raycaster
 from s2e.sim.rewards import TERMS, RewardConfig, reward_terms, route_arclength, total_reward
 from s2e.sim.robots import RobotProfile, get_robot
+from s2e.sim.scene_source import FrameRenderer, ProceduralScenes, SceneSource
 from s2e.sim.tasks import get_task
 from s2e.timing import TimingSpec
 
@@ -84,7 +85,10 @@ class NavEnv(EnvBase):
     ``("reward_terms", name)`` [N, 1] for every term of ``rewards.TERMS``.
     """
 
-    def __init__(self, config: NavEnvConfig = NavEnvConfig(), num_envs: int = 1, device: str | torch.device = "cpu", seed: int = 0) -> None:
+    def __init__(self, config: NavEnvConfig = NavEnvConfig(), num_envs: int = 1, device: str | torch.device = "cpu", seed: int = 0,
+                 scenes: Optional[SceneSource] = None, renderer: Optional[FrameRenderer] = None) -> None:
+        """``scenes`` and ``renderer`` default to procedural streets (``config.scene`` under the
+        task's overrides) and the raycaster in ``config.domain``; see ``s2e.sim.scene_source``."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
@@ -96,7 +100,8 @@ class NavEnv(EnvBase):
         h, w = config.image_size
         if h < 8 or w < 8:
             raise ValueError(f"image_size must be at least 8x8, got {config.image_size}")
-        self.renderer = Raycaster(w, h, domain=config.domain, max_distance=config.scene.extent, device=self.device)
+        self.scenes = scenes if scenes is not None else ProceduralScenes(self.scene_config, self.robot)
+        self.renderer = renderer if renderer is not None else Raycaster(w, h, domain=config.domain, max_distance=config.scene.extent, device=self.device)
         self._make_specs(num_envs)
         self._render_generator = torch.Generator(device=self.device)
         self._set_seed(seed)
@@ -131,8 +136,7 @@ class NavEnv(EnvBase):
 
     # ------------------------------------------------------------------ state helpers
     def _new_scenes(self, count: int) -> World:
-        seeds = self._rng.integers(0, 2**31 - 1, size=count)
-        return generate_world(seeds.tolist(), self.scene_config, self.robot, device=self.device)
+        return self.scenes.sample(count, self._rng, self.device)
 
     def _render(self, idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         scene = self.world.scene if idx is None else self.world.scene.index(idx)

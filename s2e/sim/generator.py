@@ -324,7 +324,11 @@ def _spawn_pedestrians(rng, count, route, cum, clearance_at, start: np.ndarray, 
     return np.stack(peds), np.stack(goals_a), np.stack(goals_b), np.asarray(speeds, np.float32)
 
 
-def _generate_one(seed: int, config: SceneConfig, robot: RobotProfile) -> dict[str, np.ndarray]:
+def generate_scene_arrays(seed: int, config: SceneConfig, robot: RobotProfile) -> dict[str, np.ndarray]:
+    """One scene as numpy arrays (the unbatched form ``stack_scenes`` pads): grid layers, route, obstacles, crowd.
+
+    Callers that build scenes some other way (benchmark suites, splat layouts) produce the same keys.
+    """
     rng = np.random.default_rng(seed)
     transform = _transform(int(rng.integers(4)), bool(rng.integers(2)))
     canvas = _Canvas(config, transform)
@@ -378,7 +382,19 @@ def _pad(arrays: list[np.ndarray], size: int, fill_last: bool = False) -> tuple[
 def generate_world(seeds: Sequence[int], config: SceneConfig, robot: RobotProfile, device: str | torch.device = "cpu") -> World:
     """Generate one scene per seed, padded to the config's maximum counts, as a batched ``World``."""
     config.validate(robot)
-    scenes = [_generate_one(int(s), config, robot) for s in seeds]
+    return stack_scenes([generate_scene_arrays(int(s), config, robot) for s in seeds], config, device)
+
+
+def stack_scenes(scenes: Sequence[dict[str, np.ndarray]], config: SceneConfig, device: str | torch.device = "cpu") -> World:
+    """Pad per-scene arrays (see ``generate_scene_arrays``) to the config's maximum counts and batch them.
+
+    All scenes must share one grid shape (the config's extent and resolution).
+    """
+    if not scenes:
+        raise ValueError("stack_scenes needs at least one scene")
+    shapes = {tuple(s["surface"].shape) for s in scenes}
+    if len(shapes) != 1:
+        raise ValueError(f"all scenes of a batch must share one grid shape, got {sorted(shapes)}")
     t = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=device)  # noqa: E731
     obstacles, obstacle_mask = _pad([s["obstacles"] for s in scenes], max(config.num_obstacles[1], 1))
     peds, ped_mask = _pad([s["pedestrians"] for s in scenes], max(config.num_pedestrians[1], 1))

@@ -1,0 +1,47 @@
+"""Where an environment's scenes come from, and what draws them: the two seams of ``NavEnv``.
+
+``NavEnv`` simulates whatever ``World`` a scene source hands it at reset and shows it through
+whatever frame renderer it is given. The defaults are procedural streets and the CPU raycaster;
+benchmark suites replay fixed episodes through their own source, and splat scenes bring both a
+source (their layout) and a renderer (Gaussian splatting), without the env knowing either.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from s2e.sim.generator import SceneConfig, World, generate_world
+from s2e.sim.robots import RobotProfile
+from s2e.sim.scene import SceneBatch
+
+
+class SceneSource(Protocol):
+    """Hands out ``count`` new scenes at a (partial) reset, as one padded ``World`` batch."""
+
+    def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
+        ...
+
+
+class FrameRenderer(Protocol):
+    """Draws the robots' camera views of a scene batch (the contract ``Raycaster.render`` defines)."""
+
+    def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
+               hfov_deg: Tensor | float, with_depth: bool = False,
+               noise_generator: Optional[torch.Generator] = None) -> tuple[Tensor, Optional[Tensor]]:
+        ...
+
+
+class ProceduralScenes:
+    """Fresh procedural scenes, each from a seed drawn from the env's generator (the default source)."""
+
+    def __init__(self, config: SceneConfig, robot: RobotProfile) -> None:
+        self.config = config.validate(robot)
+        self.robot = robot
+
+    def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
+        seeds = rng.integers(0, 2**31 - 1, size=count)
+        return generate_world(seeds.tolist(), self.config, self.robot, device=device)
