@@ -240,8 +240,20 @@ def modes_figure(frame_chw: np.ndarray, modes_m: np.ndarray, weights: np.ndarray
     return fig
 
 
+def _wrap_post_trained(policy: S2EPolicy, stored: dict[str, Any]) -> None:
+    """A post-training checkpoint with a RAM config: wrap the cross-attention before loading weights,
+    so ``cross_attention.frozen.*`` / ``residual.*`` / ``gate_*`` keys find their modules."""
+    ram = stored.get("ram")
+    if ram:
+        from s2e.model.ram import RAMConfig, wrap_with_ram
+
+        wrap_with_ram(policy, RAMConfig.from_dict(ram))
+
+
 def load_policy_from_checkpoint(path: Union[str, Path], map_location: str = "cpu") -> tuple[S2EPolicy, TimingSpec, Anchors]:
-    """Rebuild the trained policy from a PretrainModule checkpoint alone (no anchors file, no config).
+    """Rebuild the trained policy from a PretrainModule or PostTrainModule checkpoint alone (no
+    anchors file, no config). A post-trained checkpoint with ``s2e_policy["ram"]`` gives a policy
+    whose ``cross_attention`` is the Residual Attention Module; its outputs have the same form.
 
     Loads with ``weights_only=True``: checkpoints hold tensors and plain types, nothing is unpickled.
     Returns the policy (eval mode), its TimingSpec and its Anchors.
@@ -257,6 +269,7 @@ def load_policy_from_checkpoint(path: Union[str, Path], map_location: str = "cpu
     timing = TimingSpec.from_dict(stored["timing"])
     state = {k[len("policy.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
     policy = S2EPolicy(config, state["anchor_points"], state["anchor_trajectories"])
+    _wrap_post_trained(policy, stored)
     policy.load_state_dict(state)
     policy.eval()
     counts = checkpoint["state_dict"].get("anchor_counts", torch.zeros(config.num_anchors, dtype=torch.int64))

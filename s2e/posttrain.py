@@ -1,0 +1,327 @@
+"""``PostTrainModule``: RL post-training of a pretrained S2E policy in the simulator (stage 2).
+
+One training step, as in TorchRL's / CleanRL's PPO scripts:
+
+1. pull a rollout batch [envs, time] from the TorchRL collector (created in ``train_dataloader``;
+   ``training_step`` takes ``dataloader_iter`` so Lightning never prefetches a batch collected with
+   stale weights);
+2. GAE from the values the collector stored (:mod:`s2e.rl.advantage`);
+3. ``ppo_epochs`` passes of shuffled minibatches through ``ClipPPOLoss`` (manual optimization, one
+   AdamW whose parameter groups hold only what the strategy trains, plus the value head);
+4. push the new weights to collector workers; log reward terms, episode outcomes, PPO diagnostics.
+
+The ``sft`` strategy replaces 2-3 by the AGDM loss on the privileged expert's arcs, collected with
+the expert driving (:mod:`s2e.rl.expert`).
+
+Checkpoints carry ``s2e_policy`` like pretraining (policy config, TimingSpec) plus ``ram`` (the RAM
+config, ``None`` without RAM), and the policy weights under ``policy.*``, so
+:func:`s2e.pretrain.load_policy_from_checkpoint` rebuilds a post-trained policy for the benchmark and
+the exporter. The policy is kept in eval mode throughout: PPO's importance ratio compares
+log-probabilities at collection and update time, which dropout or batch statistics would skew.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
+from torch import Tensor
+from torchrl.objectives import ClipPPOLoss
+
+from s2e.anchors import Anchors
+from s2e.control import ControllerLimits
+from s2e.distributions import agdm_loss
+from s2e.model.policy import PolicyConfig
+from s2e.model.ram import RAMConfig, ResidualAttentionModule
+from s2e.pretrain import CHECKPOINT_KEY, load_policy_from_checkpoint
+from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, ActorCritic, ValueHead, build_actor_critic
+from s2e.rl.advantage import add_gae
+from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_env, sync_weights
+from s2e.rl.evaluate import run_episodes
+from s2e.rl.expert import EXPERT_KEY, NoisyExpert, expert_targets
+from s2e.rl.stats import rollout_stats
+from s2e.rl.strategy import apply_strategy, check_strategy, encoder_trainable
+from s2e.sim.env import NavEnvConfig
+from s2e.sim.robots import get_robot
+from s2e.timing import TimingSpec
+
+PPO_DIAGNOSTICS = ("kl_approx", "clip_fraction", "entropy", "explained_variance", "ESS", "loss_objective", "loss_critic", "loss_entropy")
+
+
+@dataclass
+class _Agent:
+    """TorchRL modules and loss around ``PostTrainModule.policy``; kept out of the module tree so the
+    policy's weights are saved once, under ``policy.*``."""
+
+    modules: ActorCritic
+    loss: Optional[ClipPPOLoss]
+
+
+class PostTrainModule(pl.LightningModule):
+    """PPO (or SFT) post-training of a pretrained policy in ``NavEnv``.
+
+    Args:
+        pretrained: PretrainModule (or PostTrainModule) checkpoint; brings the policy, its anchors
+            and its TimingSpec.
+        strategy: ``ram`` | ``full`` | ``decoder`` | ``sft`` (see :mod:`s2e.rl.strategy`).
+        ram: RAMConfig fields (``ram`` strategy only).
+        task, robot, domain: the training env (task preset, robot profile, appearance domain).
+        timing, image_size, anchors_path: optional statements of what the env / experiment expects;
+            each must match the checkpoint (a mismatch is an error, never a silent resample).
+        num_envs: envs per collector (per worker for ``multisync``); steps_per_batch: control steps
+            per env per rollout batch; batches_per_epoch: rollout batches per Lightning epoch.
+        collector: ``sync`` (in-process) or ``multisync`` (``collector_workers`` processes).
+        seed: env seed; rank r of a DDP run uses ``seed + 1000 r``.
+        gamma, gae_lambda, clip_epsilon, ppo_epochs, minibatch_size, entropy_coeff, critic_coeff,
+        max_grad_norm: PPO; lr: policy parameters; value_lr: value head.
+        lookahead_time: the shared controller's pure-pursuit lookahead (seconds).
+        expert_noise: (v m/s, omega rad/s) std of the noise on the expert's commands (``sft``).
+        video_every_n_epochs: a deterministic rollout video every N epochs (0: never), at most
+            ``video_max_steps`` control steps.
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        strategy: str = "ram",
+        ram: Optional[dict[str, Any]] = None,
+        task: str = "obstacle",
+        robot: str = "wheeled",
+        domain: str = "sim",
+        timing: Optional[dict[str, Any]] = None,
+        image_size: Optional[tuple[int, int]] = None,
+        anchors_path: Optional[str] = None,
+        num_envs: int = 8,
+        steps_per_batch: int = 64,
+        batches_per_epoch: int = 4,
+        collector: CollectorKind = "sync",
+        collector_workers: int = 2,
+        seed: int = 0,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_epsilon: float = 0.2,
+        ppo_epochs: int = 4,
+        minibatch_size: int = 256,
+        lr: float = 3e-4,
+        value_lr: float = 1e-3,
+        entropy_coeff: float = 0.005,
+        critic_coeff: float = 0.5,
+        max_grad_norm: float = 1.0,
+        lookahead_time: float = 0.6,
+        expert_noise: tuple[float, float] = (0.1, 0.2),
+        video_every_n_epochs: int = 0,
+        video_max_steps: int = 300,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.strategy = check_strategy(strategy)
+        if strategy != "ram" and ram:
+            raise ValueError(f"model.ram configures the Residual Attention Module; strategy {strategy!r} has none")
+        policy, self.timing, anchors = load_policy_from_checkpoint(pretrained)
+        check_experiment_matches(policy.config, self.timing, anchors, timing, image_size, anchors_path, pretrained)
+        trainable = apply_strategy(policy, strategy, RAMConfig.from_dict(ram or {}))
+        self.policy = policy
+        self.value_head = ValueHead(policy.config.d_model)
+        self._trainable_policy_params = trainable
+        profile = get_robot(robot)
+        self.limits = ControllerLimits(max_speed=profile.max_speed, max_yaw_rate=profile.max_omega, lookahead_time=lookahead_time)
+        self.env_config = NavEnvConfig(task=task, robot=robot, timing=self.timing, image_size=policy.config.image_size, domain=domain)
+        modules = build_actor_critic(policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy))
+        self.agent = _Agent(modules, None if strategy == "sft" else self._make_loss(modules))
+        self._rollouts: Optional[RolloutBatches] = None
+
+    def _make_loss(self, modules: ActorCritic) -> ClipPPOLoss:
+        hp = self.hparams
+        loss = ClipPPOLoss(
+            modules.actor,
+            modules.critic,
+            clip_epsilon=hp.clip_epsilon,
+            entropy_coeff=hp.entropy_coeff,
+            critic_coeff=hp.critic_coeff,
+            normalize_advantage=True,
+            functional=False,  # the optimizer owns the live parameters; required under DDP
+        )
+        loss.set_keys(action=TRAJECTORY_KEY, sample_log_prob=LOG_PROB_KEY, value="state_value")
+        return loss
+
+    @property
+    def ram_config(self) -> Optional[RAMConfig]:
+        block = self.policy.cross_attention
+        return block.config if isinstance(block, ResidualAttentionModule) else None
+
+    def train(self, mode: bool = True) -> "PostTrainModule":
+        """Lightning switches modules to train mode for fitting; the policy stays in eval mode (see the
+        module docstring), and so frozen normalisation statistics never move."""
+        super().train(mode)
+        self.policy.eval()
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        ram = self.ram_config
+        checkpoint[CHECKPOINT_KEY] = {
+            "policy_config": self.policy.config.to_dict(),
+            "timing": self.timing.to_dict(),
+            "ram": ram.to_dict() if ram is not None else None,
+            "strategy": self.strategy,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming needs the same policy architecture, timing and RAM wrapping as this run."""
+        stored = checkpoint.get(CHECKPOINT_KEY)
+        if stored is None:
+            raise ValueError(f"not an S2E checkpoint: it has no {CHECKPOINT_KEY!r} entry")
+        TimingSpec.from_dict(stored["timing"]).check_compatible(self.timing, this="checkpoint", that="this run")
+        if PolicyConfig.from_dict(stored["policy_config"]) != self.policy.config:
+            raise ValueError("the checkpoint's policy architecture differs from this run's pretrained policy")
+        had_ram, has_ram = bool(stored.get("ram")), self.ram_config is not None
+        if had_ram != has_ram:
+            raise ValueError(
+                f"the checkpoint was trained {'with' if had_ram else 'without'} RAM but this run's policy is "
+                f"{'' if has_ram else 'not '}RAM-wrapped (strategy {self.strategy!r})"
+            )
+
+    # ------------------------------------------------------------------ data
+    def train_dataloader(self) -> RolloutBatches:
+        """The collector lives as long as the fit: created here, shut down in ``teardown``."""
+        hp = self.hparams
+        seed = hp.seed + 1000 * self.global_rank
+        sft = self.strategy == "sft"
+        workers = hp.collector_workers if hp.collector == "multisync" else 1
+        create_env = env_factory(self.env_config, hp.num_envs, seed, expert=sft)
+        policy = TensorDictModule(NoisyExpert(hp.expert_noise), in_keys=[EXPERT_KEY], out_keys=["action"]) if sft else self.agent.modules.collect_policy
+        collector = make_collector(create_env, policy, workers * hp.num_envs * hp.steps_per_batch, kind=hp.collector, workers=workers, seed=seed)
+        self._shutdown_collector()
+        self._rollouts = RolloutBatches(collector, hp.batches_per_epoch)
+        return self._rollouts
+
+    def teardown(self, stage: str) -> None:
+        self._shutdown_collector()
+
+    def on_train_end(self) -> None:
+        self._shutdown_collector()
+
+    def _shutdown_collector(self) -> None:
+        if self._rollouts is not None:
+            self._rollouts.shutdown()
+            self._rollouts = None
+
+    # ------------------------------------------------------------------ optimization
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        groups = [{"params": self._trainable_policy_params, "lr": self.hparams.lr, "name": "policy"}]
+        if self.strategy != "sft":
+            groups.append({"params": list(self.value_head.parameters()), "lr": self.hparams.value_lr, "name": "value"})
+        return torch.optim.AdamW(groups, weight_decay=0.0)
+
+    def training_step(self, dataloader_iter: Iterator) -> None:
+        batch, _, _ = next(dataloader_iter)
+        metrics = {f"train/{k}": v for k, v in rollout_stats(batch).items()}
+        update = self._sft_update if self.strategy == "sft" else self._ppo_update
+        metrics.update(update(batch))
+        if self._rollouts is not None:
+            sync_weights(self._rollouts.collector, self.agent.modules.collect_policy)
+        self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.numel())
+
+    def _minibatches(self, size: int) -> Iterator[Tensor]:
+        hp = self.hparams
+        for _ in range(hp.ppo_epochs):
+            yield from torch.randperm(size).split(hp.minibatch_size)
+
+    def _step(self, loss: Tensor) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def _value_of(self, observation: TensorDictBase) -> Tensor:
+        modules = self.agent.modules
+        return modules.critic(modules.context(observation.select("frames", "goal")))["state_value"]
+
+    def _ppo_update(self, batch: TensorDictBase) -> dict[str, float]:
+        hp = self.hparams
+        add_gae(batch, self._value_of, hp.gamma, hp.gae_lambda)
+        flat = batch.reshape(-1)
+        logged = defaultdict(list)
+        for index in self._minibatches(flat.shape[0]):
+            losses = self.agent.loss(flat[index])
+            self._step(losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"])
+            for key in PPO_DIAGNOSTICS:
+                logged[key].append(float(losses[key].detach().mean()))
+        out = {f"ppo/{k}": float(np.mean(v)) for k, v in logged.items()}
+        out["ppo/value_target"] = float(batch["value_target"].mean())
+        return out
+
+    def _sft_update(self, batch: TensorDictBase) -> dict[str, float]:
+        flat = batch.reshape(-1)
+        target, scale = expert_targets(flat[EXPERT_KEY], self.timing.waypoint_dt, self.timing.num_waypoints)
+        logged = defaultdict(list)
+        for index in self._minibatches(flat.shape[0]):
+            out = self.policy(flat["frames"][index], flat["goal"][index])
+            losses = agdm_loss(self.policy.mixture(out), out["scale"], target[index], scale[index], self.policy.anchor_points)
+            self._step(losses["loss"])
+            for key in ("loss", "nll", "cls", "scale"):
+                logged[key].append(float(losses[key].detach()))
+        return {f"sft/{k}": float(np.mean(v)) for k, v in logged.items()}
+
+    # ------------------------------------------------------------------ video
+    def on_train_epoch_end(self) -> None:
+        every = self.hparams.video_every_n_epochs
+        if every and (self.current_epoch + 1) % every == 0:
+            self._log_rollout_video()
+
+    @rank_zero_only
+    def _log_rollout_video(self) -> None:
+        """One deterministic episode in the training env: an mp4 under ``<log_dir>/videos`` and a frame
+        strip in TensorBoard (TensorBoard's own ``add_video`` needs moviepy, which is not a dependency)."""
+        from s2e.video_io import write_mp4
+
+        env = make_env(self.env_config, 1, seed=self.hparams.seed + 7919 * (self.current_epoch + 1))
+        outcome = run_episodes(env, self.agent.modules.collect_policy, record_frames=True, max_steps=self.hparams.video_max_steps)
+        log_dir = Path(getattr(self.logger, "log_dir", None) or self.trainer.default_root_dir)
+        (log_dir / "videos").mkdir(parents=True, exist_ok=True)
+        write_mp4(log_dir / "videos" / f"epoch_{self.current_epoch:04d}.mp4", outcome.frames, fps=1.0 / self.timing.control_dt)
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_image"):
+            picks = np.linspace(0, len(outcome.frames) - 1, num=min(8, len(outcome.frames))).astype(int)
+            strip = np.concatenate(list(outcome.frames[picks]), axis=1)  # [H, 8W, 3]
+            experiment.add_image("rollout/frames", strip, global_step=self.global_step, dataformats="HWC")
+            experiment.add_scalar("rollout/return", float(outcome.episode_return[0]), global_step=self.global_step)
+
+
+def check_experiment_matches(
+    config: PolicyConfig,
+    checkpoint_timing: TimingSpec,
+    checkpoint_anchors: Anchors,
+    timing: Optional[dict[str, Any]],
+    image_size: Optional[tuple[int, int]],
+    anchors_path: Optional[str],
+    source: str,
+) -> None:
+    """What an experiment states about timing, image size or anchors must be what the checkpoint holds.
+
+    The env is built from the checkpoint's TimingSpec and image size, so these statements are
+    assertions: a config written for another model fails here with every difference named.
+    """
+    if timing is not None:
+        TimingSpec.from_dict(timing).check_compatible(checkpoint_timing, this="model.timing (the env)", that=f"checkpoint {source}")
+    if image_size is not None and tuple(int(s) for s in image_size) != config.image_size:
+        raise ValueError(f"model.image_size {tuple(image_size)} differs from the checkpoint's {config.image_size} ({source})")
+    if anchors_path is not None:
+        anchors = Anchors.load(anchors_path)
+        anchors.timing.check_compatible(checkpoint_timing, this=f"anchors {anchors_path}", that=f"checkpoint {source}")
+        same = anchors.points.shape == checkpoint_anchors.points.shape and np.allclose(anchors.points, checkpoint_anchors.points, atol=1e-5)
+        if not same or not np.allclose(anchors.trajectories, checkpoint_anchors.trajectories, atol=1e-5):
+            raise ValueError(
+                f"anchors {anchors_path} ({anchors.num_anchors} anchors) are not the anchors the checkpoint {source} was "
+                f"trained with ({checkpoint_anchors.num_anchors}); post-training keeps the pretrained anchors"
+            )

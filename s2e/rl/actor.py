@@ -1,0 +1,143 @@
+"""The S2E policy as TorchRL modules: context, anchor decoding, the probabilistic actor, the controller
+and the value head.
+
+The policy's forward pass is cut at the fused context (frame + goal tokens), because under the
+``ram`` and ``decoder`` strategies everything before it is frozen: the collector stores ``context``
+in the rollout and PPO's actor re-runs only the decoder from it, instead of re-encoding k frames
+per sample in every PPO epoch. The ``full`` / ``sft`` strategies re-run the whole policy.
+
+Keys (all batch-first):
+
+* ``frames`` uint8 [k, 3, H, W], ``goal`` [3]  -> ``context`` [k + 1, D]            (:class:`PolicyContext`)
+* ``context`` -> ``scores``, ``mean``, ``log_std``, ``rho``, ``scale``               (:class:`PolicyDecoder`)
+* those -> ``trajectory`` [T, 2] (normalized) + ``trajectory_log_prob``              (ProbabilisticActor)
+* ``trajectory`` + the mixture -> ``action`` (v, omega)                              (:class:`TrajectoryController`)
+* ``context`` (detached), ``goal`` -> ``state_value`` [1]                            (:class:`ValueHead`)
+
+Scale: the distribution is over *normalized* trajectories; the metres-per-step scale is the
+posterior-weighted anchor scale of the sampled trajectory (see
+:meth:`AnchorTrajectoryDistribution.posterior_scale`), and the shared pure-pursuit controller
+(:func:`s2e.control.command_from_limits`) turns ``trajectory x scale`` into (v, omega).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
+from torch import Tensor, nn
+from torchrl.modules import ProbabilisticActor, ValueOperator
+
+from s2e.control import ControllerLimits, command_from_limits
+from s2e.model.policy import S2EPolicy
+from s2e.rl.distribution import AnchorTrajectoryDistribution
+
+DIST_KEYS = ("scores", "mean", "log_std", "rho")
+TRAJECTORY_KEY = "trajectory"
+LOG_PROB_KEY = "trajectory_log_prob"
+
+
+class PolicyContext(nn.Module):
+    """(frames, goal) -> the fused context tokens of the policy (encoder + goal token + fusion)."""
+
+    def __init__(self, policy: S2EPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, frames: Tensor, goal: Tensor) -> Tensor:
+        return self.policy.fusion(self.policy.encode_frames(frames), self.policy.goal_encoder(goal, None))
+
+
+class PolicyDecoder(nn.Module):
+    """context -> mixture parameters and scale: the anchor queries, THE cross-attention block (or its
+    RAM) and the heads, as in ``S2EPolicy.decode_from_features`` after fusion."""
+
+    def __init__(self, policy: S2EPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        p = self.policy
+        queries = p.anchor_queries(p.anchor_points, context.shape[0])
+        out = p.heads(p.cross_attention(queries, context), p.anchor_trajectories)
+        return out["scores"], out["mean"], out["log_std"], out["rho"], out["scale"]
+
+
+class TrajectoryController(nn.Module):
+    """A sampled normalized trajectory -> (v, omega) through the shared controller, in metres."""
+
+    def __init__(self, waypoint_dt: float, limits: ControllerLimits) -> None:
+        super().__init__()
+        self.waypoint_dt = float(waypoint_dt)
+        self.limits = limits
+
+    def forward(self, trajectory: Tensor, scores: Tensor, mean: Tensor, log_std: Tensor, rho: Tensor, scale: Tensor) -> Tensor:
+        dist = AnchorTrajectoryDistribution(scores, mean, log_std, rho)
+        metres = trajectory * dist.posterior_scale(trajectory, scale)[..., None, None]
+        flat = metres.reshape(-1, *metres.shape[-2:])
+        return command_from_limits(flat, self.waypoint_dt, self.limits).reshape(*metres.shape[:-2], 2)
+
+
+class ValueHead(nn.Module):
+    """V(observation) from the policy's *detached* context (mean over tokens) and the raw goal.
+
+    Detached: the critic's regression never moves the policy's features (PAPER.md: gradients do not
+    flow into the context). The raw goal (distance, cos, sin) is concatenated because the distance
+    to the goal is the strongest single predictor of the remaining return.
+    """
+
+    def __init__(self, d_model: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(d_model + 3), nn.Linear(d_model + 3, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, context: Tensor, goal: Tensor) -> Tensor:
+        goal = torch.cat([goal[..., :1] / 10.0, goal[..., 1:]], dim=-1)  # metres -> O(1)
+        return self.net(torch.cat([context.detach().mean(-2), goal], dim=-1))
+
+
+@dataclass
+class ActorCritic:
+    """The TorchRL modules of one policy.
+
+    Attributes:
+        context: (frames, goal) -> context.
+        actor: ProbabilisticActor over ``trajectory``; starts from ``context`` when the encoder is
+            frozen, from ``frames`` / ``goal`` otherwise (what ClipPPOLoss runs).
+        critic: ValueOperator on ``context`` / ``goal``.
+        collect_policy: what the collector runs: context, actor, controller and value in one pass.
+    """
+
+    context: TensorDictModule
+    actor: ProbabilisticActor
+    critic: ValueOperator
+    collect_policy: TensorDictSequential
+
+
+def build_actor_critic(policy: S2EPolicy, value_head: ValueHead, waypoint_dt: float, limits: ControllerLimits, *, encoder_trainable: bool) -> ActorCritic:
+    """Wire the modules (see the module docstring)."""
+    context = TensorDictModule(PolicyContext(policy), in_keys=["frames", "goal"], out_keys=["context"])
+    decoder = TensorDictModule(PolicyDecoder(policy), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
+    parameters = TensorDictSequential(context, decoder) if encoder_trainable else decoder
+    actor = ProbabilisticActor(
+        parameters,
+        in_keys=list(DIST_KEYS),
+        out_keys=[TRAJECTORY_KEY],
+        distribution_class=AnchorTrajectoryDistribution,
+        return_log_prob=True,
+        log_prob_key=LOG_PROB_KEY,
+        default_interaction_type=InteractionType.RANDOM,
+    )
+    critic = ValueOperator(value_head, in_keys=["context", "goal"], out_keys=["state_value"])
+    controller = TensorDictModule(
+        TrajectoryController(waypoint_dt, limits), in_keys=[TRAJECTORY_KEY, *DIST_KEYS, "scale"], out_keys=["action"]
+    )
+    # the collector needs ``context`` in the rollout either way: a trainable-encoder actor writes it
+    # itself, a frozen-encoder one reads it, so the context module runs first
+    head = [actor] if encoder_trainable else [context, actor]
+    collect_policy = TensorDictSequential(*head, controller, critic)
+    return ActorCritic(context=context, actor=actor, critic=critic, collect_policy=collect_policy)

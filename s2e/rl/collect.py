@@ -1,0 +1,94 @@
+"""Environments and TorchRL collectors for post-training.
+
+Env factories are top-level functions of plain, picklable arguments, so the same factory serves the
+in-process :class:`torchrl.collectors.Collector` and worker processes of
+:class:`torchrl.collectors.MultiSyncCollector`. Several machines: TorchRL's distributed collectors
+(``torchrl.collectors.distributed.DistributedSyncCollector`` / ``RPCCollector``) take the same
+``create_env_fn`` and policy; see the README section on post-training.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterator, Literal
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
+
+from s2e.rl.expert import ExpertAction
+from s2e.sim.env import NavEnv, NavEnvConfig
+
+CollectorKind = Literal["sync", "multisync"]
+
+
+def make_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False) -> TransformedEnv:
+    """A batched NavEnv with the running episode return under ``episode_reward`` and, with
+    ``expert``, the privileged expert's command under ``expert_action`` (for ``sft``)."""
+    transforms = [RewardSum(), ExpertAction()] if expert else [RewardSum()]
+    return TransformedEnv(NavEnv(config, num_envs=num_envs, seed=seed), Compose(*transforms))
+
+
+def env_factory(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False) -> Callable[[], EnvBase]:
+    """A picklable zero-argument factory of :func:`make_env` (what collectors and workers call)."""
+    return functools.partial(make_env, config, num_envs, seed, expert)
+
+
+def make_collector(
+    create_env: Callable[[], EnvBase],
+    policy: Callable[[TensorDictBase], TensorDictBase],
+    frames_per_batch: int,
+    *,
+    kind: CollectorKind = "sync",
+    workers: int = 2,
+    seed: int = 0,
+) -> Collector | MultiSyncCollector:
+    """An endless collector: ``sync`` steps the env in this process with ``policy`` itself (its
+    weights are always current); ``multisync`` runs ``workers`` processes, each with its own env
+    batch and a policy copy that :meth:`sync_weights` refreshes; each delivers ``frames_per_batch``
+    frames per batch. Seeds differ per worker (TorchRL offsets them)."""
+    if kind == "sync":
+        collector: Collector | MultiSyncCollector = Collector(
+            create_env, policy, frames_per_batch=frames_per_batch, total_frames=-1, device="cpu", auto_register_policy_transforms=False
+        )
+    elif kind == "multisync":
+        if workers < 1:
+            raise ValueError(f"a multisync collector needs workers >= 1, got {workers}")
+        collector = MultiSyncCollector([create_env] * workers, policy, frames_per_batch=frames_per_batch, total_frames=-1, device="cpu", cat_results=0)
+    else:
+        raise ValueError(f"unknown collector kind {kind!r}; choose 'sync' or 'multisync'")
+    collector.set_seed(seed)
+    return collector
+
+
+def sync_weights(collector: Collector | MultiSyncCollector, policy: torch.nn.Module) -> None:
+    """Push the trained weights to the collector's policy copies (a no-op in-process, where the
+    collector runs ``policy`` itself)."""
+    if isinstance(collector, MultiSyncCollector):
+        collector.update_policy_weights_(policy)
+
+
+class RolloutBatches:
+    """``batches_per_epoch`` rollout batches per pass from one endless collector: the Lightning
+    "dataloader" of post-training. Batches come out as [envs, time] (worker batches concatenated)."""
+
+    def __init__(self, collector: Collector | MultiSyncCollector, batches_per_epoch: int) -> None:
+        if batches_per_epoch < 1:
+            raise ValueError(f"batches_per_epoch must be >= 1, got {batches_per_epoch}")
+        self.collector = collector
+        self.batches_per_epoch = batches_per_epoch
+        self._stream: Iterator[TensorDictBase] | None = None
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def __iter__(self) -> Iterator[TensorDictBase]:
+        if self._stream is None:
+            self._stream = iter(self.collector)
+        for _ in range(self.batches_per_epoch):
+            batch = next(self._stream)
+            yield batch.reshape(-1, batch.shape[-1])
+
+    def shutdown(self) -> None:
+        self.collector.shutdown()
