@@ -1,0 +1,306 @@
+"""NavBench episode suites: fixed, versioned lists of episodes stored as small JSON files.
+
+A benchmark number is only comparable if every policy drives exactly the same episodes. A suite
+therefore stores, per episode, everything that defines it besides the street layout: task, route
+(its first vertex is the start pose, heading along the first segment, as ``NavEnv`` resets),
+static obstacles, pedestrians with their goals and speeds, the appearance style seed and the
+render-noise seed. The layout (occupancy grid, distance fields, facades) is large, so it is
+regenerated from the episode's ``scene_seed`` with the suite's stored ``SceneConfig``; layout
+generation is deterministic (see ``s2e.sim.generator``).
+
+Every task of a suite uses the same scene seeds, hence the same streets and routes: only the
+distractors differ, so per-task differences isolate obstacles and crowds. A scene gives at most
+two episodes: the generated route ("forward") and the same route driven from its goal back to its
+start ("reverse", obstacles approached from the other side; pedestrians spawned near the new start
+are dropped, as the generator does for the original start).
+
+Suites name their appearance domain (``domain``); a run may evaluate them in other domains too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from s2e.registry import dataclass_from_dict
+from s2e.sim.generator import SceneConfig, World, generate_scene_arrays, stack_scenes
+from s2e.sim.robots import get_robot
+from s2e.sim.tasks import TASKS, get_task
+from s2e.timing import TimingSpec
+
+SUITE_FORMAT = 1
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+VARIANTS = ("forward", "reverse")
+#: Metres a pedestrian must keep from the start (plus the robot radius), as in the generator.
+_START_KEEPOUT = 2.5
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """One benchmark episode (see the module docstring). Arrays are float32, world metres."""
+
+    id: str
+    task: str
+    scene_seed: int
+    variant: str
+    seed: int
+    style_seed: int
+    route: np.ndarray  # [R, 2]
+    obstacles: np.ndarray  # [O, 8] OBSTACLE_FIELDS
+    pedestrians: np.ndarray  # [P, 6] PEDESTRIAN_FIELDS
+    pedestrian_goals: np.ndarray  # [P, 4] goal_a (x, y), goal_b (x, y)
+    pedestrian_speeds: np.ndarray  # [P]
+
+    @property
+    def route_length(self) -> float:
+        return float(np.linalg.norm(np.diff(self.route.astype(np.float64), axis=0), axis=1).sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = np.round(value.astype(np.float64), 4).tolist() if isinstance(value, np.ndarray) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> "EpisodeSpec":
+        """Parse and check one episode; ``where`` names it in errors."""
+        expected = {f.name for f in fields(cls)}
+        if set(data) != expected:
+            raise ValueError(f"{where}: episode keys {sorted(data)} differ from {sorted(expected)}")
+        get_task(data["task"])
+        if data["variant"] not in VARIANTS:
+            raise ValueError(f"{where}: unknown variant {data['variant']!r}; known variants: {list(VARIANTS)}")
+        shapes = {"route": 2, "obstacles": 8, "pedestrians": 6, "pedestrian_goals": 4}
+        arrays = {}
+        for name, width in shapes.items():
+            array = np.asarray(data[name], dtype=np.float32).reshape(-1, width) if len(data[name]) else np.zeros((0, width), np.float32)
+            if array.ndim != 2 or not np.isfinite(array).all():
+                raise ValueError(f"{where}: {name} must be a finite [n, {width}] list")
+            arrays[name] = array
+        arrays["pedestrian_speeds"] = np.asarray(data["pedestrian_speeds"], dtype=np.float32).reshape(-1)
+        if len(arrays["route"]) < 2:
+            raise ValueError(f"{where}: a route needs at least 2 vertices")
+        if not len(arrays["pedestrians"]) == len(arrays["pedestrian_goals"]) == len(arrays["pedestrian_speeds"]):
+            raise ValueError(f"{where}: pedestrians, pedestrian_goals and pedestrian_speeds differ in length")
+        ints = {k: int(data[k]) for k in ("scene_seed", "seed", "style_seed")}
+        return cls(id=str(data["id"]), task=str(data["task"]), variant=str(data["variant"]), **ints, **arrays)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named list of episodes plus everything the env needs to replay them identically.
+
+    Attributes:
+        name: suite name (file stem of the standard suites).
+        domain: appearance domain the suite is meant for (a run may add others).
+        robot: robot profile name.
+        timing: the TimingSpec episodes are stepped with; a policy must match it.
+        scene: the SceneConfig layouts are regenerated with (and the padding sizes).
+        arrival_radius, time_limit_factor, time_limit_slack: the ``NavEnvConfig`` success and
+            time-limit settings (time limit = factor * route length / max speed + slack).
+        seed: the seed the suite was generated from.
+        episodes: the episodes, in the order they run.
+    """
+
+    name: str
+    domain: str
+    robot: str
+    timing: TimingSpec
+    scene: SceneConfig
+    arrival_radius: float
+    time_limit_factor: float
+    time_limit_slack: float
+    seed: int
+    episodes: tuple[EpisodeSpec, ...] = field(default_factory=tuple)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Tasks present, in the canonical order of ``s2e.sim.tasks.TASKS``."""
+        present = {e.task for e in self.episodes}
+        return [t for t in TASKS if t in present]
+
+    def select(self, tasks: Optional[Sequence[str]] = None, max_episodes_per_task: Optional[int] = None) -> "Suite":
+        """A sub-suite with only ``tasks`` (unknown names are an error) and at most N episodes per task."""
+        wanted = [get_task(t).name for t in tasks] if tasks else self.tasks
+        missing = set(wanted) - set(self.tasks)
+        if missing:
+            raise ValueError(f"suite {self.name!r} has no episodes of task(s) {sorted(missing)}; it has {self.tasks}")
+        kept, counts = [], {t: 0 for t in wanted}
+        for episode in self.episodes:
+            if episode.task in counts and (max_episodes_per_task is None or counts[episode.task] < max_episodes_per_task):
+                kept.append(episode)
+                counts[episode.task] += 1
+        return replace(self, episodes=tuple(kept))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SUITE_FORMAT,
+            "name": self.name,
+            "domain": self.domain,
+            "robot": self.robot,
+            "timing": self.timing.to_dict(),
+            "scene": asdict(self.scene),
+            "arrival_radius": self.arrival_radius,
+            "time_limit_factor": self.time_limit_factor,
+            "time_limit_slack": self.time_limit_slack,
+            "seed": self.seed,
+            "episodes": [e.to_dict() for e in self.episodes],
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON: two reports with the same fingerprint ran the same episodes."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
+        return path
+
+
+def scene_config_from_dict(data: dict[str, Any]) -> SceneConfig:
+    """SceneConfig from JSON (lists back to the tuples the dataclass declares)."""
+    return dataclass_from_dict(SceneConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
+    """Parse and check a suite document; every problem is a ValueError naming ``where``."""
+    if not isinstance(data, dict) or data.get("format") != SUITE_FORMAT:
+        raise ValueError(f"{where}: not a NavBench suite of format {SUITE_FORMAT} (got format {data.get('format') if isinstance(data, dict) else None!r})")
+    try:
+        robot = get_robot(data["robot"])
+        scene = scene_config_from_dict(data["scene"]).validate(robot)
+        episodes = tuple(EpisodeSpec.from_dict(e, f"{where} episode {i}") for i, e in enumerate(data["episodes"]))
+        suite = Suite(
+            name=str(data["name"]), domain=str(data["domain"]), robot=robot.name, timing=TimingSpec.from_dict(data["timing"]),
+            scene=scene, arrival_radius=float(data["arrival_radius"]), time_limit_factor=float(data["time_limit_factor"]),
+            time_limit_slack=float(data["time_limit_slack"]), seed=int(data["seed"]), episodes=episodes,
+        )
+    except KeyError as err:
+        raise ValueError(f"{where}: missing field {err}") from None
+    for e in suite.episodes:
+        if len(e.route) > scene.max_route_vertices or len(e.obstacles) > scene.num_obstacles[1] or len(e.pedestrians) > scene.num_pedestrians[1]:
+            raise ValueError(f"{where}: episode {e.id} has more route vertices, obstacles or pedestrians than its SceneConfig pads to")
+    if not suite.episodes:
+        raise ValueError(f"{where}: the suite has no episodes")
+    return suite
+
+
+def resolve_suite_path(suite: str | Path) -> Path:
+    """A suite name (``quick``, ``standard``: files in ``s2e/bench/suites``) or a path to a JSON file."""
+    path = Path(suite)
+    if path.suffix != ".json":
+        path = SUITES_DIR / f"{suite}.json"
+    if not path.is_file():
+        known = sorted(p.stem for p in SUITES_DIR.glob("*.json"))
+        raise FileNotFoundError(f"suite file not found: {path} (built-in suites: {known}; write others with tools/make_suite.py)")
+    return path
+
+
+def load_suite(suite: str | Path) -> Suite:
+    """Load a suite by name or path (see :func:`resolve_suite_path`)."""
+    path = resolve_suite_path(suite)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return suite_from_dict(data, str(path))
+
+
+# ---------------------------------------------------------------------- generation
+
+
+def _reverse(arrays: dict[str, np.ndarray], robot_radius: float) -> dict[str, np.ndarray]:
+    """The same scene driven from goal to start; pedestrians too close to the new start are dropped."""
+    route = arrays["route"][::-1].copy()
+    keep = np.linalg.norm(arrays["pedestrians"][:, :2] - route[0], axis=1) >= _START_KEEPOUT + robot_radius
+    out = dict(arrays, route=route)
+    for key in ("pedestrians", "goal_a", "goal_b", "speeds"):
+        out[key] = arrays[key][keep]
+    return out
+
+
+def make_suite(
+    name: str,
+    seed: int,
+    scenes_per_task: int,
+    episodes_per_scene: int = 2,
+    tasks: Sequence[str] = tuple(TASKS),
+    robot: str = "wheeled",
+    domain: str = "sim",
+    scene: SceneConfig = SceneConfig(),
+    timing: TimingSpec = TimingSpec(),
+    arrival_radius: float = 1.0,
+    time_limit_factor: float = 2.0,
+    time_limit_slack: float = 10.0,
+) -> Suite:
+    """Generate a suite deterministically from ``seed`` (same arguments -> the same JSON)."""
+    if scenes_per_task < 1:
+        raise ValueError(f"scenes_per_task must be >= 1, got {scenes_per_task}")
+    if not 1 <= episodes_per_scene <= len(VARIANTS):
+        raise ValueError(f"episodes_per_scene must be 1 or 2 (variants {VARIANTS}), got {episodes_per_scene}")
+    profile = get_robot(robot)
+    scene.validate(profile)
+    specs = [get_task(t) for t in tasks]
+    rng = np.random.default_rng(seed)
+    scene_seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=scenes_per_task)]
+    episodes = []
+    for task in specs:
+        config = task.apply(scene)
+        for i, scene_seed in enumerate(scene_seeds):
+            arrays = generate_scene_arrays(scene_seed, config, profile)
+            for variant in VARIANTS[:episodes_per_scene]:
+                a = arrays if variant == "forward" else _reverse(arrays, profile.radius)
+                episodes.append(EpisodeSpec(
+                    id=f"{task.name}/s{i:02d}/{variant}", task=task.name, scene_seed=scene_seed, variant=variant,
+                    seed=int(rng.integers(2**31 - 1)), style_seed=int(a["style_seed"]), route=a["route"],
+                    obstacles=a["obstacles"], pedestrians=a["pedestrians"],
+                    pedestrian_goals=np.concatenate([a["goal_a"], a["goal_b"]], axis=1).reshape(-1, 4), pedestrian_speeds=a["speeds"],
+                ))
+    suite = Suite(name, domain, profile.name, timing, scene, arrival_radius, time_limit_factor, time_limit_slack, seed, tuple(episodes))
+    return suite_from_dict(json.loads(json.dumps(suite.to_dict())), name)  # what a reload gives: rounded, checked
+
+
+# ---------------------------------------------------------------------- replay
+
+
+class SuiteScenes:
+    """``NavEnv`` scene source that hands out a fixed list of episodes, in order, exactly once.
+
+    Layout grids are regenerated once per scene seed and shared by the episodes of that scene.
+    """
+
+    def __init__(self, suite: Suite, episodes: Sequence[EpisodeSpec]) -> None:
+        self.suite = suite
+        self.episodes = list(episodes)
+        self.robot = get_robot(suite.robot)
+        self._next = 0
+        self._layouts: dict[int, dict[str, np.ndarray]] = {}
+
+    def arrays(self, episode: EpisodeSpec) -> dict[str, np.ndarray]:
+        """The episode as the per-scene arrays ``stack_scenes`` takes."""
+        if episode.scene_seed not in self._layouts:
+            self._layouts[episode.scene_seed] = generate_scene_arrays(episode.scene_seed, self.suite.scene, self.robot)
+        layout = self._layouts[episode.scene_seed]
+        route = episode.route
+        cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route.astype(np.float64), axis=0), axis=1))])
+        return {
+            **{k: layout[k] for k in ("surface", "height", "distance", "solid_distance", "origin", "half_width")},
+            "route": route, "cum": cum.astype(np.float32), "obstacles": episode.obstacles, "pedestrians": episode.pedestrians,
+            "goal_a": episode.pedestrian_goals[:, :2].copy(), "goal_b": episode.pedestrian_goals[:, 2:].copy(),
+            "speeds": episode.pedestrian_speeds, "style_seed": episode.style_seed,
+        }
+
+    def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
+        if self._next + count > len(self.episodes):
+            raise RuntimeError(f"the suite scene source holds {len(self.episodes)} episodes and {self._next} were handed out; {count} more were asked for")
+        batch = self.episodes[self._next : self._next + count]
+        self._next += count
+        return stack_scenes([self.arrays(e) for e in batch], self.suite.scene, device)
