@@ -48,27 +48,27 @@ class AnchorTrajectoryDistribution(Distribution):
     def _unflatten(self, value: Tensor, event: bool) -> Tensor:
         return value.reshape(self.batch_shape + (self.event_shape if event else torch.Size()))
 
-    def _flatten_value(self, value: Tensor) -> tuple[Tensor, torch.Size]:
+    def _repeated(self, times: int) -> AnchorMixture:
+        """The flat mixture tiled ``times`` times along the batch (sample-major), for vectorized draws."""
+        if times == 1:
+            return self._flat
+        mix = self._flat
+        return AnchorMixture(*(v.repeat(times, *[1] * (v.dim() - 1)) for v in (mix.logits, mix.mean, mix.log_std, mix.rho)))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log p(trajectory), shape ``sample_shape + batch_shape`` for ``value`` [*sample, *batch, T, 2]."""
         if value.shape[-2:] != self.event_shape:
             raise ValueError(f"expected trajectories [..., {self.event_shape[0]}, 2], got {list(value.shape)}")
         sample_shape = value.shape[: value.dim() - 2 - len(self.batch_shape)]
-        lead = math.prod(sample_shape)
-        flat = value.reshape(lead, -1, *self.event_shape).transpose(0, 1)  # [B, S, T, 2]
-        return flat, sample_shape
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """log p(trajectory), shape ``sample_shape + batch_shape``."""
-        flat, sample_shape = self._flatten_value(value)
-        mix = self._flat
-        per_component = torch.stack([mix.component_log_prob(flat[:, s]) for s in range(flat.shape[1])], 0)  # [S, B, M]
-        log_p = torch.logsumexp(mix.log_weights[None] + per_component, dim=-1)
+        times = math.prod(sample_shape)
+        log_p = self._repeated(times).log_prob(value.reshape(-1, *self.event_shape))
         return log_p.reshape(sample_shape + self.batch_shape)
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
         with torch.no_grad():
-            draws = [self._flat.sample() for _ in range(math.prod(sample_shape))]
-        stacked = torch.stack(draws, 0) if draws else torch.empty(0)
-        return stacked.reshape(torch.Size(sample_shape) + self.batch_shape + self.event_shape)
+            draws = self._repeated(math.prod(sample_shape)).sample()
+        return draws.reshape(sample_shape + self.batch_shape + self.event_shape)
 
     def entropy(self) -> Tensor:
         """H(anchor) + E_anchor[H(trajectory | anchor)]: an upper bound on the mixture entropy that is
