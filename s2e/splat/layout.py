@@ -244,5 +244,5 @@ def save_layout(path: str | Path, layout: SplatLayout) -> Path:
         "routes": [np.round(r, 4).tolist() for r in layout.routes],
         "spawn_regions": [np.round(p, 4).tolist() for p in layout.spawn_regions],
     }
-    path.write_text(json.dumps(doc, indent=1))
+    path.write_text("{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) + "\n}\n")  # one key per line
     return path

@@ -1,7 +1,7 @@
 """Slice a splat scene (or a mesh) at walking height into the layout the simulator needs.
 
 Anything with geometry between ``z_range`` (by default from knee to head height) blocks a robot,
-so every Gaussian is sampled at its centre and +-1.5 sigma along its three axes and the samples
+so every Gaussian is sampled at its centre and up to +-1.5 sigma along its three axes and the samples
 inside the slab mark their grid cells solid; sampling the extent, not just the centre, closes the
 gaps a wall of sparse Gaussians would otherwise leave. Ground support comes from samples near
 ``ground_z``. The free, supported cells connected to the route (or to the largest free region) are
@@ -22,16 +22,26 @@ from s2e.splat.gaussians import Gaussians, quat_to_matrix
 from s2e.splat.layout import SplatLayout
 from s2e.splat.ply import SplatFileError
 
-_AXES = np.array([[0, 0, 0], [1.5, 0, 0], [-1.5, 0, 0], [0, 1.5, 0], [0, -1.5, 0], [0, 0, 1.5], [0, 0, -1.5]], np.float32)
+_STEPS = (0.5, 1.0, 1.5)
+_AXES = np.concatenate([np.zeros((1, 3))] + [sign * step * np.eye(3) for step in _STEPS for sign in (1, -1)]).astype(np.float32)
 
 
-def gaussian_samples(g: Gaussians, min_opacity: float = 0.3) -> np.ndarray:
-    """World points [M, 3]: centre and +-1.5 sigma along each axis of every Gaussian at least ``min_opacity`` opaque."""
-    keep = g.opacities >= min_opacity
-    rot = quat_to_matrix(g.quats[keep])
-    offsets = torch.from_numpy(_AXES)[None] * g.scales[keep][:, None]  # [N, 7, 3] in each Gaussian's frame
-    points = g.means[keep][:, None] + offsets @ rot.transpose(-1, -2)
-    return points.reshape(-1, 3).numpy()
+def gaussian_samples(g: Gaussians, min_opacity: float = 0.3, z_keep: tuple[float, float] | None = None,
+                     chunk: int = 1 << 18) -> np.ndarray:
+    """World points [M, 3] at the centre and +-0.5, 1, 1.5 sigma along each axis of every Gaussian at least
+    ``min_opacity`` opaque (samples half a sigma apart leave no gaps between neighbouring Gaussians),
+    optionally only those with z inside ``z_keep`` (saves memory on large captures)."""
+    keep = (g.opacities >= min_opacity).nonzero()[:, 0]
+    axes = torch.from_numpy(_AXES)
+    out = []
+    for start in range(0, len(keep), chunk):
+        idx = keep[start:start + chunk]
+        rot = quat_to_matrix(g.quats[idx])
+        points = (g.means[idx][:, None] + (axes[None] * g.scales[idx][:, None]) @ rot.transpose(-1, -2)).reshape(-1, 3)
+        if z_keep is not None:
+            points = points[(points[:, 2] >= z_keep[0]) & (points[:, 2] <= z_keep[1])]
+        out.append(points.numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3), np.float32)
 
 
 def load_mesh_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
