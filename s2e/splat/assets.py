@@ -2,7 +2,7 @@
 
 A capture is static; the benchmark tasks add benches, bins and a moving crowd. Each obstacle row
 becomes a small lattice of opaque Gaussians filling its footprint and height, each pedestrian a
-five-Gaussian figure (two legs, torso, two-tone head) facing its walking direction, built from
+seven-Gaussian figure (two legs, a three-part torso, two-tone head) facing its walking direction, built from
 the same columns physics reads, so what the robot sees is what it collides with.
 """
 
@@ -21,12 +21,14 @@ OBSTACLE_COLOURS = {
 }
 _CLOTHES = torch.tensor([[0.15, 0.20, 0.45], [0.55, 0.10, 0.10], [0.20, 0.20, 0.20], [0.85, 0.80, 0.70], [0.25, 0.45, 0.30]])
 _SKIN = (0.80, 0.62, 0.50)
-_OPAQUE = 5.0  # opacity logit: sigmoid(5) = 0.993
+_OPAQUE = 8.0  # opacity logit: solid (renderers cap alpha at 0.99)
 _LATTICE = torch.stack(torch.meshgrid(torch.linspace(-2 / 3, 2 / 3, 3), torch.linspace(-2 / 3, 2 / 3, 3),
                                       torch.linspace(1 / 6, 5 / 6, 3), indexing="ij"), -1).reshape(-1, 3)
-# Pedestrian parts: (lateral offset / radius, height fraction, scale across / radius, scale along / radius, scale up / height)
-_PED_PARTS = torch.tensor([[-0.4, 0.24, 0.30, 0.35, 0.13], [0.4, 0.24, 0.30, 0.35, 0.13], [0.0, 0.62, 0.80, 0.55, 0.17],
-                           [0.0, 0.90, 0.35, 0.35, 0.06], [0.0, 0.95, 0.37, 0.37, 0.03]])
+# Pedestrian parts: (lateral offset / radius, height fraction, scale across / radius, scale along / radius, scale up / height):
+# two legs, a torso of three overlapping Gaussians (so its middle is opaque), head, hair.
+_PED_PARTS = torch.tensor([[-0.4, 0.24, 0.30, 0.35, 0.13], [0.4, 0.24, 0.30, 0.35, 0.13], [-0.45, 0.62, 0.45, 0.55, 0.17],
+                           [0.0, 0.62, 0.50, 0.55, 0.17], [0.45, 0.62, 0.45, 0.55, 0.17], [0.0, 0.90, 0.35, 0.35, 0.06],
+                           [0.0, 0.95, 0.37, 0.37, 0.03]])
 
 
 def _yaw_quats(yaw: Tensor) -> Tensor:
@@ -62,7 +64,7 @@ def obstacle_gaussians(obstacles: Tensor) -> Gaussians:
 
 
 def pedestrian_gaussians(pedestrians: Tensor, ids: Tensor) -> Gaussians:
-    """Five Gaussians per pedestrian row [M, 6] (``PEDESTRIAN_FIELDS``), clothes picked by ``ids`` [M]."""
+    """Seven Gaussians per pedestrian row [M, 6] (``PEDESTRIAN_FIELDS``), clothes picked by ``ids`` [M]."""
     m, dev = pedestrians.shape[0], pedestrians.device
     parts = _PED_PARTS.to(dev)
     radius, height = pedestrians[:, 4:5], pedestrians[:, 5:6]
@@ -71,7 +73,7 @@ def pedestrian_gaussians(pedestrians: Tensor, ids: Tensor) -> Gaussians:
     means = _local_to_world(pedestrians[:, :2], yaw, local)
     scale = torch.stack([radius * parts[:, 3], radius * parts[:, 2], height * parts[:, 4]], -1)
     clothes = _CLOTHES.to(dev)[ids.long() % len(_CLOTHES)]
-    colour = torch.stack([clothes * 0.6, clothes * 0.6, clothes, torch.tensor(_SKIN, device=dev).expand(m, 3),
+    colour = torch.stack([clothes * 0.6, clothes * 0.6, clothes, clothes, clothes, torch.tensor(_SKIN, device=dev).expand(m, 3),
                           clothes * 0.3], 1)
     g = parts.shape[0]
     return Gaussians(
