@@ -2,13 +2,15 @@
 
 One training step, as in TorchRL's / CleanRL's PPO scripts:
 
-1. pull a rollout batch [envs, time] from the TorchRL collector (created in ``train_dataloader``;
+1. pull a rollout batch [envs, time] from the TorchRL collector, created in the ``train_dataloader``
+   of :class:`SimulatorRollouts` (the "data" of post-training: how experience is collected);
    ``training_step`` takes ``dataloader_iter`` so Lightning never prefetches a batch collected with
-   stale weights);
+   stale weights;
 2. GAE from the values the collector stored (:mod:`s2e.rl.advantage`);
 3. ``ppo_epochs`` passes of shuffled minibatches through ``ClipPPOLoss`` (manual optimization, one
    AdamW whose parameter groups hold only what the strategy trains, plus the value head);
-4. push the new weights to collector workers; log reward terms, episode outcomes, PPO diagnostics.
+4. log reward terms, episode outcomes and PPO diagnostics. The in-process collector runs this
+   module's policy itself; worker processes receive its weights before each batch.
 
 The ``sft`` strategy replaces 2-3 by the AGDM loss on the privileged expert's arcs, collected with
 the expert driving (:mod:`s2e.rl.expert`).
@@ -25,15 +27,16 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModule
+from tensordict.nn import TensorDictModule, TensorDictModuleBase
 from torch import Tensor
+from torchrl.envs import EnvBase
 from torchrl.objectives import ClipPPOLoss
 
 from s2e.anchors import Anchors
@@ -44,7 +47,7 @@ from s2e.model.ram import RAMConfig, ResidualAttentionModule
 from s2e.pretrain import CHECKPOINT_KEY, load_policy_from_checkpoint
 from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, ActorCritic, ValueHead, build_actor_critic
 from s2e.rl.advantage import add_gae
-from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_env, sync_weights
+from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_env
 from s2e.rl.evaluate import run_episodes
 from s2e.rl.expert import EXPERT_KEY, NoisyExpert, expert_targets
 from s2e.rl.stats import rollout_stats
@@ -76,16 +79,12 @@ class PostTrainModule(pl.LightningModule):
         task, robot, domain: the training env (task preset, robot profile, appearance domain).
         timing, image_size, anchors_path: optional statements of what the env / experiment expects;
             each must match the checkpoint (a mismatch is an error, never a silent resample).
-        num_envs: envs per collector (per worker for ``multisync``); steps_per_batch: control steps
-            per env per rollout batch; batches_per_epoch: rollout batches per Lightning epoch.
-        collector: ``sync`` (in-process) or ``multisync`` (``collector_workers`` processes).
-        seed: env seed; rank r of a DDP run uses ``seed + 1000 r``.
         gamma, gae_lambda, clip_epsilon, ppo_epochs, minibatch_size, entropy_coeff, critic_coeff,
         max_grad_norm: PPO; lr: policy parameters; value_lr: value head.
         lookahead_time: the shared controller's pure-pursuit lookahead (seconds).
         expert_noise: (v m/s, omega rad/s) std of the noise on the expert's commands (``sft``).
         video_every_n_epochs: a deterministic rollout video every N epochs (0: never), at most
-            ``video_max_steps`` control steps.
+            ``video_max_steps`` control steps, in a scene drawn from ``video_seed`` and the epoch.
     """
 
     def __init__(
@@ -99,12 +98,6 @@ class PostTrainModule(pl.LightningModule):
         timing: Optional[dict[str, Any]] = None,
         image_size: Optional[tuple[int, int]] = None,
         anchors_path: Optional[str] = None,
-        num_envs: int = 8,
-        steps_per_batch: int = 64,
-        batches_per_epoch: int = 4,
-        collector: CollectorKind = "sync",
-        collector_workers: int = 2,
-        seed: int = 0,
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         clip_epsilon: float = 0.2,
@@ -119,6 +112,7 @@ class PostTrainModule(pl.LightningModule):
         expert_noise: tuple[float, float] = (0.1, 0.2),
         video_every_n_epochs: int = 0,
         video_max_steps: int = 300,
+        video_seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -137,7 +131,6 @@ class PostTrainModule(pl.LightningModule):
         self.env_config = NavEnvConfig(task=task, robot=robot, timing=self.timing, image_size=policy.config.image_size, domain=domain)
         modules = build_actor_critic(policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy))
         self.agent = _Agent(modules, None if strategy == "sft" else self._make_loss(modules))
-        self._rollouts: Optional[RolloutBatches] = None
 
     def _make_loss(self, modules: ActorCritic) -> ClipPPOLoss:
         hp = self.hparams
@@ -190,30 +183,16 @@ class PostTrainModule(pl.LightningModule):
                 f"{'' if has_ram else 'not '}RAM-wrapped (strategy {self.strategy!r})"
             )
 
-    # ------------------------------------------------------------------ data
-    def train_dataloader(self) -> RolloutBatches:
-        """The collector lives as long as the fit: created here, shut down in ``teardown``."""
-        hp = self.hparams
-        seed = hp.seed + 1000 * self.global_rank
-        sft = self.strategy == "sft"
-        workers = hp.collector_workers if hp.collector == "multisync" else 1
-        create_env = env_factory(self.env_config, hp.num_envs, seed, expert=sft)
-        policy = TensorDictModule(NoisyExpert(hp.expert_noise), in_keys=[EXPERT_KEY], out_keys=["action"]) if sft else self.agent.modules.collect_policy
-        collector = make_collector(create_env, policy, workers * hp.num_envs * hp.steps_per_batch, kind=hp.collector, workers=workers, seed=seed)
-        self._shutdown_collector()
-        self._rollouts = RolloutBatches(collector, hp.batches_per_epoch)
-        return self._rollouts
+    # ------------------------------------------------------------------ experience
+    def rollout_env(self, num_envs: int, seed: int) -> Callable[[], EnvBase]:
+        """A picklable factory of this run's training env (with the expert's labels for ``sft``)."""
+        return env_factory(self.env_config, num_envs, seed, expert=self.strategy == "sft")
 
-    def teardown(self, stage: str) -> None:
-        self._shutdown_collector()
-
-    def on_train_end(self) -> None:
-        self._shutdown_collector()
-
-    def _shutdown_collector(self) -> None:
-        if self._rollouts is not None:
-            self._rollouts.shutdown()
-            self._rollouts = None
+    def rollout_policy(self) -> TensorDictModuleBase:
+        """What drives the env during collection: the stochastic policy, or the noisy expert for ``sft``."""
+        if self.strategy == "sft":
+            return TensorDictModule(NoisyExpert(self.hparams.expert_noise), in_keys=[EXPERT_KEY], out_keys=["action"])
+        return self.agent.modules.collect_policy
 
     # ------------------------------------------------------------------ optimization
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -227,8 +206,6 @@ class PostTrainModule(pl.LightningModule):
         metrics = {f"train/{k}": v for k, v in rollout_stats(batch).items()}
         update = self._sft_update if self.strategy == "sft" else self._ppo_update
         metrics.update(update(batch))
-        if self._rollouts is not None:
-            sync_weights(self._rollouts.collector, self.agent.modules.collect_policy)
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.numel())
 
     def _minibatches(self, size: int) -> Iterator[Tensor]:
@@ -285,7 +262,7 @@ class PostTrainModule(pl.LightningModule):
         strip in TensorBoard (TensorBoard's own ``add_video`` needs moviepy, which is not a dependency)."""
         from s2e.video_io import write_mp4
 
-        env = make_env(self.env_config, 1, seed=self.hparams.seed + 7919 * (self.current_epoch + 1))
+        env = make_env(self.env_config, 1, seed=self.hparams.video_seed + 7919 * (self.current_epoch + 1))
         outcome = run_episodes(env, self.agent.modules.collect_policy, record_frames=True, max_steps=self.hparams.video_max_steps)
         log_dir = Path(getattr(self.logger, "log_dir", None) or self.trainer.default_root_dir)
         (log_dir / "videos").mkdir(parents=True, exist_ok=True)
@@ -296,6 +273,59 @@ class PostTrainModule(pl.LightningModule):
             strip = np.concatenate(list(outcome.frames[picks]), axis=1)  # [H, 8W, 3]
             experiment.add_image("rollout/frames", strip, global_step=self.global_step, dataformats="HWC")
             experiment.add_scalar("rollout/return", float(outcome.episode_return[0]), global_step=self.global_step)
+
+
+class SimulatorRollouts(pl.LightningDataModule):
+    """The data of post-training: a TorchRL collector over the model's training env.
+
+    The model defines *what* is learned from (policy, robot, task, appearance domain, rewards); this
+    module defines *how* experience is gathered. ``train_dataloader`` creates the collector with the
+    attached PostTrainModule's env factory and rollout policy; ``teardown`` shuts it down.
+
+    Args:
+        num_envs: envs per collector (per worker process for ``multisync``).
+        steps_per_batch: control steps per env in one rollout batch.
+        batches_per_epoch: rollout batches per Lightning epoch.
+        collector: ``sync`` (in-process ``Collector``) or ``multisync`` (``MultiSyncCollector`` with
+            ``collector_workers`` processes, weights pushed to them before every batch).
+        seed: env seed; rank r of a DDP run uses ``seed + 1000 r``, so ranks see different scenes.
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 8,
+        steps_per_batch: int = 64,
+        batches_per_epoch: int = 4,
+        collector: CollectorKind = "sync",
+        collector_workers: int = 2,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("num_envs", num_envs), ("steps_per_batch", steps_per_batch), ("batches_per_epoch", batches_per_epoch)):
+            if value < 1:
+                raise ValueError(f"data.{name} must be >= 1, got {value}")
+        self.save_hyperparameters()
+        self._rollouts: Optional[RolloutBatches] = None
+
+    def train_dataloader(self) -> RolloutBatches:
+        model = self.trainer.lightning_module
+        if not isinstance(model, PostTrainModule):
+            raise TypeError(f"SimulatorRollouts feeds a PostTrainModule, got {type(model).__name__}")
+        hp = self.hparams
+        seed = hp.seed + 1000 * self.trainer.global_rank
+        workers = hp.collector_workers if hp.collector == "multisync" else 1
+        collector = make_collector(
+            model.rollout_env(hp.num_envs, seed), model.rollout_policy(), workers * hp.num_envs * hp.steps_per_batch,
+            kind=hp.collector, workers=workers, seed=seed,
+        )
+        self.teardown("fit")
+        self._rollouts = RolloutBatches(collector, hp.batches_per_epoch)
+        return self._rollouts
+
+    def teardown(self, stage: str) -> None:
+        if self._rollouts is not None:
+            self._rollouts.shutdown()
+            self._rollouts = None
 
 
 def check_experiment_matches(

@@ -44,10 +44,10 @@ def make_collector(
     workers: int = 2,
     seed: int = 0,
 ) -> Collector | MultiSyncCollector:
-    """An endless collector: ``sync`` steps the env in this process with ``policy`` itself (its
-    weights are always current); ``multisync`` runs ``workers`` processes, each with its own env
-    batch and a policy copy that :meth:`sync_weights` refreshes; each delivers ``frames_per_batch``
-    frames per batch. Seeds differ per worker (TorchRL offsets them)."""
+    """An endless collector delivering ``frames_per_batch`` frames per batch: ``sync`` steps the env
+    in this process with ``policy`` itself (its weights are always current); ``multisync`` runs
+    ``workers`` processes, each with its own env batch and a policy copy refreshed from ``policy``
+    before every batch. Seeds differ per worker (TorchRL offsets them)."""
     if kind == "sync":
         collector: Collector | MultiSyncCollector = Collector(
             create_env, policy, frames_per_batch=frames_per_batch, total_frames=-1, device="cpu", auto_register_policy_transforms=False
@@ -55,18 +55,13 @@ def make_collector(
     elif kind == "multisync":
         if workers < 1:
             raise ValueError(f"a multisync collector needs workers >= 1, got {workers}")
-        collector = MultiSyncCollector([create_env] * workers, policy, frames_per_batch=frames_per_batch, total_frames=-1, device="cpu", cat_results=0)
+        collector = MultiSyncCollector(
+            [create_env] * workers, policy, frames_per_batch=frames_per_batch, total_frames=-1, device="cpu", cat_results=0, update_at_each_batch=True
+        )
     else:
         raise ValueError(f"unknown collector kind {kind!r}; choose 'sync' or 'multisync'")
     collector.set_seed(seed)
     return collector
-
-
-def sync_weights(collector: Collector | MultiSyncCollector, policy: torch.nn.Module) -> None:
-    """Push the trained weights to the collector's policy copies (a no-op in-process, where the
-    collector runs ``policy`` itself)."""
-    if isinstance(collector, MultiSyncCollector):
-        collector.update_policy_weights_(policy)
 
 
 class RolloutBatches:

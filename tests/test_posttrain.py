@@ -1,0 +1,215 @@
+"""PostTrainModule on the real simulator with a tiny policy: strategies train only their parameters,
+RAM keeps every pretrained weight bit-identical, resume, mismatch errors, the CLI and the YAML,
+TensorBoard output, GAE bootstrapping and the multi-process collector."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensordict import TensorDict
+
+from s2e.anchors import Anchors
+from s2e.cli import S2ECLI
+from s2e.model.ram import ResidualAttentionModule
+from s2e.posttrain import PostTrainModule, SimulatorRollouts
+from s2e.pretrain import PretrainModule, load_policy_from_checkpoint
+from s2e.rl.advantage import next_state_values
+from s2e.rl.collect import env_factory, make_collector
+from s2e.sim.env import NavEnvConfig
+from s2e.timing import TimingMismatchError, TimingSpec
+from test_pretrain import TINY_POLICY
+from test_rl_distribution import _tiny_policy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY_RUN = dict(ppo_epochs=1, minibatch_size=8, lr=1e-3)
+TINY_DATA = dict(num_envs=2, steps_per_batch=8, batches_per_epoch=1)
+
+
+def _anchors(spread: float = 0.15) -> Anchors:
+    t = np.linspace(1, 10, 10)[:, None]
+    trajectories = np.stack([np.concatenate([t, spread * k * (t / 10) ** 2 * 10], 1) for k in (-1, 0, 1)]).astype(np.float32)
+    return Anchors(points=trajectories[:, -1], trajectories=trajectories, timing=TimingSpec(), counts=np.ones(3, np.int64))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A real PretrainModule checkpoint of a tiny policy, written by a Trainer."""
+    root = tmp_path_factory.mktemp("posttrain")
+    _anchors().save(root / "anchors.npz")
+    torch.manual_seed(0)
+    module = PretrainModule(str(root / "anchors.npz"), policy=dict(TINY_POLICY), image_every_n_steps=0)
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", max_epochs=0)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(root / "pretrain.ckpt")
+    return root / "pretrain.ckpt"
+
+
+def _trainer(root: pathlib.Path, max_epochs: int = 1, **kwargs) -> pl.Trainer:
+    args = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        default_root_dir=str(root),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        logger=TensorBoardLogger(root, name="tb"),
+        enable_checkpointing=False,
+    )
+    args.update(kwargs)
+    return pl.Trainer(**args)
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def _trainable_names(strategy: str, names: list[str]) -> set[str]:
+    if strategy in ("full", "sft"):
+        return set(names)
+    if strategy == "decoder":
+        return {n for n in names if n.startswith(("cross_attention.", "heads."))}
+    return {n for n in names if n.startswith(("cross_attention.residual.", "cross_attention.gate_"))}
+
+
+@pytest.mark.parametrize("strategy", ["ram", "full", "decoder", "sft"])
+def test_each_strategy_trains_exactly_its_parameters(pretrained: pathlib.Path, tmp_path: pathlib.Path, strategy: str) -> None:
+    module = PostTrainModule(str(pretrained), strategy=strategy, **TINY_RUN)
+    names = [n for n, _ in module.policy.named_parameters()]
+    expected = _trainable_names(strategy, names)
+    assert {n for n, p in module.policy.named_parameters() if p.requires_grad} == expected
+    before_policy, before_value = _snapshot(module.policy), _snapshot(module.value_head)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, datamodule=SimulatorRollouts(**TINY_DATA))
+
+    grouped = {id(p): g["name"] for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    policy_ids = {id(p): n for n, p in module.policy.named_parameters()}
+    assert {policy_ids[i] for i, g in grouped.items() if g == "policy"} == expected
+    assert all(grouped.get(id(p)) == "value" for p in module.value_head.parameters()) == (strategy != "sft")
+    assert len(grouped) == len(expected) + (0 if strategy == "sft" else len(list(module.value_head.parameters())))
+
+    after = _snapshot(module.policy)
+    changed = {n for n in names if not torch.equal(before_policy[n], after[n])}
+    assert changed and changed <= expected
+    for name in set(names) - expected:
+        assert torch.equal(before_policy[name], after[name]), f"frozen {name} moved"
+    value_moved = any(not torch.equal(before_value[n], p) for n, p in module.value_head.named_parameters())
+    assert value_moved == (strategy != "sft")
+    assert trainer.global_step == 2  # 2 envs x 8 steps in minibatches of 8, one epoch: two optimizer steps
+
+
+def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    run = dict(TINY_RUN, video_every_n_epochs=1, video_max_steps=12)
+    data = dict(TINY_DATA, batches_per_epoch=2)
+    module = PostTrainModule(str(pretrained), **run)
+    frozen_before = {n: p.clone() for n, p in module.policy.named_parameters() if not p.requires_grad}
+    trainer = _trainer(tmp_path, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(module, datamodule=SimulatorRollouts(**data))
+    for name, value in frozen_before.items():
+        assert torch.equal(value, dict(module.policy.named_parameters())[name]), name
+    assert module.policy.cross_attention.gate_out.weight.abs().sum() > 0  # the branch woke up
+
+    log_dir = pathlib.Path(trainer.logger.log_dir)
+    events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/reward_terms/progress", "train/reward_terms/collision", "train/reward/step", "ppo/kl_approx", "ppo/clip_fraction", "ppo/entropy", "ppo/explained_variance"):
+        assert tag in scalars, tag
+    assert "rollout/frames" in events.Tags()["images"]
+    assert (log_dir / "videos" / "epoch_0000.mp4").stat().st_size > 0
+
+    last = tmp_path / "ckpt" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["s2e_policy"]["ram"] == {"gate_bias": True} and saved["s2e_policy"]["strategy"] == "ram"
+    policy, timing, _ = load_policy_from_checkpoint(last)
+    assert isinstance(policy.cross_attention, ResidualAttentionModule) and timing == TimingSpec()
+    obs = {"frames": torch.randint(0, 256, (2, 5, 3, 32, 32), dtype=torch.uint8), "goal": torch.tensor([[5.0, 1.0, 0.0], [9.0, 0.0, 1.0]])}
+    with torch.no_grad():
+        torch.testing.assert_close(policy(**obs)["scores"], module.policy(**obs)["scores"])
+
+    resumed = PostTrainModule(str(pretrained), **run)
+    trainer2 = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer2.fit(resumed, datamodule=SimulatorRollouts(**data), ckpt_path=str(last))
+    assert trainer2.current_epoch == 2 and trainer2.global_step == 2 * trainer.global_step
+
+    wrong = PostTrainModule(str(pretrained), strategy="full", **TINY_RUN)
+    with pytest.raises(ValueError, match="with RAM"):
+        _trainer(tmp_path / "wrong", max_epochs=2).fit(wrong, datamodule=SimulatorRollouts(**data), ckpt_path=str(last))
+
+
+def test_a_checkpoint_that_does_not_match_the_experiment_is_a_clear_error(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(TimingMismatchError, match="control_dt"):
+        PostTrainModule(str(pretrained), timing={**TimingSpec().to_dict(), "control_dt": 0.05})
+    with pytest.raises(ValueError, match="image_size"):
+        PostTrainModule(str(pretrained), image_size=(64, 64))
+    _anchors(spread=0.3).save(tmp_path / "other.npz")
+    with pytest.raises(ValueError, match="not the anchors"):
+        PostTrainModule(str(pretrained), anchors_path=str(tmp_path / "other.npz"))
+    PostTrainModule(str(pretrained), anchors_path=str(pretrained.parent / "anchors.npz"), timing=TimingSpec().to_dict(), image_size=(32, 32))
+    with pytest.raises(ValueError, match="unknown post-training strategy"):
+        PostTrainModule(str(pretrained), strategy="lora")
+    with pytest.raises(ValueError, match="not an S2E policy checkpoint"):
+        torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+        PostTrainModule(str(tmp_path / "foreign.ckpt"))
+
+
+def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    overrides = {
+        "model": {"init_args": {"pretrained": str(pretrained), **TINY_RUN, "video_every_n_epochs": 0}},
+        "data": {"init_args": TINY_DATA},
+        "trainer": {"accelerator": "cpu", "max_epochs": 1, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
+                    "logger": {"init_args": {"save_dir": str(tmp_path)}}},
+    }
+    cli = S2ECLI(args=["fit", "--config", str(ROOT / "experiments" / "posttrain.yaml"), "--config", json.dumps(overrides)])
+    assert isinstance(cli.model, PostTrainModule) and cli.model.strategy == "ram" and cli.trainer.global_step >= 1
+    last = pathlib.Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    policy, _, _ = load_policy_from_checkpoint(last)
+    assert isinstance(policy.cross_attention, ResidualAttentionModule)
+
+
+def test_gae_bootstraps_from_the_next_row_and_re_encodes_only_episode_ends() -> None:
+    values = torch.arange(8, dtype=torch.float32).reshape(2, 4, 1)
+    done = torch.zeros(2, 4, 1, dtype=torch.bool)
+    done[0, 1] = True
+    batch = TensorDict(
+        {"state_value": values, "next": TensorDict({"done": done, "marker": torch.arange(8).reshape(2, 4) + 100}, batch_size=[2, 4])},
+        batch_size=[2, 4],
+    )
+    seen = []
+
+    def value_of(obs: TensorDict) -> torch.Tensor:
+        seen.append(obs["marker"].tolist())
+        return -obs["marker"][:, None].float()
+
+    following = next_state_values(batch, value_of)
+    assert seen == [[101, 103, 107]]  # env 0 step 1 (episode end), the last step of each env
+    assert following[:, :, 0].tolist() == [[1.0, -101.0, 3.0, -103.0], [5.0, 6.0, 7.0, -107.0]]
+
+
+def test_multisync_collector_runs_workers_and_pushes_new_weights_before_each_batch() -> None:
+    from s2e.control import ControllerLimits
+    from s2e.rl.actor import ValueHead, build_actor_critic
+
+    policy = _tiny_policy()
+    modules = build_actor_critic(policy, ValueHead(32), 0.3, ControllerLimits(), encoder_trainable=False)
+    config = NavEnvConfig(task="empty", image_size=(32, 32))
+    collector = make_collector(env_factory(config, 2, 0), modules.collect_policy, 2 * 2 * 4, kind="multisync", workers=2, seed=3)
+    try:
+        stream = iter(collector)
+        first = next(stream)
+        assert first.shape[-1] == 4 and first.reshape(-1, 4).shape == (4, 4)
+        with torch.no_grad():
+            for param in modules.critic.parameters():
+                param.add_(1.0)
+        second = next(stream)
+        recomputed = modules.critic(second.reshape(-1).select("context", "goal"))["state_value"]
+        torch.testing.assert_close(second.reshape(-1)["state_value"], recomputed)
+        assert not torch.allclose(first.reshape(-1)["state_value"], second.reshape(-1)["state_value"])
+    finally:
+        collector.shutdown()
