@@ -74,8 +74,9 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
     ], -1)
 
 
-def _eval_sh(sh: Tensor, dirs: Tensor) -> Tensor:
-    """Colour [..., N, 3] of SH coefficients [N, K, 3] seen along unit directions [..., N, 3] (INRIA basis)."""
+def _eval_sh(sh: Tensor, dirs: Tensor | None) -> Tensor:
+    """Colour [..., N, 3] of SH coefficients [N, K, 3] seen along unit directions [..., N, 3] (INRIA basis);
+    degree 0 needs no directions."""
     out = SH_C0 * sh[:, 0]
     k = sh.shape[1]
     if k > 1:
@@ -152,7 +153,7 @@ class Gaussians:
     def colors(self, camera_positions: Tensor) -> Tensor:
         """RGB [C, N, 3] seen from each of C camera positions [C, 3] (view-dependent for SH degree > 0)."""
         if self.sh.shape[1] == 1:
-            return _eval_sh(self.sh, self.means).expand(camera_positions.shape[0], -1, -1)
+            return _eval_sh(self.sh, None).expand(camera_positions.shape[0], -1, -1)
         dirs = torch.nn.functional.normalize(self.means[None] - camera_positions[:, None], dim=-1)
         return _eval_sh(self.sh, dirs @ self.sh_frame.to(dirs).T)
 
