@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
 from s2e.sim.env import NavEnvConfig
 from s2e.sim.rewards import TERMS
-from s2e.splat.scene import SplatRenderer, make_splat_env
+from s2e.splat.layout import save_layout
+from s2e.splat.ply import SplatFileError, save_ply
+from s2e.splat.scene import SplatRenderer, load_splat_scene, make_splat_env
 from s2e.splat.slicer import bounds_of, gaussian_samples, layout_from_points
 from s2e.splat.synthetic import synthetic_street
 from s2e.timing import TimingSpec
@@ -85,3 +89,14 @@ def test_obstacles_and_pedestrians_are_splatted_where_physics_has_them(street):
     _, depth = render()
     # Row 6 looks 1.5 px (0.25 m at 2 m) above the 0.7 m camera: the torso.
     assert abs(float(depth[0, 0, 6, 12]) - 2.0) < 0.2 and empty[0, 0, 6, 12] > 5.0
+
+
+def test_bundle_loads_in_the_world_frame_and_a_misplaced_capture_is_named(street, tmp_path):
+    gaussians, layout = street
+    ply = save_ply(tmp_path / "street.ply", gaussians)
+    loaded, _ = load_splat_scene(ply, save_layout(tmp_path / "street.layout.json", replace(layout, world_from_splat=np.eye(4))))
+    torch.testing.assert_close(loaded.means, gaussians.means)
+    # A y-down capture frame left unrotated (and shifted): the street stands on its side, beside the grid.
+    y_down = np.array([[1.0, 0, 0, 0], [0, 0, -1, 50.0], [0, 1, 0, 0], [0, 0, 0, 1]])
+    with pytest.raises(SplatFileError, match=r"only 0% of the Gaussians lie over the layout's grid .* Check .*world_from_splat"):
+        load_splat_scene(ply, save_layout(tmp_path / "moved.layout.json", replace(layout, world_from_splat=y_down)))

@@ -31,20 +31,41 @@ from s2e.splat.assets import scene_assets
 from s2e.splat.camera import level_viewmats, pinhole_intrinsics
 from s2e.splat.gaussians import Gaussians
 from s2e.splat.layout import SplatLayout, load_layout
-from s2e.splat.ply import load_ply
+from s2e.splat.ply import SplatFileError, load_ply
 from s2e.splat.reference import rasterize
 
 BACKENDS = ("auto", "reference", "gsplat")
 
 
-def load_splat_scene(ply_path: str | Path, layout_path: str | Path) -> tuple[Gaussians, SplatLayout]:
-    """A validated bundle: the capture's Gaussians moved into the world frame, and its layout."""
+def load_splat_scene(ply_path: str | Path, layout_path: str | Path, min_overlap: float = 0.2) -> tuple[Gaussians, SplatLayout]:
+    """A validated bundle: the capture's Gaussians moved into the world frame, and its layout.
+
+    A wrong ``world_from_splat`` (a y-down capture left unrotated, a scale off by 100) puts the
+    capture beside its own layout; fewer than ``min_overlap`` of the Gaussians over the layout's
+    grid is reported as exactly that rather than rendered as an empty street.
+    """
     layout = load_layout(layout_path)
-    return load_ply(ply_path).transformed(torch.as_tensor(layout.world_from_splat, dtype=torch.float32)), layout
+    gaussians = load_ply(ply_path).transformed(torch.as_tensor(layout.world_from_splat, dtype=torch.float32))
+    cells = layout.cell_of(gaussians.means[:, :2].numpy())
+    inside = float(((cells >= 0) & (cells < np.array(layout.shape))).all(-1).mean())
+    if inside < min_overlap:
+        lo, hi = gaussians.means.quantile(0.05, dim=0), gaussians.means.quantile(0.95, dim=0)
+        x0, y0 = layout.origin
+        h, w = layout.shape
+        raise SplatFileError(
+            f"{ply_path}: only {inside:.0%} of the Gaussians lie over the layout's grid (x {x0:.1f}..{x0 + w * layout.resolution:.1f}, "
+            f"y {y0:.1f}..{y0 + h * layout.resolution:.1f} m); after world_from_splat the capture spans x {lo[0]:.1f}..{hi[0]:.1f}, "
+            f"y {lo[1]:.1f}..{hi[1]:.1f}, z {lo[2]:.1f}..{hi[2]:.1f} m. Check {layout_path}'s world_from_splat (z must point up, metres)."
+        )
+    return gaussians, layout
 
 
 class SplatScenes:
-    """Scene source over one layout (see the module docstring); ``config`` supplies counts and padding."""
+    """Scene source over one layout (see the module docstring).
+
+    ``config`` supplies obstacle and pedestrian counts and padding; routes are the layout's, whole
+    (its ``route_length`` range does not apply), and grids take the layout's resolution.
+    """
 
     def __init__(self, layout: SplatLayout, config: SceneConfig, robot: RobotProfile | str) -> None:
         self.layout = layout.validate()
