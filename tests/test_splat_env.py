@@ -100,3 +100,19 @@ def test_bundle_loads_in_the_world_frame_and_a_misplaced_capture_is_named(street
     y_down = np.array([[1.0, 0, 0, 0], [0, 0, -1, 50.0], [0, 1, 0, 0], [0, 0, 0, 1]])
     with pytest.raises(SplatFileError, match=r"only 0% of the Gaussians lie over the layout's grid .* Check .*world_from_splat"):
         load_splat_scene(ply, save_layout(tmp_path / "moved.layout.json", replace(layout, world_from_splat=y_down)))
+
+
+def test_obstacles_and_pedestrians_stay_inside_the_spawn_regions(street):
+    from s2e.sim.generator import SceneConfig
+    from s2e.splat.scene import SplatScenes
+
+    _, layout = street
+    region = np.array([[-6.0, -2.0], [0.0, -2.0], [0.0, 2.0], [-6.0, 2.0]])  # the street's x < 0 half
+    source = SplatScenes(replace(layout, spawn_regions=[region]), SceneConfig(num_obstacles=(6, 6), num_pedestrians=(10, 10)), "wheeled")
+    world = source.sample(6, np.random.default_rng(0), torch.device("cpu"))
+    scene = world.scene
+    obstacles, peds = scene.obstacles[scene.obstacle_mask], scene.pedestrians[scene.pedestrian_mask]
+    assert len(obstacles) > 0 and len(peds) > 0
+    assert (obstacles[:, 0] < 0).all() and (peds[:, 0] < 0).all()
+    everywhere = SplatScenes(layout, SceneConfig(num_obstacles=(6, 6), num_pedestrians=(10, 10)), "wheeled")
+    assert (everywhere.sample(6, np.random.default_rng(0), torch.device("cpu")).scene.pedestrians[..., 0] > 0).any()
