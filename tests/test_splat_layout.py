@@ -159,6 +159,10 @@ def test_layout_tool_writes_a_loadable_layout_and_png(tmp_path):
     assert layout.solid.sum() > 0 and summary["route_m"] > 6.0
     png = tmp_path / "scene.layout.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    ego = np.asarray(Image.open(summary["ego_png"]))
+    assert ego.shape == (72, 128, 3) and ego.std() > 5  # the camera sees the scene, not just sky
     # A world transform moves the scene: rotating it 90 degrees about z turns the wall x = 1 into y = 1.
     rot = ["0", "-1", "0", "0", "1", "0", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1"]
     turned = main(["--ply", str(ply), "--out", str(tmp_path / "t.layout.json"), "--bounds", *map(str, BOUNDS), "--world-from-splat", *rot])

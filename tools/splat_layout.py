@@ -8,8 +8,9 @@ The scene (after ``--world-from-splat``, a row-major 4x4 similarity into the z-u
 sampled; samples between ``--z-range`` mark solid cells, samples within 0.15 m of ``--ground-z``
 mark ground, and the free ground connected to the largest free region is walkable. Without
 ``--route`` the longest route through the walkable area is chosen. Writes the layout JSON, its
-``.grid.npz`` and a top-down PNG (``--png``, default next to the layout); the last printed line is
-one JSON object with what was measured.
+``.grid.npz``, a top-down PNG (``--png``, default next to the layout) and ``<stem>.ego.png``, the
+robot camera's view from the route's start (a capture that is upside down or sideways shows at
+once); the last printed line is one JSON object with what was measured.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
-from s2e.sim.robots import ROBOTS, get_robot  # noqa: E402
+from s2e.sim.robots import ROBOTS, RobotProfile, get_robot  # noqa: E402
+from s2e.splat.camera import level_viewmats, pinhole_intrinsics  # noqa: E402
 from s2e.splat.layout import save_layout  # noqa: E402
 from s2e.splat.ply import load_ply  # noqa: E402
+from s2e.splat.reference import rasterize  # noqa: E402
 from s2e.splat.slicer import bounds_of, draw_top_down, gaussian_samples, layout_from_points, load_mesh_npz, mesh_samples  # noqa: E402
 
 
@@ -36,6 +40,19 @@ def _point(text: str) -> np.ndarray:
     except ValueError:
         raise argparse.ArgumentTypeError(f"route points are x,y in metres, got {text!r}") from None
     return np.array([x, y])
+
+
+def ego_preview(gaussians, route: np.ndarray, robot: RobotProfile, size: str, path: Path) -> Path:
+    """The robot camera's view from the route's start along its first leg (reference renderer): is the world up?"""
+    width, height = (int(v) for v in size.lower().split("x"))
+    heading = route[1] - route[0]
+    xy = torch.tensor(route[:1], dtype=torch.float32)
+    yaw = torch.tensor([float(np.arctan2(heading[1], heading[0]))])
+    views = level_viewmats(xy, yaw, torch.tensor([robot.camera_height]))
+    rgb, _, _ = rasterize(gaussians, views, pinhole_intrinsics(torch.tensor([robot.hfov_deg]), width, height), width, height,
+                          background=torch.tensor([0.62, 0.72, 0.86]))
+    Image.fromarray((rgb[0].clamp(0, 1) * 255).round().byte().numpy()).save(path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -54,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--robot", default="wheeled", choices=sorted(ROBOTS), help="footprint the automatic route must fit")
     parser.add_argument("--route", type=_point, nargs="+", help="route vertices x,y (world metres), start first")
     parser.add_argument("--wall-height", type=float, default=3.0, help="height given to solid cells")
+    parser.add_argument("--ego-size", default="128x72", help="WIDTHxHEIGHT of the ego preview from the route's start ('0' skips it)")
     args = parser.parse_args(argv)
 
     world = np.eye(4) if args.world_from_splat is None else np.asarray(args.world_from_splat).reshape(4, 4)
@@ -74,12 +92,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = save_layout(args.out, layout)
     png = draw_top_down(layout, args.png or out.with_suffix(".png"), points)
     route = layout.routes[0]
+    ego = None if args.ego_size == "0" else ego_preview(gaussians, route, get_robot(args.robot), args.ego_size, out.with_suffix(".ego.png"))
     summary = {
         "gaussians": len(gaussians), "samples": int(len(points)), "grid": list(layout.shape), "resolution": layout.resolution,
         "walkable_m2": round(float(layout.walkable.sum()) * layout.resolution**2, 2),
         "solid_m2": round(float(layout.solid.sum()) * layout.resolution**2, 2),
         "route_m": round(float(np.linalg.norm(np.diff(route, axis=0), axis=1).sum()), 2), "route_vertices": len(route),
-        "layout": str(out), "png": str(png),
+        "layout": str(out), "png": str(png), "ego_png": str(ego) if ego else None,
     }
     print(f"{summary['gaussians']} Gaussians -> {layout.shape[0]}x{layout.shape[1]} cells at {layout.resolution} m: "
           f"{summary['walkable_m2']} m2 walkable, {summary['solid_m2']} m2 solid, route {summary['route_m']} m")

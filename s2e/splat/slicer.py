@@ -140,8 +140,8 @@ def _simplify(points: np.ndarray, tolerance: float) -> np.ndarray:
 def auto_route(walkable: np.ndarray, origin: np.ndarray, resolution: float, clearance: float, max_vertices: int = 6) -> np.ndarray:
     """A long route [R, 2] (world metres) through walkable cells at least ``clearance`` from the edge.
 
-    Its ends are the two cells farthest apart along the walkable area (a double sweep of shortest
-    paths); between them it follows the path that trades length for clearance (each metre costs
+    Its ends are the two cells farthest apart (a double sweep of shortest paths) among those with at
+    least half the widest clearance; between them it follows the path that trades length for clearance (each metre costs
     1 + 1 m / clearance), so it keeps to the middle of a sidewalk instead of hugging an edge. The
     path is simplified to at most ``max_vertices`` vertices.
     """
@@ -151,11 +151,18 @@ def auto_route(walkable: np.ndarray, origin: np.ndarray, resolution: float, clea
         raise ValueError(f"no walkable cell has {clearance:.2f} m of clearance: the robot fits nowhere")
     labels, _ = label(room, structure=np.ones((3, 3)))
     room = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
-    length_graph, cells = _grid_graph(room, np.ones(room.shape))
+    # Ends: the farthest-apart cells of the core (at least half the widest clearance), so they sit mid-sidewalk.
+    core = room & (distance >= 0.5 * distance[room].max())
+    labels, _ = label(core, structure=np.ones((3, 3)))
+    core = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    length_graph, core_cells = _grid_graph(core, np.ones(core.shape))
     far = lambda start: int(np.argmax(np.where(np.isfinite(d := dijkstra(length_graph, directed=False, indices=start)), d, -1)))  # noqa: E731
-    a = far(0)
-    b = far(a)
-    safe_graph, _ = _grid_graph(room, 1.0 + 1.0 / np.maximum(distance, resolution))
+    end_a = far(0)
+    end_b = far(end_a)
+    safe_graph, cells = _grid_graph(room, 1.0 + 1.0 / np.maximum(distance, resolution))
+    index = np.full(room.shape, -1, np.int64)
+    index[room] = np.arange(len(cells))  # the graph numbers room cells in row-major order
+    a, b = (int(index[tuple(core_cells[e])]) for e in (end_a, end_b))
     _, pred = dijkstra(safe_graph, directed=False, indices=a, return_predecessors=True)
     path = [b]
     while path[-1] != a:
