@@ -50,6 +50,11 @@ def test_splat_env_steps_with_the_navenv_keys_and_frames_that_move(street):
     changed = (td["frames"][:, -1].int() - first.int()).abs().float().mean(dim=(1, 2, 3))
     assert (changed > 1.0).all()
     env.observation_spec.assert_is_in(td.select(*env.observation_spec.keys()))
+    # Rendering the envs one per rasterizer call (bounded memory) gives the same frames.
+    scene, xy, yaw = env.world.scene, env.robot_xy, env.robot_yaw
+    together, _ = env.renderer.render(scene, xy, yaw, 0.7, 90.0)
+    one_by_one, _ = SplatRenderer(street[0], 24, 16, backend="reference", cameras_per_call=1).render(scene, xy, yaw, 0.7, 90.0)
+    assert torch.equal(together, one_by_one)
 
 
 def test_sliced_wall_stops_the_robot_where_the_camera_sees_it(street):

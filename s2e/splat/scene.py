@@ -125,19 +125,24 @@ class SplatRenderer:
         background: RGB in [0, 1] where nothing is splatted (sky).
         max_distance: depth reported where nothing is hit, metres.
         device: where frames are made.
+        cameras_per_call: envs rendered per rasterizer call. Each env sees the capture plus its own
+            assets, so a call holds that many copies of the capture: this bounds the memory.
 
     Sensor noise is not modelled: ``noise_generator`` is accepted for the contract and unused.
     """
 
     def __init__(self, gaussians: Gaussians, width: int, height: int, backend: str = "auto",
                  background: tuple[float, float, float] = (0.62, 0.72, 0.86), max_distance: float = 40.0,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", cameras_per_call: int = 8) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown splat backend {backend!r}; known: {BACKENDS}")
         if width < 2 or height < 2:
             raise ValueError(f"image size must be at least 2x2 pixels, got {width}x{height}")
         self.device = torch.device(device)
+        if cameras_per_call < 1:
+            raise ValueError(f"cameras_per_call must be >= 1, got {cameras_per_call}")
         self.width, self.height, self.max_distance = int(width), int(height), float(max_distance)
+        self.cameras_per_call = int(cameras_per_call)
         self.gaussians = gaussians.to(self.device)
         self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
         if backend == "auto":
@@ -161,8 +166,12 @@ class SplatRenderer:
         scene = scene.to(dev) if scene.device != dev else scene
         views = level_viewmats(camera_xy.to(dev, torch.float32), camera_yaw.to(dev, torch.float32), _per_env(camera_height, b, "camera_height", dev))
         intrinsics = pinhole_intrinsics(_per_env(hfov_deg, b, "hfov_deg", dev), self.width, self.height)
-        sets = [Gaussians.cat([self.gaussians, scene_assets(scene, i)]) for i in range(b)]
-        rgb, depth, alpha = self._rasterize(sets, views, intrinsics, self.width, self.height, self.background)
+        parts = []
+        for start in range(0, b, self.cameras_per_call):
+            stop = min(b, start + self.cameras_per_call)
+            sets = [Gaussians.cat([self.gaussians, scene_assets(scene, i)]) for i in range(start, stop)]
+            parts.append(self._rasterize(sets, views[start:stop], intrinsics[start:stop], self.width, self.height, self.background))
+        rgb, depth, alpha = (torch.cat(p) for p in zip(*parts))
         image = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 3, 1, 2).contiguous()
         if not with_depth:
             return image, None
