@@ -6,7 +6,7 @@ distance fields come from the same helpers, and each reset picks a route (either
 places the task's obstacles and pedestrians along it with the procedural generator's own
 placement rules, keeping those inside the spawn regions. Physics, crowd, rewards and metrics
 therefore run unchanged. ``SplatRenderer`` draws the capture plus every env's obstacles and
-pedestrians (as Gaussian assets, at their current positions) in one call per step.
+pedestrians (as Gaussian assets, at their current positions), a few envs per rasterizer call.
 """
 
 from __future__ import annotations
@@ -46,10 +46,11 @@ def load_splat_scene(ply_path: str | Path, layout_path: str | Path, min_overlap:
     """
     layout = load_layout(layout_path)
     gaussians = load_ply(ply_path).transformed(torch.as_tensor(layout.world_from_splat, dtype=torch.float32))
-    cells = layout.cell_of(gaussians.means[:, :2].numpy())
+    means = gaussians.means.numpy()
+    cells = layout.cell_of(means[:, :2])
     inside = float(((cells >= 0) & (cells < np.array(layout.shape))).all(-1).mean())
     if inside < min_overlap:
-        lo, hi = gaussians.means.quantile(0.05, dim=0), gaussians.means.quantile(0.95, dim=0)
+        lo, hi = np.quantile(means, [0.05, 0.95], axis=0)
         x0, y0 = layout.origin
         h, w = layout.shape
         raise SplatFileError(
