@@ -169,3 +169,10 @@ def test_layout_tool_writes_a_loadable_layout_and_png(tmp_path):
     solid_rows = np.argwhere(load_layout(turned["layout"]).solid)[:, 0]
     assert np.abs(BOUNDS[1] + (solid_rows + 0.5) * RES - 1.0).max() <= RES
     torch.testing.assert_close(torch.tensor(load_layout(turned["layout"]).world_from_splat).float(), torch.tensor([float(v) for v in rot]).reshape(4, 4))
+    # A capture whose ground is at z = 1.5: --ground-z finds the wall and the stored transform lowers the ground to 0.
+    lifted = torch.eye(4)
+    lifted[2, 3] = 1.5
+    high = save_ply(tmp_path / "high.ply", _scene().transformed(lifted))
+    raised = main(["--ply", str(high), "--out", str(tmp_path / "h.layout.json"), "--bounds", *map(str, BOUNDS), "--ground-z", "1.5"])
+    layout = load_layout(raised["layout"])
+    assert np.abs(_cells_x(layout.solid) - 1.0).max() <= RES and layout.world_from_splat[2, 3] == pytest.approx(-1.5)

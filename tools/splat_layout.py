@@ -4,10 +4,10 @@
     python tools/splat_layout.py --ply capture.ply --mesh capture_mesh.npz --world-from-splat 1 0 0 0  0 0 -1 0  0 1 0 0  0 0 0 1 \\
         --z-range 0.3 1.6 --route 0,0 12,0 12,8 --out data/splat/capture.layout.json
 
-The scene (after ``--world-from-splat``, a row-major 4x4 similarity into the z-up metric world) is
-sampled; samples between ``--z-range`` mark solid cells, samples within 0.15 m of ``--ground-z``
-mark ground, and the free ground connected to the largest free region is walkable. Without
-``--route`` the longest route through the walkable area is chosen. Writes the layout JSON, its
+The scene (after ``--world-from-splat``, a row-major 4x4 similarity into the z-up metric world,
+then lowered by ``--ground-z`` so the ground is at z = 0) is sampled; samples between ``--z-range``
+mark solid cells, samples within 0.15 m of the ground mark ground, and the free ground connected
+to the largest free region is walkable. Without ``--route`` the longest route through the walkable area is chosen. Writes the layout JSON, its
 ``.grid.npz``, a top-down PNG (``--png``, default next to the layout) and ``<stem>.ego.png``, the
 robot camera's view from the route's start (a capture that is upside down or sideways shows at
 once); the last printed line is one JSON object with what was measured.
@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--png", type=Path, help="top-down PNG (default: <out stem>.png)")
     parser.add_argument("--world-from-splat", type=float, nargs=16, help="row-major 4x4 similarity .ply -> world (z up, metres)")
     parser.add_argument("--resolution", type=float, default=0.2, help="metres per grid cell")
-    parser.add_argument("--z-range", type=float, nargs=2, default=(0.3, 1.6), help="slab of heights that blocks the robot")
-    parser.add_argument("--ground-z", type=float, default=0.0, help="height of the ground")
+    parser.add_argument("--z-range", type=float, nargs=2, default=(0.3, 1.6), help="slab of heights above the ground that blocks the robot")
+    parser.add_argument("--ground-z", type=float, default=0.0,
+                        help="height of the ground after --world-from-splat; the layout's transform lowers it to z = 0, where cameras expect it")
     parser.add_argument("--no-ground-check", action="store_true", help="treat every free cell as ground")
     parser.add_argument("--min-opacity", type=float, default=0.3, help="fainter Gaussians (floaters) are ignored")
     parser.add_argument("--bounds", type=float, nargs=4, help="xmin ymin xmax ymax (default: the scene's extent + 1 m)")
@@ -75,18 +76,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     world = np.eye(4) if args.world_from_splat is None else np.asarray(args.world_from_splat).reshape(4, 4)
+    world[2, 3] -= args.ground_z  # the simulator's cameras stand on z = 0
     gaussians = load_ply(args.ply).transformed(torch.as_tensor(world, dtype=torch.float32))
     if args.mesh is not None:
         vertices, faces = load_mesh_npz(args.mesh)
         vertices = vertices @ world[:3, :3].T + world[:3, 3]
         points = mesh_samples(vertices, faces, args.resolution)
     else:
-        low = args.z_range[0] if args.no_ground_check else min(args.ground_z - 0.2, args.z_range[0])
+        low = args.z_range[0] if args.no_ground_check else min(-0.2, args.z_range[0])
         points = gaussian_samples(gaussians, args.min_opacity, (low, args.z_range[1]))
     if len(points) == 0:
         parser.error("nothing to slice: no Gaussian reaches --min-opacity and no mesh was given")
     bounds = tuple(args.bounds) if args.bounds else bounds_of(points)
-    layout = layout_from_points(points, bounds, args.resolution, tuple(args.z_range), None if args.no_ground_check else args.ground_z,
+    layout = layout_from_points(points, bounds, args.resolution, tuple(args.z_range), None if args.no_ground_check else 0.0,
                                 get_robot(args.robot).radius, [np.stack(args.route)] if args.route else None, args.wall_height)
     layout.world_from_splat = world
     out = save_layout(args.out, layout)
