@@ -42,13 +42,13 @@ class Projected:
 
 
 def project(g: Gaussians, viewmat: Tensor, intrinsics: Tensor, color: Tensor, width: int, height: int,
-            near: float = 0.05, far: float = 1e10) -> Projected:
-    """EWA projection of Gaussians into one camera; drops those behind it or off screen."""
+            near: float = 0.05) -> Projected:
+    """EWA projection of Gaussians into one camera; drops those nearer than ``near`` (or behind it) or off screen."""
     rot, t = viewmat[:3, :3], viewmat[:3, 3]
     p = g.means @ rot.T + t
     z = p[:, 2]
     fx, fy, cx, cy = intrinsics[0, 0], intrinsics[1, 1], intrinsics[0, 2], intrinsics[1, 2]
-    keep = (z > near) & (z < far)
+    keep = z > near
     p, z, color = p[keep], z[keep], color[keep]
     cov = rot @ g.covariances()[keep] @ rot.T
     lim_x, lim_y = 1.3 * (0.5 * width / fx), 1.3 * (0.5 * height / fy)
