@@ -37,13 +37,21 @@ def rasterize_gsplat(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tenso
     gsplat = import_gsplat()
     if viewmats.device.type != "cuda":
         raise RuntimeError(f"the gsplat backend renders on CUDA; cameras are on {viewmats.device}. Use backend='reference' on CPU.")
-    cams = viewmats.shape[0]
-    sets = [gaussians] * cams if isinstance(gaussians, Gaussians) else list(gaussians)
+    cams, dev = viewmats.shape[0], viewmats.device
+    positions = camera_positions(viewmats)
+    bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
+    if isinstance(gaussians, Gaussians):  # one set seen by every camera: no copies, colours per camera
+        g = gaussians.to(dev)
+        image, alpha, _ = gsplat.rasterization(
+            g.means, torch.nn.functional.normalize(g.quats, dim=-1), g.scales, g.opacities, g.colors(positions),
+            viewmats.float(), intrinsics.float(), width, height, near_plane=near, render_mode="RGB+ED",
+            backgrounds=bg.expand(cams, 3), packed=False,
+        )
+        return image[..., :3], image[..., 3], alpha[..., 0]
+    sets = list(gaussians)
     if len(sets) != cams:
         raise ValueError(f"got {len(sets)} Gaussian sets for {cams} cameras")
-    dev = viewmats.device
-    positions = camera_positions(viewmats)
-    n = max(len(g) for g in sets)
+    n = max(len(g) for g in sets)  # pad every set to n with transparent Gaussians, one batch entry per camera
     means = torch.zeros(cams, n, 3, device=dev)
     quats = torch.zeros(cams, n, 4, device=dev)
     quats[..., 0] = 1.0
@@ -56,7 +64,6 @@ def rasterize_gsplat(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tenso
         means[cam, :m], quats[cam, :m] = g.means, torch.nn.functional.normalize(g.quats, dim=-1)
         scales[cam, :m], opacities[cam, :m] = g.scales, g.opacities
         colors[cam, :m] = g.colors(positions[cam:cam + 1])[0]
-    bg = torch.zeros(3, device=dev) if background is None else torch.as_tensor(background, dtype=torch.float32, device=dev)
     image, alpha, _ = gsplat.rasterization(
         means, quats, scales, opacities, colors, viewmats[:, None].float(), intrinsics[:, None].float(), width, height,
         near_plane=near, render_mode="RGB+ED", backgrounds=bg.expand(cams, 3)[:, None], packed=False,
