@@ -131,3 +131,28 @@ def test_reference_matches_gsplat_on_cuda():
     gpu = rasterize_gsplat(street.to("cuda"), views_c, k_c, 64, 48)
     torch.testing.assert_close(gpu[0].cpu(), ref[0], atol=0.02, rtol=0)
     torch.testing.assert_close(gpu[2].cpu(), ref[2], atol=0.02, rtol=0)
+
+
+def test_projection_matches_gsplats_own_pytorch_projection():
+    """Means, 2D conics and depths agree with gsplat's PyTorch projection (runs on CPU, unlike its rasterizer)."""
+    pytest.importorskip("gsplat")
+    from gsplat.cuda._torch_impl import _fully_fused_projection
+
+    from s2e.splat.reference import project
+
+    gen = torch.Generator().manual_seed(0)
+    n = 60
+    means = torch.stack([4 + 6 * torch.rand(n, generator=gen), 3 * (torch.rand(n, generator=gen) - 0.5),
+                         1 + 1.2 * (torch.rand(n, generator=gen) - 0.5)], -1)
+    means[:5, 0] = -3.0  # behind the camera: both drop them
+    g = Gaussians(means=means, quats=torch.randn(n, 4, generator=gen), log_scales=-1.5 + 0.5 * torch.randn(n, 3, generator=gen),
+                  opacity_logits=torch.randn(n, generator=gen), sh=torch.zeros(n, 1, 3))
+    views, k = _cameras([0.1])
+    ours = project(g, views[0], k[0], torch.zeros(n, 3), W, H)
+    radii, means2d, depths, conics, _ = _fully_fused_projection(g.means, g.covariances(), views, k, W, H, eps2d=0.3, near_plane=0.05)
+    visible = (radii[0] > 0).all(-1)
+    order = torch.argsort(depths[0][visible])
+    assert int(visible.sum()) == len(ours.depth) == n - 5
+    torch.testing.assert_close(ours.depth, depths[0][visible][order])
+    torch.testing.assert_close(ours.mean2d, means2d[0][visible][order], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours.conic, conics[0][visible][order], atol=1e-4, rtol=1e-4)
