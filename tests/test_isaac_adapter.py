@@ -14,6 +14,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import check_env_specs
 
 from s2e.external.isaac_lab import IsaacNavAdapter, IsaacNavMapping, make_isaac_nav_env
 from s2e.geometry import goal_encoding, to_robot_frame
@@ -70,6 +71,7 @@ TIMING = TimingSpec(context_frames=3, frame_dt=0.2, control_dt=DT)
 
 def test_goal_is_the_pose_command_as_distance_cos_sin():
     env = IsaacNavAdapter(StandInIsaacNavEnv(), TIMING, control_dt=DT)
+    check_env_specs(env)  # specs and outputs agree, as collectors require
     td = env.reset()
     torch.testing.assert_close(td["goal"], goal_encoding(torch.tensor([[4.0, 3.0], [-2.0, 5.0]])))
     assert td["goal"][0, 0].item() == pytest.approx(5.0)
