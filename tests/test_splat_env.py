@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from torchrl.envs.utils import check_env_specs
 
 from s2e.sim.env import NavEnvConfig
 from s2e.sim.rewards import TERMS
@@ -37,6 +38,7 @@ def _env(street, task: str, num_envs: int = 2, with_depth: bool = False):
 def test_splat_env_steps_with_the_navenv_keys_and_frames_that_move(street):
     env = _env(street, "both")
     assert isinstance(env.renderer, SplatRenderer) and env.renderer.backend == "reference"
+    check_env_specs(env)
     td = env.reset()
     assert td["frames"].shape == (2, 2, 3, 16, 24) and td["frames"].dtype == torch.uint8
     first = td["frames"][:, -1].clone()
@@ -49,6 +51,10 @@ def test_splat_env_steps_with_the_navenv_keys_and_frames_that_move(street):
     assert (td["route_completion"] > 0).all()
     changed = (td["frames"][:, -1].int() - first.int()).abs().float().mean(dim=(1, 2, 3))
     assert (changed > 1.0).all()
+    # A partial reset gives env 1 a fresh scene and history and leaves env 0 where it was.
+    kept = env.robot_xy[0].clone()
+    td = env.reset(td.set("_reset", torch.tensor([[False], [True]])))
+    assert torch.equal(env.robot_xy[0], kept) and float(env.route_completion[1]) == 0.0
     env.observation_spec.assert_is_in(td.select(*env.observation_spec.keys()))
     # Rendering the envs one per rasterizer call (bounded memory) gives the same frames.
     scene, xy, yaw = env.world.scene, env.robot_xy, env.robot_yaw
