@@ -109,12 +109,14 @@ class ActorCritic:
         actor: ProbabilisticActor over ``trajectory``; starts from ``context`` when the encoder is
             frozen, from ``frames`` / ``goal`` otherwise (what ClipPPOLoss runs).
         critic: ValueOperator on ``context`` / ``goal``.
-        collect_policy: what the collector runs: context, actor, controller and value in one pass.
+        drive: (frames, goal) -> ``action`` through the controller (what evaluation runs).
+        collect_policy: ``drive`` plus the critic in one pass (what the collector runs).
     """
 
     context: TensorDictModule
     actor: ProbabilisticActor
     critic: ValueOperator
+    drive: TensorDictSequential
     collect_policy: TensorDictSequential
 
 
@@ -136,8 +138,13 @@ def build_actor_critic(policy: S2EPolicy, value_head: ValueHead, waypoint_dt: fl
     controller = TensorDictModule(
         TrajectoryController(waypoint_dt, limits), in_keys=[TRAJECTORY_KEY, *DIST_KEYS, "scale"], out_keys=["action"]
     )
-    # the collector needs ``context`` in the rollout either way: a trainable-encoder actor writes it
-    # itself, a frozen-encoder one reads it, so the context module runs first
+    # ``context`` must be in every rollout: a trainable-encoder actor writes it itself, a
+    # frozen-encoder one reads it, so the context module runs first
     head = [actor] if encoder_trainable else [context, actor]
-    collect_policy = TensorDictSequential(*head, controller, critic)
-    return ActorCritic(context=context, actor=actor, critic=critic, collect_policy=collect_policy)
+    drive = TensorDictSequential(*head, controller)
+    return ActorCritic(context=context, actor=actor, critic=critic, drive=drive, collect_policy=TensorDictSequential(drive, critic))
+
+
+def driving_policy(policy: S2EPolicy, waypoint_dt: float, limits: ControllerLimits) -> TensorDictSequential:
+    """(frames, goal) -> ``action`` for evaluating a policy (no value head involved)."""
+    return build_actor_critic(policy, ValueHead(policy.config.d_model), waypoint_dt, limits, encoder_trainable=False).drive

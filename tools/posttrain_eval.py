@@ -1,0 +1,173 @@
+"""Learning evidence for RL post-training: pretrained vs ``ram`` vs ``full`` (vs any strategy), end to end.
+
+    python tools/posttrain_eval.py --pretrained artifacts/demo/pretrain.ckpt --out artifacts/posttrain/evidence \
+        --strategies ram full --minutes 10 --episodes 32
+
+1. every strategy is trained with the real CLI (``python -m s2e fit --config experiments/posttrain.yaml``)
+   for at most ``--minutes`` (``--trainer.max_time``), one after the other;
+2. the pretrained policy and every run's ``last.ckpt`` (rebuilt by ``load_policy_from_checkpoint``)
+   drive the same ``--episodes`` scenes of the training task, deterministically (best anchor mode
+   through the shared controller), in the training domain (``sim``) and the held-out appearance
+   domain of the pretraining data (``recorded``);
+3. the training curves (episode return and success of the rollouts, read back from TensorBoard)
+   go to ``curves.png``; the table is printed, the last line is one JSON object.
+
+A finished run is reused (its ``last.ckpt`` exists) unless ``--retrain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from s2e.control import ControllerLimits  # noqa: E402
+from s2e.pretrain import load_policy_from_checkpoint  # noqa: E402
+from s2e.rl.actor import driving_policy  # noqa: E402
+from s2e.rl.collect import make_env  # noqa: E402
+from s2e.rl.evaluate import run_episodes  # noqa: E402
+from s2e.sim.env import NavEnvConfig  # noqa: E402
+from s2e.sim.robots import get_robot  # noqa: E402
+
+CURVE_TAGS = ("train/episode/return", "train/episode/success")
+
+
+def train(strategy: str, args: argparse.Namespace) -> Path:
+    """Run the CLI fit of one strategy (or reuse a finished one); returns its last.ckpt."""
+    root = args.out / strategy
+    found = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if found and not args.retrain:
+        print(f"[{strategy}] reusing {found[-1]}", flush=True)
+        return found[-1]
+    command = [
+        sys.executable, "-m", "s2e", "fit", "--config", str(REPO / "experiments" / "posttrain.yaml"),
+        "--model.init_args.pretrained", str(args.pretrained),
+        "--model.init_args.strategy", strategy,
+        "--model.init_args.task", args.task,
+        "--model.init_args.video_every_n_epochs", "0",
+        "--data.init_args.num_envs", str(args.envs),
+        "--data.init_args.steps_per_batch", str(args.steps),
+        "--trainer.max_epochs", str(args.max_epochs),
+        "--trainer.max_time", f"00:00:{args.minutes:02d}:00",
+        "--trainer.default_root_dir", str(root),
+        "--trainer.logger.init_args.save_dir", str(root),
+        *args.fit_args,
+    ]
+    print(f"[{strategy}] {' '.join(command)}", flush=True)
+    started = time.monotonic()
+    result = subprocess.run(command, cwd=REPO)
+    if result.returncode != 0:
+        raise SystemExit(f"[{strategy}] fit failed with exit code {result.returncode}")
+    print(f"[{strategy}] trained in {time.monotonic() - started:.0f} s", flush=True)
+    return sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+
+
+def evaluate(checkpoint: Path, domain: str, args: argparse.Namespace) -> dict[str, float]:
+    """One deterministic episode per env over ``--episodes`` scenes drawn from ``--eval-seed``."""
+    policy, timing, _ = load_policy_from_checkpoint(checkpoint)
+    robot = get_robot(args.robot)
+    limits = ControllerLimits(max_speed=robot.max_speed, max_yaw_rate=robot.max_omega, lookahead_time=args.lookahead_time)
+    config = NavEnvConfig(task=args.task, robot=args.robot, timing=timing, image_size=policy.config.image_size, domain=domain)
+    env = make_env(config, args.episodes, seed=args.eval_seed)
+    return run_episodes(env, driving_policy(policy, timing.waypoint_dt, limits)).summary()
+
+
+def read_curves(run_root: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, list[tuple[int, float]]] = {tag: [] for tag in CURVE_TAGS}
+    for events_file in sorted(run_root.glob("**/events.out.tfevents.*")):
+        events = EventAccumulator(str(events_file.parent)).Reload()
+        for tag in CURVE_TAGS:
+            if tag in events.Tags()["scalars"]:
+                curves[tag] = [(e.step, e.value) for e in events.Scalars(tag)]
+    return curves
+
+
+def plot(curves: dict[str, dict[str, list[tuple[int, float]]]], table: dict[str, dict[str, dict[str, float]]], path: Path, smooth: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for strategy, runs in curves.items():
+        for ax, tag in zip(axes[:2], CURVE_TAGS):
+            if runs[tag]:
+                steps, values = map(np.asarray, zip(*runs[tag]))
+                kernel = np.ones(min(smooth, len(values))) / min(smooth, len(values))
+                ax.plot(steps, values, alpha=0.25)
+                ax.plot(steps[len(kernel) - 1 :], np.convolve(values, kernel, mode="valid"), label=strategy, color=ax.lines[-1].get_color())
+            ax.set_title(f"{tag} (rollouts, {smooth}-point mean)")
+            ax.set_xlabel("optimizer step")
+            ax.legend()
+    names = list(table)
+    domains = list(next(iter(table.values())))
+    width = 0.8 / len(domains)
+    for i, domain in enumerate(domains):
+        axes[2].bar(np.arange(len(names)) + i * width, [table[n][domain]["success"] for n in names], width, label=domain)
+    axes[2].set_xticks(np.arange(len(names)) + width * (len(domains) - 1) / 2, names)
+    axes[2].set_title("success rate, deterministic evaluation")
+    axes[2].legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained", type=Path, default=Path("artifacts/demo/pretrain.ckpt"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/posttrain/evidence"))
+    parser.add_argument("--strategies", nargs="*", default=["ram", "full"])
+    parser.add_argument("--task", default="obstacle")
+    parser.add_argument("--robot", default="wheeled")
+    parser.add_argument("--domains", nargs="+", default=["sim", "recorded"])
+    parser.add_argument("--minutes", type=int, default=10, help="training time limit per strategy")
+    parser.add_argument("--max-epochs", type=int, default=1000)
+    parser.add_argument("--envs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=64, help="control steps per env per rollout batch")
+    parser.add_argument("--episodes", type=int, default=32, help="evaluation episodes per domain")
+    parser.add_argument("--eval-seed", type=int, default=12345)
+    parser.add_argument("--lookahead-time", type=float, default=0.6)
+    parser.add_argument("--smooth", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="extra CLI arguments for every fit")
+    args = parser.parse_args()
+    if not args.pretrained.is_file():
+        parser.error(f"pretrained checkpoint not found: {args.pretrained} (run tools/demo.py first)")
+    torch.set_num_threads(args.threads)
+
+    checkpoints = {"pretrained": args.pretrained}
+    for strategy in args.strategies:
+        checkpoints[strategy] = train(strategy, args)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for name, checkpoint in checkpoints.items():
+        table[name] = {}
+        for domain in args.domains:
+            started = time.monotonic()
+            table[name][domain] = evaluate(checkpoint, domain, args)
+            print(f"[eval] {name:10s} {domain:9s} {table[name][domain]} ({time.monotonic() - started:.0f} s)", flush=True)
+    curves = {s: read_curves(args.out / s) for s in args.strategies}
+    plot(curves, table, args.out / "curves.png", args.smooth)
+
+    print(f"\n{args.task} task, {args.episodes} episodes per domain, deterministic policy")
+    print(f"{'policy':10s} {'domain':9s} {'return':>8s} {'success':>8s} {'route':>7s} {'collis.':>8s}")
+    for name, domains in table.items():
+        for domain, m in domains.items():
+            print(f"{name:10s} {domain:9s} {m['return']:8.2f} {m['success']:8.2f} {m['route_completion']:7.2f} {m['collisions']:8.2f}")
+    print(f"curves: {args.out / 'curves.png'}")
+    print(json.dumps({"task": args.task, "episodes": args.episodes, "results": table, "checkpoints": {k: str(v) for k, v in checkpoints.items()}, "png": str(args.out / "curves.png")}))
+
+
+if __name__ == "__main__":
+    main()
