@@ -70,32 +70,44 @@ def project(g: Gaussians, viewmat: Tensor, intrinsics: Tensor, color: Tensor, wi
     return Projected(mean2d[sel], conic, z[sel], radius[sel], g.opacities[keep][sel], color[sel])
 
 
-def _composite_tile(proj: Projected, idx: Tensor, px: Tensor, background: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Front-to-back compositing of the Gaussians ``idx`` (near to far) at pixel centres px [P, 2].
+def _log_alpha_coefficients(proj: Projected, idx: Tensor, origin: Tensor) -> Tensor:
+    """[G, 6] coefficients c with log(opacity) - q/2 = c . (x^2, y^2, xy, x, y, 1) at tile-local pixel (x, y).
+
+    Expanding the quadratic form turns the per-pixel falloff of G Gaussians at P pixels into one
+    [G, 6] @ [6, P] product; tile-local coordinates keep the expansion's terms small in float32.
+    """
+    m = proj.mean2d[idx] - origin
+    a, b, c = proj.conic[idx].unbind(-1)
+    mx, my = m.unbind(-1)
+    const = torch.log(proj.opacity[idx]) - 0.5 * (a * mx * mx + c * my * my + 2 * b * mx * my)
+    return torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], -1)
+
+
+def _composite_tile(proj: Projected, idx: Tensor, coef: Tensor, monomials: Tensor, background: Tensor,
+                    chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Front-to-back compositing of the Gaussians ``idx`` (near to far) at the P pixels of ``monomials`` [6, P].
 
     A pixel stops at the first Gaussian that would take its transmittance below ``T_MIN`` (that
     one is not drawn); what transmittance it had left shows the background.
     """
-    n_px = px.shape[0]
-    trans = torch.ones(n_px, dtype=px.dtype, device=px.device)
-    done = torch.zeros(n_px, dtype=torch.bool, device=px.device)
-    rgb = torch.zeros(n_px, 3, dtype=px.dtype, device=px.device)
-    depth = torch.zeros(n_px, dtype=px.dtype, device=px.device)
+    n_px, dtype, dev = monomials.shape[1], monomials.dtype, monomials.device
+    trans = torch.ones(n_px, dtype=dtype, device=dev)
+    done = torch.zeros(n_px, dtype=torch.bool, device=dev)
+    rgb = torch.zeros(n_px, 3, dtype=dtype, device=dev)
+    depth = torch.zeros(n_px, dtype=dtype, device=dev)
     start, size = 0, min(chunk, 128)  # most pixels saturate within a few near Gaussians: grow the chunk
     while start < len(idx):
-        sel = idx[start:start + size]
+        sel, rows = idx[start:start + size], slice(start, start + size)
         start, size = start + size, min(2 * size, chunk)
-        d = px[None] - proj.mean2d[sel, None]  # [G, P, 2]
-        con = proj.conic[sel]
-        q = con[:, 0:1] * d[..., 0] ** 2 + con[:, 2:3] * d[..., 1] ** 2 + 2 * con[:, 1:2] * d[..., 0] * d[..., 1]
-        alpha = (proj.opacity[sel, None] * torch.exp(-0.5 * q)).clamp_max(ALPHA_MAX)
-        alpha = torch.where((q >= 0) & (alpha >= ALPHA_MIN) & ~done[None], alpha, torch.zeros_like(alpha))
-        inclusive = trans[None] * torch.cumprod(1 - alpha, 0)
-        valid = inclusive > T_MIN
-        weight = alpha * torch.cat([trans[None], inclusive[:-1]], 0) * valid
+        alpha = torch.exp(coef[rows] @ monomials).clamp_max_(ALPHA_MAX)
+        alpha.masked_fill_((alpha < ALPHA_MIN) | done[None], 0.0)
+        inclusive = torch.cumprod(1 - alpha, 0).mul_(trans[None])
+        valid = inclusive > T_MIN  # a prefix along depth: transmittance only falls
+        weight = alpha.mul_(torch.cat([trans[None], inclusive[:-1]], 0)).mul_(valid)
         rgb += weight.T @ proj.color[sel]
         depth += weight.T @ proj.depth[sel]
-        trans = torch.where(valid, inclusive, torch.full_like(inclusive, math.inf)).amin(0).minimum(trans)
+        last = valid.sum(0) - 1
+        trans = torch.where(last >= 0, inclusive.gather(0, last.clamp_min(0)[None])[0], trans)
         done |= ~valid[-1]
         if bool(done.all()):
             break
@@ -135,9 +147,12 @@ def rasterize(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tensor, intr
             for x0 in range(0, width, tile):
                 x1 = min(x0 + tile, width)
                 idx = (in_rows & (hi[:, 0] >= x0) & (lo[:, 0] <= x1)).nonzero()[:, 0]
-                ys, xs = torch.meshgrid(torch.arange(y0, y1, device=dev), torch.arange(x0, x1, device=dev), indexing="ij")
-                px = torch.stack([xs, ys], -1).reshape(-1, 2).to(dtype) + 0.5
-                rgb, depth, alpha = _composite_tile(proj, idx, px, bg[cam], chunk)
+                ys, xs = torch.meshgrid(torch.arange(y1 - y0, device=dev, dtype=dtype) + 0.5,
+                                        torch.arange(x1 - x0, device=dev, dtype=dtype) + 0.5, indexing="ij")
+                xs, ys = xs.reshape(-1), ys.reshape(-1)
+                monomials = torch.stack([xs * xs, ys * ys, xs * ys, xs, ys, torch.ones_like(xs)])
+                coef = _log_alpha_coefficients(proj, idx, torch.tensor([x0, y0], dtype=dtype, device=dev))
+                rgb, depth, alpha = _composite_tile(proj, idx, coef, monomials, bg[cam], chunk)
                 shape = (y1 - y0, x1 - x0)
                 out_rgb[cam, y0:y1, x0:x1] = rgb.reshape(*shape, 3)
                 out_depth[cam, y0:y1, x0:x1] = (depth / alpha.clamp_min(1e-10)).reshape(shape)
