@@ -1,9 +1,9 @@
 """``NavVideoDataModule``: navigation-video shards -> batches of training windows for AGDM pretraining.
 
 A thin LightningDataModule over :mod:`datamodules.pipeline`: it checks the shard paths up front,
-builds one streaming dataset per split with this process's DDP rank, and turns the skip-count
+builds one streaming loader per split with this process's DDP rank, and turns the skip-count
 deltas that every batch carries into totals (:meth:`NavVideoDataModule.skip_counts`) that
-:class:`StreamingDataCallback` logs. The callback also advances the dataset's epoch so the shuffle
+:class:`StreamingDataCallback` logs. The callback also advances the loader's epoch so the shuffle
 changes every epoch; ``setup`` attaches it to the trainer when the user has not.
 
 Every rank yields ``ceil(samples_per_epoch / (world_size * batch_size))`` training batches per
@@ -20,9 +20,7 @@ from typing import Any, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
-
-from datamodules.pipeline import SKIP_REASONS, NavWindowDataset, expand_shards
+from datamodules.pipeline import SKIP_REASONS, NavWindowLoader, expand_shards
 from datamodules.video_decode import Backend
 from datamodules.windows import AugmentConfig, WindowConfig
 from s2e.timing import TimingSpec
@@ -107,9 +105,9 @@ class NavVideoDataModule(pl.LightningDataModule):
         augment = AugmentConfig(hflip=hflip, brightness=brightness, contrast=contrast, saturation=saturation)
         self.train_windows = WindowConfig(goal_dropout=goal_dropout, augment=augment, **common)
         self.val_windows = WindowConfig(**common)  # no augmentation, no goal dropout
-        self.train_dataset: Optional[NavWindowDataset] = None
-        self.val_dataset: Optional[NavWindowDataset] = None
-        self.test_dataset: Optional[NavWindowDataset] = None
+        self.train_loader: Optional[NavWindowLoader] = None
+        self.val_loader: Optional[NavWindowLoader] = None
+        self.test_loader: Optional[NavWindowLoader] = None
         self._skips: Counter[str] = Counter()
 
     def _rank_and_world(self) -> tuple[int, int]:
@@ -121,9 +119,17 @@ class NavVideoDataModule(pl.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         rank, world = self._rank_and_world()
-        common = dict(image_size=self.image_size, batch_size=self.batch_size, rank=rank, world_size=world, video_backend=self.video_backend)
-        if stage in (None, "fit") and self.train_dataset is None:
-            self.train_dataset = NavWindowDataset(
+        common = dict(
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            rank=rank,
+            world_size=world,
+            video_backend=self.video_backend,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers,
+        )
+        if stage in (None, "fit") and self.train_loader is None:
+            self.train_loader = NavWindowLoader(
                 self.train_urls,
                 self.train_windows,
                 samples_per_epoch=self.samples_per_epoch,
@@ -132,14 +138,14 @@ class NavVideoDataModule(pl.LightningDataModule):
                 split="train/",
                 **common,
             )
-        if stage in (None, "fit", "validate") and self.val_urls is not None and self.val_dataset is None:
+        if stage in (None, "fit", "validate") and self.val_urls is not None and self.val_loader is None:
             if world > 1 and self.val_samples_per_epoch is None:
                 log.warning(
                     "val_samples_per_epoch is not set with %d ranks: each rank reads its validation shards once, "
                     "so ranks may run different numbers of validation batches; set it for a fixed count per rank",
                     world,
                 )
-            self.val_dataset = NavWindowDataset(
+            self.val_loader = NavWindowLoader(
                 self.val_urls,
                 self.val_windows,
                 samples_per_epoch=self.val_samples_per_epoch,
@@ -148,43 +154,38 @@ class NavVideoDataModule(pl.LightningDataModule):
                 split="val/",
                 **common,
             )
-        if stage in ("test", "predict") and self.test_dataset is None:
+        if stage in ("test", "predict") and self.test_loader is None:
             if self.test_urls is None:
                 raise ValueError(f"{stage} needs shards: pass data.test_shards (or data.val_shards)")
-            self.test_dataset = NavWindowDataset(
+            self.test_loader = NavWindowLoader(
                 self.test_urls, self.val_windows, shuffle_buffer=0, seed=self.seed + 2, split="val/", **common
             )
         if self.trainer is not None and not any(isinstance(cb, StreamingDataCallback) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(StreamingDataCallback())
 
-    def _loader(self, dataset: Optional[NavWindowDataset], name: str) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError(f"no {name} dataset: call setup() first{' and pass val_shards' if name == 'val' else ''}")
-        return DataLoader(
-            dataset,
-            batch_size=None,  # batches are built in the workers (see datamodules.pipeline)
-            num_workers=self.num_workers,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-            prefetch_factor=2 if self.num_workers > 0 else None,
-        )
+    @staticmethod
+    def _ready(loader: Optional[NavWindowLoader], name: str) -> NavWindowLoader:
+        if loader is None:
+            raise RuntimeError(f"no {name} data: call setup() first{' and pass val_shards' if name == 'val' else ''}")
+        return loader
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, "train")
+    def train_dataloader(self) -> NavWindowLoader:
+        return self._ready(self.train_loader, "train")
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> NavWindowLoader | list:
         # An empty list tells Lightning there is no validation (fit without val_shards).
-        return self._loader(self.val_dataset, "val") if self.val_urls is not None else []
+        return self._ready(self.val_loader, "val") if self.val_urls is not None else []
 
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test")
+    def test_dataloader(self) -> NavWindowLoader:
+        return self._ready(self.test_loader, "test")
 
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, "test")
+    def predict_dataloader(self) -> NavWindowLoader:
+        return self._ready(self.test_loader, "test")
 
     def set_epoch(self, epoch: int) -> None:
         """New shuffle for a new epoch (called by StreamingDataCallback at every training epoch start)."""
-        if self.train_dataset is not None:
-            self.train_dataset.set_epoch(epoch)
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(epoch)
 
     def consume_skip_counts(self, batch: Any) -> Any:
         """Move a batch's worker skip-count deltas into this process's totals; returns the batch without them."""
@@ -201,7 +202,7 @@ class NavVideoDataModule(pl.LightningDataModule):
 
 
 class StreamingDataCallback(pl.Callback):
-    """Advances the streaming dataset's epoch and logs skip counts as ``data_skipped/<split>/<reason>``.
+    """Advances the streaming loader's epoch and logs skip counts as ``data_skipped/<split>/<reason>``.
 
     Counts are running totals per rank, summed over ranks when logged.
     """

@@ -10,20 +10,30 @@ than ``wds.WebDataset(...)`` defaults, because every stage here has a decision t
 - **worker split**: the rank's shards are dealt to its DataLoader workers the same way.
 - **tar**: only the ``mp4``, ``traj.npz`` and ``json`` members are read; anything else in the tar
   (``.pyd``, ``.pickle``, ...) is skipped without reading its bytes, so data can never run code.
-- **episode decode + windows**: each episode is decoded once and cut into many windows.
-- **shuffle buffer** across episodes, seeded by (seed, epoch, rank, worker): a new order every epoch.
-- **batches** are collated in the worker and carry the worker's skip-counter deltas.
+- **episode decode + windows** (in the workers): each episode is decoded once, into shared memory,
+  and cut into many windows as index rows (:class:`datamodules.windows.EpisodeWindows`); the
+  worker sends the episode once, with its skip-counter delta (:class:`EpisodeRecord`).
+- **shuffle buffer** across episodes and workers, in the consuming process, seeded by (seed,
+  epoch, rank): a new order every epoch. Workers draw goals and augmentation with (seed, epoch,
+  rank, worker).
+- **batches** are gathered in the consuming process, each context frame copied once from its
+  episode into the batch; each batch carries the skip counts that arrived since the previous one.
 
-Bad input is skipped and counted (reasons in :data:`SKIP_REASONS`), never fatal. Counters live in
-the worker process; each batch carries the counts accumulated since that worker's previous batch
-under ``batch["skip_counts"]`` and the DataModule sums them in the main process.
+Why windows are cut in the consumer and not in the workers: a window holds k frames and, at
+``window_stride`` 1, every frame is in k windows. Batches built in workers would push k copies of
+every decoded frame through fresh shared memory; sending the episode once and gathering here
+costs one copy per output frame and no IPC beyond the decoded frames themselves.
+
+Bad input is skipped and counted (reasons in :data:`SKIP_REASONS`), never fatal. The DataModule
+sums the ``batch["skip_counts"]`` deltas in the main process.
 
 DDP without hangs: with ``samples_per_epoch`` set, every rank yields exactly
-``ceil(samples_per_epoch / (world_size * batch_size))`` full batches per epoch, dealt over its
-workers that have shards; each worker cycles over its own shards (reshuffled every pass) until its
-quota is met. Ranks with less or worse data simply revisit their shards more often. A worker whose
-shards give no window in a whole pass reads its rank's other shards instead; when none of the
-rank's shards gives a window it raises :class:`NoUsableDataError` instead of spinning.
+``ceil(samples_per_epoch / (world_size * batch_size))`` full batches per epoch; the rank's windows
+are dealt as quotas over its workers that have shards, and each worker cycles over its own shards
+(reshuffled every pass) until its quota is sent. Ranks with less or worse data simply revisit their
+shards more often. A worker whose shards give no window in a whole pass reads its rank's other
+shards instead; when none of the rank's shards gives a window it raises :class:`NoUsableDataError`
+instead of spinning.
 """
 
 from __future__ import annotations
@@ -39,16 +49,17 @@ import re
 import tarfile
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from datamodules.episode import META_MEMBER, TRAJ_MEMBER, VIDEO_MEMBER, BadTrajectoryError, Trajectory
 from datamodules.video_decode import Backend, UndecodableVideoError, decode_video
-from datamodules.windows import Window, WindowConfig, collate_windows, cut_windows
+from datamodules.windows import EpisodeWindows, Window, WindowConfig, collate_windows, cut_windows
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +77,10 @@ SKIP_REASONS = (
     "frame_times_mismatch",  # decoded frame times drift from traj.t (wrong fps metadata, raw streams)
     "too_short",  # decoded fine but no window fits (too short, too many invalid poses)
 )
+
+#: Seed word of the consumer's shuffle, distinct from every worker id (a trailing 0 would not be:
+#: numpy seeds [s, e, r] and [s, e, r, 0] identically).
+_SHUFFLE_STREAM = 2**32 - 1
 
 _NAME_RE = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")  # "dir/key.traj.npz" -> ("dir/key", "traj.npz")
 _URL_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:")
@@ -227,6 +242,22 @@ def parse_episode(raw: dict[str, Any], counter: SkipCounter) -> Optional[Traject
         return None
 
 
+class _SharedFrames:
+    """Frame allocator that decodes straight into shared memory and keeps the tensor that owns it.
+
+    Inside a DataLoader worker the decoded episode then reaches the main process as a handle to the
+    same pages (torch's fd sharing): no copy, and no page faulted twice.
+    """
+
+    def __init__(self) -> None:
+        self.tensor: Optional[torch.Tensor] = None
+
+    def __call__(self, shape: tuple[int, int, int, int]) -> np.ndarray:
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+        self.tensor = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        return self.tensor.numpy()
+
+
 def episode_windows(
     episodes: Iterable[dict[str, Any]],
     config: WindowConfig,
@@ -234,15 +265,20 @@ def episode_windows(
     rng: np.random.Generator,
     counter: SkipCounter,
     video_backend: Backend = "auto",
-) -> Iterator[Window]:
-    """Validate, decode and cut each raw episode; bad ones are counted and skipped."""
+    shared_memory: bool = False,
+) -> Iterator[EpisodeWindows]:
+    """Validate, decode and cut each raw episode; bad ones are counted and skipped.
+
+    With ``shared_memory`` (inside a DataLoader worker) frames are decoded into shared memory.
+    """
     for raw in episodes:
         traj = parse_episode(raw, counter)
         if traj is None:
             continue
         where = f"{raw['__url__']}:{raw['__key__']}"
+        allocate = _SharedFrames() if shared_memory else None
         try:
-            video = decode_video(raw[VIDEO_MEMBER], image_size, video_backend)
+            video = decode_video(raw[VIDEO_MEMBER], image_size, video_backend, allocate)
         except UndecodableVideoError as exc:
             counter.add("undecodable_video", f"{where}: {exc}")
             continue
@@ -253,12 +289,46 @@ def episode_windows(
         if drift > config.tolerance:
             counter.add("frame_times_mismatch", f"{where}: frame times drift {drift:.3f}s from the poses' times")
             continue
-        windows = cut_windows(video.frames, video.times, traj, config, rng, key=raw["__key__"])
+        frames = allocate.tensor if allocate is not None else video.frames
+        windows = cut_windows(frames, video.times, traj, config, rng, key=raw["__key__"])
         if not windows:
             counter.add("too_short", f"{where}: {len(traj)} poses over {traj.t[-1] - traj.t[0]:.2f}s")
             continue
         counter.windows += len(windows)
-        yield from windows
+        yield windows
+
+
+@dataclass
+class EpisodeRecord:
+    """What a worker sends per decoded episode: its windows and the skips counted since the last record.
+
+    A worker's last record has ``windows=None`` and carries the counts of its stream's tail.
+    """
+
+    windows: Optional[EpisodeWindows]
+    skip_counts: dict[str, int]
+
+
+def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter: SkipCounter) -> Iterator[EpisodeRecord]:
+    """Records of ``episodes`` up to ``quota`` windows in all (the last one cut), then the final counts."""
+    remaining = quota
+    if remaining is None or remaining > 0:
+        for windows in episodes:
+            if remaining is not None:
+                windows = windows.head(min(remaining, len(windows)))
+                remaining -= len(windows)
+            yield EpisodeRecord(windows, counter.take())
+            if remaining is not None and remaining <= 0:
+                break
+    yield EpisodeRecord(None, counter.take())
+
+
+def records_to_windows(records: Iterable[EpisodeRecord], skip_counts: Counter[str]) -> Iterator[Window]:
+    """The windows of every record, one by one; each record's skip counts are added to ``skip_counts``."""
+    for record in records:
+        skip_counts.update(record.skip_counts)
+        if record.windows is not None:
+            yield from record.windows
 
 
 def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -278,37 +348,117 @@ def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) ->
     yield from buffer
 
 
-def batched(windows: Iterable[Window], batch_size: int, counter: SkipCounter, partial: bool) -> Iterator[dict[str, Any]]:
-    """Collate ``batch_size`` windows; each batch carries the worker's new skip counts."""
-    shared_memory = get_worker_info() is not None
+def batched(windows: Iterable[Window], batch_size: int, skip_counts: Counter[str], partial: bool) -> Iterator[dict[str, Any]]:
+    """Collate ``batch_size`` windows; each batch carries the skip counts added since the previous one.
+
+    The next chunk is read before a batch is emitted, so the last batch also carries the counts
+    of records that arrived after its windows (a stream's tail of broken episodes).
+    """
     iterator = iter(windows)
-    while True:
-        chunk = list(itertools.islice(iterator, batch_size))
-        if not chunk or (len(chunk) < batch_size and not partial):
-            return
-        batch = collate_windows(chunk, shared_memory)
-        batch["skip_counts"] = counter.take()
+    chunk = list(itertools.islice(iterator, batch_size))
+    while chunk and (len(chunk) == batch_size or partial):
+        following = list(itertools.islice(iterator, batch_size))
+        batch = collate_windows(chunk)
+        batch["skip_counts"] = dict(skip_counts)
+        skip_counts.clear()
         yield batch
+        chunk = following
 
 
-# ---------------------------------------------------------------------------------------- dataset
+# ---------------------------------------------------------------------------------------- loaders
 
 
-class NavWindowDataset(IterableDataset):
+class EpisodeStream(IterableDataset):
+    """The worker side: this worker's shards -> tar -> decode -> windows, one :class:`EpisodeRecord` per episode.
+
+    Args are those of :class:`NavWindowLoader`; ``batches_per_rank`` None means one pass over the
+    shards, otherwise each worker cycles its shards until its share of the rank's windows is sent.
+    """
+
+    def __init__(
+        self,
+        rank_urls: Sequence[str],
+        window_config: WindowConfig,
+        image_size: tuple[int, int],
+        batch_size: int,
+        batches_per_rank: Optional[int],
+        *,
+        rank: int,
+        shuffle_shards: bool,
+        seed: int,
+        split: str,
+        video_backend: Backend,
+    ) -> None:
+        super().__init__()
+        self.rank_urls = list(rank_urls)
+        self.window_config = window_config
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.batches_per_rank = batches_per_rank
+        self.rank = rank
+        self.shuffle_shards = shuffle_shards
+        self.seed = seed
+        self.split = split
+        self.video_backend = video_backend
+        # shared with the worker processes, so set_epoch reaches persistent workers too
+        self._epoch = torch.multiprocessing.Value("q", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        with self._epoch.get_lock():
+            self._epoch.value = int(epoch)
+
+    def __iter__(self) -> Iterator[EpisodeRecord]:
+        info = get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        urls = split_by_worker(self.rank_urls, worker_id, num_workers)
+        counter = SkipCounter(self.split)
+        if not urls:
+            return iter(())
+        cycle = self.batches_per_rank is not None
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
+        quota = batches_for_worker(self.batches_per_rank, worker_id, num_workers, len(self.rank_urls)) * self.batch_size if cycle else None
+        pipeline = wds.DataPipeline(
+            functools.partial(shard_source, urls, rng if self.shuffle_shards else None, cycle, counter, self.rank_urls),
+            functools.partial(read_tar_episodes, counter=counter),
+            functools.partial(
+                episode_windows,
+                config=self.window_config,
+                image_size=self.image_size,
+                rng=rng,
+                counter=counter,
+                video_backend=self.video_backend,
+                shared_memory=info is not None,
+            ),
+            functools.partial(with_quota, quota=quota, counter=counter),
+        )
+        return iter(pipeline)
+
+
+class NavWindowLoader:
     """Batches of training windows streamed from episode shards (see the module docstring).
+
+    Workers decode and cut episodes (:class:`EpisodeStream` in a DataLoader); this object, in the
+    consuming process, shuffles their windows and gathers the batches.
 
     Args:
         urls: expanded shard list (:func:`expand_shards`).
         window_config: how windows are cut (timing, goal, augmentation).
         image_size: (height, width) frames are decoded to.
-        batch_size: windows per batch (batches are built in the workers).
+        batch_size: windows per batch.
         rank, world_size: this process's DDP rank and the number of ranks.
         samples_per_epoch: windows per epoch over all ranks; fixes the batch count per rank and makes
             each worker cycle its shards. None: one pass over the shards (validation, tools).
         shuffle_buffer: windows in the shuffle buffer (<= 1: stream order, no shuffling).
-        seed: base seed; the effective seed of a worker is (seed, epoch, rank, worker).
+        seed: base seed; worker w draws with (seed, epoch, rank, w), the shuffle with its own stream.
         split: prefix of the skip-count names ("train/", "val/").
         video_backend: "auto" (decord, PyAV fallback), "decord" or "pyav".
+        num_workers: DataLoader worker processes decoding episodes (0: decode in this process).
+        persistent_workers: keep the workers alive between epochs.
+        prefetch_factor: decoded episodes each worker may hold ready (memory: whole episodes).
     """
 
     def __init__(
@@ -325,33 +475,50 @@ class NavWindowDataset(IterableDataset):
         seed: int = 0,
         split: str = "train/",
         video_backend: Backend = "auto",
+        num_workers: int = 0,
+        persistent_workers: bool = False,
+        prefetch_factor: int = 2,
     ) -> None:
-        super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if samples_per_epoch is not None and samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch must be >= 1 or None, got {samples_per_epoch}")
-        self.rank_urls = split_by_rank(urls, rank, world_size)
-        self.window_config = window_config
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.samples_per_epoch = samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
-        self.split = split
-        self.video_backend = video_backend
-        # shared with the worker processes, so set_epoch reaches persistent workers too
-        self._epoch = torch.multiprocessing.Value("q", 0)
+        self.stream = EpisodeStream(
+            split_by_rank(urls, rank, world_size),
+            window_config,
+            (int(image_size[0]), int(image_size[1])),
+            batch_size,
+            self.batches_per_rank,
+            rank=rank,
+            shuffle_shards=shuffle_buffer > 1,
+            seed=seed,
+            split=split,
+            video_backend=video_backend,
+        )
+        self.episodes: Iterable[EpisodeRecord] = self.stream
+        if num_workers > 0:
+            self.episodes = DataLoader(
+                self.stream,
+                batch_size=None,
+                num_workers=num_workers,
+                persistent_workers=persistent_workers,
+                prefetch_factor=prefetch_factor,
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Change the shuffle (shard order, windows, goal and augmentation draws) for a new epoch."""
-        with self._epoch.get_lock():
-            self._epoch.value = int(epoch)
+        self.stream.set_epoch(epoch)
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch.value)
+        return self.stream.epoch
 
     @property
     def batches_per_rank(self) -> Optional[int]:
@@ -366,32 +533,7 @@ class NavWindowDataset(IterableDataset):
         return self.batches_per_rank
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        urls = split_by_worker(self.rank_urls, worker_id, num_workers)
-        if not urls:
-            return iter(())
-        cycle = self.samples_per_epoch is not None
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
-        counter = SkipCounter(self.split)
-        shuffle = self.shuffle_buffer > 1
-        pipeline = wds.DataPipeline(
-            functools.partial(shard_source, urls, rng if shuffle else None, cycle, counter, self.rank_urls),
-            functools.partial(read_tar_episodes, counter=counter),
-            functools.partial(
-                episode_windows,
-                config=self.window_config,
-                image_size=self.image_size,
-                rng=rng,
-                counter=counter,
-                video_backend=self.video_backend,
-            ),
-            functools.partial(shuffle_buffer, size=self.shuffle_buffer, rng=rng),
-            functools.partial(batched, batch_size=self.batch_size, counter=counter, partial=not cycle),
-        )
-        batches = iter(pipeline)
-        if cycle:
-            quota = batches_for_worker(self.batches_per_rank or 0, worker_id, num_workers, len(self.rank_urls))
-            batches = itertools.islice(batches, quota)
-        return batches
-
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, _SHUFFLE_STREAM])
+        skip_counts: Counter[str] = Counter()
+        windows = records_to_windows(self.episodes, skip_counts)
+        return batched(shuffle_buffer(windows, self.shuffle_buffer, rng), self.batch_size, skip_counts, partial=self.batches_per_rank is None)

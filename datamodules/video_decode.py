@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Optional
 
 import av
 import numpy as np
@@ -25,6 +25,10 @@ except ImportError:  # pragma: no cover - depends on the installation
     decord = None
 
 Backend = Literal["auto", "decord", "pyav"]
+
+#: Makes the uint8 [T, H, W, 3] array the frames are decoded into. The streaming pipeline passes one
+#: that allocates shared memory, so a DataLoader worker hands the episode over without a copy.
+FrameAllocator = Callable[[tuple[int, int, int, int]], np.ndarray]
 
 #: Frames fetched per decord ``get_batch`` call: large enough to amortize the call, small enough
 #: that the batch copy is not a second full-video buffer.
@@ -53,12 +57,14 @@ class DecodedVideo:
         return int(self.frames.shape[0])
 
 
-def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto") -> DecodedVideo:
+def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", allocate: Optional[FrameAllocator] = None) -> DecodedVideo:
     """Decode all frames of ``data`` resized to ``size`` = (height, width).
 
     ``backend="auto"`` tries decord and falls back to PyAV when decord is not installed or fails on
-    this file; naming a backend uses only that one (tests, benchmarks).
+    this file; naming a backend uses only that one (tests, benchmarks). ``allocate`` makes the
+    frame array (default ``np.empty``); the returned ``frames`` is the array it made last.
     """
+    allocate = allocate if allocate is not None else _empty
     height, width = int(size[0]), int(size[1])
     if height < 1 or width < 1:
         raise ValueError(f"decode size must be positive (height, width), got {size}")
@@ -69,11 +75,15 @@ def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto") 
     if backend in ("auto", "decord"):
         _probe(data)
         try:
-            return _decode_decord(data, height, width)
+            return _decode_decord(data, height, width, allocate)
         except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
             if backend == "decord":
                 raise UndecodableVideoError(f"decord could not decode the video: {exc}") from exc
-    return _decode_pyav(data, height, width)
+    return _decode_pyav(data, height, width, allocate)
+
+
+def _empty(shape: tuple[int, int, int, int]) -> np.ndarray:
+    return np.empty(shape, np.uint8)
 
 
 def _probe(data: bytes) -> None:
@@ -90,14 +100,14 @@ def _probe(data: bytes) -> None:
         raise UndecodableVideoError(f"not a readable video container: {exc}") from exc
 
 
-def _decode_decord(data: bytes, height: int, width: int) -> DecodedVideo:
+def _decode_decord(data: bytes, height: int, width: int, allocate: FrameAllocator) -> DecodedVideo:
     if decord is None:
         raise UndecodableVideoError("decord is not installed")
     reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     count = len(reader)
     if count == 0:
         raise UndecodableVideoError("video has no frames")
-    frames = np.empty((count, height, width, 3), np.uint8)
+    frames = allocate((count, height, width, 3))
     for start in range(0, count, DECORD_CHUNK):
         stop = min(start + DECORD_CHUNK, count)
         frames[start:stop] = reader.get_batch(list(range(start, stop))).asnumpy()
@@ -105,7 +115,7 @@ def _decode_decord(data: bytes, height: int, width: int) -> DecodedVideo:
     return DecodedVideo(frames=frames, times=times - times[0], backend="decord")
 
 
-def _decode_pyav(data: bytes, height: int, width: int) -> DecodedVideo:
+def _decode_pyav(data: bytes, height: int, width: int, allocate: FrameAllocator) -> DecodedVideo:
     frames: list[np.ndarray] = []
     times: list[float] = []
     try:
@@ -133,4 +143,7 @@ def _decode_pyav(data: bytes, height: int, width: int) -> DecodedVideo:
         raise UndecodableVideoError("video has no frames")
     t = np.asarray(times, np.float64)
     order = np.argsort(t, kind="stable")  # decode order is presentation order for sane files; enforce it
-    return DecodedVideo(frames=np.stack(frames)[order], times=t[order] - t[order][0], backend="pyav")
+    out = allocate((len(frames), height, width, 3))
+    for slot, index in enumerate(order.tolist()):
+        out[slot] = frames[index]
+    return DecodedVideo(frames=out, times=t[order] - t[order][0], backend="pyav")

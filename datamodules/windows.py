@@ -1,10 +1,15 @@
 """Cut training windows (k context frames -> future waypoints + goal) from one decoded episode.
 
 One episode is decoded once and yields many windows, so window cutting is vectorized over all
-"now" frames of the episode and the pixel work (gather, flip, colour jitter) is deferred to
-:func:`collate_windows`, which the pipeline calls only when windows leave the shuffle buffer: the
-buffer then holds small index records that share the episode's decoded frames instead of k
-copied frames each, and every output frame is copied exactly once, into its batch.
+"now" frames of the episode and returns one :class:`EpisodeWindows`: the decoded frames once, plus
+one row per window of small arrays (context frame indices, waypoints, goal, augmentation draws).
+A :class:`Window` is just (episode, row). Pixels are gathered only by :func:`collate_windows`, when
+windows leave the shuffle buffer: the buffer holds index records that share their episode's
+frames, and every output frame is copied exactly once, into its batch.
+
+This split is what makes streaming cheap across processes: a DataLoader worker ships each decoded
+episode once (in shared memory) and the k-fold larger windows are gathered in the consumer, instead
+of k copies of every frame crossing the process boundary.
 
 Time bases: frame ``i`` of the decoded video shows the pose at ``traj.t[0] + video_time[i]``
 (the shard contract says ``traj.t`` are the frame presentation times; aligning on the first frame
@@ -14,7 +19,7 @@ absorbs containers whose timestamps do not start at 0).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -88,43 +93,77 @@ class WindowConfig:
 
 
 @dataclass
-class Window:
-    """One training window, pixels not yet gathered (see module docstring).
+class EpisodeWindows:
+    """All windows cut from one episode: its decoded frames once, plus one row per window.
 
-    ``waypoints``/``goal`` are already in the robot frame of now; ``flip`` and ``jitter`` are the
-    augmentation draws, applied when the frames are written.
+    ``waypoints``/``goal`` are already in the robot frame of each window's now; ``flip`` and
+    ``jitter`` are the augmentation draws, applied when the frames are gathered into a batch.
     """
 
-    frames: torch.Tensor  # the whole decoded episode [T, H, W, 3] uint8, shared between windows
-    frame_indices: np.ndarray  # [k] oldest first
-    waypoints: np.ndarray  # [num_waypoints, 2] normalized
-    scale: float
-    goal: np.ndarray  # [3] (distance m, cos, sin)
-    goal_mask: bool
+    frames: torch.Tensor  # the decoded episode [T, H, W, 3] uint8 (shared memory when sent by a worker)
+    frame_indices: np.ndarray  # [n, k] int64, oldest first
+    waypoints: np.ndarray  # [n, num_waypoints, 2] float32, normalized
+    scale: np.ndarray  # [n] float32
+    goal: np.ndarray  # [n, 3] float32 (distance m, cos, sin)
+    goal_mask: np.ndarray  # [n] bool
+    t: np.ndarray  # [n] float64, time of now
+    flip: np.ndarray  # [n] bool
+    jitter: Optional[np.ndarray]  # [n, 3] float32 brightness, contrast, saturation factors; None: no jitter
     key: str
-    t: float
-    flip: bool = False
-    jitter: Optional[tuple[float, float, float]] = None  # brightness, contrast, saturation factors
 
-    def write_frames(self, out: torch.Tensor) -> None:
-        """Gather the k context frames into ``out`` [k, 3, H, W] (a slot of a batch tensor), augmented.
+    def __len__(self) -> int:
+        return int(self.t.shape[0])
 
-        One transposing copy per frame, straight from the decoded HWC episode into the batch:
-        converting whole episodes to CHW first would cost more than it saves (a decoded frame is
-        used by about k / window_stride windows, and not at all beyond the last window).
-        """
-        for slot, index in zip(out, self.frame_indices.tolist()):
-            slot.copy_(self.frames[index].permute(2, 0, 1))
-        if self.flip:
-            out.copy_(out.flip(-1))
-        if self.jitter is not None:
-            out.copy_(_colour_jitter(out, *self.jitter))
+    def __getitem__(self, row: int) -> "Window":
+        if not -len(self) <= row < len(self):
+            raise IndexError(f"window {row} of an episode with {len(self)} windows")
+        return Window(self, row % len(self))
 
-    def targets(self) -> tuple[np.ndarray, np.ndarray]:
-        """(waypoints, goal) with the flip applied: the mirrored image needs the mirrored future."""
-        if not self.flip:
-            return self.waypoints, self.goal
-        return mirror_lateral(self.waypoints), self.goal * np.array([1.0, 1.0, -1.0], np.float32)
+    def __iter__(self) -> Iterator["Window"]:
+        return (Window(self, row) for row in range(len(self)))
+
+    def head(self, n: int) -> "EpisodeWindows":
+        """The first ``n`` windows (a worker's last episode of an epoch, cut to its quota)."""
+        rows = slice(0, n)
+        return EpisodeWindows(
+            frames=self.frames,
+            frame_indices=self.frame_indices[rows],
+            waypoints=self.waypoints[rows],
+            scale=self.scale[rows],
+            goal=self.goal[rows],
+            goal_mask=self.goal_mask[rows],
+            t=self.t[rows],
+            flip=self.flip[rows],
+            jitter=self.jitter[rows] if self.jitter is not None else None,
+            key=self.key,
+        )
+
+
+class Window(NamedTuple):
+    """One training window: a row of an :class:`EpisodeWindows` (what the shuffle buffer holds)."""
+
+    episode: EpisodeWindows
+    row: int
+
+    @property
+    def t(self) -> float:
+        return float(self.episode.t[self.row])
+
+    @property
+    def waypoints(self) -> np.ndarray:
+        return self.episode.waypoints[self.row]
+
+    @property
+    def goal(self) -> np.ndarray:
+        return self.episode.goal[self.row]
+
+    @property
+    def goal_mask(self) -> bool:
+        return bool(self.episode.goal_mask[self.row])
+
+    @property
+    def jitter(self) -> Optional[np.ndarray]:
+        return self.episode.jitter[self.row] if self.episode.jitter is not None else None
 
     def materialize(self) -> dict[str, Any]:
         """This window alone as a training sample (DESIGN.md "Training sample")."""
@@ -132,65 +171,79 @@ class Window:
         return {name: value[0] for name, value in batch.items()}
 
 
-def collate_windows(windows: Sequence[Window], shared_memory: bool = False) -> dict[str, Any]:
+def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     """A batch (DESIGN.md "Training sample") gathered straight from the episodes' frames.
 
-    Every frame is copied exactly once, into the batch tensor; with ``shared_memory`` (inside a
-    DataLoader worker) that tensor is allocated in shared memory as torch's own collate does, so
-    handing it to the main process copies nothing more. ``key`` stays a list of strings and ``t``
-    a float64 tensor.
+    ``frames`` is uint8 [B, k, 3, H, W] whose memory is channels-last ([B, k, H, W, 3], the decoder's
+    layout): every context frame is one contiguous copy from its episode into the batch. A
+    channels-first copy would transpose every pixel of k copies of every frame, which costs as much
+    as a tenth of the decoding; convolutions take channels-last input natively, ``reshape`` and
+    ``.to(device)`` keep it, and ``.contiguous()`` gives classic NCHW memory where that is needed.
+    ``key`` stays a list of strings and ``t`` a float64 tensor.
+
+    The copies are numpy's, one per frame: torch's gather kernels split work this small over
+    threads, and in a consumer sharing its cores with decoding workers that costs 100x.
     """
-    first = windows[0]
+    first = windows[0].episode
     height, width = first.frames.shape[1:3]
-    shape = (len(windows), len(first.frame_indices), 3, height, width)
-    if shared_memory:
-        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-        frames = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
-    else:
-        frames = torch.empty(shape, dtype=torch.uint8)
-    targets = [w.targets() for w in windows]
-    for slot, window in zip(frames, windows):
-        window.write_frames(slot)
+    hwc = np.empty((len(windows), first.frame_indices.shape[1], height, width, 3), np.uint8)
+    for slot, (episode, row) in zip(hwc, windows):
+        frames = episode.frames.numpy()
+        for out, index in zip(slot, episode.frame_indices[row].tolist()):
+            out[...] = frames[index]
+    flip = np.array([e.flip[r] for e, r in windows])
+    waypoints = np.stack([e.waypoints[r] for e, r in windows])
+    goal = np.stack([e.goal[r] for e, r in windows])
+    if flip.any():  # the mirrored image needs the mirrored future and goal
+        hwc[flip] = hwc[flip][:, :, :, ::-1]
+        waypoints[flip] = mirror_lateral(waypoints[flip])
+        goal[flip, 2] = -goal[flip, 2]
+    frames = torch.from_numpy(hwc).permute(0, 1, 4, 2, 3)
+    if first.jitter is not None:
+        factors = torch.from_numpy(np.stack([e.jitter[r] for e, r in windows]).astype(np.float32))
+        frames.copy_(_colour_jitter(frames, factors))
     return {
         "frames": frames,
-        "goal": torch.from_numpy(np.stack([g for _, g in targets]).astype(np.float32)),
-        "waypoints": torch.from_numpy(np.stack([wp for wp, _ in targets]).astype(np.float32)),
-        "scale": torch.tensor([w.scale for w in windows], dtype=torch.float32),
-        "goal_mask": torch.tensor([w.goal_mask for w in windows], dtype=torch.bool),
-        "key": [w.key for w in windows],
-        "t": torch.tensor([w.t for w in windows], dtype=torch.float64),
+        "goal": torch.from_numpy(goal.astype(np.float32)),
+        "waypoints": torch.from_numpy(waypoints.astype(np.float32)),
+        "scale": torch.tensor([float(e.scale[r]) for e, r in windows], dtype=torch.float32),
+        "goal_mask": torch.tensor([bool(e.goal_mask[r]) for e, r in windows], dtype=torch.bool),
+        "key": [e.key for e, _ in windows],
+        "t": torch.tensor([float(e.t[r]) for e, r in windows], dtype=torch.float64),
     }
 
 
-def _colour_jitter(frames: torch.Tensor, brightness: float, contrast: float, saturation: float) -> torch.Tensor:
-    """torchvision-style jitter on uint8 [k, 3, H, W], same factors for every frame."""
-    x = frames.float()
-    x = x * brightness
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = (x - grey.mean(dim=(1, 2, 3), keepdim=True)) * contrast + grey.mean(dim=(1, 2, 3), keepdim=True)
-    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+def _colour_jitter(frames: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """torchvision-style jitter of uint8 [B, k, 3, H, W] with per-window (brightness, contrast,
+    saturation) ``factors`` [B, 3]: the k frames of a window share them, so the clip stays consistent."""
+    brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1, 1) for i in range(3))
+    x = frames.float() * brightness
+    grey = (0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2]).unsqueeze(2)
+    mean = grey.mean(dim=(2, 3, 4), keepdim=True)  # per frame
+    x = (x - mean) * contrast + mean
+    grey = (0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2]).unsqueeze(2)
     x = (x - grey) * saturation + grey
     return x.clamp_(0, 255).round_().to(torch.uint8)
 
 
 def cut_windows(
-    frames: np.ndarray,
+    frames: np.ndarray | torch.Tensor,
     frame_times: np.ndarray,
     traj: Trajectory,
     config: WindowConfig,
     rng: np.random.Generator,
     key: str = "",
-) -> list[Window]:
+) -> Optional[EpisodeWindows]:
     """All windows of one episode that satisfy the timing, validity and goal constraints.
 
-    ``frames`` are the decoded uint8 [T, H, W, 3] frames, ``frame_times`` their [T] presentation
+    ``frames`` are the decoded uint8 [T, H, W, 3] frames (kept, not copied), ``frame_times`` their [T] presentation
     times in seconds (see the module docstring for how they meet ``traj.t``).
 
     A "now" frame is used when its k context frames exist (nearest decoded frame within the
     tolerance of each target time; no target before the first frame: the tolerance absorbs frame
     grids that do not fall on ``frame_dt``, it never extrapolates), its waypoints end before the
     last pose, a goal can be drawn within the horizon, and every pose from the oldest context frame to the
-    later of the last waypoint and the goal is ``valid``. Returns [] when no window fits.
+    later of the last waypoint and the goal is ``valid``. Returns None when no window fits.
     """
     timing = config.timing
     n = min(len(frames), len(frame_times))
@@ -217,7 +270,7 @@ def cut_windows(
     goal_time = _draw_goal_times(traj, t_now, horizon_end, config, rng)
     ok &= np.isfinite(goal_time)
     if not ok.any():
-        return []
+        return None
 
     now_idx, t_now, ctx, wp_times, goal_time = now_idx[ok], t_now[ok], ctx[ok], wp_times[ok], goal_time[ok]
     origin_xy, origin_yaw = interpolate_poses(t_now, traj.t, traj.xy, traj.yaw)
@@ -229,25 +282,21 @@ def cut_windows(
     goal_mask = rng.random(len(t_now)) >= config.goal_dropout
     goal = np.where(goal_mask[:, None], goal, 0.0)
 
-    frames_t = torch.from_numpy(np.asarray(frames))  # shares memory with the decoded episode
     aug = config.augment
     flips = rng.random(len(t_now)) < aug.hflip
     jitters = rng.uniform(-1.0, 1.0, (len(t_now), 3)) * np.array([aug.brightness, aug.contrast, aug.saturation]) + 1.0
-    return [
-        Window(
-            frames=frames_t,
-            frame_indices=ctx[i],
-            waypoints=(wp_robot[i] / scale[i]).astype(np.float32),
-            scale=float(scale[i]),
-            goal=goal[i].astype(np.float32),
-            goal_mask=bool(goal_mask[i]),
-            key=key,
-            t=float(t_now[i]),
-            flip=bool(flips[i]),
-            jitter=tuple(jitters[i].tolist()) if aug.brightness or aug.contrast or aug.saturation else None,
-        )
-        for i in range(len(t_now))
-    ]
+    return EpisodeWindows(
+        frames=torch.as_tensor(frames),
+        frame_indices=ctx.astype(np.int64),
+        waypoints=(wp_robot / scale[:, None, None]).astype(np.float32),
+        scale=scale.astype(np.float32),
+        goal=goal.astype(np.float32),
+        goal_mask=goal_mask,
+        t=t_now,
+        flip=flips,
+        jitter=jitters.astype(np.float32) if aug.brightness or aug.contrast or aug.saturation else None,
+        key=key,
+    )
 
 
 def _nearest_index(times: np.ndarray, targets: np.ndarray) -> np.ndarray:

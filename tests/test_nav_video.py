@@ -82,7 +82,8 @@ def test_missing_shard_is_named(shard_dir: pathlib.Path) -> None:
 
 
 def test_two_workers_fixed_batches_and_skip_counts_reach_the_main_process(shard_dir: pathlib.Path) -> None:
-    dm = _datamodule(shard_dir, train_shards=str(shard_dir / "{train-{000000..000002},broken-000000}.tar"), num_workers=2, samples_per_epoch=40)
+    # worker 1 holds only the broken shard: it counts the skip, then borrows worker 0's shard for its quota
+    dm = _datamodule(shard_dir, train_shards=str(shard_dir / "{train-000000,broken-000000}.tar"), num_workers=2, samples_per_epoch=40)
     dm.setup("fit")
     batches = [dm.consume_skip_counts(b) for b in dm.train_dataloader()]
     assert len(batches) == 10 and all(b["frames"].shape == (4, 5, 3, 32, 48) for b in batches)
@@ -124,7 +125,7 @@ def test_fit_logs_skips_to_tensorboard_and_reshuffles_each_epoch(shard_dir: path
         val_shards=str(shard_dir / "train-000000.tar"),
         num_workers=2,
         persistent_workers=True,
-        samples_per_epoch=48,  # each worker needs more windows than one of its shards holds: the broken one is read
+        samples_per_epoch=72,  # 36 windows per worker, more than ep1 holds (32): its worker reads the broken shard too
     )
     model = TinyPolicy()
     trainer = pl.Trainer(
@@ -138,9 +139,9 @@ def test_fit_logs_skips_to_tensorboard_and_reshuffles_each_epoch(shard_dir: path
     )
     trainer.fit(model, datamodule=dm)
     assert any(isinstance(cb, StreamingDataCallback) for cb in trainer.callbacks)
-    assert [len(epoch) for epoch in model.seen] == [48, 48]
+    assert [len(epoch) for epoch in model.seen] == [72, 72]
     assert model.seen[0] != model.seen[1]  # persistent workers saw the new epoch
-    assert dm.train_dataset.epoch == 1
+    assert dm.train_loader.epoch == 1
     checkpoint = tmp_path / "last.ckpt"
     trainer.save_checkpoint(checkpoint)
     saved = torch.load(checkpoint, weights_only=True)  # no pickled classes from the datamodule
@@ -156,8 +157,9 @@ def _rank_main(rank: int, shard_dir: str, out_dir: str) -> None:
         "gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2, timeout=timedelta(seconds=60)
     )
     try:
-        # 3 shards over 2 ranks: rank 0 holds two episodes, rank 1 one; both must yield the same batch count
-        dm = _datamodule(pathlib.Path(shard_dir), samples_per_epoch=24)
+        # 3 shards over 2 ranks: rank 0 holds two episodes, rank 1 one; both must yield the same batch count.
+        # 44 windows per rank: more than ep2's 42, so rank 0 reads both of its shards whatever their order
+        dm = _datamodule(pathlib.Path(shard_dir), samples_per_epoch=88)
         dm.setup("fit")
         keys, batches = set(), 0
         for batch in dm.train_dataloader():
@@ -174,7 +176,7 @@ def test_two_rank_gloo_run_reads_disjoint_shards_with_equal_batch_counts(shard_d
     torch.multiprocessing.spawn(_rank_main, args=(str(shard_dir), str(tmp_path)), nprocs=2, join=True)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0]["keys"] == ["ep0", "ep2"] and results[1]["keys"] == ["ep1"]
-    assert results[0]["batches"] == results[1]["batches"] == 3
+    assert results[0]["batches"] == results[1]["batches"] == 11
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import curved_trajectory, encode_indexed_video, read_frame_index
 from datamodules.pipeline import (
-    NavWindowDataset,
+    NavWindowLoader,
     NoUsableDataError,
     batches_for_worker,
     expand_shards,
@@ -109,7 +109,7 @@ def _samples(batches):
 
 
 def test_round_trip_frames_times_waypoints_and_goal(shards: dict) -> None:
-    ds = NavWindowDataset(expand_shards(shards["good"]), CONFIG, SIZE, batch_size=16, shuffle_buffer=0, seed=1)
+    ds = NavWindowLoader(expand_shards(shards["good"]), CONFIG, SIZE, batch_size=16, shuffle_buffer=0, seed=1)
     samples = list(_samples(ds))
     assert Counter(s["key"] for s in samples) == {k: 36 for k in SPEEDS}  # now frames 24..59 of each
     offsets = np.array([-0.8, -0.6, -0.4, -0.2, 0.0])
@@ -146,7 +146,7 @@ def test_pickle_member_is_never_unpickled(shards: dict, tmp_path: pathlib.Path) 
     probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(_MarkerPayload(probe)))
     assert probe.exists()
-    ds = NavWindowDataset([shards["pickle"]], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
+    ds = NavWindowLoader([shards["pickle"]], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
     keys = {s["key"] for s in _samples(ds)}
     assert keys == {"ep_pickle"}
     assert not shards["marker"].exists()
@@ -154,7 +154,7 @@ def test_pickle_member_is_never_unpickled(shards: dict, tmp_path: pathlib.Path) 
 
 def test_corrupt_input_is_skipped_counted_and_data_keeps_flowing(shards: dict) -> None:
     urls = [shards["bad"], shards["truncated"], shards["good"][1]]
-    ds = NavWindowDataset(urls, CONFIG, SIZE, batch_size=8, samples_per_epoch=200, shuffle_buffer=0)
+    ds = NavWindowLoader(urls, CONFIG, SIZE, batch_size=8, samples_per_epoch=200, shuffle_buffer=0)
     batches = list(ds)
     assert len(batches) == len(ds) == 25  # full quota despite two broken shards of three
     assert {s["key"] for s in _samples(batches)} == {"ep_b"}
@@ -176,7 +176,7 @@ def test_corrupt_input_is_skipped_counted_and_data_keeps_flowing(shards: dict) -
 
 
 def test_only_broken_shards_raise_a_clear_error_instead_of_spinning(shards: dict) -> None:
-    ds = NavWindowDataset([shards["bad"]], CONFIG, SIZE, batch_size=8, samples_per_epoch=100)
+    ds = NavWindowLoader([shards["bad"]], CONFIG, SIZE, batch_size=8, samples_per_epoch=100)
     with pytest.raises(NoUsableDataError, match="no usable training window"):
         next(iter(ds))
 
@@ -185,7 +185,7 @@ def test_rank_split_reads_every_shard_exactly_once(shards: dict) -> None:
     urls = expand_shards(shards["good"]) + [shards["pickle"]]
     seen: Counter[str] = Counter()
     for rank in range(2):
-        ds = NavWindowDataset(urls, CONFIG, SIZE, batch_size=8, rank=rank, world_size=2, shuffle_buffer=0)
+        ds = NavWindowLoader(urls, CONFIG, SIZE, batch_size=8, rank=rank, world_size=2, shuffle_buffer=0)
         keys = {s["key"] for s in _samples(ds)}
         seen.update(keys)
         assert keys == {"ep_a", "ep_c", "ep_pickle"} if rank == 0 else {"ep_b", "ep_d"}
@@ -207,7 +207,7 @@ def test_split_helpers_cover_all_shards_disjointly() -> None:
 
 
 def test_order_changes_with_the_epoch_and_repeats_within_one(shards: dict) -> None:
-    ds = NavWindowDataset(expand_shards(shards["good"]), CONFIG, SIZE, batch_size=8, samples_per_epoch=64, shuffle_buffer=40, seed=5)
+    ds = NavWindowLoader(expand_shards(shards["good"]), CONFIG, SIZE, batch_size=8, samples_per_epoch=64, shuffle_buffer=40, seed=5)
 
     def order():
         return [(s["key"], round(float(s["t"]), 4)) for s in _samples(ds)]
@@ -234,10 +234,8 @@ def test_brace_patterns_expand_in_order(shards: dict) -> None:
 
 def test_worker_with_only_a_broken_shard_borrows_its_ranks_good_shards(shards: dict) -> None:
     """Two workers, one holding only the broken shard: the epoch still gets all its batches."""
-    from torch.utils.data import DataLoader
-
-    ds = NavWindowDataset([shards["bad"], shards["good"][2]], CONFIG, SIZE, batch_size=8, samples_per_epoch=64, shuffle_buffer=0)
-    batches = list(DataLoader(ds, batch_size=None, num_workers=2))
+    ds = NavWindowLoader([shards["bad"], shards["good"][2]], CONFIG, SIZE, batch_size=8, samples_per_epoch=64, shuffle_buffer=0, num_workers=2)
+    batches = list(ds)
     assert len(batches) == 8 and {s["key"] for s in _samples(batches)} == {"ep_c"}
     assert sum(b["skip_counts"].get("train/undecodable_video", 0) for b in batches) >= 2
 
@@ -245,5 +243,5 @@ def test_worker_with_only_a_broken_shard_borrows_its_ranks_good_shards(shards: d
 def test_pipe_urls_are_read_through_webdataset_gopen(shards: dict) -> None:
     url = f"pipe:cat {shards['good'][3]}"
     assert expand_shards([url]) == [url]  # not mistaken for a missing local file
-    ds = NavWindowDataset([url], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
+    ds = NavWindowLoader([url], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
     assert {s["key"] for s in _samples(ds)} == {"ep_d"}

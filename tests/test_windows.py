@@ -102,7 +102,7 @@ def test_missing_frames_beyond_tolerance_are_not_used() -> None:
 
 def test_too_short_episode_gives_no_window() -> None:
     traj = curved_trajectory(30, FPS, SPEED, TURN)  # 2.9 s < 0.8 s context + 3 s future
-    assert cut_windows(_frames(30), np.arange(30) / FPS, traj, WindowConfig(), np.random.default_rng(0)) == []
+    assert cut_windows(_frames(30), np.arange(30) / FPS, traj, WindowConfig(), np.random.default_rng(0)) is None
 
 
 def test_goal_dropout_zeroes_the_goal() -> None:
@@ -117,8 +117,8 @@ def test_horizontal_flip_mirrors_image_trajectory_and_goal() -> None:
     config = WindowConfig(goal_horizon_s=(2.0, 2.0))
     plain = _cut(config)[0]
     flipped_window = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0), augment=AugmentConfig(hflip=1.0)))[0]
-    frames = torch.arange(plain.frames.numel()).reshape(plain.frames.shape) % 251
-    plain.frames = flipped_window.frames = frames.to(torch.uint8)  # left/right distinguishable pixels
+    frames = torch.arange(plain.episode.frames.numel()).reshape(plain.episode.frames.shape) % 251
+    plain.episode.frames = flipped_window.episode.frames = frames.to(torch.uint8)  # left/right distinguishable pixels
     a, b = plain.materialize(), flipped_window.materialize()
     assert torch.equal(b["frames"], a["frames"].flip(-1))
     torch.testing.assert_close(b["waypoints"], a["waypoints"] * torch.tensor([1.0, -1.0]))
@@ -128,7 +128,7 @@ def test_horizontal_flip_mirrors_image_trajectory_and_goal() -> None:
 def test_colour_jitter_changes_pixels_alike_across_the_clip() -> None:
     config = WindowConfig(augment=AugmentConfig(brightness=0.5))
     window = _cut(config, seed=3)[0]
-    window.frames = torch.full_like(window.frames, 100)
+    window.episode.frames = torch.full_like(window.episode.frames, 100)
     out = window.materialize()["frames"]
     assert out.dtype == torch.uint8
     assert len(out.unique()) == 1 and int(out.flatten()[0]) == round(100 * window.jitter[0])

@@ -3,8 +3,8 @@
     python tools/bench_data.py --make-synthetic data/bench_shards          # once: write test shards
     python tools/bench_data.py --shards 'data/bench_shards/shard-{000000..000007}.tar' --workers 2
 
-Pipeline: NavWindowDataset through a DataLoader with W persistent workers (tar -> decode -> windows
--> shuffle -> batches, one pass over the shards per timed run). Ceiling: the same videos decoded
+Pipeline: NavWindowLoader with W persistent DataLoader workers (tar -> decode -> cut in the
+workers; shuffle -> batches of gathered windows in this process; one pass over the shards per timed run). Ceiling: the same videos decoded
 sequentially at the same size by W pool processes doing nothing else (the same shard-to-process
 split). Both get one untimed warm-up pass (process start-up is not throughput), then are timed
 alternately ``--repeats`` times and the best time of each is compared: on a shared machine the
@@ -27,10 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from datamodules.episode import VIDEO_MEMBER, Trajectory  # noqa: E402
-from datamodules.pipeline import NavWindowDataset, expand_shards, split_by_worker  # noqa: E402
+from datamodules.pipeline import NavWindowLoader, expand_shards, split_by_worker  # noqa: E402
 from datamodules.shard_writer import EpisodeShardWriter  # noqa: E402
 from datamodules.video_decode import decode_video  # noqa: E402
 from datamodules.windows import WindowConfig  # noqa: E402
@@ -87,7 +86,7 @@ def run_ceiling(pool, urls: list[str], workers: int, size: tuple[int, int]) -> t
     return time.perf_counter() - start, frames
 
 
-def run_pipeline(loader: DataLoader) -> tuple[float, int]:
+def run_pipeline(loader: NavWindowLoader) -> tuple[float, int]:
     start = time.perf_counter()
     samples = sum(len(batch["key"]) for batch in loader)
     return time.perf_counter() - start, samples
@@ -122,8 +121,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.workers < 1:
         parser.error("--workers must be >= 1 (the ceiling needs as many decoding processes)")
 
-    dataset = NavWindowDataset(urls, WindowConfig(window_stride=args.window_stride), size, args.batch_size, shuffle_buffer=args.shuffle_buffer)
-    loader = DataLoader(dataset, batch_size=None, num_workers=args.workers, persistent_workers=True, prefetch_factor=2)
+    loader = NavWindowLoader(
+        urls,
+        WindowConfig(window_stride=args.window_stride),
+        size,
+        args.batch_size,
+        shuffle_buffer=args.shuffle_buffer,
+        num_workers=args.workers,
+        persistent_workers=True,
+    )
     ceiling_times, pipeline_times = [], []
     frames = samples = 0
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
