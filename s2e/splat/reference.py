@@ -12,7 +12,6 @@ Correct rather than fast: it loops over cameras and tiles in Python.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
