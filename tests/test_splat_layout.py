@@ -110,6 +110,11 @@ def _broken(tmp_path, kind: str):
         del doc["routes"]
     elif kind == "route_on_wall":
         doc["routes"] = [[[-2.2, 0.0], [0.0, -1.1]]]  # row 4 is the solid row: y in [-1.2, -1.0)
+    elif kind == "route_through_wall":
+        walkable = _layout().walkable.copy()
+        walkable[:4] = True  # walkable on both sides of the solid row 4 (y in [-1.2, -1.0))
+        np.savez(grid, walkable=walkable, solid=_layout().solid)
+        doc["routes"] = [[[-2.2, -0.5], [-2.2, -1.5]]]  # both ends walkable, the segment crosses the solid row
     elif kind == "route_outside":
         doc["routes"] = [[[-2.2, 0.0], [9.0, 0.0]]]
     elif kind == "route_point":
@@ -137,6 +142,7 @@ def _broken(tmp_path, kind: str):
     ("no_routes", r"missing 'routes'"),
     ("route_on_wall", r"route 0 vertex 1 at \[0.0, -1.1\] is on a solid cell"),
     ("route_outside", r"route 0 vertex 1 at \[9.0, 0.0\] is outside the grid"),
+    ("route_through_wall", r"route 0 segment 0 crosses a solid cell at \[-2.2, -1.0"),
     ("route_point", r"routes\[0\] must have shape Nx2, got \[2, 3\]"),
     ("transform", r"world_from_splat's last row must be \[0, 0, 0, 1\]"),
     ("grid_missing", r"grid file .* not found"),

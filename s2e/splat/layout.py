@@ -113,6 +113,13 @@ class SplatLayout:
                     raise SplatFileError(f"{source}: route {i} vertex {j} at {route[j].tolist()} is {where}")
             if np.linalg.norm(np.diff(route, axis=0), axis=1).sum() < 1.0:
                 raise SplatFileError(f"{source}: route {i} is shorter than 1 m")
+            for j, (a, b) in enumerate(zip(route[:-1], route[1:])):
+                steps = np.linspace(0.0, 1.0, max(2, int(np.ceil(np.linalg.norm(b - a) / (0.25 * self.resolution))) + 1))
+                points = a + steps[:, None] * (b - a)
+                r, c = self.cell_of(points).T
+                hit = self.solid[r.clip(0, h - 1), c.clip(0, w - 1)]
+                if hit.any():
+                    raise SplatFileError(f"{source}: route {i} segment {j} crosses a solid cell at {np.round(points[hit.argmax()], 2).tolist()}")
         return self
 
 
