@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from s2e.splat.gaussians import Gaussians
-from s2e.splat.layout import SplatLayout, load_layout, save_layout
+from s2e.splat.layout import SplatLayout, load_layout, save_layout, segment_points
 from s2e.splat.ply import SplatFileError, save_ply
-from s2e.splat.slicer import gaussian_samples, layout_from_points, mesh_samples, occupancy
+from s2e.splat.slicer import auto_route, gaussian_samples, layout_from_points, mesh_samples, occupancy
 from s2e.splat.synthetic import gaussian_ground, gaussian_wall
 
 RES = 0.2
@@ -182,3 +182,16 @@ def test_layout_tool_writes_a_loadable_layout_and_png(tmp_path):
     raised = main(["--ply", str(high), "--out", str(tmp_path / "h.layout.json"), "--bounds", *map(str, BOUNDS), "--ground-z", "1.5"])
     layout = load_layout(raised["layout"])
     assert np.abs(_cells_x(layout.solid) - 1.0).max() <= RES and layout.world_from_splat[2, 3] == pytest.approx(-1.5)
+
+
+def test_auto_route_keeps_the_corner_rather_than_cutting_through_the_wall():
+    walkable = np.zeros((60, 60), bool)
+    walkable[2:14, 2:58] = True  # an L: a corridor along x, then one up along y at the far end
+    walkable[2:58, 46:58] = True
+    route = auto_route(walkable, np.zeros(2), 0.2, clearance=0.5, max_vertices=2)
+    assert len(route) >= 3  # two vertices would cut the corner
+    length = np.linalg.norm(np.diff(route, axis=0), axis=1).sum()
+    assert length > 15.0
+    for points in segment_points(route, 0.05):
+        cells = np.floor(points / 0.2).astype(int)
+        assert walkable[cells[:, 1], cells[:, 0]].all()

@@ -39,6 +39,15 @@ _KEYS = {"format", "version", "world_from_splat", "grid", "walkable_polygons", "
 _MAX_CELLS = 4096
 
 
+def segment_points(route: np.ndarray, spacing: float) -> list[np.ndarray]:
+    """Points [S_j, 2] along each segment j of a polyline, at most ``spacing`` apart, both ends included."""
+    out = []
+    for a, b in zip(route[:-1], route[1:]):
+        steps = np.linspace(0.0, 1.0, max(2, int(np.ceil(np.linalg.norm(b - a) / spacing)) + 1))
+        out.append(a + steps[:, None] * (b - a))
+    return out
+
+
 @dataclass
 class SplatLayout:
     """A validated layout in world coordinates (see the module docstring for the file form).
@@ -113,9 +122,7 @@ class SplatLayout:
                     raise SplatFileError(f"{source}: route {i} vertex {j} at {route[j].tolist()} is {where}")
             if np.linalg.norm(np.diff(route, axis=0), axis=1).sum() < 1.0:
                 raise SplatFileError(f"{source}: route {i} is shorter than 1 m")
-            for j, (a, b) in enumerate(zip(route[:-1], route[1:])):
-                steps = np.linspace(0.0, 1.0, max(2, int(np.ceil(np.linalg.norm(b - a) / (0.25 * self.resolution))) + 1))
-                points = a + steps[:, None] * (b - a)
+            for j, points in enumerate(segment_points(route, 0.25 * self.resolution)):
                 r, c = self.cell_of(points).T
                 hit = self.solid[r.clip(0, h - 1), c.clip(0, w - 1)]
                 if hit.any():

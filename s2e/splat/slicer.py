@@ -19,7 +19,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from s2e.splat.gaussians import Gaussians, quat_to_matrix
-from s2e.splat.layout import SplatLayout
+from s2e.splat.layout import SplatLayout, segment_points
 from s2e.splat.ply import SplatFileError
 
 _STEPS = (0.5, 1.0, 1.5)
@@ -143,7 +143,7 @@ def auto_route(walkable: np.ndarray, origin: np.ndarray, resolution: float, clea
     Its ends are the two cells farthest apart (a double sweep of shortest paths) among those with at
     least half the widest clearance; between them it follows the path that trades length for clearance (each metre costs
     1 + 1 m / clearance), so it keeps to the middle of a sidewalk instead of hugging an edge. The
-    path is simplified to at most ``max_vertices`` vertices.
+    path is simplified towards ``max_vertices`` vertices, never by a shortcut off the walkable area.
     """
     distance = distance_transform_edt(walkable) * resolution
     room = distance >= clearance
@@ -171,10 +171,23 @@ def auto_route(walkable: np.ndarray, origin: np.ndarray, resolution: float, clea
     xy = origin + (rc[:, ::-1] + 0.5) * resolution
     tolerance = resolution
     route = _simplify(xy, tolerance)
-    while len(route) > max_vertices:
+    while len(route) > max_vertices:  # coarser, unless a shortcut would leave the walkable area
         tolerance *= 1.5
-        route = _simplify(xy, tolerance)
+        coarser = _simplify(xy, tolerance)
+        if not _inside(coarser, walkable, origin, resolution):
+            break
+        route = coarser
     return route
+
+
+def _inside(route: np.ndarray, mask: np.ndarray, origin: np.ndarray, resolution: float) -> bool:
+    """Whether every point along the polyline (sampled every quarter cell) lies on a ``mask`` cell."""
+    for points in segment_points(route, 0.25 * resolution):
+        col, row = np.floor((points - origin) / resolution).astype(np.int64).T
+        ok = (row >= 0) & (row < mask.shape[0]) & (col >= 0) & (col < mask.shape[1])
+        if not ok.all() or not mask[row, col].all():
+            return False
+    return True
 
 
 def layout_from_points(solid_points: np.ndarray, bounds: tuple[float, float, float, float], resolution: float = 0.2,
