@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -131,7 +131,8 @@ def _transform(k: int, mirror: bool) -> np.ndarray:
     return rot @ np.diag([1.0, -1.0 if mirror else 1.0])
 
 
-def _polyline_cumlen(points: np.ndarray) -> np.ndarray:
+def polyline_cumlen(points: np.ndarray) -> np.ndarray:
+    """Arc length at each vertex of a polyline [n, 2] (starts at 0)."""
     return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
 
 
@@ -147,7 +148,7 @@ def _interp_polyline(points: np.ndarray, cum: np.ndarray, s: np.ndarray) -> tupl
 
 def _sub_polyline(points: np.ndarray, s0: float, s1: float) -> np.ndarray:
     """The part of a polyline between arc lengths s0 < s1 (inner vertices kept)."""
-    cum = _polyline_cumlen(points)
+    cum = polyline_cumlen(points)
     inner = [p for p, c in zip(points, cum) if s0 < c < s1]
     a, _ = _interp_polyline(points, cum, np.array([s0]))
     b, _ = _interp_polyline(points, cum, np.array([s1]))
@@ -229,7 +230,7 @@ def _layout(canvas: _Canvas, kind: str, hw: float, rng: np.random.Generator, con
     return [np.vstack([arms[a], centre, arms[b]]) for a in arms for b in arms if a != b]
 
 
-def _signed_distance(walkable: np.ndarray, res: float) -> np.ndarray:
+def signed_distance(walkable: np.ndarray, res: float) -> np.ndarray:
     """Metres to the walkable boundary: positive inside, negative outside (cell-centre convention)."""
     inside = distance_transform_edt(walkable) * res - res / 2
     outside = distance_transform_edt(~walkable) * res - res / 2
@@ -251,7 +252,8 @@ _OBSTACLE_SIZES = {  # kind: (shape, half_length range, half_width range, height
 }
 
 
-def _place_obstacles(rng, count, route, cum, clearance_at, robot: RobotProfile, config: SceneConfig) -> np.ndarray:
+def place_obstacles(rng: np.random.Generator, count: int, route: np.ndarray, cum: np.ndarray, clearance_at: Callable[[np.ndarray], float],
+                    robot: RobotProfile, config: SceneConfig) -> np.ndarray:
     """Obstacles on the walkable area along the route, each leaving a passage on one side."""
     need = 2 * robot.radius * config.obstacle_passage
     placed: list[np.ndarray] = []
@@ -286,7 +288,8 @@ def _place_obstacles(rng, count, route, cum, clearance_at, robot: RobotProfile, 
     return np.stack(placed) if placed else np.zeros((0, 8), np.float32)
 
 
-def _spawn_pedestrians(rng, count, route, cum, clearance_at, start: np.ndarray, robot: RobotProfile):
+def spawn_pedestrians(rng: np.random.Generator, count: int, route: np.ndarray, cum: np.ndarray, clearance_at: Callable[[np.ndarray], float],
+                      start: np.ndarray, robot: RobotProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pedestrian discs along the route corridor with ping-pong goals (along, across or standing)."""
     peds, goals_a, goals_b, speeds = [], [], [], []
     seg_len = np.diff(cum)
@@ -337,18 +340,18 @@ def generate_scene_arrays(seed: int, config: SceneConfig, robot: RobotProfile) -
     paths = _layout(canvas, kind, hw, rng, config)
     walkable = np.isin(canvas.surface, (Surface.SIDEWALK, Surface.PLAZA))
     _add_curbs(canvas, walkable)
-    distance = _signed_distance(walkable, canvas.res)
+    distance = signed_distance(walkable, canvas.res)
     solid = canvas.height > 0
     solid_distance = (distance_transform_edt(~solid) * canvas.res - canvas.res / 2).astype(np.float32) if solid.any() else np.full_like(distance, config.extent)
 
     path = paths[int(rng.integers(len(paths)))] @ transform.T  # canonical -> world
-    path_cum = _polyline_cumlen(path)
+    path_cum = polyline_cumlen(path)
     length = min(rng.uniform(*config.route_length), path_cum[-1] - 0.5)
     s0 = rng.uniform(0.0, path_cum[-1] - length)
     route = _sub_polyline(path, s0, s0 + length)
     if rng.random() < 0.5:
         route = route[::-1].copy()
-    cum = _polyline_cumlen(route)
+    cum = polyline_cumlen(route)
 
     def clearance_at(point: np.ndarray) -> float:
         col, row = ((point - canvas.origin) / canvas.res).astype(int).clip(0, distance.shape[0] - 1)
@@ -356,8 +359,8 @@ def generate_scene_arrays(seed: int, config: SceneConfig, robot: RobotProfile) -
 
     n_obs = int(rng.integers(config.num_obstacles[0], config.num_obstacles[1] + 1))
     n_ped = int(rng.integers(config.num_pedestrians[0], config.num_pedestrians[1] + 1))
-    obstacles = _place_obstacles(rng, n_obs, route, cum, clearance_at, robot, config)
-    peds, goal_a, goal_b, speeds = _spawn_pedestrians(rng, n_ped, route, cum, clearance_at, route[0], robot)
+    obstacles = place_obstacles(rng, n_obs, route, cum, clearance_at, robot, config)
+    peds, goal_a, goal_b, speeds = spawn_pedestrians(rng, n_ped, route, cum, clearance_at, route[0], robot)
     return {
         "surface": canvas.surface, "height": canvas.height, "distance": distance, "solid_distance": solid_distance,
         "origin": canvas.origin.astype(np.float32), "obstacles": obstacles, "pedestrians": peds, "goal_a": goal_a,

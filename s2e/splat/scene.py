@@ -21,8 +21,8 @@ from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 from s2e.sim.env import NavEnv, NavEnvConfig
-from s2e.sim.generator import (SceneConfig, World, _place_obstacles, _polyline_cumlen, _signed_distance,
-                               _spawn_pedestrians, stack_scenes)
+from s2e.sim.generator import (SceneConfig, World, place_obstacles, polyline_cumlen, signed_distance,
+                               spawn_pedestrians, stack_scenes)
 from s2e.sim.render import _per_env
 from s2e.sim.robots import RobotProfile, get_robot
 from s2e.sim.scene import SceneBatch, Surface
@@ -78,12 +78,12 @@ class SplatScenes:
         surface[layout.solid] = Surface.BUILDING
         res = layout.resolution
         self._grids = {
-            "surface": surface, "height": layout.height.astype(np.float32), "distance": _signed_distance(layout.walkable, res),
+            "surface": surface, "height": layout.height.astype(np.float32), "distance": signed_distance(layout.walkable, res),
             "solid_distance": (distance_transform_edt(~layout.solid) * res - res / 2).astype(np.float32) if layout.solid.any()
             else np.full(layout.shape, 1e3, np.float32),
             "origin": np.asarray(layout.origin, np.float32),
         }
-        self._routes = [(r.astype(np.float64), _polyline_cumlen(r)) for r in layout.routes]
+        self._routes = [(r.astype(np.float64), polyline_cumlen(r)) for r in layout.routes]
 
     def _clearance_at(self, point: np.ndarray) -> float:
         r, c = np.clip(self.layout.cell_of(point), 0, np.array(self.layout.shape) - 1)
@@ -94,13 +94,13 @@ class SplatScenes:
         route, cum = self._routes[int(rng.integers(len(self._routes)))]
         if rng.random() < 0.5:
             route = route[::-1].copy()
-            cum = _polyline_cumlen(route)
+            cum = polyline_cumlen(route)
         cfg = self.config
         n_obs = int(rng.integers(cfg.num_obstacles[0], cfg.num_obstacles[1] + 1))
         n_ped = int(rng.integers(cfg.num_pedestrians[0], cfg.num_pedestrians[1] + 1))
-        obstacles = _place_obstacles(rng, n_obs, route, cum, self._clearance_at, self.robot, cfg)
+        obstacles = place_obstacles(rng, n_obs, route, cum, self._clearance_at, self.robot, cfg)
         obstacles = obstacles[self.layout.in_spawn_region(obstacles[:, :2])] if len(obstacles) else obstacles
-        peds, goal_a, goal_b, speeds = _spawn_pedestrians(rng, n_ped, route, cum, self._clearance_at, route[0], self.robot)
+        peds, goal_a, goal_b, speeds = spawn_pedestrians(rng, n_ped, route, cum, self._clearance_at, route[0], self.robot)
         if len(peds):
             keep = self.layout.in_spawn_region(peds[:, :2])
             peds, goal_a, goal_b, speeds = peds[keep], goal_a[keep], goal_b[keep], speeds[keep]
