@@ -213,3 +213,38 @@ def test_multisync_collector_runs_workers_and_pushes_new_weights_before_each_bat
         assert not torch.allclose(first.reshape(-1)["state_value"], second.reshape(-1)["state_value"])
     finally:
         collector.shutdown()
+
+
+DDP_SCRIPT = """
+import sys, torch, lightning.pytorch as pl
+from s2e.posttrain import PostTrainModule, SimulatorRollouts
+
+class Dump(pl.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, index):
+        if index == 0:
+            goal = trainer.datamodule._rollouts.collector.env.base_env.world.scene.goal
+            torch.save(goal.clone(), f"{sys.argv[2]}/goal{trainer.global_rank}.pt")
+
+    def on_train_end(self, trainer, module):
+        torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, f"{sys.argv[2]}/rank{trainer.global_rank}.pt")
+
+if __name__ == "__main__":
+    module = PostTrainModule(sys.argv[1], ppo_epochs=1, minibatch_size=16)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, callbacks=[Dump()])
+    trainer.fit(module, datamodule=SimulatorRollouts(num_envs=2, steps_per_batch=8, batches_per_epoch=2))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_ranks_collect_different_scenes_and_keep_identical_weights(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    result = subprocess.run([sys.executable, str(tmp_path / "ddp.py"), str(pretrained), str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # gradients were averaged over ranks
+    assert rank0["policy.cross_attention.gate_out.weight"].abs().sum() > 0
+    assert not torch.equal(*(torch.load(tmp_path / f"goal{r}.pt", weights_only=True) for r in (0, 1)))  # seed + 1000 * rank
