@@ -12,15 +12,20 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import curved_trajectory, encode_indexed_video, read_frame_index
 from datamodules.pipeline import (
     NavWindowLoader,
     NoUsableDataError,
+    SkipCounter,
     batches_for_worker,
+    episode_windows,
     expand_shards,
+    read_tar_episodes,
     split_by_rank,
     split_by_worker,
+    with_quota,
 )
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
@@ -245,3 +250,41 @@ def test_pipe_urls_are_read_through_webdataset_gopen(shards: dict) -> None:
     assert expand_shards([url]) == [url]  # not mistaken for a missing local file
     ds = NavWindowLoader([url], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
     assert {s["key"] for s in _samples(ds)} == {"ep_d"}
+
+
+def test_workers_deliver_the_in_process_windows_in_a_reproducible_order(shards: dict) -> None:
+    """Two workers decode and cut, this process shuffles and gathers: same windows and pixels, same order every run."""
+    urls = expand_shards(shards["good"])
+
+    def windows(loader) -> dict:
+        return {(s["key"], round(float(s["t"]), 4)): s["frames"] for s in _samples(loader)}
+
+    reference = windows(NavWindowLoader(urls, CONFIG, SIZE, batch_size=8, shuffle_buffer=0))
+    loader = NavWindowLoader(urls, CONFIG, SIZE, batch_size=8, shuffle_buffer=32, seed=3, num_workers=2, persistent_workers=True)
+    first = windows(loader)
+    assert list(first) != sorted(first) and sorted(first) == sorted(reference)  # shuffled across episodes
+    assert all(torch.equal(first[k], reference[k]) for k in reference)
+    assert list(windows(loader)) == list(first)  # persistent workers, same epoch: same order
+    loader.set_epoch(1)
+    assert list(windows(loader)) != list(first)
+
+
+def test_a_worker_decodes_into_shared_memory_so_the_episode_crosses_without_a_copy(shards: dict) -> None:
+    counter = SkipCounter()
+    for shared in (True, False):
+        raw = read_tar_episodes(shards["good"][:1], counter)
+        episodes = list(episode_windows(raw, CONFIG, SIZE, np.random.default_rng(0), counter, shared_memory=shared))
+        assert len(episodes) == 1 and episodes[0].frames.is_shared() == shared
+        assert episodes[0].frames.shape == (FRAMES, *SIZE, 3)
+
+
+def test_quota_cuts_the_last_episode_and_the_final_record_carries_the_tail_counts(shards: dict) -> None:
+    counter = SkipCounter("train/")
+    episodes = episode_windows(read_tar_episodes([shards["good"][0], shards["bad"]], counter), CONFIG, SIZE, np.random.default_rng(0), counter)
+    records = list(with_quota(episodes, None, counter))
+    assert [len(r.windows) for r in records[:-1]] == [36] and records[-1].windows is None
+    assert sum(records[-1].skip_counts.values()) == 8  # every broken episode of bad.tar, after the last good one
+    counter = SkipCounter("train/")
+    episodes = episode_windows(read_tar_episodes(shards["good"], counter), CONFIG, SIZE, np.random.default_rng(0), counter)
+    records = list(with_quota(episodes, 40, counter))
+    assert [len(r.windows) for r in records[:-1]] == [36, 4] and records[-1].windows is None

@@ -84,3 +84,18 @@ def test_truncated_video_keeps_the_frames_that_decode(bframe_video: bytes) -> No
         return
     indices = [read_frame_index(f) for f in video.frames]
     assert indices == list(range(len(indices)))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_frames_are_decoded_into_the_callers_array(bframe_video: bytes, backend: str) -> None:
+    """The pipeline decodes into shared memory this way: the result must be that very array, in order."""
+    made: list[np.ndarray] = []
+
+    def allocate(shape):
+        made.append(np.full(shape, 7, np.uint8))
+        return made[-1]
+
+    video = decode_video(bframe_video, (48, 64), backend, allocate)
+    assert len(made) == 1 and made[0].shape == (45, 48, 64, 3)
+    assert video.frames is made[0]
+    assert [read_frame_index(f) for f in made[0]] == list(range(45))

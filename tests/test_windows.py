@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import curved_trajectory
-from datamodules.windows import AugmentConfig, WindowConfig, cut_windows
+from datamodules.windows import AugmentConfig, WindowConfig, collate_windows, cut_windows
 from s2e.timing import TimingSpec
 
 FPS = 10.0
@@ -149,3 +149,34 @@ def test_bad_configs_are_rejected() -> None:
         WindowConfig(goal_horizon_s=(3.0, 1.0))
     with pytest.raises(ValueError, match="hflip"):
         AugmentConfig(hflip=2.0)
+
+
+def test_batches_mix_episodes_and_flips_with_frames_in_channels_last_memory() -> None:
+    plain = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0)))
+    flipped = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0), augment=AugmentConfig(hflip=1.0)))
+    pixels = torch.arange(plain.frames.numel()).reshape(plain.frames.shape)
+    plain.frames = (pixels % 251).to(torch.uint8)  # left/right distinguishable pixels
+    flipped.frames = ((pixels + 17) % 241).to(torch.uint8)  # and another episode's
+    windows = [plain[3], flipped[0], plain[10]]
+    batch = collate_windows(windows)
+    frames = batch["frames"]
+    assert frames.shape == (3, 5, 3, 4, 6) and frames.dtype == torch.uint8
+    assert frames.permute(0, 1, 3, 4, 2).is_contiguous()  # [B, k, H, W, 3] memory: one copy per frame
+    for got, window in zip(frames, windows):
+        expected = window.episode.frames[torch.from_numpy(window.episode.frame_indices[window.row])].permute(0, 3, 1, 2)
+        assert torch.equal(got, expected.flip(-1) if window.episode is flipped else expected)
+    alone = [w.materialize() for w in windows]
+    for name in ("waypoints", "goal", "scale", "t"):
+        assert torch.equal(batch[name], torch.stack([a[name] for a in alone]))
+    assert batch["key"] == ["ep", "ep", "ep"]
+    torch.testing.assert_close(batch["waypoints"][1], torch.from_numpy(flipped.waypoints[0]) * torch.tensor([1.0, -1.0]))
+
+
+def test_head_keeps_the_first_windows_and_shares_the_frames() -> None:
+    windows = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0), augment=AugmentConfig(brightness=0.3)))
+    head = windows.head(5)
+    assert len(head) == 5 and head.frames is windows.frames
+    assert [w.t for w in head] == [w.t for w in windows][:5]
+    np.testing.assert_array_equal(head.jitter, windows.jitter[:5])
+    with pytest.raises(IndexError):
+        head[5]

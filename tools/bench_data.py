@@ -10,6 +10,11 @@ split). Both get one untimed warm-up pass (process start-up is not throughput), 
 alternately ``--repeats`` times and the best time of each is compared: on a shared machine the
 best run is the least disturbed one. The last printed line is one JSON object with
 both figures and ``ratio`` = pipeline decoded-frames/s / ceiling decoded-frames/s.
+
+Each run also records the CPU seconds its processes used (this process plus its worker
+processes, from /proc): ``cpu_ratio`` = ceiling CPU / pipeline CPU over all runs is the same
+comparison as ``ratio`` with the other users of a shared machine taken out; on an idle machine
+with every worker busy the two agree.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import io
 import json
 import multiprocessing
+import os
 import sys
 import tarfile
 import time
@@ -80,16 +86,32 @@ def _decode_shards(job: tuple[list[str], tuple[int, int]]) -> int:
     return frames
 
 
-def run_ceiling(pool, urls: list[str], workers: int, size: tuple[int, int]) -> tuple[float, int]:
-    start = time.perf_counter()
+def process_tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its live child processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = time.process_time()
+    for child in multiprocessing.active_children():
+        try:
+            with open(f"/proc/{child.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # the name field may contain spaces
+        except OSError:  # exited meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def run_ceiling(pool, urls: list[str], workers: int, size: tuple[int, int]) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, frames) of one pure-decode pass."""
+    start, cpu = time.perf_counter(), process_tree_cpu_seconds()
     frames = sum(pool.map(_decode_shards, [(split_by_worker(urls, w, workers), size) for w in range(workers)]))
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, process_tree_cpu_seconds() - cpu, frames
 
 
-def run_pipeline(loader: NavWindowLoader) -> tuple[float, int]:
-    start = time.perf_counter()
+def run_pipeline(loader: NavWindowLoader) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, windows) of one pipeline pass."""
+    start, cpu = time.perf_counter(), process_tree_cpu_seconds()
     samples = sum(len(batch["key"]) for batch in loader)
-    return time.perf_counter() - start, samples
+    return time.perf_counter() - start, process_tree_cpu_seconds() - cpu, samples
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -130,19 +152,21 @@ def main(argv: list[str] | None = None) -> dict | None:
         num_workers=args.workers,
         persistent_workers=True,
     )
-    ceiling_times, pipeline_times = [], []
+    ceiling_times, pipeline_times, ceiling_cpu, pipeline_cpu = [], [], [], []
     frames = samples = 0
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
         # untimed warm-up of both: process start-up and first imports are not throughput
         run_ceiling(pool, urls, args.workers, size)
         run_pipeline(loader)
         for _ in range(args.repeats):
-            seconds, frames = run_ceiling(pool, urls, args.workers, size)
+            seconds, cpu, frames = run_ceiling(pool, urls, args.workers, size)
             ceiling_times.append(seconds)
-            print(f"ceiling : {frames} frames in {seconds:.2f}s = {frames / seconds:.1f} frames/s")
-            seconds, samples = run_pipeline(loader)
+            ceiling_cpu.append(cpu)
+            print(f"ceiling : {frames} frames in {seconds:.2f}s = {frames / seconds:.1f} frames/s ({cpu:.2f} CPU s)")
+            seconds, cpu, samples = run_pipeline(loader)
             pipeline_times.append(seconds)
-            print(f"pipeline: {samples} windows ({frames} frames decoded) in {seconds:.2f}s = {frames / seconds:.1f} frames/s")
+            pipeline_cpu.append(cpu)
+            print(f"pipeline: {samples} windows ({frames} frames decoded) in {seconds:.2f}s = {frames / seconds:.1f} frames/s ({cpu:.2f} CPU s)")
     best_ceiling, best_pipeline = min(ceiling_times), min(pipeline_times)
     result = {
         "workers": args.workers,
@@ -156,8 +180,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         "pipeline_frames_per_s": round(frames / best_pipeline, 1),
         "ceiling_frames_per_s": round(frames / best_ceiling, 1),
         "ratio": round(best_ceiling / best_pipeline, 3),
+        "cpu_ratio": round(sum(ceiling_cpu) / sum(pipeline_cpu), 3),
         "pipeline_s": [round(t, 3) for t in pipeline_times],
         "ceiling_s": [round(t, 3) for t in ceiling_times],
+        "pipeline_cpu_s": [round(t, 3) for t in pipeline_cpu],
+        "ceiling_cpu_s": [round(t, 3) for t in ceiling_cpu],
+        "load_average": [round(v, 2) for v in os.getloadavg()],
     }
     print(json.dumps(result))
     return result
