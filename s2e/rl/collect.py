@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 from typing import Callable, Iterator, Literal
 
-import torch
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
