@@ -21,6 +21,9 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from s2e.control import ControllerLimits, command_from_limits
+from s2e.export import TS_FILE, quiet_export_warnings, read_export_metadata
+from s2e.model.policy import best_trajectory_metres
+from s2e.pretrain import load_policy_from_checkpoint
 from s2e.sim.env import NavEnv
 from s2e.sim.expert import ExpertPlanner
 from s2e.sim.rollout import expert_controller
@@ -115,8 +118,6 @@ class PolicyAgent:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, lookahead_time: float = ControllerLimits().lookahead_time) -> "PolicyAgent":
-        from s2e.pretrain import load_policy_from_checkpoint
-
         policy, timing, _ = load_policy_from_checkpoint(path)
         return cls(policy, timing, Path(path).stem, lookahead_time)
 
@@ -125,8 +126,6 @@ class PolicyAgent:
         return self
 
     def act(self, obs: TensorDictBase, env: NavEnv) -> Tensor:
-        from s2e.model.policy import best_trajectory_metres
-
         with torch.no_grad():
             out = self.policy(obs["frames"], obs["goal"].float())
             return command_from_limits(best_trajectory_metres(out), self.timing.waypoint_dt, robot_limits(env, self.lookahead_time))
@@ -136,8 +135,6 @@ class TorchScriptAgent:
     """An export folder (``python -m s2e export``): ``policy.ts`` full-window forward, its own controller."""
 
     def __init__(self, folder: str | Path) -> None:
-        from s2e.export import TS_FILE, quiet_export_warnings, read_export_metadata
-
         folder = Path(folder)
         meta = read_export_metadata(folder)
         with quiet_export_warnings():

@@ -91,6 +91,10 @@ class NavBenchModule(pl.LightningModule):
         bootstrap_resamples, ci_level, seed: bootstrap settings; ``seed`` also seeds the random agent.
     """
 
+    #: ``--ckpt_path`` names a policy checkpoint another module wrote: its hyper-parameters are not
+    #: this module's, so the CLI must not merge them into the model config (see ``s2e.cli``).
+    reads_policy_checkpoints = True
+
     def __init__(self, agent: str = "policy", policy_path: Optional[str] = None, name: Optional[str] = None,
                  out_dir: Optional[str] = None, image_size: tuple[int, int] = (96, 96), lookahead_time: float = 0.6,
                  videos: int = 2, plots: int = 4, bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0) -> None:
