@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -219,3 +220,68 @@ def test_scene_without_obstacle_or_pedestrian_rows_renders_the_walls():
     padded, padded_depth = _render(_corridor())  # same geometry with masked-out padding rows
     assert torch.equal(depth, padded_depth) and torch.equal(rgb, padded)
     assert depth[0, 0, _row_at_height(1.0, END_WALL_X), CENTRE].item() == pytest.approx(END_WALL_X, abs=RES)
+
+
+def _street_batch(count: int, seed: int = 3):
+    from s2e.sim.generator import SceneConfig, generate_world
+    from s2e.sim.robots import get_robot
+
+    robot = get_robot("wheeled")
+    scene = generate_world(list(range(seed, seed + count)), SceneConfig(), robot).scene
+    start, ahead = scene.route[:, 0], scene.route[:, 1]
+    return scene, start, torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0]), robot
+
+
+@pytest.fixture
+def fresh_compile_state(monkeypatch):
+    """A process state in which nothing was compiled yet and no compilation has failed."""
+    import s2e.sim.render as render
+
+    monkeypatch.setattr(render, "_COMPILED", {})
+    monkeypatch.setattr(render, "_compile_error", None)
+    return render
+
+
+def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_large_batches(fresh_compile_state, monkeypatch):
+    render = fresh_compile_state
+
+    def no_toolchain(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", no_toolchain)
+    monkeypatch.setattr(render, "COMPILE_MIN_PIXELS", 2 * W * H)
+    scene = _corridor([_box(3.0, 0.0, 0.4)], [[4.0, -1.5, 0.0, 0.0, 0.3, 1.7]])
+    expected = Raycaster(W, H, compiled=False).render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
+    auto = Raycaster(W, H)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one frame is below COMPILE_MIN_PIXELS: no compilation tried
+        small = auto.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
+    pair = SceneBatch(**{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor)
+                             else getattr(scene, f)) for f in scene.__dataclass_fields__})
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        large = auto.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is remembered: later calls render eagerly, silently
+        again = Raycaster(W, H, compiled=True).render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
+    for got in (small, again):
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert torch.equal(large[0], torch.cat([expected[0]] * 2))
+
+
+@pytest.mark.slow
+def test_compiled_stages_render_like_eager(fresh_compile_state):
+    """The torch.compile'd stages (default for large batches) draw the eager picture up to float rounding."""
+    scene, start, yaw, robot = _street_batch(3)
+    pictures = []
+    for compiled in (False, True):
+        caster = Raycaster(64, 36, domain="recorded", compiled=compiled)
+        for count in (3, 2):  # a second batch size reuses the (dynamic-shape) compilation
+            part = scene.index(slice(0, count))
+            pictures.append(caster.render(part, start[:count], yaw[:count], robot.camera_height, robot.hfov_deg,
+                                          with_depth=True, noise_generator=torch.Generator().manual_seed(0)))
+    assert fresh_compile_state._compile_error is None
+    for (eager_rgb, eager_depth), (fast_rgb, fast_depth) in zip(pictures[:2], pictures[2:]):
+        diff = (eager_rgb.int() - fast_rgb.int()).abs()
+        assert (diff > 1).float().mean() < 1e-3  # a texel boundary may round the other way, nothing more
+        assert torch.allclose(eager_depth, fast_depth, rtol=1e-4, atol=1e-4)
+    assert pictures[0][0].float().std() > 10

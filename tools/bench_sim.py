@@ -9,7 +9,9 @@ machine stay comparable as the ratio ``render / baseline`` measured in the same 
 FULL ``NavEnv`` steps (random actions: crowd, physics, rewards, rendering, frame stacking, partial
 resets), reported as env steps/s (one per environment; each renders one frame). Every figure is
 given per wall second and per CPU second of this process (robust to other tenants of the machine).
-Prints one line per measurement and, last, one JSON object with every figure.
+``--compile`` picks the renderer's ``torch.compile`` use (default: as ``NavEnv`` gets it, i.e. for
+large batches); the first call's seconds, which include compiling, are reported apart and are not in
+the rates. Prints one line per measurement and, last, one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -72,16 +74,20 @@ def _scenes(envs: int, robot_name: str, seed: int) -> tuple[SceneBatch, torch.Te
     return scene, start, torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
 
 
-def _time(fns, repeats: int, min_seconds: float) -> list[tuple[float, float]]:
-    """(wall seconds, process CPU seconds) per call of each function, calls interleaved.
+def _time(fns, repeats: int, min_seconds: float) -> tuple[list[tuple[float, float]], list[float]]:
+    """(wall seconds, process CPU seconds) per call of each function, calls interleaved, and the
+    wall seconds of each function's first (warm-up) call, which includes any compilation.
 
     One warm-up call each, then rounds of one call per function until ``repeats`` rounds and
     ``min_seconds`` have passed: interleaving exposes every function to the same load of a shared
     machine, so their ratio stays meaningful. CPU seconds are reported too because wall time on a
     shared machine partly measures the other tenants (CPU time sums this process's threads).
     """
+    first = []
     for fn in fns:
+        w0 = time.perf_counter()
         fn(0)
+        first.append(time.perf_counter() - w0)
     wall, cpu = [0.0] * len(fns), [0.0] * len(fns)
     count, start = 0, time.perf_counter()
     while count < repeats or time.perf_counter() - start < min_seconds:
@@ -91,13 +97,13 @@ def _time(fns, repeats: int, min_seconds: float) -> list[tuple[float, float]]:
             fn(count)
             wall[i] += time.perf_counter() - w0
             cpu[i] += time.process_time() - c0
-    return [(w / count, c / count) for w, c in zip(wall, cpu)]
+    return [(w / count, c / count) for w, c in zip(wall, cpu)], first
 
 
 def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
     (w, h), robot = size, get_robot(args.robot)
     scene, start, yaw = _scenes(envs, args.robot, args.seed)
-    caster = Raycaster(w, h, domain=args.domain)
+    caster = Raycaster(w, h, domain=args.domain, compiled=args.compiled)
     crude = CrudeColumnRaycaster(w, h, caster.max_distance)
     gen = torch.Generator().manual_seed(args.seed)
     forward = torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
@@ -111,8 +117,8 @@ def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> 
     def reference(i: int) -> None:
         crude.render(scene, *pose(i), robot.camera_height, robot.hfov_deg)
 
-    (t_ours, cpu_ours), (t_ref, cpu_ref) = _time([ours, reference], args.repeats, args.min_seconds)
-    return {"render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours,
+    [(t_ours, cpu_ours), (t_ref, cpu_ref)], (first, _) = _time([ours, reference], args.repeats, args.min_seconds)
+    return {"render_first_call_s": first, "render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours,
             "render_frames_per_cpu_s": envs / cpu_ours, "baseline_frames_per_cpu_s": envs / cpu_ref, "cpu_ratio": cpu_ref / cpu_ours}
 
 
@@ -120,6 +126,7 @@ def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dic
     w, h = size
     env = NavEnv(NavEnvConfig(task=args.task, robot=args.robot, image_size=(h, w), domain=args.domain,
                               with_depth=args.depth), num_envs=envs, seed=args.seed)
+    env.renderer.compiled = args.compiled
     td = env.reset()
     state = {"td": td}
 
@@ -128,7 +135,7 @@ def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dic
         td["action"] = env.action_spec.rand()
         _, state["td"] = env.step_and_maybe_reset(td)
 
-    [(t, cpu)] = _time([step], args.repeats, args.min_seconds)
+    [(t, cpu)], _ = _time([step], args.repeats, args.min_seconds)
     return {"env_steps_per_s": envs / t, "env_steps_per_cpu_s": envs / cpu}
 
 
@@ -152,8 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="minimum timed calls per measurement")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
     parser.add_argument("--no-env", action="store_true", help="renderer only (skip full env steps)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="Raycaster compiled= (auto: compile batches of >= COMPILE_MIN_PIXELS pixels)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.compiled = {"auto": None, "on": True, "off": False}[args.compile]
     torch.set_num_threads(args.threads)
     results = []
     for size in args.sizes:
@@ -166,9 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
                                                f"({row['env_steps_per_cpu_s']:7.0f} per CPU-s)")
             print(f"{size[0]}x{size[1]} envs={envs:3d}  render {row['render_fps']:7.0f} frames/s "
                   f"({row['render_frames_per_cpu_s']:7.0f} per CPU-s)  crude baseline {row['baseline_fps']:7.0f} frames/s "
-                  f"({row['baseline_frames_per_cpu_s']:7.0f} per CPU-s)  ratio {row['ratio']:.2f} (CPU {row['cpu_ratio']:.2f})"
+                  f"({row['baseline_frames_per_cpu_s']:7.0f} per CPU-s)  ratio {row['ratio']:.2f} (CPU {row['cpu_ratio']:.2f}), "
+                  f"first call {row['render_first_call_s']:.1f} s"
                   f"{env_part}", flush=True)
-    summary = {"threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
+    summary = {"threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "compile": args.compile,
+               "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
     print(json.dumps(summary))
     return summary
 

@@ -29,7 +29,9 @@ axis (not along the pixel's ray), ``max_distance`` where nothing is hit (sky, fa
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,9 @@ from s2e.sim.textures import MAT_FACADE, MAT_LANE, MAT_OBSTACLE, NUM_MATERIALS, 
 
 _COARSE = 8  # fine cells per coarse DDA block side
 _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
+#: Pixels per render call from which ``compiled=None`` compiles the dense stages: compiling costs
+#: seconds (once per process) and pays back only on batches of many frames.
+COMPILE_MIN_PIXELS = 100_000
 _LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
 _HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
@@ -55,20 +60,6 @@ class _WallHits:
     height: Tensor  # [B, W] metres of the hit building
     along: Tensor  # [B, W] world coordinate along the face (texture u)
     normal: Tensor  # [B, W, 2] outward face normal
-
-
-@dataclass
-class _ObjectLayers:
-    """The nearest ``K`` objects (obstacles or pedestrians) per column, sorted near to far, [B, W, K]."""
-
-    t_in: Tensor
-    t_out: Tensor
-    height: Tensor
-    shade: Tensor
-    texel: Tensor  # long: obstacles -> index of texel row 0 at this column; pedestrians -> colour slot
-    is_ped: Tensor
-    lateral: Tensor  # |offset of the ray from a pedestrian's axis| / radius (0 for obstacles)
-    valid: Tensor
 
 
 def _per_env(value: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:
@@ -108,6 +99,248 @@ def _check_scene(scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor) -> in
     return b
 
 
+@dataclass(frozen=True)
+class _Look:
+    """A renderer's constants for the compiled stages: plain numbers, so compiled code bakes them in
+    (equal values share one compilation across ``Raycaster`` instances)."""
+
+    max_distance: float
+    fog_distance: float
+    layers: int  # objects composited per column
+    ambient: float
+    sun_intensity: float
+    sun_xy: tuple[float, float]
+    inv_gamma: float
+    blur: tuple[float, ...]  # Gaussian taps; () = sharp
+    top_shade: float = 1.0  # light on ground and roofs (normal straight up)
+
+    def lambert(self, cos_sun: Tensor) -> Tensor:
+        """Light on a surface whose normal has ``cos_sun`` with the sun, gamma applied."""
+        return (self.ambient + self.sun_intensity * cos_sun.clamp_min(0)).pow(self.inv_gamma)
+
+    def facing(self, nx: Tensor, ny: Tensor) -> Tensor:
+        """Light on an upright surface with horizontal normal (nx, ny)."""
+        return self.lambert(nx * self.sun_xy[0] + ny * self.sun_xy[1])
+
+
+def _circles(dx: Tensor, dy: Tensor, rx: Tensor, ry: Tensor, radius: Tensor):
+    """Ray (origin 0, direction d) vs circles at rel (rx, ry): t_in, t_out, normal, u, lateral offset / r."""
+    a = dx * dx + dy * dy
+    proj = dx * rx + dy * ry
+    disc = proj * proj - a * (rx * rx + ry * ry - radius * radius)
+    root = disc.clamp_min(0).sqrt()
+    t_in = torch.where(disc > 0, (proj - root) / a, math.inf)
+    t_out = torch.where(disc > 0, (proj + root) / a, -math.inf)
+    r = radius.clamp_min(1e-6)
+    nx, ny = (t_in.clamp_max(1e6) * dx - rx) / r, (t_in.clamp_max(1e6) * dy - ry) / r
+    u = torch.atan2(ny, nx) / (2 * math.pi) + 0.5
+    lateral = (dx * ry - dy * rx) / (a.sqrt() * r)
+    return t_in, t_out, nx, ny, u, lateral
+
+
+def _slab(origin: Tensor, direction: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
+    safe = torch.where(direction.abs() < 1e-9, 1e-9, direction)
+    t1, t2 = (-half - origin) / safe, (half - origin) / safe
+    return torch.minimum(t1, t2), torch.maximum(t1, t2)
+
+
+def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestrians: Tensor, pedestrian_mask: Tensor,
+                  cam: Tensor, dirs: Tensor, wall_t: Tensor, cam_h: Tensor, ped_offset: int) -> tuple[Tensor, ...]:
+    """The ``look.layers`` nearest objects of each column, as the pixel-row intervals they cover.
+
+    Ray tests against every obstacle (circle or oriented box) and pedestrian (circle) per column
+    [B, W, O + P], the nearest ``K`` kept in depth order; then, because a pixel row of slope r sees
+    height ch + r * t at depth t, "on the side" (0 <= z <= top), "on the roof" (above the front
+    face's top, below it at the back face) and the body profile's height fractions are intervals of
+    r fixed per column: the pixel stage only compares its row's slope with them. Invalid layers
+    get empty intervals.
+
+    Returns, each [K, B, 1, W]: (lo, hi, roof_hi, frac0, frac_per_r, leg_lo, neck_hi, head_lo, head_hi,
+    texel, stride, light, t_in, drop): side rows are lo <= r <= hi, roof rows hi < r <= roof_hi, the
+    height fraction is frac0 + r * frac_per_r, the body covers leg_lo <= frac < neck_hi and
+    head_lo <= frac <= head_hi (everything for obstacles), the texel of texture row v is texel + v *
+    stride (int32), and a roof pixel's z-depth is its row's floor depth times drop.
+    """
+    b, w = dirs.shape[:2]
+    dev, T = dirs.device, TEXTURE_SIZE
+    dx, dy = dirs[..., 0:1], dirs[..., 1:2]  # [B, W, 1]
+    obs = obstacles.to(torch.float32)
+    rel_x, rel_y = (obs[..., 0] - cam[:, 0:1]).unsqueeze(1), (obs[..., 1] - cam[:, 1:2]).unsqueeze(1)  # [B, 1, O]
+    yaw, hl, hw, oh = (obs[..., i].unsqueeze(1) for i in (2, 3, 4, 5))
+    circle = obs[..., 6].round().long().unsqueeze(1) == int(ObstacleShape.CIRCLE)
+    kind = obs[..., 7].round().long().clamp(0, len(ObstacleKind) - 1)
+
+    c_in, c_out, c_nx, c_ny, c_u, _ = _circles(dx, dy, rel_x, rel_y, hl)
+    # Oriented box: slab test in the box frame.
+    cy_, sy_ = torch.cos(yaw), torch.sin(yaw)
+    ldx, ldy = dx * cy_ + dy * sy_, -dx * sy_ + dy * cy_
+    ox, oy = -(rel_x * cy_ + rel_y * sy_), -(-rel_x * sy_ + rel_y * cy_)
+    tx1, tx2 = _slab(ox, ldx, hl)
+    ty1, ty2 = _slab(oy, ldy, hw)
+    b_in, b_out = torch.maximum(tx1, ty1), torch.minimum(tx2, ty2)
+    x_face = tx1 >= ty1
+    lnx = torch.where(x_face, -torch.sign(ldx), 0.0)
+    lny = torch.where(x_face, 0.0, -torch.sign(ldy))
+    b_nx, b_ny = lnx * cy_ - lny * sy_, lnx * sy_ + lny * cy_
+    qx, qy = ox + b_in * ldx, oy + b_in * ldy
+    b_u = torch.where(x_face, (qy + hw) / (2 * hw).clamp_min(1e-6), (qx + hl) / (2 * hl).clamp_min(1e-6))
+
+    o_in, o_out = torch.where(circle, c_in, b_in), torch.where(circle, c_out, b_out)
+    o_nx, o_ny = torch.where(circle, c_nx, b_nx), torch.where(circle, c_ny, b_ny)
+    o_u = torch.where(circle, c_u, b_u)
+    tu = (o_u.clamp(0, 0.999) * T).long()
+    mat = (torch.arange(b, device=dev).view(b, 1) * NUM_MATERIALS + MAT_OBSTACLE + kind).unsqueeze(1)
+    o_texel = mat * (T * T) + tu
+    o_valid = obstacle_mask.unsqueeze(1) & (o_out > torch.clamp_min(o_in, _NEAR))
+
+    peds = pedestrians.to(torch.float32)
+    p = peds.shape[1]
+    pr_x, pr_y = (peds[..., 0] - cam[:, 0:1]).unsqueeze(1), (peds[..., 1] - cam[:, 1:2]).unsqueeze(1)
+    radius, ph = peds[..., 4].unsqueeze(1), peds[..., 5].unsqueeze(1)
+    p_in, p_out, p_nx, p_ny, _, lateral = _circles(dx, dy, pr_x, pr_y, radius)
+    strip = (torch.arange(b, device=dev).view(b, 1) * p + torch.arange(p, device=dev)) * T + ped_offset
+    p_valid = pedestrian_mask.unsqueeze(1) & (p_out > torch.clamp_min(p_in, _NEAR))
+
+    cat = lambda a, bb: torch.cat([a.expand(b, w, -1), bb.expand(b, w, -1)], -1)  # noqa: E731
+    t_in, t_out = cat(o_in, p_in).clamp_min(_NEAR), cat(o_out, p_out)
+    valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(-1)) & (t_in < look.max_distance)
+    fields = {
+        "t_in": t_in, "t_out": t_out, "top": cat(oh, ph), "light": look.facing(cat(o_nx, p_nx), cat(o_ny, p_ny)),
+        "texel": cat(o_texel, strip.unsqueeze(1)), "ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
+        "lateral": cat(torch.zeros_like(o_in), lateral.abs()), "valid": valid,
+    }
+    k = min(look.layers, t_in.shape[-1])
+    order = torch.where(valid, t_in, math.inf).topk(k, dim=-1, largest=False, sorted=True).indices
+    t_in, t_out, top, light, texel, ped, lat, valid = (v.gather(-1, order) for v in fields.values())  # [B, W, K]
+
+    ch = cam_h.view(-1, 1, 1)
+    inf = torch.full((), math.inf, device=dev)
+    lo = torch.where(valid, -ch / t_in, inf)
+    hi = (top - ch) / t_in
+    roof_hi = torch.where(valid & ~ped, (top - ch) / t_out, -inf)
+    top_ = top.clamp_min(1e-3)
+    # Pedestrian profile: legs (a gap between them near the axis), torso, neck, an elliptic head.
+    legs = torch.where(lat < _LEG_OUTER, _HIP * (1 - lat / _LEG_GAP), _HIP)
+    neck = torch.where(lat < _NECK_HALF, _HEAD, _NECK)
+    head = (1 - _HEAD) / 2 * (1 - (lat / _HEAD_HALF) ** 2).clamp_min(0).sqrt()
+    has_head = ped & (lat < _HEAD_HALF)
+    centre = (1 + _HEAD) / 2
+    spans = (
+        lo, hi, roof_hi, ch / top_, t_in / top_,
+        torch.where(ped, legs, -inf), torch.where(ped, neck, inf),
+        torch.where(has_head, centre - head, inf), torch.where(has_head, centre + head, -inf),
+        texel.int(), torch.where(ped, 1, T).int(), light, t_in, (ch - top) / ch,
+    )
+    # [K, B, 1, W] and contiguous, so the pixel stage reads each layer's columns with vector loads.
+    return tuple(f.permute(2, 0, 1).unsqueeze(2).contiguous() for f in spans)
+
+
+def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...], floor: tuple[Tensor, ...],
+                  spans: tuple[Tensor, ...], colours: Tensor, fog_colour: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Every per-pixel quantity of the frame in one dense function: uint8 [B, 3, H, W], z-depth [B, H, W].
+
+    Why one function of broadcast per-row [B, H, 1] and per-column [B, 1, W] inputs: each pixel needs
+    only its row's slope and its column's hits, so ``torch.compile`` fuses the whole stage into a
+    loop over pixels with no [B, H, W] temporaries; run eagerly it is the same arithmetic. Indices
+    are int32 (half the vector width of int64).
+
+    Args:
+        grid: padded ground grid size (rows, cols); rows: [B, H, 1] upward slope of each pixel row; cam_h: [B, 1, 1] camera height.
+        wall: (t, height, texel [B, 1, W] of the column's building face (texel = int32 atlas index of
+            the face's texel column, row 0), shade [B, 1, W], texels_per_m [B, 1, 1], sky [B, H, 1]
+            int32 colour index of each row's sky).
+        floor: (gx0, gy0 [B, 1, 1] camera in padded cells, sx, sy [B, 1, W] cells per metre of
+            z-depth, ground materials (flat int32), scene base cell [B, 1, 1] int32, texels per cell
+            [2, M]).
+        spans: ``_object_spans`` of the nearest objects per column.
+        colours: the colour table [3, N]; fog_colour: [3]; noise: [B, 3, H, W] or None.
+    """
+    t, m = TEXTURE_SIZE, look.max_distance
+    wall_t, wall_h, wall_texel, wall_shade, texels_per_m, sky = wall
+    # Facades: rows whose height at the wall's depth lies on the building; texel rows count up from
+    # the ground (the atlas stores row 0 at the top, hence the bitwise flip).
+    hit = wall_t.isfinite()
+    lo = torch.where(hit, -cam_h / wall_t, math.inf)
+    on_wall = (rows >= lo) & (rows <= (wall_h - cam_h) / wall_t)
+    v = torch.addcmul(cam_h * texels_per_m, rows, wall_t * texels_per_m).int()
+    index = torch.where(on_wall, v.bitwise_not().bitwise_and(t - 1).mul(t).add(wall_texel), sky)
+    shade = torch.where(on_wall, wall_shade, 1.0)
+    depth = torch.where(on_wall, wall_t, m)
+    # Floor: rows below the horizon nearer than the wall, z-depth from the per-row table, one material
+    # gather per pixel from the padded ground grid, texels from continuous grid coordinates.
+    gx0, gy0, sx, sy, ground, base, scale = floor
+    t_floor = cam_h / -rows
+    on_floor = (rows < 0) & (t_floor < wall_t.clamp_max(m))
+    gx, gy = torch.addcmul(gx0, sx, t_floor), torch.addcmul(gy0, sy, t_floor)
+    gh, gw = grid
+    cell = gy.int().clamp(0, gh - 1).mul(gw).add(gx.int().clamp(0, gw - 1)).add(base)
+    mat = ground[cell]
+    ftu = (gx * scale[0][mat]).int().bitwise_and(t - 1)
+    ftv = (gy * scale[1][mat]).int().bitwise_and(t - 1)
+    index = torch.where(on_floor, mat.mul(t).add(ftv).mul(t).add(ftu), index)
+    shade = torch.where(on_floor, look.top_shade, shade)
+    depth = torch.where(on_floor, t_floor, depth)
+    # Objects, far to near: sides (pedestrians by their body profile) and the top face of obstacles
+    # the camera looks down onto.
+    for lo, hi, roof_hi, frac0, frac_per_r, leg_lo, neck_hi, head_lo, head_hi, texel, stride, light, t_in, drop in (
+            reversed(list(zip(*spans)))):
+        frac = torch.addcmul(frac0, rows, frac_per_r).clamp(0, 1)
+        body = ((frac >= leg_lo) & (frac < neck_hi)) | ((frac >= head_lo) & (frac <= head_hi))
+        side = (rows >= lo) & (rows <= hi) & body
+        roof = (rows > hi) & (rows <= roof_hi)
+        v = ((1 - frac) * t).int().clamp(0, t - 1)
+        index = torch.where(side, v.mul(stride).add(texel), torch.where(roof, texel, index))
+        shade = torch.where(side, light, torch.where(roof, look.top_shade, shade))
+        depth = torch.where(side, t_in, torch.where(roof, t_floor * drop, depth))
+    # Camera response: 0.5 + fog_colour * (1 - fog), plus colour * light * fog (table entries carry
+    # the camera gain; the 0.5 makes truncation round); no fog on the sky.
+    fog = depth.masked_fill(depth >= m, 0.0).div(-look.fog_distance).exp()
+    # Straight into the image's [B, 3, H, W] layout: one gather from the channel planes of the table.
+    plane = torch.arange(3, device=index.device, dtype=torch.int32).view(1, 3, 1, 1) * colours.shape[1]
+    texels = colours.view(-1)[index.unsqueeze(1) + plane]
+    rgb = torch.addcmul(fog_colour.view(1, 3, 1, 1) * (1 - fog).unsqueeze(1) + 0.5, texels, (shade * fog).unsqueeze(1))
+    if look.blur:
+        rgb = _blur(_blur(rgb, look.blur, 3), look.blur, 2)
+    if noise is not None:
+        rgb = rgb + noise
+    return rgb.clamp(0, 255).to(torch.uint8), depth
+
+
+def _blur(x: Tensor, taps: tuple[float, ...], dim: int) -> Tensor:
+    """Gaussian blur along ``dim`` by shifted sums with replicated borders (cheaper than conv2d here)."""
+    r, n = len(taps) // 2, x.shape[dim]
+    padded = x.index_select(dim, torch.arange(-r, n + r, device=x.device).clamp(0, n - 1))
+    out = padded.narrow(dim, 0, n) * taps[0]
+    for i in range(1, len(taps)):
+        out = out.add(padded.narrow(dim, i, n), alpha=taps[i])
+    return out
+
+
+_COMPILED: dict[str, Callable] = {}
+_compile_error: str | None = None  # set once compilation failed in this process: render eagerly from then on
+
+
+def _run_stage(fn: Callable, compiled: bool, *args):
+    """``fn(*args)``, through ``torch.compile`` if ``compiled``, falling back to eager on any failure.
+
+    Why a process-wide cache with dynamic shapes: compiling takes seconds (C++ code generation and a
+    compiler run; the result is also cached on disk by inductor), so every renderer, batch size and
+    image size of the process shares one compilation per stage. Compilation needs a working
+    toolchain (a C++ compiler on CPU, Triton on CUDA); without one the renderer warns once and
+    stays eager, whose output matches up to float rounding.
+    """
+    global _compile_error
+    if compiled and _compile_error is None:
+        try:
+            if fn.__name__ not in _COMPILED:
+                _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+            return _COMPILED[fn.__name__](*args)
+        except Exception as error:  # noqa: BLE001 - any toolchain failure: fall back, never fail a render
+            _compile_error = f"{type(error).__name__}: {error}"
+            warnings.warn(f"Raycaster: torch.compile failed, rendering eagerly from now on ({_compile_error})", RuntimeWarning)
+    return fn(*args)
+
+
 class Raycaster:
     """Renders ``SceneBatch`` views in one appearance domain; see the module docstring for the model.
 
@@ -117,10 +350,15 @@ class Raycaster:
         max_distance: farthest z-depth drawn (metres); beyond it the view fades into fog.
         device: where images are made (CPU by default; CUDA works unchanged).
         layers: how many objects per column are composited (the nearest ones; more are hidden).
+        compiled: run the dense per-column and per-pixel stages through ``torch.compile`` (fused
+            vectorized loops, several times faster; seconds to compile once per process). ``None``
+            (default) compiles for calls of at least ``COMPILE_MIN_PIXELS`` pixels (e.g. 16 envs at
+            128x72), where it pays; failures fall back to eager rendering with a warning.
     """
 
     def __init__(self, width: int, height: int, domain: str | AppearanceDomain = "sim",
-                 max_distance: float = 40.0, device: str | torch.device = "cpu", layers: int = 3) -> None:
+                 max_distance: float = 40.0, device: str | torch.device = "cpu", layers: int = 3,
+                 compiled: bool | None = None) -> None:
         if width < 2 or height < 2:
             raise ValueError(f"image size must be at least 2x2 pixels, got {width}x{height}")
         if max_distance <= 0 or layers < 1:
@@ -130,19 +368,22 @@ class Raycaster:
         self.max_distance = float(max_distance)
         self.device = torch.device(device)
         self.layers = int(layers)
+        self.compiled = compiled
         self._styles = StyleCache(self.domain, self.device)
         d = self.domain
-        sun = torch.tensor(d.sun_direction, dtype=torch.float32, device=self.device)
-        self._sun_xy = sun[:2]
-        self._top_shade = self._lambert(torch.tensor(max(float(sun[2]), 0.0))).item()  # ground and roofs
+        sun = torch.tensor(d.sun_direction, dtype=torch.float32)
+        look = _Look(self.max_distance, d.fog_distance, self.layers, d.ambient, d.sun_intensity,
+                     (float(sun[0]), float(sun[1])), 1 / d.gamma, tuple(self._gaussian(d.blur_sigma).tolist()) if d.blur_sigma > 0 else ())
+        self._look = replace(look, top_shade=look.lambert(torch.tensor(max(float(sun[2]), 0.0))).item())
         # Camera response folded into colours: 8-bit scale, exposure and white balance multiply every
         # colour-table entry; display gamma applies to colours and to light separately (before fog).
         self._gain = torch.tensor(d.colour_cast, dtype=torch.float32, device=self.device) * (d.exposure * 255.0)
         self._fog = torch.tensor(d.fog_colour, dtype=torch.float32, device=self.device).pow(1 / d.gamma) * self._gain
         self._sky = [torch.tensor(c, dtype=torch.float32, device=self.device) for c in (d.sky_horizon, d.sky_top)]
-        self._blur = self._gaussian(d.blur_sigma) if d.blur_sigma > 0 else None
-        self._half = torch.tensor(0.5, device=self.device)  # rounding offset of the 8-bit conversion
         self._noise_bank: Tensor | None = None
+        # Body part (trousers, shirt, skin) of each texture row of a pedestrian strip, by the row's height
+        frac = 1 - (torch.arange(TEXTURE_SIZE, device=self.device) + 0.5) / TEXTURE_SIZE
+        self._ped_rows = (frac >= _HIP).long() + (frac >= _NECK).long()
         self._colours: tuple[Tensor, Tensor, int] | None = None  # (atlas the buffer was made from, buffer, tail offset)
         self._grid_cache: list = []
 
@@ -175,13 +416,25 @@ class Raycaster:
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
         wall_h, coarse, ground = self._grids(scene)
         wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs)
-        layers = self._intersect_objects(scene, cam, dirs, wall.t, ped_offset)
-        # Pixels are laid out column-major [B, W, H] until the end: every quantity is per column.
-        rows = row_slope.view(b, 1, H)
-        index, shade, depth = self._background(scene, ground, cam, dirs, cam_h, rows, wall, repeat, sky_offset)
-        self._composite_objects(layers, cam_h, rows, index, shade, depth)
-        image = self._camera_response(colours, index, shade, depth, noise_generator)
-        return image, (depth.transpose(1, 2).unsqueeze(1) if with_depth else None)
+        fast = self.compiled if self.compiled is not None else b * H * W >= COMPILE_MIN_PIXELS
+        spans = _run_stage(_object_spans, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
+                           scene.pedestrian_mask, cam, dirs, wall.t, cam_h, ped_offset)
+        # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
+        T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
+        texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
+        tu = (wall.along * texels_per_m[:, 0:1]).floor().int() & (T - 1)
+        facade_texel = (env.view(b, 1) * NUM_MATERIALS + MAT_FACADE) * T * T + tu
+        sky = sky_offset + env.view(b, 1, 1) * H + torch.arange(H, device=dev, dtype=torch.int32).view(1, H, 1)
+        walls = (wall.t, wall.height, facade_texel, self._look.facing(wall.normal[..., 0], wall.normal[..., 1]))
+        walls = tuple(x.unsqueeze(1) for x in walls) + (texels_per_m[:, 1].view(b, 1, 1), sky)
+        g0 = (cam - scene.origin.to(torch.float32)) / res + 1  # camera in padded cells
+        gh, gw = scene.surface.shape[1:]
+        floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), (dirs[..., 0] / res).unsqueeze(1), (dirs[..., 1] / res).unsqueeze(1),
+                 ground, (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
+        noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
+        image, depth = _run_stage(_shade_pixels, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
+                                  walls, floor, spans, colours, self._fog, noise)
+        return image, (depth.unsqueeze(1) if with_depth else None)
 
     # ------------------------------------------------------------------ geometry per column
     def _cast_walls(self, scene: SceneBatch, grids: tuple[Tensor, Tensor], cam: Tensor, dirs: Tensor) -> _WallHits:
@@ -277,84 +530,6 @@ class Raycaster:
             k0 += chunk
         return best_t, best_h, best_axis
 
-    def _intersect_objects(self, scene: SceneBatch, cam: Tensor, dirs: Tensor, wall_t: Tensor,
-                           ped_offset: int) -> _ObjectLayers:
-        """Ray tests against every obstacle (circle or oriented box) and pedestrian (circle) per column."""
-        b, w = dirs.shape[:2]
-        dev, T = self.device, TEXTURE_SIZE
-        dx, dy = dirs[..., 0:1], dirs[..., 1:2]  # [B, W, 1]
-        obs = scene.obstacles.to(torch.float32)
-        rel_x, rel_y = (obs[..., 0] - cam[:, 0:1]).unsqueeze(1), (obs[..., 1] - cam[:, 1:2]).unsqueeze(1)  # [B, 1, O]
-        yaw, hl, hw, oh = (obs[..., i].unsqueeze(1) for i in (2, 3, 4, 5))
-        circle = obs[..., 6].round().long().unsqueeze(1) == int(ObstacleShape.CIRCLE)
-        kind = obs[..., 7].round().long().clamp(0, len(ObstacleKind) - 1)
-
-        c_in, c_out, c_nx, c_ny, c_u, _ = self._circles(dx, dy, rel_x, rel_y, hl)
-        # Oriented box: slab test in the box frame.
-        cy_, sy_ = torch.cos(yaw), torch.sin(yaw)
-        ldx, ldy = dx * cy_ + dy * sy_, -dx * sy_ + dy * cy_
-        ox, oy = -(rel_x * cy_ + rel_y * sy_), -(-rel_x * sy_ + rel_y * cy_)
-        tx1, tx2 = self._slab(ox, ldx, hl)
-        ty1, ty2 = self._slab(oy, ldy, hw)
-        b_in, b_out = torch.maximum(tx1, ty1), torch.minimum(tx2, ty2)
-        x_face = tx1 >= ty1
-        lnx = torch.where(x_face, -torch.sign(ldx), 0.0)
-        lny = torch.where(x_face, 0.0, -torch.sign(ldy))
-        b_nx, b_ny = lnx * cy_ - lny * sy_, lnx * sy_ + lny * cy_
-        qx, qy = ox + b_in * ldx, oy + b_in * ldy
-        b_u = torch.where(x_face, (qy + hw) / (2 * hw).clamp_min(1e-6), (qx + hl) / (2 * hl).clamp_min(1e-6))
-
-        o_in, o_out = torch.where(circle, c_in, b_in), torch.where(circle, c_out, b_out)
-        o_nx, o_ny = torch.where(circle, c_nx, b_nx), torch.where(circle, c_ny, b_ny)
-        o_u = torch.where(circle, c_u, b_u)
-        tu = (o_u.clamp(0, 0.999) * T).long()
-        mat = (torch.arange(b, device=dev).view(b, 1) * NUM_MATERIALS + MAT_OBSTACLE + kind).unsqueeze(1)
-        o_texel = mat * (T * T) + tu
-        o_valid = scene.obstacle_mask.unsqueeze(1) & (o_out > torch.clamp_min(o_in, _NEAR))
-
-        peds = scene.pedestrians.to(torch.float32)
-        p = peds.shape[1]
-        pr_x, pr_y = (peds[..., 0] - cam[:, 0:1]).unsqueeze(1), (peds[..., 1] - cam[:, 1:2]).unsqueeze(1)
-        radius, ph = peds[..., 4].unsqueeze(1), peds[..., 5].unsqueeze(1)
-        p_in, p_out, p_nx, p_ny, _, lateral = self._circles(dx, dy, pr_x, pr_y, radius)
-        slot = (torch.arange(b, device=dev).view(b, 1) * p + torch.arange(p, device=dev)) * PED_PARTS + ped_offset
-        p_valid = scene.pedestrian_mask.unsqueeze(1) & (p_out > torch.clamp_min(p_in, _NEAR))
-
-        cat = lambda a, bb: torch.cat([a.expand(b, w, -1), bb.expand(b, w, -1)], -1)  # noqa: E731
-        t_in, t_out = cat(o_in, p_in).clamp_min(_NEAR), cat(o_out, p_out)
-        valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(-1)) & (t_in < self.max_distance)
-        shade = self._lambert(cat(o_nx, p_nx) * self._sun_xy[0] + cat(o_ny, p_ny) * self._sun_xy[1])
-        fields = {
-            "t_in": t_in, "t_out": t_out, "height": cat(oh, ph), "shade": shade,
-            "texel": cat(o_texel, slot.unsqueeze(1)),
-            "is_ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
-            "lateral": cat(torch.zeros_like(o_in), lateral.abs()), "valid": valid,
-        }
-        k = min(self.layers, t_in.shape[-1])
-        order = torch.where(valid, t_in, math.inf).topk(k, dim=-1, largest=False, sorted=True).indices
-        return _ObjectLayers(**{n: v.gather(-1, order) for n, v in fields.items()})
-
-    @staticmethod
-    def _circles(dx: Tensor, dy: Tensor, rx: Tensor, ry: Tensor, radius: Tensor):
-        """Ray (origin 0, direction d) vs circles at rel (rx, ry): t_in, t_out, normal, u, lateral offset / r."""
-        a = dx * dx + dy * dy
-        proj = dx * rx + dy * ry
-        disc = proj * proj - a * (rx * rx + ry * ry - radius * radius)
-        root = disc.clamp_min(0).sqrt()
-        t_in = torch.where(disc > 0, (proj - root) / a, math.inf)
-        t_out = torch.where(disc > 0, (proj + root) / a, -math.inf)
-        r = radius.clamp_min(1e-6)
-        nx, ny = (t_in.clamp_max(1e6) * dx - rx) / r, (t_in.clamp_max(1e6) * dy - ry) / r
-        u = torch.atan2(ny, nx) / (2 * math.pi) + 0.5
-        lateral = (dx * ry - dy * rx) / (a.sqrt() * r)
-        return t_in, t_out, nx, ny, u, lateral
-
-    @staticmethod
-    def _slab(origin: Tensor, direction: Tensor, half: Tensor) -> tuple[Tensor, Tensor]:
-        safe = torch.where(direction.abs() < 1e-9, 1e-9, direction)
-        t1, t2 = (-half - origin) / safe, (half - origin) / safe
-        return torch.minimum(t1, t2), torch.maximum(t1, t2)
-
     # ------------------------------------------------------------------ pixels
     def _grids(self, scene: SceneBatch) -> tuple[Tensor, Tensor, Tensor]:
         """Per-scene grids padded by one cell: wall height for the DDA (fine, and max-pooled by
@@ -391,114 +566,27 @@ class Raycaster:
         self._grid_cache = [(key, tensors, grids)] + self._grid_cache[:3]  # holding the tensors keeps ids unique
         return grids
 
-    def _background(self, scene: SceneBatch, ground: Tensor, cam: Tensor, dirs: Tensor, cam_h: Tensor, rows: Tensor,
-                    wall: _WallHits, repeat: Tensor, sky_offset: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Texel index, shade and z-depth [B, W, H] of sky, facades and floor."""
-        b, H = rows.shape[0], self.height
-        dev, T, res = self.device, TEXTURE_SIZE, float(scene.resolution)
-        arange_b = torch.arange(b, device=dev)
-        # Facades: rows whose height at the wall's depth lies on the building; texel rows count up
-        # from the ground (the atlas stores row 0 at the top, hence the bitwise flip).
-        wall_t = wall.t.unsqueeze(-1)  # [B, W, 1]
-        z = torch.addcmul(cam_h, rows, wall_t)  # [B, W, H]
-        on_wall = (z >= 0) & (z <= wall.height.unsqueeze(-1))
-        texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
-        tu = (wall.along * texels_per_m[:, 0:1]).floor().long() & (T - 1)
-        column = ((arange_b.view(b, 1) * NUM_MATERIALS + MAT_FACADE) * T * T + tu).unsqueeze(-1)
-        # Integer chains run in place: every [B, W, H] temporary is a fresh allocation otherwise.
-        tv = (z * texels_per_m[:, 1].view(b, 1, 1)).long().bitwise_not_().bitwise_and_(T - 1).mul_(T).add_(column)
-        sky = (sky_offset + arange_b.view(b, 1, 1) * H + torch.arange(H, device=dev).view(1, 1, H))
-        index = torch.where(on_wall, tv, sky)
-        wall_shade = self._lambert(wall.normal @ self._sun_xy)
-        shade = torch.where(on_wall, wall_shade.unsqueeze(-1), 1.0)
-        depth = torch.where(on_wall, wall_t, self.max_distance)
-        # Floor: rows below the horizon, z-depth from the per-row table cam_h / -slope, one material
-        # gather per pixel from the padded ground grid, texels from continuous grid coordinates.
-        first = (H + 1) // 2
-        t_floor = cam_h / -rows[..., first:]  # [B, 1, Hf]
-        floor = t_floor < torch.clamp_max(wall_t, self.max_distance)
-        g0 = (cam - scene.origin.to(torch.float32)) / res + 1
-        gx = torch.addcmul(g0[:, 0].view(b, 1, 1), dirs[..., 0:1] / res, t_floor)  # [B, W, Hf]
-        gy = torch.addcmul(g0[:, 1].view(b, 1, 1), dirs[..., 1:2] / res, t_floor)
-        gh, gw = scene.surface.shape[1:]
-        cell = gy.long().clamp_(0, gh + 1).mul_(gw + 2).add_(gx.long().clamp_(0, gw + 1))
-        cell += (arange_b * ((gh + 2) * (gw + 2))).view(b, 1, 1)
-        mat = ground.take(cell).long()  # scene-offset material id
-        scale = (T * res / repeat.view(-1, 2)).t()  # [2, B * NUM_MATERIALS] texels per grid cell
-        ftu = (gx * scale[0].take(mat)).long().bitwise_and_(T - 1)
-        ftv = (gy * scale[1].take(mat)).long().bitwise_and_(T - 1)
-        findex = mat.mul_(T).add_(ftv).mul_(T).add_(ftu)
-        for full, value in ((index, findex), (depth, t_floor)):
-            below = full[..., first:]
-            torch.where(floor, value, below, out=below)  # in place: no temporary, no copy back
-        shade[..., first:].masked_fill_(floor, self._top_shade)
-        return index, shade, depth
-
-    def _composite_objects(self, layers: _ObjectLayers, cam_h: Tensor, rows: Tensor,
-                           index: Tensor, shade: Tensor, depth: Tensor) -> None:
-        """Paint the per-column object layers over the background [B, W, H], far to near, in place.
-
-        Only columns that meet an object are touched: they are gathered into [N, H] rows, painted,
-        and scattered back, so the cost follows how much of the view objects take up.
-        """
-        b, w, H = index.shape
-        T = TEXTURE_SIZE
-        hit = layers.valid.any(-1).view(-1)
-        cols = hit.nonzero().squeeze(-1)
-        if cols.numel() == 0:
-            return
-        env = cols // w
-        r, ch = rows.view(b, H).index_select(0, env), cam_h.view(b, 1).index_select(0, env)  # [N, H], [N, 1]
-        flat = lambda x: x.reshape(b * w, -1).index_select(0, cols)  # noqa: E731
-        idx, shd, dep = flat(index), flat(shade), flat(depth)
-        sel = {name: flat(getattr(layers, name)) for name in layers.__dataclass_fields__}  # [N, K]
-        for k in reversed(range(sel["t_in"].shape[1])):
-            # Farther layers exist in fewer columns: work on this layer's own columns only.
-            mine = sel["valid"][:, k].nonzero().squeeze(-1)
-            if mine.numel() == 0:
-                continue
-            pick = lambda x: x.index_select(0, mine)  # noqa: E731
-            t_in, t_out, top, ped, lat, texel, light = (
-                pick(sel[n][:, k : k + 1]) for n in ("t_in", "t_out", "height", "is_ped", "lateral", "texel", "shade"))
-            rk, chk = pick(r), pick(ch)
-            z = torch.addcmul(chk, rk, t_in)  # height of the front face seen by each pixel
-            side = (z >= 0) & (z <= top)
-            roof = ~ped & (z > top) & (torch.addcmul(chk, rk, t_out) <= top)
-            frac = (z / top.clamp_min(1e-3)).clamp(0, 1)
-            head = ((lat / _HEAD_HALF) ** 2 + ((frac - (1 + _HEAD) / 2) / ((1 - _HEAD) / 2)) ** 2) <= 1
-            body = torch.where(frac < _HIP, (lat > _LEG_GAP * (1 - frac / _HIP)) & (lat < _LEG_OUTER),
-                               torch.where(frac < _NECK, True, torch.where(frac < _HEAD, lat < _NECK_HALF, head)))
-            side = side & (~ped | body)
-            part = (frac >= _HIP).long() + (frac >= _NECK).long()
-            tv = ((1 - frac) * T).long().clamp(0, T - 1)
-            new_idx = torch.where(side, texel + torch.where(ped, part, tv * T), torch.where(roof, texel, pick(idx)))
-            new_shd = torch.where(side, light, torch.where(roof, self._top_shade, pick(shd)))
-            roof_depth = (top - chk) / rk.clamp_max(-1e-6)
-            new_dep = torch.where(side, t_in, torch.where(roof, roof_depth, pick(dep)))
-            idx.index_copy_(0, mine, new_idx)
-            shd.index_copy_(0, mine, new_shd)
-            dep.index_copy_(0, mine, new_dep)
-        for full, part_ in ((index, idx), (shade, shd), (depth, dep)):
-            full.view(b * w, H).index_copy_(0, cols, part_)
-
     # ------------------------------------------------------------------ colours and camera
     def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, row_slope: Tensor) -> tuple[Tensor, int, int]:
-        """The flat colour table [N, 3]: scene atlases, then pedestrian colours, then sky rows.
+        """The colour table as channel planes [3, N]: scene atlases, then pedestrian strips, then sky rows.
 
+        A pedestrian's strip is a one-texel-wide texture (T rows, top down) of its clothing and skin
+        colours, so pedestrians and obstacles take their texel the same way (row v -> base + v * stride).
         Kept between calls (rebuilt only when the atlas batch changes) so that a frame only writes its
-        few hundred pedestrian and sky entries instead of copying the atlases.
+        pedestrian and sky entries instead of copying the atlases.
         """
-        b, p = scene.batch_size, scene.pedestrians.shape[1]
-        tail = b * p * PED_PARTS + b * self.height
-        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[0] != atlas.shape[1] + tail:
-            buffer = torch.empty(atlas.shape[1] + tail, 3, device=self.device)
-            buffer[: atlas.shape[1]] = self._response(atlas.t())
+        b, p, t = scene.batch_size, scene.pedestrians.shape[1], TEXTURE_SIZE
+        tail = b * p * t + b * self.height
+        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[1] != atlas.shape[1] + tail:
+            buffer = torch.empty(3, atlas.shape[1] + tail, device=self.device)
+            buffer[:, : atlas.shape[1]] = self._response(atlas)
             self._colours = (atlas, buffer, atlas.shape[1])
         _, buffer, ped_offset = self._colours
-        sky_offset = ped_offset + b * p * PED_PARTS
-        buffer[ped_offset:sky_offset] = self._response(self._styles.pedestrian_colours(scene.style_seed.to(self.device), p).t())
-        elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(-1, 1)  # 0 at the horizon, 1 ~ 22 deg up
-        buffer[sky_offset:] = self._response(torch.lerp(self._sky[0].view(1, 3), self._sky[1].view(1, 3), elevation.sqrt()))
+        sky_offset = ped_offset + b * p * t
+        parts = self._response(self._styles.pedestrian_colours(scene.style_seed.to(self.device), p)).view(3, b * p, PED_PARTS)
+        buffer[:, ped_offset:sky_offset] = parts[:, :, self._ped_rows].reshape(3, -1)
+        elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(1, -1)  # 0 at the horizon, 1 ~ 22 deg up
+        buffer[:, sky_offset:] = self._response(torch.lerp(self._sky[0].view(3, 1), self._sky[1].view(3, 1), elevation.sqrt()))
         return buffer, ped_offset, sky_offset
 
     @staticmethod
@@ -508,61 +596,9 @@ class Raycaster:
         k = torch.exp(-0.5 * (x / sigma) ** 2)
         return k / k.sum()
 
-    def _lambert(self, cos_sun: Tensor) -> Tensor:
-        """Light on a surface whose normal has ``cos_sun`` with the sun, gamma applied."""
-        d = self.domain
-        return (d.ambient + d.sun_intensity * cos_sun.clamp_min(0)).pow(1 / d.gamma)
-
     def _response(self, colours: Tensor) -> Tensor:
-        """Linear colours [N, 3] -> colour-table entries (gamma, exposure, white balance, 8-bit scale)."""
-        return colours.clamp(0, 1).pow(1 / self.domain.gamma) * self._gain
-
-    def _camera_response(self, colours: Tensor, index: Tensor, shade: Tensor, depth: Tensor,
-                         generator: torch.Generator | None) -> Tensor:
-        """Colour-table indices [B, W, H] -> uint8 [B, 3, H, W]: light, fog, blur, noise, quantization.
-
-        Two multiply-adds per channel: 0.5 + fog_colour * (1 - fog), plus colour * light * fog; the
-        table entries already carry the camera gain (``_response``), and the 0.5 makes truncation round.
-        """
-        d = self.domain
-        b, w, h = index.shape
-        fog = depth.masked_fill(depth >= self.max_distance, 0.0).div_(-d.fog_distance).exp_()  # no fog on the sky
-        # Written into the interior of a buffer padded by the blur radius along W, so that the blur
-        # needs no padding copy.
-        r = len(self._blur) // 2 if self._blur is not None else 0
-        padded = torch.empty(b, w + 2 * r, h, 3, device=self.device)
-        rgb = padded.narrow(1, r, w)
-        torch.addcmul(self._half, (1 - fog).unsqueeze(-1), self._fog, out=rgb)
-        texels = F.embedding(index.view(-1), colours).view(b, w, h, 3)  # a row gather, faster than index_select
-        rgb.addcmul_(texels, (shade * fog).unsqueeze(-1))
-        # Blur and noise work on the [B, W, H, 3] layout (elementwise, so the same sums as on the
-        # [B, 3, H, W] image; the noise bank is read through the matching strided view).
-        if self._blur is not None:
-            rgb = self._blurred(padded, r)
-        rgb = rgb.permute(0, 3, 2, 1)  # [B, 3, H, W] view
-        if d.noise_std > 0:  # the noise add makes the image contiguous: one strided pass, not two
-            noise = self._noise(rgb.numel(), generator).view(b, 3, h, w)
-            rgb = torch.add(rgb, noise, out=torch.empty(b, 3, h, w, device=self.device))
-        return rgb.clamp_(0, 255).to(torch.uint8, memory_format=torch.contiguous_format)
-
-    def _blurred(self, padded: Tensor, r: int) -> Tensor:
-        """Separable Gaussian blur of [B, W, H, 3] (given inside ``padded``, [B, W + 2r, H, 3]) by
-        shifted sums with replicated borders (cheaper than conv2d here): along W first, then H."""
-        k = self._blur.tolist()
-        b, w, h = padded.shape[0], padded.shape[1] - 2 * r, padded.shape[2]
-        padded[:, :r] = padded[:, r : r + 1]
-        padded[:, r + w :] = padded[:, r + w - 1 : r + w]
-        padded_h = torch.empty(b, w, h + 2 * r, 3, device=padded.device)
-        out = padded_h.narrow(2, r, h)
-        torch.mul(padded.narrow(1, 0, w), k[0], out=out)
-        for i in range(1, len(k)):
-            out.add_(padded.narrow(1, i, w), alpha=k[i])
-        padded_h[:, :, :r] = padded_h[:, :, r : r + 1]
-        padded_h[:, :, r + h :] = padded_h[:, :, r + h - 1 : r + h]
-        out = padded_h.narrow(2, 0, h) * k[0]
-        for i in range(1, len(k)):
-            out.add_(padded_h.narrow(2, i, h), alpha=k[i])
-        return out
+        """Linear colours [3, N] -> colour-table entries (gamma, exposure, white balance, 8-bit scale)."""
+        return colours.clamp(0, 1).pow(1 / self.domain.gamma) * self._gain.view(3, 1)
 
     def _noise(self, count: int, generator: torch.Generator | None) -> Tensor:
         """Gaussian noise of std ``noise_std``: a window of a fixed bank at an offset drawn from ``generator``.
