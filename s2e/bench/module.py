@@ -115,6 +115,8 @@ class NavBenchModule(pl.LightningModule):
         self.agent = PolicyAgent.from_checkpoint(self.trainer.ckpt_path, self.hparams.lookahead_time)
 
     def on_test_start(self) -> None:
+        if self.trainer.world_size > 1:
+            raise RuntimeError("NavBench runs in one process (episodes run side by side via data.num_envs); use --trainer.devices 1")
         if self.agent is None:
             self.agent = build_agent(self.hparams.agent, self.hparams.policy_path, self.hparams.seed, self.hparams.lookahead_time)
         datamodule = self.trainer.datamodule
@@ -124,9 +126,6 @@ class NavBenchModule(pl.LightningModule):
         if hasattr(self.agent, "to"):
             self.agent.to(self.device)
         self._results, self._traces = [], []
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        return batch  # episode specs stay numpy; the env is built on the module's device
 
     # ------------------------------------------------------------------ the run
     def _traced(self, batch: EpisodeBatch) -> list[int]:
