@@ -10,6 +10,10 @@ Every rank yields ``ceil(samples_per_epoch / (world_size * batch_size))`` traini
 epoch (see the pipeline docstring), so DDP ranks never wait on each other at the epoch end.
 Validation reads each rank's validation shards once unless ``val_samples_per_epoch`` is set, which
 DDP runs should do for the same reason.
+
+The dataloaders are :class:`datamodules.pipeline.NavWindowLoader` iterables, not torch DataLoaders:
+their workers decode episodes and this process gathers the batches. Batch ``frames`` are uint8
+[B, k, 3, H, W] with channels-last memory (see :func:`datamodules.windows.collate_windows`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ class NavVideoDataModule(pl.LightningDataModule):
         batch_size: windows per batch on each rank.
         num_workers: DataLoader worker processes per rank (each decodes its own shards).
         persistent_workers: keep workers alive between epochs.
-        shuffle_buffer: windows held for shuffling across episodes.
+        shuffle_buffer: windows held for shuffling across episodes and workers; every episode with a
+            window in the buffer stays decoded in memory (T x H x W x 3 bytes).
         goal_horizon_s: (min, max) seconds ahead from which the goal is drawn.
         goal_horizon_m: (min, max) metres of path ahead instead of seconds.
         goal_dropout: probability of dropping the goal (goal_mask False) for goal-free training.

@@ -198,12 +198,10 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
         hwc[flip] = hwc[flip][:, :, :, ::-1]
         waypoints[flip] = mirror_lateral(waypoints[flip])
         goal[flip, 2] = -goal[flip, 2]
-    frames = torch.from_numpy(hwc).permute(0, 1, 4, 2, 3)
     if first.jitter is not None:
-        factors = torch.from_numpy(np.stack([e.jitter[r] for e, r in windows]).astype(np.float32))
-        frames.copy_(_colour_jitter(frames, factors))
+        _colour_jitter(hwc, np.stack([e.jitter[r] for e, r in windows]))
     return {
-        "frames": frames,
+        "frames": torch.from_numpy(hwc).permute(0, 1, 4, 2, 3),
         "goal": torch.from_numpy(goal.astype(np.float32)),
         "waypoints": torch.from_numpy(waypoints.astype(np.float32)),
         "scale": torch.tensor([float(e.scale[r]) for e, r in windows], dtype=torch.float32),
@@ -213,17 +211,30 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     }
 
 
-def _colour_jitter(frames: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """torchvision-style jitter of uint8 [B, k, 3, H, W] with per-window (brightness, contrast,
-    saturation) ``factors`` [B, 3]: the k frames of a window share them, so the clip stays consistent."""
-    brightness, contrast, saturation = (factors[:, i].view(-1, 1, 1, 1, 1) for i in range(3))
-    x = frames.float() * brightness
-    grey = (0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2]).unsqueeze(2)
-    mean = grey.mean(dim=(2, 3, 4), keepdim=True)  # per frame
-    x = (x - mean) * contrast + mean
-    grey = (0.299 * x[:, :, 0] + 0.587 * x[:, :, 1] + 0.114 * x[:, :, 2]).unsqueeze(2)
-    x = (x - grey) * saturation + grey
-    return x.clamp_(0, 255).round_().to(torch.uint8)
+#: ITU-R 601 luma weights: the grey that contrast and saturation blend towards (as torchvision).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _colour_jitter(hwc: np.ndarray, factors: np.ndarray) -> None:
+    """torchvision-style brightness, contrast, saturation jitter, in place on uint8 [B, k, H, W, 3].
+
+    ``factors`` [B, 3] are per window, so the k frames of a window share them and the clip stays
+    consistent. The three steps (x*b; blend with the frame's mean grey by c; blend with the
+    pixel's grey by s) are linear, so they are applied as one affine map
+    ``y = b*c*s*x + b*c*(1-s)*grey(x) + (1-c)*mean(grey(x*b))``, clamped once at the end as the
+    step-by-step version is: two float passes instead of six. numpy, single-threaded on purpose
+    (see :func:`collate_windows`).
+    """
+    b, c, s = (factors[:, i].astype(np.float32).reshape(-1, 1, 1, 1) for i in range(3))  # [B, 1, 1, 1]
+    x = hwc.astype(np.float32)
+    grey = x[..., 0] * np.float32(_LUMA[0]) + x[..., 1] * np.float32(_LUMA[1]) + x[..., 2] * np.float32(_LUMA[2])
+    mean = grey.mean(axis=(2, 3), keepdims=True) * b  # [B, k, 1, 1] mean grey after brightness, per frame
+    offset = grey * (b * c * (1 - s)) + mean * (1 - c)  # [B, k, H, W]
+    x *= (b * c * s)[..., None]
+    x += offset[..., None]
+    np.clip(x, 0, 255, out=x)
+    np.rint(x, out=x)
+    hwc[...] = x
 
 
 def cut_windows(

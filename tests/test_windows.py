@@ -180,3 +180,20 @@ def test_head_keeps_the_first_windows_and_shares_the_frames() -> None:
     np.testing.assert_array_equal(head.jitter, windows.jitter[:5])
     with pytest.raises(IndexError):
         head[5]
+
+
+def test_colour_jitter_is_the_step_by_step_torchvision_definition() -> None:
+    """Brightness, then contrast towards the frame's mean grey, then saturation towards each pixel's grey."""
+    config = WindowConfig(augment=AugmentConfig(brightness=0.4, contrast=0.4, saturation=0.4))
+    windows = _cut(config, seed=4)
+    windows.frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, windows.frames.shape, dtype=np.uint8))
+    batch = collate_windows(list(windows)[:6])
+    for got, window in zip(batch["frames"], list(windows)[:6]):
+        b, c, s = window.jitter.tolist()
+        x = window.episode.frames.numpy()[window.episode.frame_indices[window.row]].astype(np.float64) * b
+        grey = x @ np.array([0.299, 0.587, 0.114])
+        x = (x - grey.mean(axis=(1, 2))[:, None, None, None]) * c + grey.mean(axis=(1, 2))[:, None, None, None]
+        grey = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+        expected = np.clip((x - grey) * s + grey, 0, 255).round()
+        diff = np.abs(got.permute(0, 2, 3, 1).numpy().astype(np.float64) - expected)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # float32 rounding only
