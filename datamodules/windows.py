@@ -189,17 +189,18 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     hwc = np.empty((len(windows), first.frame_indices.shape[1], height, width, 3), np.uint8)
     for slot, (episode, row) in zip(hwc, windows):
         frames = episode.frames.numpy()
+        if episode.flip[row]:
+            frames = frames[:, :, ::-1]  # mirrored while copied: still one copy per frame
         for out, index in zip(slot, episode.frame_indices[row].tolist()):
             out[...] = frames[index]
+        if episode.jitter is not None:
+            _colour_jitter(slot, *episode.jitter[row].tolist())
     flip = np.array([e.flip[r] for e, r in windows])
     waypoints = np.stack([e.waypoints[r] for e, r in windows])
     goal = np.stack([e.goal[r] for e, r in windows])
     if flip.any():  # the mirrored image needs the mirrored future and goal
-        hwc[flip] = hwc[flip][:, :, :, ::-1]
         waypoints[flip] = mirror_lateral(waypoints[flip])
         goal[flip, 2] = -goal[flip, 2]
-    if first.jitter is not None:
-        _colour_jitter(hwc, np.stack([e.jitter[r] for e, r in windows]))
     return {
         "frames": torch.from_numpy(hwc).permute(0, 1, 4, 2, 3),
         "goal": torch.from_numpy(goal.astype(np.float32)),
@@ -215,26 +216,26 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def _colour_jitter(hwc: np.ndarray, factors: np.ndarray) -> None:
-    """torchvision-style brightness, contrast, saturation jitter, in place on uint8 [B, k, H, W, 3].
+def _colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturation: float) -> None:
+    """torchvision-style brightness, contrast, saturation jitter, in place on one window's uint8 [k, H, W, 3].
 
-    ``factors`` [B, 3] are per window, so the k frames of a window share them and the clip stays
-    consistent. The three steps (x*b; blend with the frame's mean grey by c; blend with the
-    pixel's grey by s) are linear, so they are applied as one affine map
-    ``y = b*c*s*x + b*c*(1-s)*grey(x) + (1-c)*mean(grey(x*b))``, clamped once at the end as the
-    step-by-step version is: two float passes instead of six. numpy, single-threaded on purpose
-    (see :func:`collate_windows`).
+    The same factors for all k frames keep the clip consistent. The three steps (x*b; blend with
+    the frame's mean grey by c; blend with the pixel's grey by s) are linear, so they are applied as
+    one affine map ``y = b*c*s*x + b*c*(1-s)*grey(x) + (1-c)*mean(grey(x*b))``, clamped once at the
+    end as the step-by-step version is: two float passes instead of six. Called per window, right
+    after its gather, so the clip is still in cache; numpy, single-threaded on purpose (see
+    :func:`collate_windows`).
     """
-    b, c, s = (factors[:, i].astype(np.float32).reshape(-1, 1, 1, 1) for i in range(3))  # [B, 1, 1, 1]
-    x = hwc.astype(np.float32)
+    b, c, s = np.float32(brightness), np.float32(contrast), np.float32(saturation)
+    x = clip.astype(np.float32)
     grey = x[..., 0] * np.float32(_LUMA[0]) + x[..., 1] * np.float32(_LUMA[1]) + x[..., 2] * np.float32(_LUMA[2])
-    mean = grey.mean(axis=(2, 3), keepdims=True) * b  # [B, k, 1, 1] mean grey after brightness, per frame
-    offset = grey * (b * c * (1 - s)) + mean * (1 - c)  # [B, k, H, W]
-    x *= (b * c * s)[..., None]
+    mean = grey.mean(axis=(1, 2), keepdims=True) * b  # [k, 1, 1] mean grey after brightness, per frame
+    offset = grey * (b * c * (1 - s)) + mean * (1 - c)  # [k, H, W]
+    x *= b * c * s
     x += offset[..., None]
     np.clip(x, 0, 255, out=x)
     np.rint(x, out=x)
-    hwc[...] = x
+    clip[...] = x
 
 
 def cut_windows(

@@ -38,7 +38,7 @@ from datamodules.episode import VIDEO_MEMBER, Trajectory  # noqa: E402
 from datamodules.pipeline import NavWindowLoader, expand_shards, split_by_worker  # noqa: E402
 from datamodules.shard_writer import EpisodeShardWriter  # noqa: E402
 from datamodules.video_decode import decode_video  # noqa: E402
-from datamodules.windows import WindowConfig  # noqa: E402
+from datamodules.windows import AugmentConfig, WindowConfig  # noqa: E402
 from s2e.video_io import write_mp4  # noqa: E402
 
 
@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--window-stride", type=int, default=1)
     parser.add_argument("--shuffle-buffer", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each; the best is reported")
+    parser.add_argument(
+        "--augment", action="store_true", help="the training augmentation of experiments/pretrain.yaml (hflip 0.5, colour jitter 0.2)"
+    )
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x"))
 
@@ -143,9 +146,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.workers < 1:
         parser.error("--workers must be >= 1 (the ceiling needs as many decoding processes)")
 
+    augment = AugmentConfig(hflip=0.5, brightness=0.2, contrast=0.2, saturation=0.2) if args.augment else AugmentConfig()
     loader = NavWindowLoader(
         urls,
-        WindowConfig(window_stride=args.window_stride),
+        WindowConfig(window_stride=args.window_stride, augment=augment),
         size,
         args.batch_size,
         shuffle_buffer=args.shuffle_buffer,
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "shards": len(urls),
         "decode_size": list(size),
         "window_stride": args.window_stride,
+        "augment": args.augment,
         "batch_size": args.batch_size,
         "frames_decoded": frames,
         "windows": samples,
