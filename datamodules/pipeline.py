@@ -242,6 +242,22 @@ def parse_episode(raw: dict[str, Any], counter: SkipCounter) -> Optional[Traject
         return None
 
 
+class SharedMemoryFullError(RuntimeError):
+    """Shared memory cannot hold the next decoded episode (a container with a small /dev/shm)."""
+
+
+_SHM_DIR = "/dev/shm"  # where torch's shared tensors live on Linux (shm_open)
+
+
+def _shared_memory_free_bytes() -> Optional[int]:
+    """Free bytes in the shared-memory filesystem, None where there is none to ask (not Linux)."""
+    try:
+        stat = os.statvfs(_SHM_DIR)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
 class _SharedFrames:
     """Frame allocator that decodes straight into shared memory and keeps the tensor that owns it.
 
@@ -253,7 +269,14 @@ class _SharedFrames:
         self.tensor: Optional[torch.Tensor] = None
 
     def __call__(self, shape: tuple[int, int, int, int]) -> np.ndarray:
-        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+        size = int(np.prod(shape))
+        free = _shared_memory_free_bytes()
+        if free is not None and size > free:  # tmpfs would accept it and SIGBUS on the first write
+            raise SharedMemoryFullError(
+                f"a decoded episode needs {size / 2**20:.1f} MiB of shared memory but {_SHM_DIR} has {free / 2**20:.1f} MiB free: "
+                "give the container more (docker --shm-size), or lower image_size, shuffle_buffer or the episode length"
+            )
+        storage = torch.UntypedStorage._new_shared(size)
         self.tensor = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
         return self.tensor.numpy()
 
@@ -459,6 +482,10 @@ class NavWindowLoader:
         num_workers: DataLoader worker processes decoding episodes (0: decode in this process).
         persistent_workers: keep the workers alive between epochs.
         prefetch_factor: decoded episodes each worker may hold ready (memory: whole episodes).
+
+    Memory: every episode with a window in the shuffle buffer, and every prefetched one, stays
+    decoded (T x H x W x 3 bytes); with workers they live in shared memory (/dev/shm), and an
+    episode that does not fit raises :class:`SharedMemoryFullError` rather than crashing a worker.
     """
 
     def __init__(

@@ -288,3 +288,14 @@ def test_quota_cuts_the_last_episode_and_the_final_record_carries_the_tail_count
     episodes = episode_windows(read_tar_episodes(shards["good"], counter), CONFIG, SIZE, np.random.default_rng(0), counter)
     records = list(with_quota(episodes, 40, counter))
     assert [len(r.windows) for r in records[:-1]] == [36, 4] and records[-1].windows is None
+
+
+def test_a_full_shared_memory_is_a_clear_error_not_a_crashed_worker(shards: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmpfs accepts any size and kills the writer with SIGBUS later; the worker checks first."""
+    from datamodules import pipeline
+
+    monkeypatch.setattr(pipeline, "_shared_memory_free_bytes", lambda: 64 * 48 * 3 * 10)  # room for 10 frames of 150
+    counter = SkipCounter()
+    episodes = episode_windows(read_tar_episodes(shards["good"][:1], counter), CONFIG, SIZE, np.random.default_rng(0), counter, shared_memory=True)
+    with pytest.raises(pipeline.SharedMemoryFullError, match=r"needs 1.3 MiB of shared memory but .* has 0.1 MiB free.*--shm-size"):
+        next(episodes)
