@@ -4,11 +4,12 @@
         --strategies ram full --minutes 10 --episodes 32
 
 1. every strategy is trained with the real CLI (``python -m s2e fit --config experiments/posttrain.yaml``)
-   for at most ``--minutes`` (``--trainer.max_time``), one after the other;
+   for at most ``--minutes`` (``--trainer.max_time``), all strategies at the same time (``--sequential``
+   trains one after the other);
 2. the pretrained policy and every run's ``last.ckpt`` (rebuilt by ``load_policy_from_checkpoint``)
    drive the same ``--episodes`` scenes of the training task, deterministically (best anchor mode
    through the shared controller), in the training domain (``sim``) and the held-out appearance
-   domain of the pretraining data (``recorded``);
+   domain of the pretraining data (``recorded``), ``--eval-jobs`` evaluations at a time;
 3. the training curves (episode return and success of the rollouts, read back from TensorBoard)
    go to ``curves.png``; the table is printed, the last line is one JSON object.
 
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see tools/bench_sim.py: must precede torch's import
@@ -43,14 +46,9 @@ from s2e.sim.robots import get_robot  # noqa: E402
 CURVE_TAGS = ("train/episode/return", "train/episode/success")
 
 
-def train(strategy: str, args: argparse.Namespace) -> Path:
-    """Run the CLI fit of one strategy (or reuse a finished one); returns its last.ckpt."""
+def fit_command(strategy: str, args: argparse.Namespace) -> list[str]:
     root = args.out / strategy
-    found = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if found and not args.retrain:
-        print(f"[{strategy}] reusing {found[-1]}", flush=True)
-        return found[-1]
-    command = [
+    return [
         sys.executable, "-m", "s2e", "fit", "--config", str(REPO / "experiments" / "posttrain.yaml"),
         "--model.init_args.pretrained", str(args.pretrained),
         "--model.init_args.strategy", strategy,
@@ -64,17 +62,37 @@ def train(strategy: str, args: argparse.Namespace) -> Path:
         "--trainer.logger.init_args.save_dir", str(root),
         *args.fit_args,
     ]
-    print(f"[{strategy}] {' '.join(command)}", flush=True)
+
+
+def last_checkpoint(strategy: str, args: argparse.Namespace) -> Path | None:
+    found = sorted((args.out / strategy).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def train(strategies: list[str], args: argparse.Namespace) -> dict[str, Path]:
+    """CLI fits of the strategies (finished ones reused unless ``--retrain``); returns each last.ckpt."""
+    todo = [s for s in strategies if args.retrain or last_checkpoint(s, args) is None]
     started = time.monotonic()
-    result = subprocess.run(command, cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"[{strategy}] fit failed with exit code {result.returncode}")
-    print(f"[{strategy}] trained in {time.monotonic() - started:.0f} s", flush=True)
-    return sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)[-1]
+    running = []
+    for strategy in todo:
+        command = fit_command(strategy, args)
+        print(f"[{strategy}] {' '.join(command)}", flush=True)
+        (args.out / strategy).mkdir(parents=True, exist_ok=True)
+        log = open(args.out / strategy / "fit.log", "w")
+        running.append((strategy, subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+        if args.sequential:
+            running[-1][1].wait()
+    for strategy, process, log in running:
+        if process.wait() != 0:
+            raise SystemExit(f"[{strategy}] fit failed with exit code {process.returncode}; see {log.name}")
+        log.close()
+        print(f"[{strategy}] trained ({time.monotonic() - started:.0f} s since the first fit started)", flush=True)
+    return {s: last_checkpoint(s, args) for s in strategies}
 
 
 def evaluate(checkpoint: Path, domain: str, args: argparse.Namespace) -> dict[str, float]:
     """One deterministic episode per env over ``--episodes`` scenes drawn from ``--eval-seed``."""
+    torch.set_num_threads(1)  # evaluations run side by side in worker processes
     policy, timing, _ = load_policy_from_checkpoint(checkpoint)
     robot = get_robot(args.robot)
     limits = ControllerLimits(max_speed=robot.max_speed, max_yaw_rate=robot.max_omega, lookahead_time=args.lookahead_time)
@@ -111,7 +129,7 @@ def plot(curves: dict[str, dict[str, list[tuple[int, float]]]], table: dict[str,
                 ax.plot(steps, values, alpha=0.25)
                 ax.plot(steps[len(kernel) - 1 :], np.convolve(values, kernel, mode="valid"), label=strategy, color=ax.lines[-1].get_color())
             ax.set_title(f"{tag} (rollouts, {smooth}-point mean)")
-            ax.set_xlabel("optimizer step")
+            ax.set_xlabel("logged training step")
             ax.legend()
     names = list(table)
     domains = list(next(iter(table.values())))
@@ -142,23 +160,21 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=12345)
     parser.add_argument("--lookahead-time", type=float, default=0.6)
     parser.add_argument("--smooth", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-jobs", type=int, default=2, help="evaluations run at the same time")
+    parser.add_argument("--sequential", action="store_true", help="train the strategies one after the other")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="extra CLI arguments for every fit")
     args = parser.parse_args()
     if not args.pretrained.is_file():
         parser.error(f"pretrained checkpoint not found: {args.pretrained} (run tools/demo.py first)")
-    torch.set_num_threads(args.threads)
 
-    checkpoints = {"pretrained": args.pretrained}
-    for strategy in args.strategies:
-        checkpoints[strategy] = train(strategy, args)
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for name, checkpoint in checkpoints.items():
-        table[name] = {}
-        for domain in args.domains:
-            started = time.monotonic()
-            table[name][domain] = evaluate(checkpoint, domain, args)
+    checkpoints = {"pretrained": args.pretrained, **train(args.strategies, args)}
+    table: dict[str, dict[str, dict[str, float]]] = {name: {} for name in checkpoints}
+    started = time.monotonic()
+    with ProcessPoolExecutor(max_workers=args.eval_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {(name, domain): pool.submit(evaluate, checkpoint, domain, args) for name, checkpoint in checkpoints.items() for domain in args.domains}
+        for (name, domain), job in jobs.items():
+            table[name][domain] = job.result()
             print(f"[eval] {name:10s} {domain:9s} {table[name][domain]} ({time.monotonic() - started:.0f} s)", flush=True)
     curves = {s: read_curves(args.out / s) for s in args.strategies}
     plot(curves, table, args.out / "curves.png", args.smooth)
