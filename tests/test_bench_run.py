@@ -100,6 +100,8 @@ def test_a_checkpoint_for_another_timing_is_refused_before_any_episode(tmp_path:
     other = tiny_checkpoint(tmp_path, TimingSpec(waypoint_dt=0.5), name="slow.ckpt")
     with pytest.raises(TimingMismatchError, match=r"waypoint_dt: policy 'slow'=0.5 vs suite 'quick'=0.3"):
         _test(tmp_path / "out", ckpt_path=other)  # the quick suite, refused before its first episode
+    with pytest.raises(TimingMismatchError, match=r"waypoint_dt: policy 'slow'=0.5 vs suite 'quick'=0.3"):
+        _test(tmp_path / "out", policy_path=str(other))
     assert not (tmp_path / "out" / "report.json").exists()
     with pytest.raises(ValueError, match="--ckpt_path was given but model.init_args.agent is 'expert'"):
         _test(tmp_path / "out", ckpt_path=other, agent="expert")
