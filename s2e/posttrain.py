@@ -124,7 +124,7 @@ class PostTrainModule(pl.LightningModule):
         check_experiment_matches(policy.config, self.timing, anchors, timing, image_size, anchors_path, pretrained)
         trainable = apply_strategy(policy, strategy, RAMConfig.from_dict(ram or {}))
         self.policy = policy
-        self.value_head = ValueHead(policy.config.d_model)
+        self.value_head = ValueHead(policy.config.d_model).requires_grad_(strategy != "sft")
         self._trainable_policy_params = trainable
         profile = get_robot(robot)
         self.limits = ControllerLimits(max_speed=profile.max_speed, max_yaw_rate=profile.max_omega, lookahead_time=lookahead_time)

@@ -72,10 +72,12 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _trainable_names(strategy: str, names: list[str]) -> set[str]:
-    if strategy in ("full", "sft"):
+    if strategy == "sft":
         return set(names)
+    if strategy == "full":  # the velocity-scale head gets no PPO gradient and stays as pretrained
+        return {n for n in names if not n.startswith("heads.scale.")}
     if strategy == "decoder":
-        return {n for n in names if n.startswith(("cross_attention.", "heads."))}
+        return {n for n in names if n.startswith(("cross_attention.", "heads.")) and not n.startswith("heads.scale.")}
     return {n for n in names if n.startswith(("cross_attention.residual.", "cross_attention.gate_"))}
 
 

@@ -6,7 +6,10 @@
 * ``decoder``: the cross-attention block and the heads learn; encoder, fusion and queries stay.
 * ``sft``: supervised fine-tuning of every policy parameter on expert rollouts in the simulator.
 
-The value head always learns under the PPO strategies; it is not part of the policy.
+Under PPO the velocity-scale head (``heads.scale``) gets no gradient: the scale is not part of the
+sampled event (see :mod:`s2e.rl.distribution`), so ``full`` and ``decoder`` leave it as pretrained
+and do not hand it to the optimizer (which also keeps DDP free of unused parameters). The value head
+always learns under the PPO strategies; it is not part of the policy.
 """
 
 from __future__ import annotations
@@ -34,10 +37,13 @@ def apply_strategy(policy: S2EPolicy, strategy: str, ram: Optional[RAMConfig] = 
     check_strategy(strategy)
     if strategy == "ram" and not isinstance(policy.cross_attention, ResidualAttentionModule):
         wrap_with_ram(policy, ram)
-    if strategy in ("full", "sft"):
+    no_ppo_gradient = {id(p) for p in policy.heads.scale.parameters()}
+    if strategy == "sft":
         trainable = list(policy.parameters())
+    elif strategy == "full":
+        trainable = [p for p in policy.parameters() if id(p) not in no_ppo_gradient]
     elif strategy == "decoder":
-        trainable = [*policy.cross_attention.parameters(), *policy.heads.parameters()]
+        trainable = [p for p in (*policy.cross_attention.parameters(), *policy.heads.parameters()) if id(p) not in no_ppo_gradient]
     else:
         trainable = policy.cross_attention.trainable_parameters()
     keep = {id(p) for p in trainable}
