@@ -80,7 +80,11 @@ class PostTrainModule(pl.LightningModule):
         timing, image_size, anchors_path: optional statements of what the env / experiment expects;
             each must match the checkpoint (a mismatch is an error, never a silent resample).
         gamma, gae_lambda, clip_epsilon, ppo_epochs, minibatch_size, entropy_coeff, critic_coeff,
-        max_grad_norm: PPO; lr: policy parameters; value_lr: value head.
+        max_grad_norm: PPO; lr: policy parameters; value_lr: value head. ``entropy_coeff`` weighs
+            the mixture-entropy bonus (:meth:`AnchorTrajectoryDistribution.entropy`); it is 0 by
+            default because that entropy sums 2T Gaussian log-stds, and Adam turns any constant
+            bonus into a steady widening of every waypoint's std (seen in short CPU runs at 0.005,
+            the paper's value: entropy rose and the per-step reward fell).
         lookahead_time: the shared controller's pure-pursuit lookahead (seconds).
         expert_noise: (v m/s, omega rad/s) std of the noise on the expert's commands (``sft``).
         video_every_n_epochs: a deterministic rollout video every N epochs (0: never), at most
@@ -105,7 +109,7 @@ class PostTrainModule(pl.LightningModule):
         minibatch_size: int = 256,
         lr: float = 3e-4,
         value_lr: float = 1e-3,
-        entropy_coeff: float = 0.005,
+        entropy_coeff: float = 0.0,
         critic_coeff: float = 0.5,
         max_grad_norm: float = 1.0,
         lookahead_time: float = 0.6,
