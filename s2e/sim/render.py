@@ -46,6 +46,7 @@ _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera n
 #: Pixels per render call from which ``compiled=None`` compiles the dense stages: compiling costs
 #: seconds (once per process) and pays back only on batches of many frames.
 COMPILE_MIN_PIXELS = 100_000
+_MARCH_COMPILE_MIN = 64  # rays: below, a march round runs eagerly
 _LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
 _HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
@@ -149,7 +150,7 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     """The ``look.layers`` nearest objects of each column, as the pixel-row intervals they cover.
 
     Ray tests against every obstacle (circle or oriented box) and pedestrian (circle) per column
-    [B, W, O + P], the nearest ``K`` kept in depth order; then, because a pixel row of slope r sees
+    [B, O + P, W] (``dirs``: [B, 2, W] ray directions, columns last), the nearest ``K`` kept in depth order; then, because a pixel row of slope r sees
     height ch + r * t at depth t, "on the side" (0 <= z <= top), "on the roof" (above the front
     face's top, below it at the back face) and the body profile's height fractions are intervals of
     r fixed per column: the pixel stage only compares its row's slope with them. Invalid layers
@@ -161,13 +162,14 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     head_lo <= frac <= head_hi (everything for obstacles), the texel of texture row v is texel + v *
     stride (int32), and a roof pixel's z-depth is its row's floor depth times drop.
     """
-    b, w = dirs.shape[:2]
+    b, w = dirs.shape[0], dirs.shape[2]
     dev, T = dirs.device, TEXTURE_SIZE
-    dx, dy = dirs[..., 0:1], dirs[..., 1:2]  # [B, W, 1]
+    # Objects along dim 1, columns last: [B, O + P, W], so that compiled loops run along columns.
+    dx, dy = dirs[:, 0:1], dirs[:, 1:2]  # [B, 1, W]
     obs = obstacles.to(torch.float32)
-    rel_x, rel_y = (obs[..., 0] - cam[:, 0:1]).unsqueeze(1), (obs[..., 1] - cam[:, 1:2]).unsqueeze(1)  # [B, 1, O]
-    yaw, hl, hw, oh = (obs[..., i].unsqueeze(1) for i in (2, 3, 4, 5))
-    circle = obs[..., 6].round().long().unsqueeze(1) == int(ObstacleShape.CIRCLE)
+    rel_x, rel_y = (obs[..., 0] - cam[:, 0:1]).unsqueeze(-1), (obs[..., 1] - cam[:, 1:2]).unsqueeze(-1)  # [B, O, 1]
+    yaw, hl, hw, oh = (obs[..., i].unsqueeze(-1) for i in (2, 3, 4, 5))
+    circle = obs[..., 6].round().long().unsqueeze(-1) == int(ObstacleShape.CIRCLE)
     kind = obs[..., 7].round().long().clamp(0, len(ObstacleKind) - 1)
 
     c_in, c_out, c_nx, c_ny, c_u, _ = _circles(dx, dy, rel_x, rel_y, hl)
@@ -189,29 +191,29 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     o_nx, o_ny = torch.where(circle, c_nx, b_nx), torch.where(circle, c_ny, b_ny)
     o_u = torch.where(circle, c_u, b_u)
     tu = (o_u.clamp(0, 0.999) * T).long()
-    mat = (torch.arange(b, device=dev).view(b, 1) * NUM_MATERIALS + MAT_OBSTACLE + kind).unsqueeze(1)
+    mat = (torch.arange(b, device=dev).view(b, 1) * NUM_MATERIALS + MAT_OBSTACLE + kind).unsqueeze(-1)
     o_texel = mat * (T * T) + tu
-    o_valid = obstacle_mask.unsqueeze(1) & (o_out > torch.clamp_min(o_in, _NEAR))
+    o_valid = obstacle_mask.unsqueeze(-1) & (o_out > torch.clamp_min(o_in, _NEAR))
 
     peds = pedestrians.to(torch.float32)
     p = peds.shape[1]
-    pr_x, pr_y = (peds[..., 0] - cam[:, 0:1]).unsqueeze(1), (peds[..., 1] - cam[:, 1:2]).unsqueeze(1)
-    radius, ph = peds[..., 4].unsqueeze(1), peds[..., 5].unsqueeze(1)
+    pr_x, pr_y = (peds[..., 0] - cam[:, 0:1]).unsqueeze(-1), (peds[..., 1] - cam[:, 1:2]).unsqueeze(-1)
+    radius, ph = peds[..., 4].unsqueeze(-1), peds[..., 5].unsqueeze(-1)
     p_in, p_out, p_nx, p_ny, _, lateral = _circles(dx, dy, pr_x, pr_y, radius)
     strip = (torch.arange(b, device=dev).view(b, 1) * p + torch.arange(p, device=dev)) * T + ped_offset
-    p_valid = pedestrian_mask.unsqueeze(1) & (p_out > torch.clamp_min(p_in, _NEAR))
+    p_valid = pedestrian_mask.unsqueeze(-1) & (p_out > torch.clamp_min(p_in, _NEAR))
 
-    cat = lambda a, bb: torch.cat([a.expand(b, w, -1), bb.expand(b, w, -1)], -1)  # noqa: E731
+    cat = lambda a, bb: torch.cat([a.expand(b, -1, w), bb.expand(b, -1, w)], 1)  # noqa: E731
     t_in, t_out = cat(o_in, p_in).clamp_min(_NEAR), cat(o_out, p_out)
-    valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(-1)) & (t_in < look.max_distance)
+    valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(1)) & (t_in < look.max_distance)
     fields = {
         "t_in": t_in, "t_out": t_out, "top": cat(oh, ph), "light": look.facing(cat(o_nx, p_nx), cat(o_ny, p_ny)),
-        "texel": cat(o_texel, strip.unsqueeze(1)), "ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
+        "texel": cat(o_texel, strip.unsqueeze(-1)), "ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
         "lateral": cat(torch.zeros_like(o_in), lateral.abs()), "valid": valid,
     }
-    k = min(look.layers, t_in.shape[-1])
-    order = torch.where(valid, t_in, math.inf).topk(k, dim=-1, largest=False, sorted=True).indices
-    t_in, t_out, top, light, texel, ped, lat, valid = (v.gather(-1, order) for v in fields.values())  # [B, W, K]
+    k = min(look.layers, t_in.shape[1])
+    order = torch.where(valid, t_in, math.inf).topk(k, dim=1, largest=False, sorted=True).indices
+    t_in, t_out, top, light, texel, ped, lat, valid = (v.gather(1, order) for v in fields.values())  # [B, K, W]
 
     ch = cam_h.view(-1, 1, 1)
     inf = torch.full((), math.inf, device=dev)
@@ -232,7 +234,7 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
         texel.int(), torch.where(ped, 1, T).int(), light, t_in, (ch - top) / ch,
     )
     # [K, B, 1, W] and contiguous, so the pixel stage reads each layer's columns with vector loads.
-    return tuple(f.permute(2, 0, 1).unsqueeze(2).contiguous() for f in spans)
+    return tuple(f.transpose(0, 1).unsqueeze(2).contiguous() for f in spans)
 
 
 def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...], floor: tuple[Tensor, ...],
@@ -341,6 +343,77 @@ def _run_stage(fn: Callable, compiled: bool, *args):
     return fn(*args)
 
 
+def _march_chunk(grid: Tensor, base: Tensor, state: Tensor, k0: Tensor, chunk: int, cols: int,
+                 size: Tensor) -> tuple[Tensor, Tensor]:
+    """Test the next ``chunk`` gridline crossings of each axis for A rays: (new [t, value, axis] [A, 3], still active [A]).
+
+    ``state`` [A, 15] holds per ray (offset, t per cell, start g0, start cell, sign, cells per t — two
+    columns each, x then y), the search limit, and the best (t, value, axis) so far; ``base`` [A] is
+    the ray's scene offset into the flat ``grid``; ``size`` [2] the last (col, row) index. One fused
+    function: the march's inner loop.
+    """
+    off, inv, g0, cell0, sign, slope = state[:, :12].split(2, -1)
+    t_limit, best = state[:, 12], state[:, 13:]
+    a_t, a_h, a_axis = best.unbind(-1)
+    k = k0 + torch.arange(chunk, device=state.device, dtype=torch.float32)  # [C]
+    for axis in (0, 1):
+        t = (off[:, axis : axis + 1] + (k - 1)) * inv[:, axis : axis + 1]  # [A, C]
+        along = (cell0[:, axis : axis + 1] + sign[:, axis : axis + 1] * k).clamp_min(0).minimum(size[axis])
+        other = (g0[:, 1 - axis : 2 - axis] + t * slope[:, 1 - axis : 2 - axis]).floor().clamp_min(0).minimum(size[1 - axis])
+        col, row = (along, other) if axis == 0 else (other, along)
+        h = grid.take(base.unsqueeze(1) + (row * cols + col).long())
+        t_min, arg = torch.where(h > 0, t, math.inf).min(-1)
+        closer = t_min < a_t
+        a_t = torch.where(closer, t_min, a_t)
+        a_h = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), a_h)
+        a_axis = torch.where(closer, float(axis), a_axis)
+    certain = ((off + (k0 + chunk - 1)) * inv).amin(-1)  # the next untested crossing
+    return torch.stack([a_t, a_h, a_axis], -1), (a_t > certain) & (certain < t_limit)
+
+
+def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: Tensor, cell: float,
+           t_limit: Tensor | float, compiled: bool, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact DDA of N rays over a padded grid: (t, value, axis) of the first crossing into a cell > 0.
+
+    The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * cell / |dx| and
+    enters column floor(gx0) + k * sign(dx) (likewise for horizontal gridlines). Crossings are
+    tested ``chunk`` at a time (``_march_chunk``); a hit is final once nearer than the next untested
+    crossing of either axis, and rays drop out as soon as they are final or leave the grid, so each
+    round works on the rays still searching. The grid's empty one-cell border lets out-of-grid
+    crossings clamp onto empty cells instead of bounds checks.
+
+    Args:
+        grid: flat [B * rows * cols] values (> 0 = hit); dims = (rows, cols), padding included.
+        env: [N] scene of each ray; g0: [N, 2] start in (col, row) cell units; rays: [N, 2] world
+        direction per unit t; cell: metres per cell; t_limit: farthest t to search.
+    """
+    rows, cols = dims
+    size = torch.tensor([cols - 1, rows - 1], device=g0.device, dtype=torch.float32)
+    n = g0.shape[0]
+    cell0 = g0.floor()
+    inv = cell / rays.abs().clamp_min(1e-9)  # t per cell along each axis
+    offset = torch.where(rays >= 0, 1 - (g0 - cell0), g0 - cell0)  # cells to the first crossing
+    exit_t = (torch.where(rays >= 0, size - g0, g0 - 1).clamp_min(0) * inv).amin(-1)
+    limit = torch.clamp_max(exit_t, t_limit)
+    sign = torch.where(rays >= 0, 1.0, -1.0)
+    best = torch.zeros(n, 3, device=g0.device)
+    best[:, 0] = math.inf
+    state = torch.cat([offset, inv, g0, cell0, sign, rays / cell, limit.unsqueeze(-1), best], -1)  # [N, 15]
+    base = env * (rows * cols)
+    active = torch.arange(n, device=g0.device)
+    k0 = 1
+    while active.numel():
+        # Few rays left: eager ops cost little, and compiled code would specialize on tiny sizes.
+        fast = compiled and active.numel() >= _MARCH_COMPILE_MIN
+        found, keep = _run_stage(_march_chunk, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
+        best.index_copy_(0, active, found)
+        keep_idx = keep.nonzero().squeeze(-1)
+        active, base = active.index_select(0, keep_idx), base.index_select(0, keep_idx)
+        state = torch.cat([state.index_select(0, keep_idx)[:, :13], found.index_select(0, keep_idx)], -1)
+        k0 += chunk
+    return best[:, 0], best[:, 1], best[:, 2].long()
+
+
 class Raycaster:
     """Renders ``SceneBatch`` views in one appearance domain; see the module docstring for the model.
 
@@ -415,10 +488,10 @@ class Raycaster:
         atlas, repeat = self._styles.batch(scene.style_seed)
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
         wall_h, coarse, ground = self._grids(scene)
-        wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs)
         fast = self.compiled if self.compiled is not None else b * H * W >= COMPILE_MIN_PIXELS
+        wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs, fast)
         spans = _run_stage(_object_spans, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
-                           scene.pedestrian_mask, cam, dirs, wall.t, cam_h, ped_offset)
+                           scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
         T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
         texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
@@ -437,7 +510,8 @@ class Raycaster:
         return image, (depth.unsqueeze(1) if with_depth else None)
 
     # ------------------------------------------------------------------ geometry per column
-    def _cast_walls(self, scene: SceneBatch, grids: tuple[Tensor, Tensor], cam: Tensor, dirs: Tensor) -> _WallHits:
+    def _cast_walls(self, scene: SceneBatch, grids: tuple[Tensor, Tensor], cam: Tensor, dirs: Tensor,
+                    compiled: bool) -> _WallHits:
         """First building face per column, by a coarse-then-fine grid DDA over all columns at once.
 
         Rays first march the max-pooled grid (``_COARSE`` cells per block) to the first block holding
@@ -456,7 +530,7 @@ class Raycaster:
         g0_coarse = g0 / _COARSE + 1
         start_cell = g0_coarse.long()
         inside = coarse.take((env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]) > 0
-        t_block, _, _ = self._march(coarse, coarse_dims, env, g0_coarse, rays, res * _COARSE, self.max_distance)
+        t_block, _, _ = _march(coarse, coarse_dims, env, g0_coarse, rays, res * _COARSE, self.max_distance, compiled)
         t_block = torch.where(inside, 0.0, t_block)
         near = t_block.isfinite().nonzero().squeeze(-1)
         best_t = torch.full_like(t_block, math.inf)
@@ -465,7 +539,7 @@ class Raycaster:
         if near.numel():
             t0 = (t_block[near] - 1e-4).clamp_min(0)  # just before the block: an empty fine cell
             start = g0[near] + t0.unsqueeze(-1) * rays[near] / res
-            t, h, axis = self._march(wall_h, fine_dims, env[near], start, rays[near], res, self.max_distance - t0)
+            t, h, axis = _march(wall_h, fine_dims, env[near], start, rays[near], res, self.max_distance - t0, compiled)
             best_t[near], best_h[near], best_axis[near] = t + t0, h, axis
         best_t = torch.where(best_t <= self.max_distance, best_t, math.inf).view(b, w)
         point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
@@ -475,60 +549,6 @@ class Raycaster:
         normal = -sign * torch.stack([best_axis == 0, best_axis == 1], -1)
         return _WallHits(best_t, best_h.view(b, w), along, normal)
 
-    def _march(self, grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: Tensor, cell: float,
-               t_limit: Tensor | float, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
-        """Exact DDA of N rays over a padded grid: (t, value, axis) of the first crossing into a cell > 0.
-
-        The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * cell / |dx| and
-        enters column floor(gx0) + k * sign(dx) (likewise for horizontal gridlines). Crossings are
-        tested ``chunk`` at a time; a hit is final once nearer than the next untested crossing of
-        either axis, and rays drop out as soon as they are final or leave the grid. The grid's empty
-        one-cell border lets out-of-grid crossings clamp onto empty cells instead of bounds checks.
-
-        Args:
-            grid: flat [B * rows * cols] values (> 0 = hit); dims = (rows, cols), padding included.
-            env: [N] scene of each ray; g0: [N, 2] start in (col, row) cell units; rays: [N, 2] world
-            direction per unit t; cell: metres per cell; t_limit: farthest t to search.
-        """
-        dev = self.device
-        rows, cols = dims
-        size = torch.tensor([cols - 1, rows - 1], device=dev, dtype=torch.float32)
-        cell0 = g0.floor()
-        inv = cell / rays.abs().clamp_min(1e-9)  # t per cell along each axis
-        offset = torch.where(rays >= 0, 1 - (g0 - cell0), g0 - cell0)  # cells to the first crossing
-        exit_t = (torch.where(rays >= 0, size - g0, g0 - 1).clamp_min(0) * inv).amin(-1)
-        t_limit = torch.clamp_max(exit_t, t_limit)
-        sign = torch.where(rays >= 0, 1.0, -1.0)
-        params = torch.cat([offset, inv, g0, cell0, sign, rays / cell], -1)  # [N, 12]: one gather drops finished rays
-        base = env * (rows * cols)
-        n = g0.shape[0]
-        best_t = torch.full((n,), math.inf, device=dev)
-        best_h = torch.zeros(n, device=dev)
-        best_axis = torch.zeros(n, dtype=torch.long, device=dev)
-        active = torch.arange(n, device=dev)
-        k0 = 1
-        while active.numel():
-            k = torch.arange(k0, k0 + chunk, device=dev, dtype=torch.float32)
-            a_off, a_inv, a_g0, a_cell, a_sign, a_slope = params.index_select(0, active).split(2, -1)
-            a_t, a_h, a_axis = (x.index_select(0, active) for x in (best_t, best_h, best_axis))
-            for axis in (0, 1):
-                t = (a_off[:, axis : axis + 1] + (k - 1)) * a_inv[:, axis : axis + 1]  # [A, C]
-                along = (a_cell[:, axis : axis + 1] + a_sign[:, axis : axis + 1] * k).clamp(0, float(size[axis]))
-                other = (a_g0[:, 1 - axis : 2 - axis] + t * a_slope[:, 1 - axis : 2 - axis]).floor()
-                other = other.clamp(0, float(size[1 - axis]))
-                col, row = (along, other) if axis == 0 else (other, along)
-                h = grid.take(base.index_select(0, active).unsqueeze(1) + (row * cols + col).long())
-                t_min, arg = torch.where(h > 0, t, math.inf).min(-1)
-                closer = t_min < a_t
-                a_t = torch.where(closer, t_min, a_t)
-                a_h = torch.where(closer, h.gather(-1, arg.unsqueeze(-1)).squeeze(-1), a_h)
-                a_axis = torch.where(closer, axis, a_axis)
-            for best, value in ((best_t, a_t), (best_h, a_h), (best_axis, a_axis)):
-                best.index_copy_(0, active, value)
-            certain = ((a_off + (k0 + chunk - 1)) * a_inv).amin(-1)
-            active = active[(a_t > certain) & (certain < t_limit[active])]
-            k0 += chunk
-        return best_t, best_h, best_axis
 
     # ------------------------------------------------------------------ pixels
     def _grids(self, scene: SceneBatch) -> tuple[Tensor, Tensor, Tensor]:
