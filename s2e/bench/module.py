@@ -155,6 +155,8 @@ class NavBenchModule(pl.LightningModule):
         report = build_report(name, datamodule.suite, self._results, hp.bootstrap_resamples, hp.ci_level, hp.seed)
         out = Path(hp.out_dir) if hp.out_dir else Path(self.trainer.log_dir or "artifacts/navbench")
         out.mkdir(parents=True, exist_ok=True)
+        report["run"] = {"num_envs": datamodule.num_envs, "image_size": list(self.agent.image_size or hp.image_size),
+                         "lookahead_time": hp.lookahead_time, "source": hp.policy_path or (str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None)}
         report["files"] = self._render_traces(out, datamodule)
         paths = write_report(report, out)
         for domain in report["domains"]:
