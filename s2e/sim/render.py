@@ -7,16 +7,21 @@ elevation. Work is split accordingly:
 * per column [B, W]: a vectorized grid DDA finds the first building face (a coarse max-pooled pass
   skips empty space, then exact cell crossings, in chunks, with finished rays dropped), and
   analytic ray/shape tests find every obstacle and pedestrian the ray meets; the ``layers``
-  nearest of them are kept, sorted by depth;
-* per pixel (laid out [B, W, H], column-major, until the final image): rows below the horizon are
-  floor-cast with a per-row distance table, the wall covers the rows its extruded height spans,
-  objects cover rows by their height (seen OVER low ones: their top face shows, and the facade
-  above them), pedestrians by a legs/torso/head profile; only columns that meet objects are
-  composited;
+  nearest of them are kept, sorted by depth, and turned into intervals of pixel-row slope (the
+  rows each one's side, roof and body profile cover);
+* per pixel, one dense function of per-row [B, H, 1] and per-column [B, 1, W] inputs: rows below
+  the horizon are floor-cast with a per-row distance table, the wall covers the rows its extruded
+  height spans, objects cover rows by their height (seen OVER low ones: their top face shows, and
+  the facade above them), pedestrians by a legs/torso/head profile;
 * colour is one gather of a texel index into a colour table holding the scenes' cached texture
-  atlases (``s2e.sim.textures``), pedestrian clothing and sky rows, then Lambert light, distance fog,
-  blur and sensor noise of the appearance domain (exposure, white balance and gamma are folded into
-  the table and the light).
+  atlases (``s2e.sim.textures``), pedestrian clothing strips and sky rows, then Lambert light,
+  distance fog, blur and sensor noise of the appearance domain (exposure, white balance and gamma are
+  folded into the table and the light).
+
+Speed: the dense stages (object tests, the DDA's chunk step, the pixel stage) are plain tensor code
+that ``torch.compile`` fuses into vectorized loops; ``Raycaster(compiled=None)`` does so for large
+batches (``COMPILE_MIN_PIXELS``), the regime of training and benchmarks, and runs them eagerly
+otherwise or when compilation is unavailable (same pictures up to float rounding).
 
 Limits: only the nearest building face per column is drawn (a taller building behind a lower one is
 hidden by it), and at most ``layers`` objects per column (farther ones are hidden).
@@ -247,7 +252,8 @@ def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tenso
     are int32 (half the vector width of int64).
 
     Args:
-        grid: padded ground grid size (rows, cols); rows: [B, H, 1] upward slope of each pixel row; cam_h: [B, 1, 1] camera height.
+        grid: padded ground grid size (rows, cols).
+        rows: [B, H, 1] upward slope of each pixel row; cam_h: [B, 1, 1] camera height.
         wall: (t, height, texel [B, 1, W] of the column's building face (texel = int32 atlas index of
             the face's texel column, row 0), shade [B, 1, W], texels_per_m [B, 1, 1], sky [B, H, 1]
             int32 colour index of each row's sky).
@@ -492,6 +498,9 @@ class Raycaster:
         wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs, fast)
         spans = _run_stage(_object_spans, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
+        if not fast:  # eager passes cost per layer and frame: skip layers no column uses (they are nearest first)
+            used = int(spans[0].isfinite().flatten(1).any(1).sum())
+            spans = tuple(f[:used] for f in spans)
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
         T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
         texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
