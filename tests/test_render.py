@@ -242,7 +242,8 @@ def fresh_compile_state(monkeypatch):
     return render
 
 
-def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_large_batches(fresh_compile_state, monkeypatch):
+def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_large_batches(fresh_compile_state,
+                                                                                          monkeypatch):
     render = fresh_compile_state
 
     def no_toolchain(*args, **kwargs):

@@ -118,8 +118,8 @@ def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> 
         crude.render(scene, *pose(i), robot.camera_height, robot.hfov_deg)
 
     [(t_ours, cpu_ours), (t_ref, cpu_ref)], (first, _) = _time([ours, reference], args.repeats, args.min_seconds)
-    return {"render_first_call_s": first, "render_fps": envs / t_ours, "baseline_fps": envs / t_ref, "ratio": t_ref / t_ours,
-            "render_frames_per_cpu_s": envs / cpu_ours, "baseline_frames_per_cpu_s": envs / cpu_ref, "cpu_ratio": cpu_ref / cpu_ours}
+    return {"render_first_call_s": first, "render_fps": envs / t_ours, "baseline_fps": envs / t_ref,
+            "ratio": t_ref / t_ours, "render_frames_per_cpu_s": envs / cpu_ours, "baseline_frames_per_cpu_s": envs / cpu_ref, "cpu_ratio": cpu_ref / cpu_ours}
 
 
 def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:

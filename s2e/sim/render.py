@@ -155,8 +155,8 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     """The ``look.layers`` nearest objects of each column, as the pixel-row intervals they cover.
 
     Ray tests against every obstacle (circle or oriented box) and pedestrian (circle) per column
-    [B, O + P, W] (``dirs``: [B, 2, W] ray directions, columns last), the nearest ``K`` kept in depth order; then, because a pixel row of slope r sees
-    height ch + r * t at depth t, "on the side" (0 <= z <= top), "on the roof" (above the front
+    [B, O + P, W] (``dirs``: [B, 2, W] ray directions, columns last), the nearest ``K`` kept in
+    depth order; then, because a pixel row of slope r sees height ch + r * t at depth t, "on the side" (0 <= z <= top), "on the roof" (above the front
     face's top, below it at the back face) and the body profile's height fractions are intervals of
     r fixed per column: the pixel stage only compares its row's slope with them. Invalid layers
     get empty intervals.
@@ -242,8 +242,8 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     return tuple(f.transpose(0, 1).unsqueeze(2).contiguous() for f in spans)
 
 
-def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...], floor: tuple[Tensor, ...],
-                  spans: tuple[Tensor, ...], colours: Tensor, fog_colour: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
+def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
+                  floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor, fog_colour: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor]:
     """Every per-pixel quantity of the frame in one dense function: uint8 [B, 3, H, W], z-depth [B, H, W].
 
     Why one function of broadcast per-row [B, H, 1] and per-column [B, 1, W] inputs: each pixel needs
@@ -451,8 +451,9 @@ class Raycaster:
         self._styles = StyleCache(self.domain, self.device)
         d = self.domain
         sun = torch.tensor(d.sun_direction, dtype=torch.float32)
+        blur = tuple(self._gaussian(d.blur_sigma).tolist()) if d.blur_sigma > 0 else ()
         look = _Look(self.max_distance, d.fog_distance, self.layers, d.ambient, d.sun_intensity,
-                     (float(sun[0]), float(sun[1])), 1 / d.gamma, tuple(self._gaussian(d.blur_sigma).tolist()) if d.blur_sigma > 0 else ())
+                     (float(sun[0]), float(sun[1])), 1 / d.gamma, blur)
         self._look = replace(look, top_shade=look.lambert(torch.tensor(max(float(sun[2]), 0.0))).item())
         # Camera response folded into colours: 8-bit scale, exposure and white balance multiply every
         # colour-table entry; display gamma applies to colours and to light separately (before fog).
@@ -511,8 +512,9 @@ class Raycaster:
         walls = tuple(x.unsqueeze(1) for x in walls) + (texels_per_m[:, 1].view(b, 1, 1), sky)
         g0 = (cam - scene.origin.to(torch.float32)) / res + 1  # camera in padded cells
         gh, gw = scene.surface.shape[1:]
-        floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), (dirs[..., 0] / res).unsqueeze(1), (dirs[..., 1] / res).unsqueeze(1),
-                 ground, (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
+        cells_per_m = (dirs / res).permute(2, 0, 1).unsqueeze(2).contiguous()  # [2, B, 1, W]
+        floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), cells_per_m[0], cells_per_m[1], ground,
+                 (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
         noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
         image, depth = _run_stage(_shade_pixels, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
                                   walls, floor, spans, colours, self._fog, noise)
