@@ -4,9 +4,9 @@
     python tools/bench_data.py --shards 'data/bench_shards/shard-{000000..000007}.tar' --workers 2
 
 Pipeline: NavWindowLoader with W persistent DataLoader workers (tar -> decode -> cut in the
-workers; shuffle -> batches of gathered windows in this process; one pass over the shards per timed run). Ceiling: the same videos decoded
-sequentially at the same size by W pool processes doing nothing else (the same shard-to-process
-split). Both get one untimed warm-up pass (process start-up is not throughput), then are timed
+workers; shuffle -> batches of gathered windows in this process; one pass over the shards per
+timed run). Ceiling: the same videos decoded sequentially at the same size by W pool processes
+doing nothing else (the same shard-to-process split). Both get one untimed warm-up pass (process start-up is not throughput), then are timed
 alternately ``--repeats`` times and the best time of each is compared: on a shared machine the
 best run is the least disturbed one. The last printed line is one JSON object with
 both figures and ``ratio`` = pipeline decoded-frames/s / ceiling decoded-frames/s.
