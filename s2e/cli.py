@@ -12,6 +12,7 @@ an export needs no Trainer, model or data config, since the checkpoint alone reb
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -55,6 +56,30 @@ class S2ECLI(LightningCLI):
                 config["ckpt_path"] = str(found)
 
     before_fit = before_validate = before_test = before_predict = _resolve_last_checkpoint
+
+    def _parse_ckpt_path(self) -> None:
+        """Merge a checkpoint's hyper-parameters into the model config, unless the model only reads policies.
+
+        Lightning assumes ``--ckpt_path`` was written by the configured model class. The benchmark
+        (``reads_policy_checkpoints = True``) is handed checkpoints that pretraining or post-training
+        wrote, whose hyper-parameters belong to another class and would fail the config parse.
+        """
+        subcommand = self.config.get("subcommand")
+        if subcommand and getattr(model_class_of(self.config[subcommand]), "reads_policy_checkpoints", False):
+            return
+        super()._parse_ckpt_path()
+
+
+def model_class_of(config: Any) -> Optional[type]:
+    """The class a parsed subcommand config names under ``model.class_path`` (None if absent or not importable)."""
+    class_path = (config.get("model") or {}).get("class_path") if hasattr(config, "get") else None
+    if not isinstance(class_path, str) or "." not in class_path:
+        return None
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return None
 
 
 def find_last_checkpoint(trainer: Trainer) -> Optional[Path]:
