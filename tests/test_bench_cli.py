@@ -99,9 +99,8 @@ def test_cli_runs_the_quick_suite_with_a_checkpoint_and_writes_reports_and_scala
     assert scalar[-1].value == pytest.approx(report["results"]["sim"]["overall"]["success_rate"]["mean"])
 
 
-@pytest.mark.xfail(strict=True, reason="S2ECLI merges the checkpoint's hyper-parameters into the benchmark module's config "
-                   "(LightningCLI._parse_ckpt_path); needs the s2e/cli.py change described in the NavBench report")
-def test_cli_ckpt_path_runs_the_policy(checkpoint: pathlib.Path, tmp_path: pathlib.Path) -> None:
+def test_cli_ckpt_path_runs_the_policy_it_names(checkpoint: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """``--ckpt_path``: the checkpoint's own hyper-parameters (another module's) stay out of the config."""
     result = _run_cli("--ckpt_path", str(checkpoint), "--trainer.logger", "false", "--model.init_args.out_dir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     _check_report(json.loads((tmp_path / "report.json").read_text()), "tiny")
