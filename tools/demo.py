@@ -9,12 +9,14 @@ Steps (each prints its progress; a rerun skips every step whose output already e
 2. dataset statistics of those shards;
 3. K-Means anchors over their normalized future trajectories;
 4. AGDM pretraining of the small policy through the Lightning CLI (``experiments/pretrain.yaml``);
-5. TorchScript + torch.export of the trained policy;
-6. the robot runtime on a rendered video, drawing the plan over it.
+5. RL post-training with the Residual Attention Module in the ``sim`` domain (``experiments/posttrain.yaml``);
+6. the quick NavBench suite on the expert, the pretrained and the post-trained policy, then their
+   SR / RC / CT side by side (``experiments/navbench.yaml`` + ``navbench_quick.yaml``);
+7. TorchScript + torch.export of the post-trained policy;
+8. the robot runtime on a rendered video, drawing the plan over it.
 
-RL post-training and the closed-loop benchmark join this list with their issues. Every step is a
-plain command of the README's workflow, run as a subprocess, so the demo exercises exactly what
-users run.
+Every step is a plain command of the README's workflow, run as a subprocess, so the demo exercises
+exactly what users run.
 """
 
 from __future__ import annotations
@@ -80,14 +82,45 @@ def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
             # the Lightning run's last checkpoint becomes the demo's stable path
             after=lambda: shutil.copy(_newest("**/last.ckpt", logs), out / "pretrain.ckpt"),
         ),
+        Step(
+            "RL post-training with RAM (sim domain)",
+            out / "posttrain.ckpt",
+            [py, "-m", "s2e", "fit", "--config", "experiments/posttrain.yaml",
+             "--model.init_args.pretrained", str(out / "pretrain.ckpt"),
+             "--model.init_args.task", "both",
+             "--trainer.max_epochs", str(args.posttrain_epochs),
+             "--trainer.default_root_dir", str(logs),
+             "--trainer.logger.init_args.save_dir", str(logs)],
+            after=lambda: shutil.copy(_newest("posttrain/**/last.ckpt", logs), out / "posttrain.ckpt"),
+        ),
+        *[navbench_step(out, name, agent_args, logs) for name, agent_args in (
+            ("expert", ["--model.init_args.agent", "expert"]),
+            ("pretrained", ["--ckpt_path", str(out / "pretrain.ckpt")]),
+            ("post-trained", ["--ckpt_path", str(out / "posttrain.ckpt")]),
+        )],
+        Step("NavBench: side by side", out / "navbench" / "compare.md",
+             [py, "tools/navbench_compare.py", *(str(out / "navbench" / name) for name in ("expert", "pretrained", "post-trained")),
+              "--metrics", "success_rate", "route_completion", "collisions", "--out", str(out / "navbench" / "compare.md")]),
         Step("export TorchScript + torch.export", out / "export" / "policy.json",
-             [py, "-m", "s2e", "export", "--ckpt_path", str(out / "pretrain.ckpt"), "--out", str(out / "export")]),
+             [py, "-m", "s2e", "export", "--ckpt_path", str(out / "posttrain.ckpt"), "--out", str(out / "export")]),
         Step("render an input video for the runtime", out / "preview" / "episode.mp4",
              [py, "tools/sim_preview.py", "--task", "both", "--domain", "recorded", "--size", "96x96", "--seed", "7", "--out", str(out / "preview")]),
         Step("robot runtime on a rendered video", out / "run_policy" / "plan.mp4",
              [py, "tools/run_policy.py", "--policy", str(out / "export"), "--video", str(out / "preview" / "episode.mp4"),
               "--goal", "8", "0", "--out", str(out / "run_policy" / "plan.mp4"), "--commands", str(out / "run_policy" / "commands.csv")]),
     ]
+
+
+def navbench_step(out: Path, name: str, agent_args: list[str], logs: Path) -> Step:
+    """The quick NavBench suite for one agent (a baseline or a checkpoint), reported under navbench/NAME."""
+    report = out / "navbench" / name
+    return Step(
+        f"NavBench quick suite: {name}",
+        report / "report.json",
+        [sys.executable, "-m", "s2e", "test", "--config", "experiments/navbench.yaml", "--config", "experiments/navbench_quick.yaml",
+         *agent_args, "--model.init_args.name", name, "--model.init_args.out_dir", str(report),
+         "--trainer.logger.init_args.save_dir", str(logs)],
+    )
 
 
 def run(out: Path, args: argparse.Namespace) -> None:
@@ -121,6 +154,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=48, help="training episodes to render")
     parser.add_argument("--val-episodes", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs (3200 windows each)")
+    parser.add_argument("--posttrain-epochs", type=int, default=10, help="RL post-training epochs (4 rollout batches of 8 envs x 64 steps each)")
     args = parser.parse_args()
     run(args.out, args)
 
