@@ -68,7 +68,12 @@ class _WallHits:
     normal: Tensor  # [B, W, 2] outward face normal
 
 
-def _per_env(value: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:
+def per_env(value: Tensor | float, batch: int, name: str, device: torch.device) -> Tensor:
+    """A per-environment camera parameter (a float for all, or one value per env) as float32 [batch].
+
+    Renderers take camera height and field of view either way; this is the one place that checks the
+    shape and names the argument (``name``) in the error, instead of failing later in a broadcast.
+    """
     t = torch.as_tensor(value, dtype=torch.float32, device=device)
     if t.dim() == 0:
         return t.expand(batch)
@@ -534,8 +539,8 @@ class Raycaster:
         scene = scene.to(dev) if scene.device != dev else scene
         cam = camera_xy.to(dev, torch.float32)
         yaw = camera_yaw.to(dev, torch.float32)
-        cam_h = _per_env(camera_height, b, "camera_height", dev).view(b, 1, 1)
-        fov = _per_env(hfov_deg, b, "hfov_deg", dev)
+        cam_h = per_env(camera_height, b, "camera_height", dev).view(b, 1, 1)
+        fov = per_env(hfov_deg, b, "hfov_deg", dev)
         if bool(((fov <= 0) | (fov >= 180)).any()):
             raise ValueError(f"hfov_deg must lie in (0, 180), got {fov.tolist()}")
         focal = (0.5 * self.width) / torch.tan(torch.deg2rad(fov) / 2)

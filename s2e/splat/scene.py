@@ -23,7 +23,7 @@ from torch import Tensor
 from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.generator import (SceneConfig, World, place_obstacles, polyline_cumlen, signed_distance,
                                spawn_pedestrians, stack_scenes)
-from s2e.sim.render import _per_env
+from s2e.sim.render import per_env as _per_env
 from s2e.sim.robots import RobotProfile, get_robot
 from s2e.sim.scene import SceneBatch, Surface
 from s2e.sim.tasks import get_task
