@@ -251,6 +251,7 @@ def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_larg
 
     monkeypatch.setattr(torch, "compile", no_toolchain)
     monkeypatch.setattr(render, "COMPILE_MIN_PIXELS", 2 * W * H)
+    monkeypatch.setattr(render, "_eager_large_s", render.COMPILE_AFTER_EAGER_S)  # a long run: compiling pays
     scene = _corridor([_box(3.0, 0.0, 0.4)], [[4.0, -1.5, 0.0, 0.0, 0.3, 1.7]])
     expected = Raycaster(W, H, compiled=False).render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
     auto = Raycaster(W, H)
@@ -267,6 +268,35 @@ def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_larg
     for got in (small, again):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert torch.equal(large[0], torch.cat([expected[0]] * 2))
+
+
+def test_auto_compiles_large_batches_only_after_enough_eager_rendering(fresh_compile_state, monkeypatch):
+    """Short runs never pay for compilation: large calls stay eager until they have cost
+    COMPILE_AFTER_EAGER_S seconds in this process; small calls never count or compile."""
+    render = fresh_compile_state
+    tried = []
+
+    def record(fn, **kwargs):
+        tried.append(fn.__name__)
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(torch, "compile", record)
+    monkeypatch.setattr(render, "COMPILE_MIN_PIXELS", 2 * W * H)
+    monkeypatch.setattr(render, "_eager_large_s", 0.0)
+    monkeypatch.setattr(render, "COMPILE_AFTER_EAGER_S", 3600.0)
+    scene = _corridor([_box(3.0, 0.0, 0.4)])
+    pair = SceneBatch(**{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor)
+                             else getattr(scene, f)) for f in scene.__dataclass_fields__})
+    caster = Raycaster(W, H)
+    caster.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV)
+    assert render._eager_large_s == 0.0  # small calls do not count
+    for _ in range(2):
+        caster.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV)
+    assert tried == [] and render._eager_large_s > 0  # large calls count, but far below the price
+    monkeypatch.setattr(render, "COMPILE_AFTER_EAGER_S", render._eager_large_s)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        caster.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV)
+    assert tried  # the price is reached: the next large call compiles
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ machine stay comparable as the ratio ``render / baseline`` measured in the same 
 FULL ``NavEnv`` steps (random actions: crowd, physics, rewards, rendering, frame stacking, partial
 resets), reported as env steps/s (one per environment; each renders one frame). Every figure is
 given per wall second and per CPU second of this process (robust to other tenants of the machine).
-``--compile`` picks the renderer's ``torch.compile`` use (default: as ``NavEnv`` gets it, i.e. for
-large batches); the first call's seconds, which include compiling, are reported apart and are not in
-the rates. Prints one line per measurement and, last, one JSON object with every figure.
+``--compile`` picks the renderer's ``torch.compile`` use (default ``auto``: as ``NavEnv`` gets it,
+i.e. large batches compile only after ``COMPILE_AFTER_EAGER_S`` of eager rendering in the process,
+which a short benchmark may or may not reach; ``on``/``off`` for a definite answer); the first
+call's seconds, which include compiling, are reported apart and are not in the rates. Prints one line per measurement and, last, one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
     parser.add_argument("--no-env", action="store_true", help="renderer only (skip full env steps)")
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="Raycaster compiled= (auto: compile batches of >= COMPILE_MIN_PIXELS pixels)")
+                        help="Raycaster compiled= (auto: large batches compile after COMPILE_AFTER_EAGER_S eager seconds)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.compiled = {"auto": None, "on": True, "off": False}[args.compile]

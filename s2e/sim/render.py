@@ -20,8 +20,10 @@ elevation. Work is split accordingly:
 
 Speed: the dense stages (object tests, the DDA's chunk step, the pixel stage) are plain tensor code
 that ``torch.compile`` fuses into vectorized loops; ``Raycaster(compiled=None)`` does so for large
-batches (``COMPILE_MIN_PIXELS``), the regime of training and benchmarks, and runs them eagerly
-otherwise or when compilation is unavailable (same pictures up to float rounding).
+batches (``COMPILE_MIN_PIXELS``) once a process has rendered them eagerly for
+``COMPILE_AFTER_EAGER_S`` (long runs: training, long evaluations), and runs them eagerly otherwise
+or when compilation is unavailable (same pictures up to float rounding). Eagerly, object layers are
+painted on the columns they cover only (``_shade_pixels_sparse``).
 
 Limits: only the nearest building face per column is drawn (a taller building behind a lower one is
 hidden by it), and at most ``layers`` objects per column (farther ones are hidden).
@@ -34,6 +36,7 @@ axis (not along the pixel's ray), ``max_distance`` where nothing is hit (sky, fa
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -48,9 +51,14 @@ from s2e.sim.textures import MAT_FACADE, MAT_LANE, MAT_OBSTACLE, NUM_MATERIALS, 
 
 _COARSE = 8  # fine cells per coarse DDA block side
 _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
-#: Pixels per render call from which ``compiled=None`` compiles the dense stages: compiling costs
-#: seconds (once per process) and pays back only on batches of many frames.
+#: ``compiled=None`` compiles only calls of at least this many pixels (smaller ones gain little) and
+#: only once this process has spent ``COMPILE_AFTER_EAGER_S`` rendering such calls eagerly: compiling
+#: costs 25-75 s once per process, so it is bought like skis by a renter (pay rent until it adds up to
+#: the price, then buy), which never costs more than twice the better choice made in hindsight. Tests,
+#: demos and one-minute benchmarks stay eager; training and long evaluations compile after ~30 s.
 COMPILE_MIN_PIXELS = 100_000
+COMPILE_AFTER_EAGER_S = 30.0
+_eager_large_s = 0.0  # eager seconds spent on calls of >= COMPILE_MIN_PIXELS pixels in this process
 _MARCH_COMPILE_MIN = 64  # rays: below, a march round runs eagerly
 _LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
@@ -489,8 +497,10 @@ class Raycaster:
         layers: how many objects per column are composited (the nearest ones; more are hidden).
         compiled: run the dense per-column and per-pixel stages through ``torch.compile`` (fused
             vectorized loops, several times faster; seconds to compile once per process). ``None``
-            (default) compiles for calls of at least ``COMPILE_MIN_PIXELS`` pixels (e.g. 16 envs at
-            128x72), where it pays; failures fall back to eager rendering with a warning.
+            (default) compiles calls of at least ``COMPILE_MIN_PIXELS`` pixels (e.g. 16 envs at
+            128x72) once the process has rendered such calls eagerly for ``COMPILE_AFTER_EAGER_S``
+            seconds, i.e. only in long runs, where it pays; failures fall back to eager rendering
+            with a warning.
     """
 
     def __init__(self, width: int, height: int, domain: str | AppearanceDomain = "sim",
@@ -534,6 +544,8 @@ class Raycaster:
         A pure function of its inputs: the only randomness is sensor noise, drawn from
         ``noise_generator`` (``None`` gives a fixed noise pattern, so output is still deterministic).
         """
+        global _eager_large_s
+        start_time = time.perf_counter()
         b = _check_scene(scene, camera_xy, camera_yaw)
         dev = self.device
         scene = scene.to(dev) if scene.device != dev else scene
@@ -553,7 +565,8 @@ class Raycaster:
         atlas, repeat = self._styles.batch(scene.style_seed)
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
         wall_h, coarse, ground = self._grids(scene)
-        fast = self.compiled if self.compiled is not None else b * H * W >= COMPILE_MIN_PIXELS
+        large = b * H * W >= COMPILE_MIN_PIXELS
+        fast = self.compiled if self.compiled is not None else large and _eager_large_s >= COMPILE_AFTER_EAGER_S
         wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs, fast)
         spans = _run_stage(_object_spans, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
@@ -574,6 +587,8 @@ class Raycaster:
         pixels = _shade_pixels if fast else _shade_pixels_sparse
         image, depth = _run_stage(pixels, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
                                   walls, floor, spans, colours, self._fog, noise)
+        if large and not fast:
+            _eager_large_s += time.perf_counter() - start_time
         return image, (depth.unsqueeze(1) if with_depth else None)
 
     # ------------------------------------------------------------------ geometry per column
