@@ -289,7 +289,7 @@ def _shade_pixels_sparse(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h
     """``_shade_pixels`` for eager execution (same arguments, same pixels): each object layer is
     painted on the columns it covers only, gathered as [N, H] pixel columns and written back, so
     its cost follows how much of the view objects take up instead of the frame size."""
-    index, shade, depth, t_floor = _background(look, grid, rows, cam_h, wall, floor)
+    index, shade, depth, t_floor = _background(look, grid, rows, cam_h, wall, floor, floor_from=rows.shape[1] // 2)
     b, h, w = index.shape
     pixel_rows = torch.arange(h, device=index.device).view(1, h) * w
     for layer in reversed(list(zip(*spans))):
@@ -313,9 +313,10 @@ def _gather(table: Tensor, index: Tensor) -> Tensor:
 
 
 def _background(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
-                floor: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                floor: tuple[Tensor, ...], floor_from: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Colour index (int32), shade and z-depth [B, H, W] of sky, facades and floor, and each row's
-    floor depth [B, H, 1] (arguments as ``_shade_pixels``)."""
+    floor depth [B, H, 1] (arguments as ``_shade_pixels``). Only rows from ``floor_from`` on are
+    floor-cast: eagerly, the rows above the horizon (which never see the floor) are skipped."""
     t, m = TEXTURE_SIZE, look.max_distance
     wall_t, wall_h, wall_texel, wall_shade, texels_per_m, sky = wall
     # Facades: rows whose height at the wall's depth lies on the building; texel rows count up from
@@ -327,10 +328,23 @@ def _background(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor,
     index = torch.where(on_wall, v.bitwise_not().bitwise_and(t - 1).mul(t).add(wall_texel), sky)
     shade = torch.where(on_wall, wall_shade, 1.0)
     depth = torch.where(on_wall, wall_t, m)
-    # Floor: rows below the horizon nearer than the wall, z-depth from the per-row table, one material
-    # gather per pixel from the padded ground grid, texels from continuous grid coordinates.
-    gx0, gy0, sx, sy, ground, base, scale = floor
     t_floor = cam_h / -rows
+    if not floor_from:
+        return (*_floor(look, grid, rows, t_floor, wall_t, floor, index, shade, depth), t_floor)
+    lower = tuple(x[:, floor_from:] for x in (index, shade, depth))
+    for part, painted in zip(lower, _floor(look, grid, rows[:, floor_from:], t_floor[:, floor_from:], wall_t, floor,
+                                           *lower)):
+        part.copy_(painted)
+    return index, shade, depth, t_floor
+
+
+def _floor(look: _Look, grid: tuple[int, int], rows: Tensor, t_floor: Tensor, wall_t: Tensor,
+           floor: tuple[Tensor, ...], index: Tensor, shade: Tensor, depth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The ground over (index, shade, depth) where rows below the horizon meet it nearer than the
+    wall: z-depth from the per-row table ``t_floor``, one material gather per pixel from the padded
+    ground grid, texels from continuous grid coordinates (``floor`` as in ``_shade_pixels``)."""
+    t, m = TEXTURE_SIZE, look.max_distance
+    gx0, gy0, sx, sy, ground, base, scale = floor
     on_floor = (rows < 0) & (t_floor < wall_t.clamp_max(m))
     gx, gy = torch.addcmul(gx0, sx, t_floor), torch.addcmul(gy0, sy, t_floor)
     gh, gw = grid
@@ -341,7 +355,7 @@ def _background(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor,
     index = torch.where(on_floor, mat.mul(t).add(ftv).mul(t).add(ftu), index)
     shade = torch.where(on_floor, look.top_shade, shade)
     depth = torch.where(on_floor, t_floor, depth)
-    return index, shade, depth, t_floor
+    return index, shade, depth
 
 
 def _paint_layer(look: _Look, rows: Tensor, t_floor: Tensor, layer: tuple[Tensor, ...], index: Tensor, shade: Tensor,
