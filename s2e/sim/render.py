@@ -275,7 +275,7 @@ def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tenso
             z-depth, ground materials (flat int32), scene base cell [B, 1, 1] int32, texels per cell
             [2, M]).
         spans: ``_object_spans`` of the nearest objects per column.
-        colours: the colour table [3, N]; fog_colour: [3]; noise: [B, 3, H, W] or None.
+        colours: the colour table [N, 3]; fog_colour: [3]; noise: [B, 3, H, W] or None.
     """
     index, shade, depth, t_floor = _background(look, grid, rows, cam_h, wall, floor)
     for layer in reversed(list(zip(*spans))):  # far to near
@@ -300,7 +300,7 @@ def _shade_pixels_sparse(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h
         flat = (cols + env * ((h - 1) * w)).unsqueeze(1) + pixel_rows  # [N, H] offsets into [B, H, W]
         fields = tuple(f.view(-1).index_select(0, cols).unsqueeze(1) for f in layer)  # [N, 1] each
         r, tf = rows.view(b, h).index_select(0, env), t_floor.view(b, h).index_select(0, env)
-        painted = _paint_layer(look, r, tf, fields, *(x.view(-1).take(flat) for x in (index, shade, depth)))
+        painted = _paint_layer(look, r, tf, fields, *(_gather(x.view(-1), flat) for x in (index, shade, depth)))
         for full, part in zip((index, shade, depth), painted):
             full.view(-1).put_(flat, part)
     return _camera_response(look, index, shade, depth, colours, fog_colour, noise), depth
@@ -383,9 +383,9 @@ def _camera_response(look: _Look, index: Tensor, shade: Tensor, depth: Tensor, c
     sky), then blur and sensor noise."""
     m = look.max_distance
     fog = depth.masked_fill(depth >= m, 0.0).div(-look.fog_distance).exp()
-    # Straight into the image's [B, 3, H, W] layout: one gather from the channel planes of the table.
-    plane = torch.arange(3, device=index.device, dtype=torch.int32).view(1, 3, 1, 1) * colours.shape[1]
-    texels = _gather(colours.view(-1), index.unsqueeze(1) + plane)
+    # Straight into the image's [B, 3, H, W] layout: one gather from the texel-major table.
+    channel = torch.arange(3, device=index.device, dtype=torch.int32).view(1, 3, 1, 1)
+    texels = _gather(colours.view(-1), index.unsqueeze(1).mul(3).add(channel))
     rgb = torch.addcmul(fog_colour.view(1, 3, 1, 1) * (1 - fog).unsqueeze(1) + 0.5, texels, (shade * fog).unsqueeze(1))
     if look.blur:
         rgb = _blur(_blur(rgb, look.blur, 3), look.blur, 2)
@@ -684,7 +684,10 @@ class Raycaster:
 
     # ------------------------------------------------------------------ colours and camera
     def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, row_slope: Tensor) -> tuple[Tensor, int, int]:
-        """The colour table as channel planes [3, N]: scene atlases, then pedestrian strips, then sky rows.
+        """The colour table [N, 3]: scene atlases, then pedestrian strips, then sky rows.
+
+        Texel-major (a texel's three channels side by side): the table outgrows the CPU caches (a
+        texture atlas per scene), and a pixel's three channel loads then hit one cache line, not three.
 
         A pedestrian's strip is a one-texel-wide texture (T rows, top down) of its clothing and skin
         colours, so pedestrians and obstacles take their texel the same way (row v -> base + v * stride).
@@ -693,17 +696,18 @@ class Raycaster:
         """
         b, p, t = scene.batch_size, scene.pedestrians.shape[1], TEXTURE_SIZE
         tail = b * p * t + b * self.height
-        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[1] != atlas.shape[1] + tail:
-            buffer = torch.empty(3, atlas.shape[1] + tail, device=self.device)
-            buffer[:, : atlas.shape[1]] = self._response(atlas)
-            self._colours = (atlas, buffer, atlas.shape[1])
-        _, buffer, ped_offset = self._colours
+        if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[0] != atlas.shape[1] + tail:
+            table = torch.empty(atlas.shape[1] + tail, 3, device=self.device)
+            table.t()[:, : atlas.shape[1]] = self._response(atlas)
+            self._colours = (atlas, table, atlas.shape[1])
+        _, table, ped_offset = self._colours
+        buffer = table.t()  # [3, N] view: colours are computed as channel planes
         sky_offset = ped_offset + b * p * t
         parts = self._response(self._styles.pedestrian_colours(scene.style_seed.to(self.device), p)).view(3, b * p, PED_PARTS)
         buffer[:, ped_offset:sky_offset] = parts[:, :, self._ped_rows].reshape(3, -1)
         elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(1, -1)  # 0 at the horizon, 1 ~ 22 deg up
         buffer[:, sky_offset:] = self._response(torch.lerp(self._sky[0].view(3, 1), self._sky[1].view(3, 1), elevation.sqrt()))
-        return buffer, ped_offset, sky_offset
+        return table, ped_offset, sky_offset
 
     @staticmethod
     def _gaussian(sigma: float) -> Tensor:
