@@ -12,7 +12,8 @@ given per wall second and per CPU second of this process (robust to other tenant
 ``--compile`` picks the renderer's ``torch.compile`` use (default ``auto``: as ``NavEnv`` gets it,
 i.e. large batches compile only after ``COMPILE_AFTER_EAGER_S`` of eager rendering in the process,
 which a short benchmark may or may not reach; ``on``/``off`` for a definite answer); the first
-call's seconds, which include compiling, are reported apart and are not in the rates. Prints one line per measurement and, last, one JSON object with every figure.
+call's seconds, which include compiling, are reported apart and are not in the rates. Prints one
+line per measurement and, last, one JSON object with every figure.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera n
 #: demos and one-minute benchmarks stay eager; training and long evaluations compile after ~30 s.
 COMPILE_MIN_PIXELS = 100_000
 COMPILE_AFTER_EAGER_S = 30.0
-_eager_large_s = 0.0  # eager seconds spent on calls of >= COMPILE_MIN_PIXELS pixels in this process
+_eager_large_s = 0.0  # eager seconds of compiled=None calls of >= COMPILE_MIN_PIXELS pixels in this process
 _MARCH_COMPILE_MIN = 64  # rays: below, a march round runs eagerly
 _LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
@@ -601,7 +601,7 @@ class Raycaster:
         pixels = _shade_pixels if fast else _shade_pixels_sparse
         image, depth = _run_stage(pixels, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
                                   walls, floor, spans, colours, self._fog, noise)
-        if large and not fast:
+        if large and self.compiled is None and not fast:
             _eager_large_s += time.perf_counter() - start_time
         return image, (depth.unsqueeze(1) if with_depth else None)
 
