@@ -45,7 +45,7 @@ from s2e.distributions import agdm_loss
 from s2e.model.policy import PolicyConfig
 from s2e.model.ram import RAMConfig, ResidualAttentionModule
 from s2e.pretrain import CHECKPOINT_KEY, load_policy_from_checkpoint
-from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, ActorCritic, ValueHead, build_actor_critic
+from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, ActorCritic, Exploration, ValueHead, build_actor_critic
 from s2e.rl.advantage import add_gae
 from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_env
 from s2e.rl.evaluate import run_episodes
@@ -85,6 +85,10 @@ class PostTrainModule(pl.LightningModule):
             default because that entropy sums 2T Gaussian log-stds, and Adam turns any constant
             bonus into a steady widening of every waypoint's std (seen in short CPU runs at 0.005,
             the paper's value: entropy rose and the per-step reward fell).
+        anchor_temperature, std_scale: the behaviour distribution PPO samples and updates is the
+            policy's mixture with anchor logits / ``anchor_temperature`` and stds x ``std_scale``
+            (:class:`s2e.rl.actor.PolicyDecoder`); below 1 they keep a briefly pretrained policy's
+            samples near its mode. Evaluation and export use the mode, which neither changes.
         lookahead_time: the shared controller's pure-pursuit lookahead (seconds).
         expert_noise: (v m/s, omega rad/s) std of the noise on the expert's commands (``sft``).
         video_every_n_epochs: a deterministic rollout video every N epochs (0: never), at most
@@ -112,6 +116,8 @@ class PostTrainModule(pl.LightningModule):
         entropy_coeff: float = 0.0,
         critic_coeff: float = 0.5,
         max_grad_norm: float = 1.0,
+        anchor_temperature: float = 1.0,
+        std_scale: float = 1.0,
         lookahead_time: float = 0.6,
         expert_noise: tuple[float, float] = (0.1, 0.2),
         video_every_n_epochs: int = 0,
@@ -133,7 +139,10 @@ class PostTrainModule(pl.LightningModule):
         profile = get_robot(robot)
         self.limits = ControllerLimits(max_speed=profile.max_speed, max_yaw_rate=profile.max_omega, lookahead_time=lookahead_time)
         self.env_config = NavEnvConfig(task=task, robot=robot, timing=self.timing, image_size=policy.config.image_size, domain=domain)
-        modules = build_actor_critic(policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy))
+        exploration = Exploration(anchor_temperature, std_scale)
+        modules = build_actor_critic(
+            policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=exploration
+        )
         self.agent = _Agent(modules, None if strategy == "sft" else self._make_loss(modules))
 
     def _make_loss(self, modules: ActorCritic) -> ClipPPOLoss:

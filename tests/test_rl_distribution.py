@@ -13,7 +13,7 @@ from tensordict.nn import InteractionType, set_interaction_type
 
 from s2e.control import ControllerLimits, command_from_limits
 from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres
-from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, ValueHead, build_actor_critic
+from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, Exploration, ValueHead, build_actor_critic
 from s2e.rl.distribution import AnchorTrajectoryDistribution
 from s2e.timing import TimingSpec
 from test_pretrain import TINY_POLICY
@@ -134,3 +134,28 @@ def test_actor_stores_the_log_prob_ppo_recomputes_and_drives_through_the_shared_
     # the deterministic action is the exported policy's: best mode in metres through the same controller
     expected = command_from_limits(best_trajectory_metres(out), TimingSpec().waypoint_dt, limits)
     np.testing.assert_allclose(greedy["action"].numpy(), expected.numpy(), atol=1e-3)
+
+
+def test_exploration_sharpens_the_sampled_mixture_keeps_its_mode_and_its_log_prob_consistent() -> None:
+    """A cooler anchor temperature and a smaller std scale: the stored log-prob is still the one the
+    PPO actor recomputes, samples concentrate on the best anchor, and the deterministic action is
+    the untempered policy's."""
+    policy = _tiny_policy()
+    limits = ControllerLimits(max_speed=1.5, max_yaw_rate=1.5)
+    dt = TimingSpec().waypoint_dt
+    plain = build_actor_critic(policy, ValueHead(32), dt, limits, encoder_trainable=False)
+    cool = build_actor_critic(policy, ValueHead(32), dt, limits, encoder_trainable=False, exploration=Exploration(0.1, 0.5))
+    obs = _observation(64)
+    with torch.no_grad(), set_interaction_type(InteractionType.RANDOM):
+        td = cool.collect_policy(obs.clone())
+        dist = cool.actor.get_dist(td.select("context"))
+        torch.testing.assert_close(dist.log_prob(td[TRAJECTORY_KEY]), td[LOG_PROB_KEY])
+        base = plain.actor.get_dist(td.select("context"))
+    best = base.mixture.logits.argmax(-1)
+    weights = lambda d: torch.softmax(d.mixture.logits, -1).gather(-1, best[:, None]).mean()  # noqa: E731
+    assert weights(dist) > weights(base) + 0.05
+    torch.testing.assert_close(dist.mixture.log_std, base.mixture.log_std + math.log(0.5))
+    with torch.no_grad(), set_interaction_type(InteractionType.DETERMINISTIC):
+        torch.testing.assert_close(cool.drive(obs.clone())["action"], plain.drive(obs.clone())["action"])
+    with pytest.raises(ValueError, match="anchor_temperature"):
+        Exploration(anchor_temperature=0.0)

@@ -22,6 +22,7 @@ posterior-weighted anchor scale of the sampled trajectory (see
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,19 +50,48 @@ class PolicyContext(nn.Module):
         return self.policy.fusion(self.policy.encode_frames(frames), self.policy.goal_encoder(goal, None))
 
 
+@dataclass(frozen=True)
+class Exploration:
+    """How much the RL behaviour distribution explores around the pretrained one (see PolicyDecoder)."""
+
+    anchor_temperature: float = 1.0
+    std_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("anchor_temperature", "std_scale"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"exploration {name} must be a positive finite number, got {value!r}")
+
+
 class PolicyDecoder(nn.Module):
     """context -> mixture parameters and scale: the anchor queries, THE cross-attention block (or its
-    RAM) and the heads, as in ``S2EPolicy.decode_from_features`` after fusion."""
+    RAM) and the heads, as in ``S2EPolicy.decode_from_features`` after fusion.
 
-    def __init__(self, policy: S2EPolicy) -> None:
+    ``exploration``: the behaviour distribution of RL is the pretrained mixture with its anchor
+    logits divided by ``anchor_temperature`` and its stds multiplied by ``std_scale``. A briefly
+    pretrained policy has near-uniform anchor scores (val anchor accuracy ~0.2 over 20 anchors), so
+    sampling it re-draws a random anchor every control step and drives far worse than its mode
+    (obstacle task: return -15 sampled vs +1.6 deterministic); PPO then starts from that bad policy.
+    Both collection and the PPO update run this module, so the stored log-probabilities and the
+    ratio stay those of one distribution; the mode (highest score) is unchanged by either factor.
+    """
+
+    def __init__(self, policy: S2EPolicy, exploration: Exploration | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.exploration = exploration or Exploration()
 
     def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        p = self.policy
+        p, e = self.policy, self.exploration
         queries = p.anchor_queries(p.anchor_points, context.shape[0])
         out = p.heads(p.cross_attention(queries, context), p.anchor_trajectories)
-        return out["scores"], out["mean"], out["log_std"], out["rho"], out["scale"]
+        scores, log_std = out["scores"], out["log_std"]
+        if e.anchor_temperature != 1.0:
+            scores = scores / e.anchor_temperature
+        if e.std_scale != 1.0:
+            log_std = log_std + math.log(e.std_scale)
+        return scores, out["mean"], log_std, out["rho"], out["scale"]
 
 
 class TrajectoryController(nn.Module):
@@ -120,10 +150,18 @@ class ActorCritic:
     collect_policy: TensorDictSequential
 
 
-def build_actor_critic(policy: S2EPolicy, value_head: ValueHead, waypoint_dt: float, limits: ControllerLimits, *, encoder_trainable: bool) -> ActorCritic:
-    """Wire the modules (see the module docstring)."""
+def build_actor_critic(
+    policy: S2EPolicy,
+    value_head: ValueHead,
+    waypoint_dt: float,
+    limits: ControllerLimits,
+    *,
+    encoder_trainable: bool,
+    exploration: Exploration | None = None,
+) -> ActorCritic:
+    """Wire the modules (see the module docstring); ``exploration`` shapes the sampled distribution."""
     context = TensorDictModule(PolicyContext(policy), in_keys=["frames", "goal"], out_keys=["context"])
-    decoder = TensorDictModule(PolicyDecoder(policy), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
+    decoder = TensorDictModule(PolicyDecoder(policy, exploration), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
     parameters = TensorDictSequential(context, decoder) if encoder_trainable else decoder
     actor = ProbabilisticActor(
         parameters,
