@@ -23,7 +23,7 @@ from torch import Tensor
 from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.generator import (SceneConfig, World, place_obstacles, polyline_cumlen, signed_distance,
                                spawn_pedestrians, stack_scenes)
-from s2e.sim.render import per_env as _per_env
+from s2e.sim.render import per_env
 from s2e.sim.robots import RobotProfile, get_robot
 from s2e.sim.scene import SceneBatch, Surface
 from s2e.sim.tasks import get_task
@@ -165,8 +165,8 @@ class SplatRenderer:
         if tuple(camera_xy.shape) != (b, 2) or tuple(camera_yaw.shape) != (b,):
             raise ValueError(f"camera_xy must be [{b}, 2] and camera_yaw [{b}], got {tuple(camera_xy.shape)} and {tuple(camera_yaw.shape)}")
         scene = scene.to(dev) if scene.device != dev else scene
-        views = level_viewmats(camera_xy.to(dev, torch.float32), camera_yaw.to(dev, torch.float32), _per_env(camera_height, b, "camera_height", dev))
-        intrinsics = pinhole_intrinsics(_per_env(hfov_deg, b, "hfov_deg", dev), self.width, self.height)
+        views = level_viewmats(camera_xy.to(dev, torch.float32), camera_yaw.to(dev, torch.float32), per_env(camera_height, b, "camera_height", dev))
+        intrinsics = pinhole_intrinsics(per_env(hfov_deg, b, "hfov_deg", dev), self.width, self.height)
         parts = []
         for start in range(0, b, self.cameras_per_call):
             stop = min(b, start + self.cameras_per_call)
