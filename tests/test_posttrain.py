@@ -250,3 +250,18 @@ def test_ddp_ranks_collect_different_scenes_and_keep_identical_weights(pretraine
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # gradients were averaged over ranks
     assert rank0["policy.cross_attention.gate_out.weight"].abs().sum() > 0
     assert not torch.equal(*(torch.load(tmp_path / f"goal{r}.pt", weights_only=True) for r in (0, 1)))  # seed + 1000 * rank
+
+
+def test_target_kl_stops_a_batchs_ppo_passes_once_the_policy_left_the_trust_region(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Full fine-tuning at a large lr: without a KL target all 3 passes x 2 minibatches step; with one,
+    the first minibatch (KL 0 to the collecting policy) steps and a later one, beyond the target, stops."""
+    steps = {}
+    for target in (None, 1e-4):
+        module = PostTrainModule(str(pretrained), strategy="full", ppo_epochs=3, minibatch_size=8, lr=1e-2, target_kl=target)
+        trainer = _trainer(tmp_path / str(target))
+        trainer.fit(module, datamodule=SimulatorRollouts(**TINY_DATA))
+        steps[target] = trainer.global_step
+    assert steps[None] == 6
+    assert 1 <= steps[1e-4] < 6
+    with pytest.raises(ValueError, match="target_kl"):
+        PostTrainModule(str(pretrained), target_kl=0.0)
