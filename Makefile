@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Idle OpenMP threads sleep: spinning ones made small-op CPU work (the simulator) ~7x slower here;
+# see s2e/__init__.py.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install test test-fast demo clean
 
