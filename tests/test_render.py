@@ -239,6 +239,7 @@ def fresh_compile_state(monkeypatch):
 
     monkeypatch.setattr(render, "_COMPILED", {})
     monkeypatch.setattr(render, "_compile_error", None)
+    monkeypatch.setattr(render, "_static_shapes", {})
     return render
 
 
@@ -299,6 +300,30 @@ def test_auto_compiles_large_batches_only_after_enough_eager_rendering(fresh_com
     assert tried  # the price is reached: the next large call compiles
 
 
+def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(fresh_compile_state, monkeypatch):
+    """Each new shape of a fixed-shape stage costs a compilation: past _STATIC_SHAPES of them the stage runs
+    eagerly (same picture) instead of compiling without end, e.g. for every reset batch size."""
+    render = fresh_compile_state
+    calls = []
+
+    def traced(fn, **kwargs):
+        def run(*args):
+            calls.append((fn.__name__, kwargs["dynamic"], args[1].shape[0] if fn.__name__ == "_object_spans" else None))
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", traced)
+    monkeypatch.setattr(render, "_STATIC_SHAPES", 1)
+    scene, start, yaw, robot = _street_batch(3)
+    caster = Raycaster(48, 27, compiled=True)
+    for count in (3, 3, 2):
+        caster.render(scene.index(slice(0, count)), start[:count], yaw[:count], robot.camera_height, robot.hfov_deg)
+    spans = [c for c in calls if c[0] == "_object_spans"]
+    assert spans == [("_object_spans", None, 3)] * 2  # the 2-scene batch ran eagerly
+    assert {c[0] for c in calls} >= {"_object_spans", "facade_hits", "_shade_pixels"}
+    assert all(c[1] is None for c in calls)  # fixed-shape stages never compile shape-generically
+
+
 @pytest.mark.slow
 def test_compiled_stages_render_like_eager(fresh_compile_state):
     """The torch.compile'd stages (default for large batches) draw the eager picture up to float rounding."""
@@ -306,7 +331,7 @@ def test_compiled_stages_render_like_eager(fresh_compile_state):
     pictures = []
     for compiled in (False, True):
         caster = Raycaster(64, 36, domain="recorded", compiled=compiled)
-        for count in (3, 2):  # a second batch size reuses the (dynamic-shape) compilation
+        for count in (3, 2):  # a second batch size: fixed-shape stages compile for it too
             part = scene.index(slice(0, count))
             pictures.append(caster.render(part, start[:count], yaw[:count], robot.camera_height, robot.hfov_deg,
                                           with_depth=True, noise_generator=torch.Generator().manual_seed(0)))

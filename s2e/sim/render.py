@@ -4,9 +4,12 @@ Why a raycaster: the layout is a 2.5D world (a ground grid, extruded buildings, 
 pedestrians) seen by a level camera, so every image column is one 2D ray and every pixel row one
 elevation. Work is split accordingly:
 
-* per column [B, W]: a vectorized grid DDA finds the first building face (a coarse max-pooled pass
-  skips empty space, then exact cell crossings, in chunks, with finished rays dropped), and
-  analytic ray/shape tests find every obstacle and pedestrian the ray meets; the ``layers``
+* per column [B, W]: one dense test against the scene's facade segments (``s2e.sim.facades``: the
+  runs of building faces, a few dozen per street, derived per scene by ``s2e.sim.scene_grids``)
+  finds the first building face (layouts with more than ``MAX_FACADES`` faces per scene use a
+  vectorized grid DDA instead: a coarse max-pooled pass skips empty space, then exact cell
+  crossings, in chunks, with finished rays dropped), and analytic ray/shape tests find every
+  obstacle and pedestrian the ray meets; the ``layers``
   nearest of them are kept, sorted by depth, and turned into intervals of pixel-row slope (the
   rows each one's side, roof and body profile cover);
 * per pixel, one dense function of per-row [B, H, 1] and per-column [B, 1, W] inputs: rows below
@@ -18,8 +21,9 @@ elevation. Work is split accordingly:
   distance fog, blur and sensor noise of the appearance domain (exposure, white balance and gamma are
   folded into the table and the light).
 
-Speed: the dense stages (object tests, the DDA's chunk step, the pixel stage) are plain tensor code
-that ``torch.compile`` fuses into vectorized loops; ``Raycaster(compiled=None)`` does so for large
+Speed: the dense stages (object tests, the facade test, the DDA's chunk step, the pixel stage) are
+plain tensor code that ``torch.compile`` fuses into vectorized loops (for the exact shapes of a run,
+see ``_run_stage``); ``Raycaster(compiled=None)`` does so for large
 batches (``COMPILE_MIN_PIXELS``) once a process has rendered them eagerly for
 ``COMPILE_AFTER_EAGER_S`` (long runs: training, long evaluations), and runs them eagerly otherwise
 or when compilation is unavailable (same pictures up to float rounding). Eagerly, object layers are
@@ -42,14 +46,14 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from s2e.sim.appearance import AppearanceDomain, get_domain
-from s2e.sim.scene import OBSTACLE_FIELDS, PEDESTRIAN_FIELDS, ObstacleKind, ObstacleShape, SceneBatch, Surface
-from s2e.sim.textures import MAT_FACADE, MAT_LANE, MAT_OBSTACLE, NUM_MATERIALS, PED_PARTS, TEXTURE_SIZE, StyleCache
+from s2e.sim.facades import facade_hits
+from s2e.sim.scene import OBSTACLE_FIELDS, PEDESTRIAN_FIELDS, ObstacleKind, ObstacleShape, SceneBatch
+from s2e.sim.scene_grids import COARSE, SceneGridCache, SceneGrids
+from s2e.sim.textures import MAT_FACADE, MAT_OBSTACLE, NUM_MATERIALS, PED_PARTS, TEXTURE_SIZE, StyleCache
 
-_COARSE = 8  # fine cells per coarse DDA block side
 _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
 #: ``compiled=None`` compiles only calls of at least this many pixels (smaller ones gain little) and
 #: only once this process has spent ``COMPILE_AFTER_EAGER_S`` rendering such calls eagerly: compiling
@@ -60,7 +64,6 @@ COMPILE_MIN_PIXELS = 100_000
 COMPILE_AFTER_EAGER_S = 30.0
 _eager_large_s = 0.0  # eager seconds of compiled=None calls of >= COMPILE_MIN_PIXELS pixels in this process
 _MARCH_COMPILE_MIN = 64  # rays: below, a march round runs eagerly
-_LANE_DASH = 3.0  # metres per dash period (half painted)
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
 _HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
 _LEG_GAP, _LEG_OUTER, _NECK_HALF, _HEAD_HALF = 0.2, 0.75, 0.30, 0.45
@@ -404,28 +407,48 @@ def _blur(x: Tensor, taps: tuple[float, ...], dim: int) -> Tensor:
     return out
 
 
-_COMPILED: dict[str, Callable] = {}
+_COMPILED: dict[tuple[str, bool], Callable] = {}
 _compile_error: str | None = None  # set once compilation failed in this process: render eagerly from then on
+#: A fixed-shape stage is compiled for this many distinct input shapes; calls of other shapes run eagerly.
+_STATIC_SHAPES = 4
+_static_shapes: dict[str, set] = {}
 
 
-def _run_stage(fn: Callable, compiled: bool, *args):
+def _shapes(value) -> tuple:
+    """Tensor shapes of a (nested) argument list: the key of a fixed-shape compilation."""
+    if isinstance(value, (tuple, list)):
+        return tuple(_shapes(v) for v in value)
+    return tuple(value.shape) if isinstance(value, Tensor) else (value if value is None else type(value).__name__)
+
+
+def _run_stage(fn: Callable, fixed_shapes: bool, compiled: bool, *args):
     """``fn(*args)``, through ``torch.compile`` if ``compiled``, falling back to eager on any failure.
 
-    Why a process-wide cache with dynamic shapes: compiling takes seconds (C++ code generation and a
-    compiler run; the result is also cached on disk by inductor), so every renderer, batch size and
-    image size of the process shares one compilation per stage. Compilation needs a working
-    toolchain (a C++ compiler on CPU, Triton on CUDA); without one the renderer warns once and
-    stays eager, whose output matches up to float rounding.
+    Why a process-wide cache: compiling takes seconds (C++ code generation and a compiler run; the
+    result is also cached on disk by inductor), so every renderer of the process shares one
+    compilation per stage and shape. ``fixed_shapes`` stages (objects, facades, pixels: their shapes
+    are set by the batch and image size, which a run keeps) are compiled for their exact shapes,
+    whose loops index without division by symbolic sizes (the pixel stage runs 1.4x faster than
+    compiled shape-generically); past ``_STATIC_SHAPES`` shapes they run eagerly rather than compile
+    again. Other stages (the DDA rounds, whose ray count shrinks) are compiled once for all shapes.
+    Compilation needs a working toolchain (a C++ compiler on CPU, Triton on CUDA); without one the
+    renderer warns once and stays eager, whose output matches up to float rounding.
     """
     global _compile_error
     if compiled and _compile_error is None:
-        try:
-            if fn.__name__ not in _COMPILED:
-                _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
-            return _COMPILED[fn.__name__](*args)
-        except Exception as error:  # noqa: BLE001 - any toolchain failure: fall back, never fail a render
-            _compile_error = f"{type(error).__name__}: {error}"
-            warnings.warn(f"Raycaster: torch.compile failed, rendering eagerly from now on ({_compile_error})", RuntimeWarning)
+        seen = _static_shapes.setdefault(fn.__name__, set())
+        key = _shapes(args)
+        if not fixed_shapes or key in seen or len(seen) < _STATIC_SHAPES:
+            try:
+                if (fn.__name__, fixed_shapes) not in _COMPILED:
+                    _COMPILED[fn.__name__, fixed_shapes] = torch.compile(fn, dynamic=None if fixed_shapes else True)
+                if fixed_shapes:
+                    seen.add(key)
+                return _COMPILED[fn.__name__, fixed_shapes](*args)
+            except Exception as error:  # noqa: BLE001 - any toolchain failure: fall back, never fail a render
+                _compile_error = f"{type(error).__name__}: {error}"
+                warnings.warn(f"Raycaster: torch.compile failed, rendering eagerly from now on ({_compile_error})",
+                              RuntimeWarning)
     return fn(*args)
 
 
@@ -491,7 +514,7 @@ def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: T
     while active.numel():
         # Few rays left: eager ops cost little, and compiled code would specialize on tiny sizes.
         fast = compiled and active.numel() >= _MARCH_COMPILE_MIN
-        found, keep = _run_stage(_march_chunk, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
+        found, keep = _run_stage(_march_chunk, False, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
         best.index_copy_(0, active, found)
         keep_idx = keep.nonzero().squeeze(-1)
         active, base = active.index_select(0, keep_idx), base.index_select(0, keep_idx)
@@ -547,7 +570,7 @@ class Raycaster:
         frac = 1 - (torch.arange(TEXTURE_SIZE, device=self.device) + 0.5) / TEXTURE_SIZE
         self._ped_rows = (frac >= _HIP).long() + (frac >= _NECK).long()
         self._colours: tuple[Tensor, Tensor, int] | None = None  # (atlas the buffer was made from, buffer, tail offset)
-        self._grid_cache: list = []
+        self._grids = SceneGridCache(self.domain.lane_offset)
 
     # ------------------------------------------------------------------ public API
     def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
@@ -578,11 +601,11 @@ class Raycaster:
 
         atlas, repeat = self._styles.batch(scene.style_seed)
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
-        wall_h, coarse, ground = self._grids(scene)
+        grids = self._grids.get(scene)
         large = b * H * W >= COMPILE_MIN_PIXELS
         fast = self.compiled if self.compiled is not None else large and _eager_large_s >= COMPILE_AFTER_EAGER_S
-        wall = self._cast_walls(scene, (wall_h, coarse), cam, dirs, fast)
-        spans = _run_stage(_object_spans, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
+        wall = self._cast_walls(scene, grids, cam, dirs, fast)
+        spans = _run_stage(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
         T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
@@ -595,38 +618,64 @@ class Raycaster:
         g0 = (cam - scene.origin.to(torch.float32)) / res + 1  # camera in padded cells
         gh, gw = scene.surface.shape[1:]
         cells_per_m = (dirs / res).permute(2, 0, 1).unsqueeze(2).contiguous()  # [2, B, 1, W]
-        floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), cells_per_m[0], cells_per_m[1], ground,
+        floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), cells_per_m[0], cells_per_m[1], grids.material,
                  (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
         noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
         pixels = _shade_pixels if fast else _shade_pixels_sparse
-        image, depth = _run_stage(pixels, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
+        image, depth = _run_stage(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
                                   walls, floor, spans, colours, self._fog, noise)
         if large and self.compiled is None and not fast:
             _eager_large_s += time.perf_counter() - start_time
         return image, (depth.unsqueeze(1) if with_depth else None)
 
     # ------------------------------------------------------------------ geometry per column
-    def _cast_walls(self, scene: SceneBatch, grids: tuple[Tensor, Tensor], cam: Tensor, dirs: Tensor,
-                    compiled: bool) -> _WallHits:
-        """First building face per column, by a coarse-then-fine grid DDA over all columns at once.
+    def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, dirs: Tensor, compiled: bool) -> _WallHits:
+        """First building face per column: one dense test of every column against the scene's facade
+        segments, or, for layouts with more than ``MAX_FACADES`` of them, a grid DDA.
 
-        Rays first march the max-pooled grid (``_COARSE`` cells per block) to the first block holding
+        A camera inside a building cell (never where physics keeps the robot) sees that building's
+        wall right in front of it instead of looking out through it.
+        """
+        b, w = dirs.shape[:2]
+        res = float(scene.resolution)
+        rows, cols = scene.surface.shape[1] + 2, scene.surface.shape[2] + 2
+        g0 = (cam - scene.origin.to(torch.float32)) / res + 1  # camera in padded cells
+        if grids.facades is None:
+            t, height, axis = self._march_walls(grids, (rows, cols), g0, dirs, res, compiled)
+        else:
+            t, height, axis = _run_stage(facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1),
+                                         (dirs / res).transpose(1, 2).contiguous(), self.max_distance)
+        cell = g0.floor().long()
+        env = torch.arange(b, device=self.device)
+        own = grids.wall.take((env * rows + cell[:, 1].clamp(0, rows - 1)) * cols + cell[:, 0].clamp(0, cols - 1))
+        inside = (own > 0).view(b, 1)
+        t = torch.where(inside, _NEAR, t)
+        height = torch.where(inside, own.view(b, 1), height)
+        axis = torch.where(inside, 0, axis.long())
+        point = cam.unsqueeze(1) + t.clamp_max(1e6).unsqueeze(-1) * dirs
+        along = torch.where(axis == 0, point[..., 1], point[..., 0])
+        sign = torch.where(dirs >= 0, 1.0, -1.0)
+        normal = -sign * torch.stack([axis == 0, axis == 1], -1)
+        return _WallHits(t, height, along, normal)
+
+    def _march_walls(self, grids: SceneGrids, dims: tuple[int, int], g0: Tensor, dirs: Tensor, res: float,
+                     compiled: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """(t, height, axis) [B, W] of the first building cell per column by a coarse-then-fine grid DDA.
+
+        Rays first march the max-pooled grid (``COARSE`` cells per block) to the first block holding
         any building; rays that meet none (open streets, the sky) are finished at a fraction of the
         cost, the others march the fine grid from just before that block.
         """
-        wall_h, coarse = grids
         b, w = dirs.shape[:2]
-        res = float(scene.resolution)
-        gh, gw = scene.surface.shape[1:]
         env = torch.arange(b, device=self.device).repeat_interleave(w)
         rays = dirs.reshape(-1, 2)
-        g0 = ((cam - scene.origin.to(torch.float32)) / res + 1).repeat_interleave(w, 0)  # padded fine cells
-        fine_dims = (gh + 2, gw + 2)
-        coarse_dims = (-(-fine_dims[0] // _COARSE) + 2, -(-fine_dims[1] // _COARSE) + 2)
-        g0_coarse = g0 / _COARSE + 1
+        g0 = g0.repeat_interleave(w, 0)
+        coarse_dims = (-(-dims[0] // COARSE) + 2, -(-dims[1] // COARSE) + 2)
+        g0_coarse = g0 / COARSE + 1
         start_cell = g0_coarse.long()
-        inside = coarse.take((env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]) > 0
-        t_block, _, _ = _march(coarse, coarse_dims, env, g0_coarse, rays, res * _COARSE, self.max_distance, compiled)
+        # Rays start inside their first block, which the coarse march (crossings INTO blocks) never tests.
+        inside = grids.coarse.take((env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]) > 0
+        t_block, _, _ = _march(grids.coarse, coarse_dims, env, g0_coarse, rays, res * COARSE, self.max_distance, compiled)
         t_block = torch.where(inside, 0.0, t_block)
         near = t_block.isfinite().nonzero().squeeze(-1)
         best_t = torch.full_like(t_block, math.inf)
@@ -635,52 +684,10 @@ class Raycaster:
         if near.numel():
             t0 = (t_block[near] - 1e-4).clamp_min(0)  # just before the block: an empty fine cell
             start = g0[near] + t0.unsqueeze(-1) * rays[near] / res
-            t, h, axis = _march(wall_h, fine_dims, env[near], start, rays[near], res, self.max_distance - t0, compiled)
+            t, h, axis = _march(grids.wall, dims, env[near], start, rays[near], res, self.max_distance - t0, compiled)
             best_t[near], best_h[near], best_axis[near] = t + t0, h, axis
-        best_t = torch.where(best_t <= self.max_distance, best_t, math.inf).view(b, w)
-        point = cam.unsqueeze(1) + best_t.clamp_max(1e6).unsqueeze(-1) * dirs
-        best_axis = best_axis.view(b, w)
-        along = torch.where(best_axis == 0, point[..., 1], point[..., 0])
-        sign = torch.where(dirs >= 0, 1.0, -1.0)
-        normal = -sign * torch.stack([best_axis == 0, best_axis == 1], -1)
-        return _WallHits(best_t, best_h.view(b, w), along, normal)
-
-
-    # ------------------------------------------------------------------ pixels
-    def _grids(self, scene: SceneBatch) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-scene grids padded by one cell: wall height for the DDA (fine, and max-pooled by
-        ``_COARSE`` to skip empty space), ground material for floor casting.
-
-        The ground material already holds the road's lane marks (cells at ``lane_offset`` from the
-        walkable edge, dashed) and the scene's atlas offset, so a floor pixel needs one gather. Both
-        depend only on the scene tensors, so they are cached while those tensors stay unmodified
-        (identity and in-place version), i.e. across all the steps of an episode.
-        """
-        tensors = (scene.surface, scene.height, scene.distance, scene.origin)
-        key = tuple((id(t), t._version) for t in tensors)
-        for k, _, grids in self._grid_cache:
-            if k == key:
-                return grids
-        b, (gh, gw), res = scene.batch_size, scene.surface.shape[1:], float(scene.resolution)
-        surface = scene.surface.long()
-        wall_h = torch.where(surface == int(Surface.BUILDING), scene.height.to(torch.float32), 0.0)
-        centres = (torch.arange(max(gh, gw), device=self.device, dtype=torch.float32) + 0.5) * res
-        origin = scene.origin.to(torch.float32)
-        wx = origin[:, 0].view(b, 1, 1) + centres[:gw].view(1, 1, gw)
-        wy = origin[:, 1].view(b, 1, 1) + centres[:gh].view(1, gh, 1)
-        margin = -scene.distance.to(torch.float32)
-        lane = (surface == int(Surface.ROAD)) & ((margin - self.domain.lane_offset).abs() <= res / 2)
-        lane = lane & (((wx + wy) / _LANE_DASH).frac() < 0.5)
-        material = torch.where(lane, MAT_LANE, surface) + torch.arange(b, device=self.device).view(b, 1, 1) * NUM_MATERIALS
-        border = (torch.arange(b, device=self.device) * NUM_MATERIALS + int(Surface.ROAD)).view(b, 1, 1)
-        material = torch.cat([border.expand(b, gh, 1), material, border.expand(b, gh, 1)], 2)
-        material = torch.cat([border.expand(b, 1, gw + 2), material, border.expand(b, 1, gw + 2)], 1)
-        padded = F.pad(wall_h, (1, 1, 1, 1))
-        coarse = F.pad(F.max_pool2d(padded.unsqueeze(1), _COARSE, ceil_mode=True).squeeze(1), (1, 1, 1, 1))
-        # int32 material: half the bytes for the per-pixel floor gather to pull through the cache
-        grids = (padded.reshape(-1), coarse.reshape(-1), material.reshape(-1).to(torch.int32))
-        self._grid_cache = [(key, tensors, grids)] + self._grid_cache[:3]  # holding the tensors keeps ids unique
-        return grids
+        best_t = torch.where(best_t <= self.max_distance, best_t, math.inf)
+        return best_t.view(b, w), best_h.view(b, w), best_axis.view(b, w)
 
     # ------------------------------------------------------------------ colours and camera
     def _colour_buffer(self, atlas: Tensor, scene: SceneBatch, row_slope: Tensor) -> tuple[Tensor, int, int]:
