@@ -217,3 +217,74 @@ def test_rule_terms_penalize_the_sidewalk_edge_and_crowding_people():
     assert terms["centre"]["social"].item() < terms["edge"]["social"].item() <= 0  # the pedestrian is next to the centre point
     jerk = reward_terms(world, start[None], WHEELED.radius, zeros, zeros.bool(), zeros.bool(), torch.ones(1, 2), action, torch.ones(2), RewardConfig())
     assert jerk["smoothness"].item() == -2.0
+
+
+# ---------------------------------------------------------------- fast paths pinned to plain references
+def _reference_static_distance(world, xy: torch.Tensor, walkable: bool) -> torch.Tensor:
+    """The static distance the crowd feels, written plainly: grid_sample for the bilinear field,
+    per-shape signed distances for the obstacles, a masked min."""
+    scene = world.scene
+    field = scene.distance if walkable else world.solid_distance
+    extent = torch.tensor([field.shape[2], field.shape[1]]) * scene.resolution
+    grid = (xy - scene.origin[:, None]) / extent * 2 - 1
+    sampled = torch.nn.functional.grid_sample(field[:, None], grid[:, None], padding_mode="border", align_corners=False)[:, 0, 0]
+    ob = scene.obstacles[:, None]
+    d = xy[:, :, None] - ob[..., 0:2]
+    c, s = torch.cos(ob[..., 2]), torch.sin(ob[..., 2])
+    local = torch.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1).abs()
+    q = local - ob[..., 3:5]
+    box = q.clamp_min(0).norm(dim=-1) + q.max(-1).values.clamp_max(0)
+    circle = d.norm(dim=-1) - ob[..., 3]
+    obstacle = torch.where(ob[..., 6] == float(ObstacleShape.CIRCLE), circle, box).masked_fill(~scene.obstacle_mask[:, None], 1e4)
+    return torch.minimum(sampled, obstacle.min(-1).values)
+
+
+@pytest.mark.parametrize("walkable", [True, False])
+def test_fused_static_distance_and_normal_match_separate_finite_differences(walkable):
+    from s2e.sim.crowd import static_distance_and_normal
+    from s2e.sim.physics import ObstacleSet
+
+    world = generate_world(range(20, 28), SceneConfig(num_obstacles=(4, 6), num_pedestrians=(6, 10)), WHEELED)
+    gen = torch.Generator().manual_seed(0)
+    around = world.scene.obstacles[..., :2].repeat(1, 4, 1) + torch.randn(8, 24, 2, generator=gen) * 0.6  # near obstacles
+    xy = torch.cat([world.scene.pedestrians[..., :2], around, (torch.rand(8, 30, 2, generator=gen) - 0.5) * 44], 1)
+    eps = 0.05
+    distance, normal = static_distance_and_normal(world, xy, walkable, ObstacleSet.of(world.scene.obstacles, world.scene.obstacle_mask), eps)
+    torch.testing.assert_close(distance, _reference_static_distance(world, xy, walkable), atol=1e-4, rtol=0)
+    probe = lambda dx, dy: _reference_static_distance(world, xy + torch.tensor([dx, dy]), walkable)  # noqa: E731
+    raw = torch.stack([probe(eps, 0) - probe(-eps, 0), probe(0, eps) - probe(0, -eps)], -1) / (2 * eps)
+    steep = raw.norm(dim=-1) > 0.2  # the unit normal is well defined (not on a plateau or a ridge of the field)
+    assert steep.float().mean() > 0.5
+    torch.testing.assert_close(normal[steep], (raw / raw.norm(dim=-1, keepdim=True))[steep], atol=5e-3, rtol=0)
+    torch.testing.assert_close(normal.norm(dim=-1)[steep], torch.ones(int(steep.sum())))
+
+
+def _reference_integrate(world, xy, yaw, v, omega, dt, substeps, radius):
+    """Blocked-motion substeps one clearance query at a time (the definition the fast path follows)."""
+    h = dt / substeps
+    blocked = torch.zeros_like(v, dtype=torch.bool)
+    before = footprint_clearance(world, xy[:, None], radius).total[:, 0]
+    for _ in range(substeps):
+        mid = yaw + 0.5 * omega * h
+        proposal = xy + torch.stack([torch.cos(mid), torch.sin(mid)], -1) * (v * h)[:, None]
+        after = footprint_clearance(world, proposal[:, None], radius).total[:, 0]
+        accept = (after >= 0) | (after >= before)
+        xy, before, blocked = torch.where(accept[:, None], proposal, xy), torch.where(accept, after, before), blocked | ~accept
+        yaw = yaw + omega * h
+    return xy, torch.remainder(yaw + torch.pi, 2 * torch.pi) - torch.pi, blocked
+
+
+@pytest.mark.parametrize("substeps", [4, 6])
+def test_tree_integration_follows_substeps_one_by_one(substeps):
+    world = generate_world(range(30, 46), SceneConfig(num_obstacles=(5, 6), num_pedestrians=(6, 10)), WHEELED)
+    gen = torch.Generator().manual_seed(substeps)
+    xy, yaw = world.scene.start.clone(), torch.rand(16, generator=gen) * 6.3
+    ref_xy, ref_yaw = xy.clone(), yaw.clone()
+    refused = 0
+    for _ in range(40):  # random fast commands: robots run into walls, obstacles and people, and back out
+        v, omega = torch.rand(16, generator=gen) * 3 - 0.5, torch.randn(16, generator=gen)
+        xy, yaw, blocked = integrate_unicycle(world, xy, yaw, v, omega, 0.2, substeps, WHEELED.radius)
+        ref_xy, ref_yaw, ref_blocked = _reference_integrate(world, ref_xy, ref_yaw, v, omega, 0.2, substeps, WHEELED.radius)
+        assert torch.equal(xy, ref_xy) and torch.equal(yaw, ref_yaw) and torch.equal(blocked, ref_blocked)
+        refused += int(blocked.sum())
+    assert refused > 20  # the refusal branches were exercised

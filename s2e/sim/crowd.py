@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from s2e.sim.physics import obstacle_distance, sample_field
+from s2e.sim.physics import ObstacleSet, sample_field
 
 
 @dataclass
@@ -45,38 +45,66 @@ class CrowdConfig:
     projection_passes: int = 3
 
 
-def _gradient(fn, xy: torch.Tensor, eps: float = 0.05) -> torch.Tensor:
-    """Central-difference gradient of a scalar field fn(xy [B,K,2]) -> [B,K] at xy -> [B,K,2]."""
-    dx = torch.tensor([eps, 0.0], device=xy.device, dtype=xy.dtype)
-    dy = torch.tensor([0.0, eps], device=xy.device, dtype=xy.dtype)
-    g = torch.stack([fn(xy + dx) - fn(xy - dx), fn(xy + dy) - fn(xy - dy)], -1) / (2 * eps)
-    return g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+#: Probe offsets of the central-difference gradient, in units of its step: the point itself, then
+#: +x, -x, +y, -y. All five are evaluated in one batched call.
+_PROBES = ((0.0, 0.0), (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
-def _static_distance(world, xy: torch.Tensor, walkable: bool) -> torch.Tensor:
-    """Distance to the nearest static thing: the walkable edge (soft) or solid walls, and obstacles."""
+def _static_distance(world, xy: torch.Tensor, walkable: bool, obstacles: ObstacleSet) -> torch.Tensor:
+    """Distance to the nearest static thing: the walkable edge (soft) or solid walls, and obstacles
+    (the scene's, prepared once per step)."""
     scene = world.scene
     field = scene.distance if walkable else world.solid_distance
     grid = sample_field(field, scene.origin, scene.resolution, xy)
-    obs = obstacle_distance(scene.obstacles, scene.obstacle_mask, xy).min(-1).values
-    return torch.minimum(grid, obs)
+    return torch.minimum(grid, obstacles.nearest(xy))
+
+
+def static_distance_and_normal(
+    world, xy: torch.Tensor, walkable: bool, obstacles: ObstacleSet, eps: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_static_distance`` at xy [B, K, 2] -> [B, K] and its unit central-difference gradient -> [B, K, 2].
+
+    The point and its four +-eps probes go through ONE ``_static_distance`` call on [B, 5K, 2]: the
+    tensors are tiny, so per-op overhead, not arithmetic, is the cost, and five separate calls cost
+    five times as much. Every probe is computed exactly as a separate call would compute it.
+    """
+    b, k, _ = xy.shape
+    offsets = torch.tensor(_PROBES, device=xy.device, dtype=xy.dtype) * eps  # [5, 2]
+    probes = (xy[:, None] + offsets[:, None]).reshape(b, len(_PROBES) * k, 2)
+    d = _static_distance(world, probes, walkable, obstacles).view(b, len(_PROBES), k)
+    g = torch.stack([d[:, 1] - d[:, 2], d[:, 3] - d[:, 4]], -1) / (2 * eps)
+    return d[:, 0], g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def _anisotropic(normal: torch.Tensor, head: torch.Tensor, anisotropy: float) -> torch.Tensor:
+    """Weight of an interaction along ``normal`` (pointing from the other agent to me) for a walker
+    heading ``head``: 1 straight ahead, ``anisotropy`` straight behind."""
+    cos_phi = -(normal * head).sum(-1)
+    return anisotropy + (1 - anisotropy) * (1 + cos_phi) / 2
 
 
 def crowd_step(
-    world, robot_xy: torch.Tensor, robot_vel: torch.Tensor, robot_radius: float, dt: float, config: CrowdConfig = CrowdConfig()
+    world, robot_xy: torch.Tensor, robot_vel: torch.Tensor, robot_radius: float, dt: float, config: CrowdConfig = CrowdConfig(),
+    obstacles: ObstacleSet | None = None,
 ) -> None:
-    """Advance ``world.scene.pedestrians`` by ``dt`` seconds in place, reacting to the robot disc."""
+    """Advance ``world.scene.pedestrians`` by ``dt`` seconds in place, reacting to the robot disc.
+
+    ``obstacles``: the scene's obstacles already prepared (``ObstacleSet.of``), when the caller has them.
+    """
     scene, state = world.scene, world.crowd
     if not bool(scene.pedestrian_mask.any()):  # tasks without a crowd keep one padded row: nothing to move
         return
-    peds = scene.pedestrians.clone()
+    peds = scene.pedestrians
     mask = scene.pedestrian_mask
     radius = peds[..., 4]
     h = dt / config.substeps
     eye = torch.eye(peds.shape[1], dtype=torch.bool, device=peds.device)
-    pair_mask = mask[:, :, None] & mask[:, None, :] & ~eye
+    no_pair = ~(mask[:, :, None] & mask[:, None, :] & ~eye)
+    contact = radius[:, :, None] + radius[:, None, :]  # centre distance at which two discs touch
+    obstacles = obstacles if obstacles is not None else ObstacleSet.of(scene.obstacles, scene.obstacle_mask)
+    cap = (state.desired_speed * config.max_speed_factor).clamp_min(0.5)[..., None]
+    xy, vel = peds[..., 0:2], peds[..., 2:4]
     for _ in range(config.substeps):
-        xy, vel = peds[..., 0:2], peds[..., 2:4]
         target = torch.where(state.toward_b[..., None], state.goal_b, state.goal_a)
         to_goal = target - xy
         dist_goal = to_goal.norm(dim=-1)
@@ -88,56 +116,45 @@ def crowd_step(
 
         heading = vel / vel.norm(dim=-1, keepdim=True).clamp_min(1e-3)
 
-        def anisotropic(normal: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-            cos_phi = -(normal * head).sum(-1)  # normal points from the other agent to me
-            return config.anisotropy + (1 - config.anisotropy) * (1 + cos_phi) / 2
-
         diff = xy[:, :, None, :] - xy[:, None, :, :]
         dist = diff.norm(dim=-1).clamp_min(1e-6)
         normal = diff / dist[..., None]
-        gap = dist - radius[:, :, None] - radius[:, None, :]
-        push = config.agent_strength * torch.exp(-gap / config.agent_range) * anisotropic(normal, heading[:, :, None, :])
-        force = force + (push.masked_fill(~pair_mask, 0.0)[..., None] * normal).sum(2)
+        gap = dist - contact
+        push = config.agent_strength * torch.exp(-gap / config.agent_range) * _anisotropic(normal, heading[:, :, None, :], config.anisotropy)
+        force = force + (push.masked_fill(no_pair, 0.0)[..., None] * normal).sum(2)
 
         rdiff = xy - robot_xy[:, None, :]
         rdist = rdiff.norm(dim=-1).clamp_min(1e-6)
         rnormal = rdiff / rdist[..., None]
         rgap = rdist - radius - robot_radius
         rel_speed = ((robot_vel[:, None, :] - vel) * -rnormal).sum(-1).clamp_min(0)  # robot closing in
-        rpush = config.robot_strength * torch.exp(-rgap / (config.robot_range + 0.3 * rel_speed)) * anisotropic(rnormal, heading)
+        rpush = config.robot_strength * torch.exp(-rgap / (config.robot_range + 0.3 * rel_speed)) * _anisotropic(rnormal, heading, config.anisotropy)
         force = force + rpush[..., None] * rnormal
 
-        def static(p: torch.Tensor) -> torch.Tensor:
-            return _static_distance(world, p, walkable=True)
-
-        wall_gap = static(xy) - radius
-        wall_push = config.wall_strength * torch.exp(-wall_gap.clamp_min(-1.0) / config.wall_range)
-        force = force + wall_push[..., None] * _gradient(static, xy)
+        wall, wall_normal = static_distance_and_normal(world, xy, True, obstacles)
+        wall_push = config.wall_strength * torch.exp(-(wall - radius).clamp_min(-1.0) / config.wall_range)
+        force = force + wall_push[..., None] * wall_normal
 
         vel = vel + force * h
-        cap = (state.desired_speed * config.max_speed_factor).clamp_min(0.5)[..., None]
         vel = vel * (cap / vel.norm(dim=-1, keepdim=True).clamp_min(1e-6)).clamp(max=1.0)
         vel = vel.masked_fill(~mask[..., None], 0.0)
-        peds = torch.cat([xy + vel * h, vel, peds[..., 4:]], -1)
-    separated = _separate(world, peds[..., 0:2], radius, pair_mask, robot_xy, robot_radius, config.projection_passes)
-    peds[..., 0:2] = torch.where(mask[..., None], separated, scene.pedestrians[..., 0:2])  # padding stays put
-    scene.pedestrians = peds
+        xy = xy + vel * h
+    separated = _separate(world, obstacles, xy, radius, contact, no_pair, robot_xy, robot_radius, config.projection_passes)
+    xy = torch.where(mask[..., None], separated, peds[..., 0:2])  # padding stays put
+    scene.pedestrians = torch.cat([xy, vel, peds[..., 4:]], -1)
 
 
-def _separate(world, xy, radius, pair_mask, robot_xy, robot_radius, passes: int) -> torch.Tensor:
+def _separate(world, obstacles, xy, radius, contact, no_pair, robot_xy, robot_radius, passes: int) -> torch.Tensor:
     """Project overlapping discs apart: pedestrian pairs share the correction, the robot and solid
     geometry (walls, obstacles) do not move, so the pedestrian takes all of it."""
     for _ in range(passes):
         diff = xy[:, :, None, :] - xy[:, None, :, :]
         dist = diff.norm(dim=-1).clamp_min(1e-6)
-        overlap = (radius[:, :, None] + radius[:, None, :] - dist).clamp_min(0).masked_fill(~pair_mask, 0.0)
+        overlap = (contact - dist).clamp_min(0).masked_fill(no_pair, 0.0)
         xy = xy + (0.5 * overlap[..., None] * diff / dist[..., None]).sum(2)
 
-        def solid(p: torch.Tensor) -> torch.Tensor:
-            return _static_distance(world, p, walkable=False)
-
-        pen = (radius - solid(xy)).clamp_min(0)
-        xy = xy + pen[..., None] * _gradient(solid, xy)
+        solid, solid_normal = static_distance_and_normal(world, xy, False, obstacles)
+        xy = xy + (radius - solid).clamp_min(0)[..., None] * solid_normal
 
         rdiff = xy - robot_xy[:, None, :]
         rdist = rdiff.norm(dim=-1).clamp_min(1e-6)
