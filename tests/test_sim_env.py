@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import pytest
 import torch
@@ -11,6 +11,7 @@ from torchrl.envs.utils import check_env_specs, step_mdp
 from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.expert import ExpertPlanner
 from s2e.sim.generator import SceneConfig
+from s2e.sim.physics import ObstacleSet
 from s2e.sim.rewards import TERMS
 from s2e.sim.tasks import TASKS
 from s2e.timing import TimingSpec
@@ -86,6 +87,9 @@ def test_partial_reset_resets_only_the_masked_envs():
     reset_frames = out["frames"][mask[:, 0]]
     assert torch.equal(reset_frames, reset_frames[:, :1].expand_as(reset_frames))  # history = first frame
     assert (env.time[mask[:, 0]] == 0).all() and (env.time[keep] > 0).all()
+    # Obstacles are prepared once per reset for the steps' collision queries: the new scenes' ones.
+    prepared, fresh = env._obstacles, ObstacleSet.of(env.world.scene.obstacles, env.world.scene.obstacle_mask)
+    assert all(torch.equal(getattr(prepared, f.name), getattr(fresh, f.name)) for f in fields(ObstacleSet))
 
 
 def test_reward_is_the_weighted_sum_of_its_terms():

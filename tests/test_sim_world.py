@@ -249,7 +249,9 @@ def test_fused_static_distance_and_normal_match_separate_finite_differences(walk
     around = world.scene.obstacles[..., :2].repeat(1, 4, 1) + torch.randn(8, 24, 2, generator=gen) * 0.6  # near obstacles
     xy = torch.cat([world.scene.pedestrians[..., :2], around, (torch.rand(8, 30, 2, generator=gen) - 0.5) * 44], 1)
     eps = 0.05
-    distance, normal = static_distance_and_normal(world, xy, walkable, ObstacleSet.of(world.scene.obstacles, world.scene.obstacle_mask), eps)
+    obstacles = ObstacleSet.of(world.scene.obstacles, world.scene.obstacle_mask)
+    assert (obstacles.distance(xy)[~world.scene.obstacle_mask[:, None].expand(-1, xy.shape[1], -1)] == 1e4).all()  # padded rows: FAR
+    distance, normal = static_distance_and_normal(world, xy, walkable, obstacles, eps)
     torch.testing.assert_close(distance, _reference_static_distance(world, xy, walkable), atol=1e-4, rtol=0)
     probe = lambda dx, dy: _reference_static_distance(world, xy + torch.tensor([dx, dy]), walkable)  # noqa: E731
     raw = torch.stack([probe(eps, 0) - probe(-eps, 0), probe(0, eps) - probe(0, -eps)], -1) / (2 * eps)

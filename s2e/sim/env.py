@@ -190,6 +190,7 @@ class NavEnv(EnvBase):
         self._best_arc[idx] = 0.0
         self._success[idx] = False
         self.contacts.reset(idx)
+        self._obstacles = ObstacleSet.of(self.world.scene.obstacles, self.world.scene.obstacle_mask)  # static until the next reset
         limit = (self.config.time_limit_factor * self.world.route_total[idx] / self.robot.max_speed + self.config.time_limit_slack)
         self._step_limit[idx] = torch.ceil(limit / self.config.timing.control_dt).long()
         rgb, depth = self._render(idx)
@@ -225,7 +226,7 @@ class NavEnv(EnvBase):
         spec = self.action_spec
         action = torch.maximum(torch.minimum(tensordict.get("action").to(self.device).float(), spec.space.high), spec.space.low)
         old_xy = self.robot_xy
-        obstacles = ObstacleSet.of(world.scene.obstacles, world.scene.obstacle_mask)  # static: prepared once per step
+        obstacles = self._obstacles
         xy, yaw, blocked = integrate_unicycle(
             world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
         )

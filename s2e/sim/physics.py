@@ -155,46 +155,41 @@ def integrate_unicycle(
     """
     h = dt / substeps
     obstacles = obstacles if obstacles is not None else ObstacleSet.of(world.scene.obstacles, world.scene.obstacle_mask)
-    blocked = torch.zeros_like(v, dtype=torch.bool)
-    moves = []
+    half_turn, turn = 0.5 * omega * h, omega * h
+    direction = []
     for _ in range(substeps):
-        mid = yaw + 0.5 * omega * h
-        moves.append(torch.stack([torch.cos(mid), torch.sin(mid)], -1) * (v * h)[:, None])
-        yaw = yaw + omega * h
-    before = None
+        mid = yaw + half_turn  # mid-substep heading
+        direction += [torch.cos(mid), torch.sin(mid)]  # on [B] each: cos/sin of a few hundred values wake OpenMP threads
+        yaw = yaw + turn
+    moves = torch.stack(direction, 1).view(-1, substeps, 2) * (v * h)[:, None, None]  # [B, S, 2]
+    blocked = torch.zeros_like(v, dtype=torch.bool)
     for first in range(0, substeps, _TREE_DEPTH):
-        xy, before, refused = _follow_substeps(world, xy, before, moves[first:first + _TREE_DEPTH], radius, obstacles)
+        xy, refused = _follow_substeps(world, xy, moves[:, first:first + _TREE_DEPTH], radius, obstacles)
         blocked |= refused
     return xy, torch.remainder(yaw + torch.pi, 2 * torch.pi) - torch.pi, blocked
 
 
-def _follow_substeps(world, xy: torch.Tensor, before: torch.Tensor | None, moves: list[torch.Tensor], radius: float,
-                     obstacles: ObstacleSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Blocked-motion substeps ``moves`` ([B, 2] each) from xy [B, 2] whose clearance is ``before``
-    [B] (None: not known yet) -> (xy, its clearance, any refusal) [B].
+def _follow_substeps(world, xy: torch.Tensor, moves: torch.Tensor, radius: float, obstacles: ObstacleSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocked-motion substeps ``moves`` [B, S, 2] from xy [B, 2] -> (xy, any refusal) [B].
 
     Tree of reachable positions: after substep i there are 2**(i+1) nodes, the first half those
     where substep i was refused (the previous nodes), the second half where it was accepted (the
-    previous nodes plus the move). One clearance query covers the start and every proposal.
+    previous nodes plus the move). One clearance query covers the start and every proposal, whose
+    order in it is the nodes' order: node n's position is point n, and the clearance a substep
+    compares against ("before") is always that of the node the robot is at.
     """
-    nodes, proposals = xy[:, None], []
-    for move in moves:
-        proposal = nodes + move[:, None]
-        proposals.append(proposal)
-        nodes = torch.cat([nodes, proposal], 1)
-    clear = footprint_clearance(world, torch.cat([xy[:, None], *proposals], 1), radius, obstacles=obstacles).total
-    before = clear[:, 0] if before is None else before
-    node = torch.zeros(xy.shape[0], dtype=torch.long, device=xy.device)
-    refused = torch.zeros_like(before, dtype=torch.bool)
-    offset = 1  # column of substep i's first proposal in ``clear``
-    for i in range(len(moves)):
-        after = clear.gather(1, (offset + node)[:, None])[:, 0]
+    nodes = xy[:, None]
+    for i in range(moves.shape[1]):
+        nodes = torch.cat([nodes, nodes + moves[:, i:i + 1]], 1)
+    clear = footprint_clearance(world, nodes, radius, obstacles=obstacles).total  # [B, 2**S]
+    node = torch.zeros(xy.shape[0], 1, dtype=torch.long, device=xy.device)
+    refused = torch.zeros_like(node, dtype=torch.bool)
+    for i in range(moves.shape[1]):
+        before, after = clear.gather(1, node), clear.gather(1, node + 2**i)
         accept = (after >= 0) | (after >= before)
         node = torch.where(accept, node + 2**i, node)
-        before = torch.where(accept, after, before)
         refused |= ~accept
-        offset += 2**i
-    return nodes.gather(1, node[:, None, None].expand(-1, 1, 2))[:, 0], before, refused
+    return nodes.gather(1, node[..., None].expand(-1, 1, 2))[:, 0], refused[:, 0]
 
 
 class ContactTracker:
