@@ -72,7 +72,7 @@ class ObstacleSet:
             rounding=torch.where(circle, ob[:, 3], zero), floor=floor,
         )
 
-    def _distance(self, xy: torch.Tensor) -> torch.Tensor:
+    def distance(self, xy: torch.Tensor) -> torch.Tensor:
         """Signed distance [B, O, K] from points xy [B, K, 2] to each obstacle surface (FAR if padded)."""
         dx, dy = xy[:, None, :, 0] - self.x, xy[:, None, :, 1] - self.y
         qx = (self.cos * dx + self.sin * dy).abs() - self.half_x
@@ -80,18 +80,9 @@ class ObstacleSet:
         box = torch.hypot(qx.clamp_min(0), qy.clamp_min(0)) + torch.maximum(qx, qy).clamp_max(0)
         return torch.maximum(box - self.rounding, self.floor)  # a padded zero box is nearer than FAR to any point of the world
 
-    def distance(self, xy: torch.Tensor) -> torch.Tensor:
-        """Signed distance from points xy [B, K, 2] to each obstacle surface -> [B, K, O] (FAR if padded)."""
-        return self._distance(xy).transpose(1, 2)
-
     def nearest(self, xy: torch.Tensor) -> torch.Tensor:
         """Distance [B, K] from points xy [B, K, 2] to the nearest obstacle (FAR without any)."""
-        return self._distance(xy).amin(1)
-
-
-def obstacle_distance(obstacles: torch.Tensor, mask: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Signed distance from points xy [B, K, 2] to each obstacle surface -> [B, K, O] (FAR if padded)."""
-    return ObstacleSet.of(obstacles, mask).distance(xy)
+        return self.distance(xy).amin(1)
 
 
 def pedestrian_distance(pedestrians: torch.Tensor, mask: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
