@@ -137,7 +137,8 @@ def crowd_step(
         rnormal = rdiff / rdist[..., None]
         rgap = rdist - radius - robot_radius
         rel_speed = ((robot_vel[:, None, :] - vel) * -rnormal).sum(-1).clamp_min(0)  # robot closing in
-        rpush = config.robot_strength * torch.exp(-rgap / (config.robot_range + 0.3 * rel_speed)) * _anisotropic(-(rnormal * heading).sum(-1), config.anisotropy)
+        rpush = config.robot_strength * torch.exp(-rgap / (config.robot_range + 0.3 * rel_speed))
+        rpush = rpush * _anisotropic(-(rnormal * heading).sum(-1), config.anisotropy)
         force = force + rpush[..., None] * rnormal
 
         wall, wall_normal = static_distance_and_normal(world, xy, True, obstacles)

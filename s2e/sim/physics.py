@@ -160,7 +160,9 @@ def integrate_unicycle(
     return xy, torch.remainder(yaw + torch.pi, 2 * torch.pi) - torch.pi, blocked
 
 
-def _follow_substeps(world, xy: torch.Tensor, moves: torch.Tensor, radius: float, obstacles: ObstacleSet) -> tuple[torch.Tensor, torch.Tensor]:
+def _follow_substeps(
+    world, xy: torch.Tensor, moves: torch.Tensor, radius: float, obstacles: ObstacleSet
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocked-motion substeps ``moves`` [B, S, 2] from xy [B, 2] -> (xy, any refusal) [B].
 
     Tree of reachable positions: after substep i there are 2**(i+1) nodes, the first half those
