@@ -259,9 +259,10 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
 
 
 def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
-                  floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor, fog_colour: Tensor,
-                  noise: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Every per-pixel quantity of the frame in one dense function: uint8 [B, 3, H, W], z-depth [B, H, W].
+                  floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor,
+                  fog_colour: Tensor) -> tuple[Tensor, Tensor]:
+    """Every per-pixel quantity of the frame in one dense function: packed colours int32 [B, H, W]
+    (``_colour``) and z-depth [B, H, W].
 
     Why one function of broadcast per-row [B, H, 1] and per-column [B, 1, W] inputs: each pixel needs
     only its row's slope and its column's hits, so ``torch.compile`` fuses the whole stage into a
@@ -278,17 +279,17 @@ def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tenso
             z-depth, ground materials (flat int32), scene base cell [B, 1, 1] int32, texels per cell
             [2, M]).
         spans: ``_object_spans`` of the nearest objects per column.
-        colours: the colour table [N, 3]; fog_colour: [3]; noise: [B, 3, H, W] or None.
+        colours: the colour table [N, 3]; fog_colour: [3].
     """
     index, shade, depth, t_floor = _background(look, grid, rows, cam_h, wall, floor)
     for layer in reversed(list(zip(*spans))):  # far to near
         index, shade, depth = _paint_layer(look, rows, t_floor, layer, index, shade, depth)
-    return _camera_response(look, index, shade, depth, colours, fog_colour, noise), depth
+    return _colour(look, index, shade, depth, colours, fog_colour), depth
 
 
 def _shade_pixels_sparse(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
-                         floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor, fog_colour: Tensor,
-                         noise: Tensor | None) -> tuple[Tensor, Tensor]:
+                         floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor,
+                         fog_colour: Tensor) -> tuple[Tensor, Tensor]:
     """``_shade_pixels`` for eager execution (same arguments, same pixels): each object layer is
     painted on the columns it covers only, gathered as [N, H] pixel columns and written back, so
     its cost follows how much of the view objects take up instead of the frame size."""
@@ -306,7 +307,7 @@ def _shade_pixels_sparse(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h
         painted = _paint_layer(look, r, tf, fields, *(_gather(x.view(-1), flat) for x in (index, shade, depth)))
         for full, part in zip((index, shade, depth), painted):
             full.view(-1).put_(flat, part)
-    return _camera_response(look, index, shade, depth, colours, fog_colour, noise), depth
+    return _colour(look, index, shade, depth, colours, fog_colour), depth
 
 
 def _gather(table: Tensor, index: Tensor) -> Tensor:
@@ -379,19 +380,40 @@ def _paint_layer(look: _Look, rows: Tensor, t_floor: Tensor, layer: tuple[Tensor
     return index, shade, depth
 
 
-def _camera_response(look: _Look, index: Tensor, shade: Tensor, depth: Tensor, colours: Tensor, fog_colour: Tensor,
-                     noise: Tensor | None) -> Tensor:
-    """Colour indices [B, H, W] -> uint8 [B, 3, H, W]: 0.5 + fog_colour * (1 - fog), plus colour *
-    light * fog (table entries carry the camera gain; the 0.5 makes truncation round; no fog on the
-    sky), then blur and sensor noise."""
+def _colour(look: _Look, index: Tensor, shade: Tensor, depth: Tensor, colours: Tensor, fog_colour: Tensor) -> Tensor:
+    """Colour indices [B, H, W] -> 8-bit RGB packed per pixel into int32 [B, H, W] (red in the low
+    byte): 0.5 + fog_colour * (1 - fog), plus colour * light * fog (table entries carry the camera
+    gain; the 0.5 makes truncation round; no fog on the sky).
+
+    Why packed: written as a [B, 3, H, W] image, the compiler loops over channels outermost and
+    recomputes each pixel's whole shading (the nearest object layer included) once per channel;
+    one int32 per pixel computes it once, and ``_unpack`` spreads the bytes into planes afterwards
+    (2x faster for the whole pixel stage, same pixels).
+    """
     m = look.max_distance
     fog = depth.masked_fill(depth >= m, 0.0).div(-look.fog_distance).exp()
-    # Straight into the image's [B, 3, H, W] layout: one gather from the texel-major table.
-    channel = torch.arange(3, device=index.device, dtype=torch.int32).view(1, 3, 1, 1)
-    texels = _gather(colours.view(-1), index.unsqueeze(1).mul(3).add(channel))
-    rgb = torch.addcmul(fog_colour.view(1, 3, 1, 1) * (1 - fog).unsqueeze(1) + 0.5, texels, (shade * fog).unsqueeze(1))
+    haze, light = 1 - fog, shade * fog
+    base, table = index * 3, colours.view(-1)  # texel-major table: a pixel's channels share a cache line
+    packed = None
+    for c in range(3):
+        value = torch.addcmul(fog_colour[c] * haze + 0.5, _gather(table, base + c), light)
+        byte = value.clamp(0, 255).to(torch.int32).bitwise_left_shift(8 * c)
+        packed = byte if packed is None else packed.bitwise_or(byte)
+    return packed
+
+
+def _unpack(packed: Tensor) -> Tensor:
+    """Packed RGB int32 [B, H, W] -> uint8 [B, 3, H, W] (one strided copy of the bytes; little-endian,
+    as every platform PyTorch supports)."""
+    b, h, w = packed.shape
+    return packed.view(torch.uint8).view(b, h, w, 4)[..., :3].permute(0, 3, 1, 2).contiguous()
+
+
+def _sensor(look: _Look, packed: Tensor, noise: Tensor | None) -> Tensor:
+    """Blur and sensor noise of the appearance domain over packed colours -> uint8 [B, 3, H, W]."""
+    rgb = _unpack(packed).float()
     if look.blur:
-        rgb = _blur(_blur(rgb, look.blur, 3), look.blur, 2)
+        rgb = _blur(_blur(rgb, look.blur, 3), look.blur, 2) + 0.5  # the blurred value is rounded again
     if noise is not None:
         rgb = rgb + noise
     return rgb.clamp(0, 255).to(torch.uint8)
@@ -622,8 +644,12 @@ class Raycaster:
                  (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
         noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
         pixels = _shade_pixels if fast else _shade_pixels_sparse
-        image, depth = _run_stage(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
-                                  walls, floor, spans, colours, self._fog, noise)
+        packed, depth = _run_stage(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
+                                   walls, floor, spans, colours, self._fog)
+        if self._look.blur or noise is not None:
+            image = _run_stage(_sensor, True, fast, self._look, packed, noise)
+        else:
+            image = _unpack(packed)
         if large and self.compiled is None and not fast:
             _eager_large_s += time.perf_counter() - start_time
         return image, (depth.unsqueeze(1) if with_depth else None)
