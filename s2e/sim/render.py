@@ -591,7 +591,8 @@ class Raycaster:
         # Body part (trousers, shirt, skin) of each texture row of a pedestrian strip, by the row's height
         frac = 1 - (torch.arange(TEXTURE_SIZE, device=self.device) + 0.5) / TEXTURE_SIZE
         self._ped_rows = (frac >= _HIP).long() + (frac >= _NECK).long()
-        self._colours: tuple[Tensor, Tensor, int] | None = None  # (atlas the buffer was made from, buffer, tail offset)
+        # (atlas the table was made from, table, pedestrian offset, (seeds, row slopes) its tail shows)
+        self._colours: tuple[Tensor, Tensor, int, tuple[Tensor, Tensor] | None] | None = None
         self._grids = SceneGridCache(self.domain.lane_offset)
 
     # ------------------------------------------------------------------ public API
@@ -724,22 +725,26 @@ class Raycaster:
 
         A pedestrian's strip is a one-texel-wide texture (T rows, top down) of its clothing and skin
         colours, so pedestrians and obstacles take their texel the same way (row v -> base + v * stride).
-        Kept between calls (rebuilt only when the atlas batch changes) so that a frame only writes its
-        pedestrian and sky entries instead of copying the atlases.
+        Kept between calls (rebuilt only when the atlas batch changes), and the pedestrian and sky
+        entries are rewritten only when the style seeds or the camera's field of view change: a frame
+        of the same scenes copies nothing.
         """
         b, p, t = scene.batch_size, scene.pedestrians.shape[1], TEXTURE_SIZE
         tail = b * p * t + b * self.height
+        seeds = scene.style_seed.to(self.device)
         if self._colours is None or self._colours[0] is not atlas or self._colours[1].shape[0] != atlas.shape[1] + tail:
             table = torch.empty(atlas.shape[1] + tail, 3, device=self.device)
             table.t()[:, : atlas.shape[1]] = self._response(atlas)
-            self._colours = (atlas, table, atlas.shape[1])
-        _, table, ped_offset = self._colours
-        buffer = table.t()  # [3, N] view: colours are computed as channel planes
+            self._colours = (atlas, table, atlas.shape[1], None)
+        _, table, ped_offset, drawn = self._colours
         sky_offset = ped_offset + b * p * t
-        parts = self._response(self._styles.pedestrian_colours(scene.style_seed.to(self.device), p)).view(3, b * p, PED_PARTS)
-        buffer[:, ped_offset:sky_offset] = parts[:, :, self._ped_rows].reshape(3, -1)
-        elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(1, -1)  # 0 at the horizon, 1 ~ 22 deg up
-        buffer[:, sky_offset:] = self._response(torch.lerp(self._sky[0].view(3, 1), self._sky[1].view(3, 1), elevation.sqrt()))
+        if drawn is None or not (torch.equal(drawn[0], seeds) and torch.equal(drawn[1], row_slope)):
+            buffer = table.t()  # [3, N] view: colours are computed as channel planes
+            parts = self._response(self._styles.pedestrian_colours(seeds, p)).view(3, b * p, PED_PARTS)
+            buffer[:, ped_offset:sky_offset] = parts[:, :, self._ped_rows].reshape(3, -1)
+            elevation = (row_slope.clamp_min(0) * 2.5).clamp_max(1).reshape(1, -1)  # 0 at the horizon, 1 ~ 22 deg up
+            buffer[:, sky_offset:] = self._response(torch.lerp(self._sky[0].view(3, 1), self._sky[1].view(3, 1), elevation.sqrt()))
+            self._colours = (atlas, table, ped_offset, (seeds.clone(), row_slope.clone()))
         return table, ped_offset, sky_offset
 
     @staticmethod
