@@ -23,7 +23,7 @@ elevation. Work is split accordingly:
 
 Speed: the dense stages (object tests, the facade test, the DDA's chunk step, the pixel stage) are
 plain tensor code that ``torch.compile`` fuses into vectorized loops (for the exact shapes of a run,
-see ``_run_stage``); ``Raycaster(compiled=None)`` does so for large
+see ``s2e.sim.compiled``); ``Raycaster(compiled=None)`` does so for large
 batches (``COMPILE_MIN_PIXELS``) once a process has rendered them eagerly for
 ``COMPILE_AFTER_EAGER_S`` (long runs: training, long evaluations), and runs them eagerly otherwise
 or when compilation is unavailable (same pictures up to float rounding). Eagerly, object layers are
@@ -41,14 +41,13 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from s2e.sim.appearance import AppearanceDomain, get_domain
+from s2e.sim.compiled import run_stage
 from s2e.sim.facades import facade_hits
 from s2e.sim.scene import OBSTACLE_FIELDS, PEDESTRIAN_FIELDS, ObstacleKind, ObstacleShape, SceneBatch
 from s2e.sim.scene_grids import COARSE, SceneGridCache, SceneGrids
@@ -429,51 +428,6 @@ def _blur(x: Tensor, taps: tuple[float, ...], dim: int) -> Tensor:
     return out
 
 
-_COMPILED: dict[tuple[str, bool], Callable] = {}
-_compile_error: str | None = None  # set once compilation failed in this process: render eagerly from then on
-#: A fixed-shape stage is compiled for this many distinct input shapes; calls of other shapes run eagerly.
-_STATIC_SHAPES = 4
-_static_shapes: dict[str, set] = {}
-
-
-def _shapes(value) -> tuple:
-    """Tensor shapes of a (nested) argument list: the key of a fixed-shape compilation."""
-    if isinstance(value, (tuple, list)):
-        return tuple(_shapes(v) for v in value)
-    return tuple(value.shape) if isinstance(value, Tensor) else (value if value is None else type(value).__name__)
-
-
-def _run_stage(fn: Callable, fixed_shapes: bool, compiled: bool, *args):
-    """``fn(*args)``, through ``torch.compile`` if ``compiled``, falling back to eager on any failure.
-
-    Why a process-wide cache: compiling takes seconds (C++ code generation and a compiler run; the
-    result is also cached on disk by inductor), so every renderer of the process shares one
-    compilation per stage and shape. ``fixed_shapes`` stages (objects, facades, pixels: their shapes
-    are set by the batch and image size, which a run keeps) are compiled for their exact shapes,
-    whose loops index without division by symbolic sizes (the pixel stage runs 1.4x faster than
-    compiled shape-generically); past ``_STATIC_SHAPES`` shapes they run eagerly rather than compile
-    again. Other stages (the DDA rounds, whose ray count shrinks) are compiled once for all shapes.
-    Compilation needs a working toolchain (a C++ compiler on CPU, Triton on CUDA); without one the
-    renderer warns once and stays eager, whose output matches up to float rounding.
-    """
-    global _compile_error
-    if compiled and _compile_error is None:
-        seen = _static_shapes.setdefault(fn.__name__, set())
-        key = _shapes(args)
-        if not fixed_shapes or key in seen or len(seen) < _STATIC_SHAPES:
-            try:
-                if (fn.__name__, fixed_shapes) not in _COMPILED:
-                    _COMPILED[fn.__name__, fixed_shapes] = torch.compile(fn, dynamic=None if fixed_shapes else True)
-                if fixed_shapes:
-                    seen.add(key)
-                return _COMPILED[fn.__name__, fixed_shapes](*args)
-            except Exception as error:  # noqa: BLE001 - any toolchain failure: fall back, never fail a render
-                _compile_error = f"{type(error).__name__}: {error}"
-                warnings.warn(f"Raycaster: torch.compile failed, rendering eagerly from now on ({_compile_error})",
-                              RuntimeWarning)
-    return fn(*args)
-
-
 def _march_chunk(grid: Tensor, base: Tensor, state: Tensor, k0: Tensor, chunk: int, cols: int,
                  size: Tensor) -> tuple[Tensor, Tensor]:
     """Test the next ``chunk`` gridline crossings of each axis for A rays: (new [t, value, axis] [A, 3], still active [A]).
@@ -536,7 +490,7 @@ def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: T
     while active.numel():
         # Few rays left: eager ops cost little, and compiled code would specialize on tiny sizes.
         fast = compiled and active.numel() >= _MARCH_COMPILE_MIN
-        found, keep = _run_stage(_march_chunk, False, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
+        found, keep = run_stage(_march_chunk, False, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
         best.index_copy_(0, active, found)
         keep_idx = keep.nonzero().squeeze(-1)
         active, base = active.index_select(0, keep_idx), base.index_select(0, keep_idx)
@@ -628,7 +582,7 @@ class Raycaster:
         large = b * H * W >= COMPILE_MIN_PIXELS
         fast = self.compiled if self.compiled is not None else large and _eager_large_s >= COMPILE_AFTER_EAGER_S
         wall = self._cast_walls(scene, grids, cam, dirs, fast)
-        spans = _run_stage(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
+        spans = run_stage(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
         T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
@@ -645,10 +599,10 @@ class Raycaster:
                  (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
         noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
         pixels = _shade_pixels if fast else _shade_pixels_sparse
-        packed, depth = _run_stage(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
+        packed, depth = run_stage(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
                                    walls, floor, spans, colours, self._fog)
         if self._look.blur or noise is not None:
-            image = _run_stage(_sensor, True, fast, self._look, packed, noise)
+            image = run_stage(_sensor, True, fast, self._look, packed, noise)
         else:
             image = _unpack(packed)
         if large and self.compiled is None and not fast:
@@ -670,7 +624,7 @@ class Raycaster:
         if grids.facades is None:
             t, height, axis = self._march_walls(grids, (rows, cols), g0, dirs, res, compiled)
         else:
-            t, height, axis = _run_stage(facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1),
+            t, height, axis = run_stage(facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1),
                                          (dirs / res).transpose(1, 2).contiguous(), self.max_distance)
         cell = g0.floor().long()
         env = torch.arange(b, device=self.device)
