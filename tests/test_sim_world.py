@@ -292,3 +292,23 @@ def test_tree_integration_follows_substeps_one_by_one(substeps):
         assert torch.equal(xy, ref_xy) and torch.equal(yaw, ref_yaw) and torch.equal(blocked, ref_blocked)
         refused += int(blocked.sum())
     assert refused > 20  # the refusal branches were exercised
+
+
+@pytest.mark.slow
+def test_compiled_crowd_step_walks_the_eager_crowd():
+    """The crowd's compiled step (used whenever the renderer compiles) moves pedestrians as the eager
+    step does, up to float rounding, over many steps with the robot in their way."""
+    import s2e.sim.compiled as compiled_stages
+
+    config = SceneConfig(num_pedestrians=(10, 10), num_obstacles=(2, 3))
+    runs = []
+    for compiled in (False, True):
+        world = generate_world(range(4), config, WHEELED)
+        robot_xy = world.scene.route[:, 1].clone()
+        for _ in range(30):
+            crowd_step(world, robot_xy, torch.zeros_like(robot_xy), WHEELED.radius, 0.1, compiled=compiled)
+        runs.append((world.scene.pedestrians.clone(), world.crowd.toward_b.clone()))
+    assert compiled_stages._compile_error is None
+    (eager, eager_toward), (fast, fast_toward) = runs
+    assert torch.allclose(eager, fast, atol=2e-3) and torch.equal(eager_toward, fast_toward)
+    assert (eager[..., :2] - generate_world(range(4), config, WHEELED).scene.pedestrians[..., :2]).abs().max() > 1.0

@@ -36,7 +36,7 @@ def _shapes(value):
     return value
 
 
-def run_stage(fn: Callable, fixed_shapes: bool, compiled: bool, *args):
+def run_stage(fn: Callable, fixed_shapes: bool, compiled: bool, *args, single_thread: bool = False):
     """``fn(*args)``, through ``torch.compile`` if ``compiled``, falling back to eager on any failure.
 
     Why a process-wide cache: compiling takes seconds (C++ code generation and a compiler run; the
@@ -46,7 +46,9 @@ def run_stage(fn: Callable, fixed_shapes: bool, compiled: bool, *args):
     their exact shapes and settings, whose loops index without division by symbolic sizes (the
     pixel stage ran 1.4x faster than compiled shape-generically); past ``_STATIC_SHAPES`` of them a
     stage runs eagerly rather than compile again. Other stages (the DDA rounds, whose ray count
-    shrinks) are compiled once for all shapes.
+    shrinks) are compiled once for all shapes. ``single_thread`` compiles loops without OpenMP
+    parallelism: for stages over tiny tensors (the crowd: [B, P] and [B, P, P]), where every
+    parallel loop's thread hand-off costs more than its work (2.7x faster than 2 threads here).
     """
     global _compile_error
     if compiled and _compile_error is None:
@@ -55,7 +57,8 @@ def run_stage(fn: Callable, fixed_shapes: bool, compiled: bool, *args):
         if not fixed_shapes or key in seen or len(seen) < _STATIC_SHAPES:
             try:
                 if (fn.__name__, fixed_shapes) not in _COMPILED:
-                    _COMPILED[fn.__name__, fixed_shapes] = torch.compile(fn, dynamic=not fixed_shapes)
+                    options = {"cpp.threads": 1} if single_thread else None
+                    _COMPILED[fn.__name__, fixed_shapes] = torch.compile(fn, dynamic=not fixed_shapes, options=options)
                 if fixed_shapes:
                     seen.add(key)
                 return _COMPILED[fn.__name__, fixed_shapes](*args)

@@ -231,7 +231,8 @@ class NavEnv(EnvBase):
             world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
         )
         self.robot_xy, self.robot_yaw = xy, yaw
-        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles)
+        compiled = getattr(self.renderer, "compiles", lambda batch: False)(self.batch_size[0])  # as the renderer does
+        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, compiled)
         clearance = footprint_clearance(world, xy[:, None], robot.radius, obstacles=obstacles).total[:, 0]
         new_collision = self.contacts.update(blocked, clearance)
 

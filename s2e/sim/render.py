@@ -580,7 +580,7 @@ class Raycaster:
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
         grids = self._grids.get(scene)
         large = b * H * W >= COMPILE_MIN_PIXELS
-        fast = self.compiled if self.compiled is not None else large and _eager_large_s >= COMPILE_AFTER_EAGER_S
+        fast = self.compiles(b)
         wall = self._cast_walls(scene, grids, cam, dirs, fast)
         spans = run_stage(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
@@ -608,6 +608,14 @@ class Raycaster:
         if large and self.compiled is None and not fast:
             _eager_large_s += time.perf_counter() - start_time
         return image, (depth.unsqueeze(1) if with_depth else None)
+
+    def compiles(self, batch: int) -> bool:
+        """Whether a call rendering ``batch`` frames runs compiled (``compiled``, or under ``None`` the
+        renderer's rule: large calls once the process has paid ``COMPILE_AFTER_EAGER_S`` eagerly).
+        ``NavEnv`` steps its crowd the same way, so a run compiles all of its dense work or none."""
+        if self.compiled is not None:
+            return self.compiled
+        return batch * self.width * self.height >= COMPILE_MIN_PIXELS and _eager_large_s >= COMPILE_AFTER_EAGER_S
 
     # ------------------------------------------------------------------ geometry per column
     def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, dirs: Tensor, compiled: bool) -> _WallHits:
