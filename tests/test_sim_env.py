@@ -92,6 +92,31 @@ def test_partial_reset_resets_only_the_masked_envs():
     assert all(torch.equal(getattr(prepared, f.name), getattr(fresh, f.name)) for f in fields(ObstacleSet))
 
 
+def test_a_compiling_renderer_draws_partial_resets_as_whole_batches(monkeypatch):
+    """Compiled stages are specialised on the batch size: a compiling env renders resets as its whole
+    batch (one shape for the whole run) and keeps the reset rows, which match an eager env's."""
+    import s2e.sim.compiled as compiled
+
+    batches = []
+
+    def traced(fn, **kwargs):  # stands in for torch.compile: runs the stage eagerly, records its batch
+        return lambda *args: batches.append((fn.__name__, args[1].shape[0])) or fn(*args)
+
+    monkeypatch.setattr(torch, "compile", traced)
+    monkeypatch.setattr(compiled, "_COMPILED", {})
+    monkeypatch.setattr(compiled, "_static_shapes", {})
+    outputs = []
+    for compiling in (True, False):
+        env = NavEnv(replace(SMALL, task="pedestrian"), num_envs=3, seed=2)
+        env.renderer.compiled = compiling
+        td = env.reset()
+        for _ in range(3):
+            td = step_mdp(env.step(td.set("action", _forward(env))))
+        outputs.append(env.reset(td.clone().set("_reset", torch.tensor([[False], [True], [False]])))["frames"])
+    assert {batch for name, batch in batches if name == "_object_spans"} == {3}
+    assert torch.equal(outputs[0][1], outputs[1][1])
+
+
 def test_reward_is_the_weighted_sum_of_its_terms():
     env = NavEnv(replace(SMALL, task="both"), num_envs=4, seed=1)
     torch.manual_seed(0)

@@ -19,8 +19,9 @@ from torch import Tensor
 
 _COMPILED: dict[tuple[str, bool], Callable] = {}
 _compile_error: str | None = None  # set once compilation failed in this process: render eagerly from then on
-#: A fixed-shape stage is compiled for this many distinct input shapes; calls of other shapes run eagerly.
-_STATIC_SHAPES = 4
+#: A fixed-shape stage is compiled for this many distinct input shapes (TorchDynamo's own default
+#: recompile limit); calls of other shapes run eagerly.
+_STATIC_SHAPES = 8
 _static_shapes: dict[str, set] = {}
 
 

@@ -139,14 +139,23 @@ class NavEnv(EnvBase):
         return self.scenes.sample(count, self._rng, self.device)
 
     def _render(self, idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        scene = self.world.scene if idx is None else self.world.scene.index(idx)
-        xy = self.robot_xy if idx is None else self.robot_xy[idx]
-        yaw = self.robot_yaw if idx is None else self.robot_yaw[idx]
+        """Frames (and depth) of the envs at ``idx`` (all by default).
+
+        A partial reset renders the whole batch when the renderer compiles and keeps the rows it
+        needs: compiled stages are specialised on the batch size, and every reset size would
+        otherwise be a new compilation; eagerly, only the reset scenes are drawn."""
+        whole = idx is None or getattr(self.renderer, "compiles", lambda batch: False)(self.batch_size[0])
+        scene = self.world.scene if whole else self.world.scene.index(idx)
+        xy = self.robot_xy if whole else self.robot_xy[idx]
+        yaw = self.robot_yaw if whole else self.robot_yaw[idx]
         camera = xy + self.robot.camera_forward * torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
-        return self.renderer.render(
+        rgb, depth = self.renderer.render(
             scene, camera, yaw, self.robot.camera_height, self.robot.hfov_deg,
             with_depth=self.config.with_depth, noise_generator=self._render_generator,
         )
+        if whole and idx is not None:
+            rgb, depth = rgb[idx], (None if depth is None else depth[idx])
+        return rgb, depth
 
     def _stacked(self, buffer: torch.Tensor) -> torch.Tensor:
         k = self.config.timing.context_frames
