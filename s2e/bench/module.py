@@ -140,8 +140,9 @@ class NavBenchModule(pl.LightningModule):
         suite = self.trainer.datamodule.suite
         size = self.agent.image_size or tuple(self.hparams.image_size)
         trace = self._traced(batch)
-        # Lightning tests under inference mode, but the simulator's render cache reads tensor
-        # version counters, which inference tensors lack: run the episodes under plain no_grad.
+        # Lightning tests under inference mode, whose tensors have no version counters: the
+        # renderer's grid cache would then compare every scene's layout on every step to see
+        # which ones changed. Plain no_grad keeps the counters (and that check free).
         with torch.inference_mode(False), torch.no_grad():
             env = make_env(suite, batch.episodes, batch.domain, size, self.device)
             results, traces = run_batch(env, self.agent, batch.episodes, batch.domain, trace)
