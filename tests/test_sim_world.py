@@ -295,11 +295,12 @@ def test_tree_integration_follows_substeps_one_by_one(substeps):
 
 
 @pytest.mark.slow
-def test_compiled_crowd_step_walks_the_eager_crowd():
+def test_compiled_crowd_step_walks_the_eager_crowd(monkeypatch):
     """The crowd's compiled step (used whenever the renderer compiles) moves pedestrians as the eager
     step does, up to float rounding, over many steps with the robot in their way."""
     import s2e.sim.compiled as compiled_stages
 
+    monkeypatch.setattr(compiled_stages, "_compile_error", None)  # whatever an earlier test did
     config = SceneConfig(num_pedestrians=(10, 10), num_obstacles=(2, 3))
     runs = []
     for compiled in (False, True):
