@@ -1,4 +1,5 @@
-"""tools/bench_sim.py runs the renderer, the crude baseline and full NavEnv steps and ends with one JSON line."""
+"""The simulator benchmarks: tools/bench_sim.py (renderer, crude baseline, full NavEnv steps) and
+tools/profile_env_step.py (where a step goes), each ending with one JSON line."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def test_bench_sim_rejects_a_malformed_size():
     result = subprocess.run([sys.executable, "tools/bench_sim.py", "--sizes", "128by72"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "128x72" in result.stderr
+
+
+def test_profile_env_step_splits_a_step_into_parts_that_add_up():
+    result = subprocess.run(
+        [sys.executable, "tools/profile_env_step.py", "--envs", "2", "--size", "32x24", "--steps", "4", "--warmup", "1",
+         "--threads", "1", "--compile", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    parts = summary["parts_mean_ms"]
+    assert {"crowd", "physics", "render", "stacking", "torchrl"} <= set(parts)
+    assert parts["render"] > 0 and parts["crowd"] > 0  # the `both` task renders and moves a crowd
+    assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 1e-6 * max(1.0, parts["total"])
+    assert summary["env_steps_per_s"] > 0

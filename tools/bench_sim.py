@@ -141,7 +141,8 @@ def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dic
     return {"env_steps_per_s": envs / t, "env_steps_per_cpu_s": envs / cpu}
 
 
-def _size(text: str) -> tuple[int, int]:
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type of a WIDTHxHEIGHT frame size (also used by tools/profile_env_step.py)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -152,7 +153,7 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 16, 64], help="batch sizes (environments)")
-    parser.add_argument("--sizes", type=_size, nargs="+", default=[(128, 72), (96, 96)], help="WIDTHxHEIGHT")
+    parser.add_argument("--sizes", type=frame_size, nargs="+", default=[(128, 72), (96, 96)], help="WIDTHxHEIGHT")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--domain", default="sim", help="appearance domain")
     parser.add_argument("--robot", default="wheeled")

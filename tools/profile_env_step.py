@@ -35,6 +35,8 @@ import torch  # noqa: E402
 import s2e.sim.env as env_module  # noqa: E402
 from s2e.sim.env import NavEnv, NavEnvConfig  # noqa: E402
 
+from bench_sim import frame_size  # noqa: E402  (tools/ is the script's own folder)
+
 #: Part of a step -> the names of the callables (in ``s2e.sim.env`` or on the env) it is made of.
 PARTS = {
     "crowd": ("crowd_step",),
@@ -113,18 +115,10 @@ def profile(env: NavEnv, steps: int, warmup: int) -> dict[str, list[float]]:
     return per_step
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 128x72 (width x height), got {text!r}") from None
-    return w, h
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", type=int, default=64, help="batch size (environments)")
-    parser.add_argument("--size", type=_size, default=(128, 72), help="WIDTHxHEIGHT of rendered frames")
+    parser.add_argument("--size", type=frame_size, default=(128, 72), help="WIDTHxHEIGHT of rendered frames")
     parser.add_argument("--task", default="both", help="NavEnv task")
     parser.add_argument("--robot", default="wheeled")
     parser.add_argument("--steps", type=int, default=60, help="timed steps")
