@@ -145,10 +145,16 @@ class S2EPolicy(nn.Module):
         if frame_features.shape[1] != self.context_frames:
             raise ValueError(f"expected {self.context_frames} context frames, got {frame_features.shape[1]}")
         context = self.fusion(frame_features, self.goal_encoder(goal, goal_mask))
+        out = self.decode_from_context(context)
+        out["context"] = context
+        return out
+
+    def decode_from_context(self, context: Tensor) -> Dict[str, Tensor]:
+        """Fused context -> the head outputs and ``anchor_features``: the anchor cross-attention and
+        the heads alone, which RL post-training reruns on stored contexts (``s2e.rl.actor``)."""
         queries = self.anchor_queries(self.anchor_points, context.shape[0])
         anchor_features = self.cross_attention(queries, context)
         out = self.heads(anchor_features, self.anchor_trajectories)
-        out["context"] = context
         out["anchor_features"] = anchor_features
         return out
 

@@ -66,7 +66,7 @@ class Exploration:
 
 class PolicyDecoder(nn.Module):
     """context -> mixture parameters and scale: the anchor queries, THE cross-attention block (or its
-    RAM) and the heads, as in ``S2EPolicy.decode_from_features`` after fusion.
+    RAM) and the heads (``S2EPolicy.decode_from_context``).
 
     ``exploration``: the behaviour distribution of RL is the pretrained mixture with its anchor
     logits divided by ``anchor_temperature`` and its stds multiplied by ``std_scale``. A briefly
@@ -83,9 +83,8 @@ class PolicyDecoder(nn.Module):
         self.exploration = exploration or Exploration()
 
     def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        p, e = self.policy, self.exploration
-        queries = p.anchor_queries(p.anchor_points, context.shape[0])
-        out = p.heads(p.cross_attention(queries, context), p.anchor_trajectories)
+        e = self.exploration
+        out = self.policy.decode_from_context(context)
         scores, log_std = out["scores"], out["log_std"]
         if e.anchor_temperature != 1.0:
             scores = scores / e.anchor_temperature
