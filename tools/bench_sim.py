@@ -9,9 +9,10 @@ machine stay comparable as the ratio ``render / baseline`` measured in the same 
 FULL ``NavEnv`` steps (random actions: crowd, physics, rewards, rendering, frame stacking, partial
 resets), reported as env steps/s (one per environment; each renders one frame). Every figure is
 given per wall second and per CPU second of this process (robust to other tenants of the machine).
-``--compile`` picks the renderer's ``torch.compile`` use (default ``auto``: as ``NavEnv`` gets it,
-i.e. large batches compile only after ``COMPILE_AFTER_EAGER_S`` of eager rendering in the process,
-which a short benchmark may or may not reach; ``on``/``off`` for a definite answer); the first
+``--compile`` picks the renderer's ``torch.compile`` use, which the env's crowd step follows
+(default ``auto``: as ``NavEnv`` gets it, i.e. large batches compile only after
+``COMPILE_AFTER_EAGER_S`` of eager rendering in the process, which a short benchmark may or may
+not reach; ``on``/``off`` for a definite answer); the first
 call's seconds, which include compiling, are reported apart and are not in the rates. Prints one
 line per measurement and, last, one JSON object with every figure.
 """
