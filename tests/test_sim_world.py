@@ -253,7 +253,8 @@ def test_fused_static_distance_and_normal_match_separate_finite_differences(walk
     obstacles = ObstacleSet.of(world.scene.obstacles, world.scene.obstacle_mask)
     padded = ~world.scene.obstacle_mask[:, :, None].expand(-1, -1, xy.shape[1])
     assert padded.any() and (obstacles.distance(xy)[padded] == 1e4).all()  # padded rows read FAR, whatever they hold
-    distance, normal = static_distance_and_normal(world, xy, walkable, obstacles, eps)
+    field = world.scene.distance if walkable else world.solid_distance
+    distance, normal = static_distance_and_normal(field, world.scene.origin, world.scene.resolution, xy, obstacles, eps)
     torch.testing.assert_close(distance, _reference_static_distance(world, xy, walkable), atol=1e-4, rtol=0)
     probe = lambda dx, dy: _reference_static_distance(world, xy + torch.tensor([dx, dy]), walkable)  # noqa: E731
     raw = torch.stack([probe(eps, 0) - probe(-eps, 0), probe(0, eps) - probe(0, -eps)], -1) / (2 * eps)

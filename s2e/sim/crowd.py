@@ -58,8 +58,8 @@ def _static_distance(field: torch.Tensor, origin: torch.Tensor, resolution: floa
     return torch.minimum(sample_field(field, origin, resolution, xy), obstacles.nearest(xy))
 
 
-def _distance_and_normal(field: torch.Tensor, origin: torch.Tensor, resolution: float, xy: torch.Tensor,
-                         obstacles: ObstacleSet, eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+def static_distance_and_normal(field: torch.Tensor, origin: torch.Tensor, resolution: float, xy: torch.Tensor,
+                               obstacles: ObstacleSet, eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
     """``_static_distance`` at xy [B, K, 2] -> [B, K] and its unit central-difference gradient -> [B, K, 2].
 
     The point and its four +-eps probes go through ONE ``_static_distance`` call on [B, 5K, 2]: the
@@ -72,15 +72,6 @@ def _distance_and_normal(field: torch.Tensor, origin: torch.Tensor, resolution: 
     d = _static_distance(field, origin, resolution, probes, obstacles).view(b, len(_PROBES), k)
     g = torch.stack([d[:, 1] - d[:, 2], d[:, 3] - d[:, 4]], -1) / (2 * eps)
     return d[:, 0], g / g.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-
-
-def static_distance_and_normal(world, xy: torch.Tensor, walkable: bool, obstacles: ObstacleSet,
-                               eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    """The distance a pedestrian at xy [B, K, 2] keeps from static things -> [B, K], and the unit
-    direction away from them -> [B, K, 2]: from the walkable edge (``walkable``) or from solid
-    walls, and from the obstacles."""
-    field = world.scene.distance if walkable else world.solid_distance
-    return _distance_and_normal(field, world.scene.origin, world.scene.resolution, xy, obstacles, eps)
 
 
 def _anisotropic(cos_phi: torch.Tensor, anisotropy: float) -> torch.Tensor:
@@ -165,7 +156,7 @@ def _advance(peds: torch.Tensor, mask: torch.Tensor, state: CrowdState, robot_xy
         rpush = rpush * _anisotropic(-(rnormal * heading).sum(-1), config.anisotropy)
         force = force + rpush[..., None] * rnormal
 
-        wall, wall_normal = _distance_and_normal(walkable, origin, resolution, xy, obstacles)
+        wall, wall_normal = static_distance_and_normal(walkable, origin, resolution, xy, obstacles)
         wall_push = config.wall_strength * torch.exp(-(wall - radius).clamp_min(-1.0) / config.wall_range)
         force = force + wall_push[..., None] * wall_normal
 
@@ -187,7 +178,7 @@ def _separate(solid_field: tuple, obstacles, xy, radius, contact, no_pair, robot
         half = 0.5 * (contact - dist).clamp_min(0).masked_fill(no_pair, 0.0)  # each of a pair takes half the overlap
         xy = xy + torch.stack([(half * dx / dist).sum(2), (half * dy / dist).sum(2)], -1)
 
-        solid, solid_normal = _distance_and_normal(*solid_field, xy, obstacles)
+        solid, solid_normal = static_distance_and_normal(*solid_field, xy, obstacles)
         xy = xy + (radius - solid).clamp_min(0)[..., None] * solid_normal
 
         rdiff = xy - robot_xy[:, None, :]

@@ -138,13 +138,19 @@ class NavEnv(EnvBase):
     def _new_scenes(self, count: int) -> World:
         return self.scenes.sample(count, self._rng, self.device)
 
+    def _compiling(self) -> bool:
+        """Whether this step's dense work runs compiled: as the renderer decides for the whole batch
+        (``Raycaster.compiles``); renderers without that notion (e.g. the splat one) mean eager."""
+        compiles = getattr(self.renderer, "compiles", None)
+        return bool(compiles(self.batch_size[0])) if compiles is not None else False
+
     def _render(self, idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Frames (and depth) of the envs at ``idx`` (all by default).
 
         A partial reset renders the whole batch when the renderer compiles and keeps the rows it
         needs: compiled stages are specialised on the batch size, and every reset size would
         otherwise be a new compilation; eagerly, only the reset scenes are drawn."""
-        whole = idx is None or getattr(self.renderer, "compiles", lambda batch: False)(self.batch_size[0])
+        whole = idx is None or self._compiling()
         scene = self.world.scene if whole else self.world.scene.index(idx)
         xy = self.robot_xy if whole else self.robot_xy[idx]
         yaw = self.robot_yaw if whole else self.robot_yaw[idx]
@@ -240,8 +246,7 @@ class NavEnv(EnvBase):
             world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
         )
         self.robot_xy, self.robot_yaw = xy, yaw
-        compiled = getattr(self.renderer, "compiles", lambda batch: False)(self.batch_size[0])  # as the renderer does
-        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, compiled)
+        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, self._compiling())
         clearance = footprint_clearance(world, xy[:, None], robot.radius, obstacles=obstacles).total[:, 0]
         new_collision = self.contacts.update(blocked, clearance)
 

@@ -581,7 +581,8 @@ class Raycaster:
         grids = self._grids.get(scene)
         large = b * H * W >= COMPILE_MIN_PIXELS
         fast = self.compiles(b)
-        wall = self._cast_walls(scene, grids, cam, dirs, fast)
+        g0 = (cam - scene.origin.to(torch.float32)) / float(scene.resolution) + 1  # camera in padded cells
+        wall = self._cast_walls(scene, grids, cam, g0, dirs, fast)
         spans = run_stage(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
@@ -592,7 +593,6 @@ class Raycaster:
         sky = sky_offset + env.view(b, 1, 1) * H + torch.arange(H, device=dev, dtype=torch.int32).view(1, H, 1)
         walls = (wall.t, wall.height, facade_texel, self._look.facing(wall.normal[..., 0], wall.normal[..., 1]))
         walls = tuple(x.unsqueeze(1) for x in walls) + (texels_per_m[:, 1].view(b, 1, 1), sky)
-        g0 = (cam - scene.origin.to(torch.float32)) / res + 1  # camera in padded cells
         gh, gw = scene.surface.shape[1:]
         cells_per_m = (dirs / res).permute(2, 0, 1).unsqueeze(2).contiguous()  # [2, B, 1, W]
         floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), cells_per_m[0], cells_per_m[1], grids.material,
@@ -618,17 +618,17 @@ class Raycaster:
         return batch * self.width * self.height >= COMPILE_MIN_PIXELS and _eager_large_s >= COMPILE_AFTER_EAGER_S
 
     # ------------------------------------------------------------------ geometry per column
-    def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, dirs: Tensor, compiled: bool) -> _WallHits:
+    def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, g0: Tensor, dirs: Tensor,
+                    compiled: bool) -> _WallHits:
         """First building face per column: one dense test of every column against the scene's facade
         segments, or, for layouts with more than ``MAX_FACADES`` of them, a grid DDA.
 
         A camera inside a building cell (never where physics keeps the robot) sees that building's
-        wall right in front of it instead of looking out through it.
+        wall right in front of it instead of looking out through it. ``g0``: the camera in padded cells.
         """
-        b, w = dirs.shape[:2]
+        b = dirs.shape[0]
         res = float(scene.resolution)
         rows, cols = scene.surface.shape[1] + 2, scene.surface.shape[2] + 2
-        g0 = (cam - scene.origin.to(torch.float32)) / res + 1  # camera in padded cells
         if grids.facades is None:
             t, height, axis = self._march_walls(grids, (rows, cols), g0, dirs, res, compiled)
         else:
