@@ -61,6 +61,16 @@ class WindowConfig:
         window_stride: frames between consecutive "now" frames (1 = every frame).
         goal_horizon_s: (min, max) seconds ahead of now from which the goal time is drawn.
         goal_horizon_m: (min, max) metres of travelled path ahead of now; replaces goal_horizon_s.
+        goal_at_end: probability that a window's goal is the end of its valid run (the route's end
+            in a recorded episode) instead of a point drawn within the horizon, provided the end is
+            at least the horizon's minimum ahead. Deployment goals are route ends 10-30 m away; a
+            goal a few seconds ahead on the demonstrated path already encodes the demonstrator's
+            detour, so the policy never needs its camera to find one (issue 14).
+        hold_end_s: seconds a window's future may reach past the episode's last pose, the robot
+            taken to stay there. Recordings that end on arrival (the simulator's demonstrations)
+            then also teach the final approach: without it the last 3 s before every goal are never
+            a "now", and a policy drives past goals it should stop at. Gaps in the poses never count
+            as an end.
         goal_dropout: probability that a window's goal is dropped (goal zeros, goal_mask False).
         frame_tolerance_s: largest allowed gap between a context frame's target time and the nearest
             decoded frame; None means a quarter of ``frame_dt``.
@@ -71,6 +81,8 @@ class WindowConfig:
     window_stride: int = 1
     goal_horizon_s: tuple[float, float] = (2.0, 10.0)
     goal_horizon_m: Optional[tuple[float, float]] = None
+    goal_at_end: float = 0.0
+    hold_end_s: float = 0.0
     goal_dropout: float = 0.0
     frame_tolerance_s: Optional[float] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -82,8 +94,11 @@ class WindowConfig:
             value = getattr(self, name)
             if value is not None and not (len(value) == 2 and 0 < value[0] <= value[1]):
                 raise ValueError(f"{name} must be (min, max) with 0 < min <= max, got {value}")
-        if not 0.0 <= self.goal_dropout <= 1.0:
-            raise ValueError(f"goal_dropout is a probability in [0, 1], got {self.goal_dropout}")
+        for name in ("goal_dropout", "goal_at_end"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
+        if self.hold_end_s < 0:
+            raise ValueError(f"hold_end_s must be >= 0, got {self.hold_end_s}")
         if self.frame_tolerance_s is not None and self.frame_tolerance_s < 0:
             raise ValueError(f"frame_tolerance_s must be >= 0, got {self.frame_tolerance_s}")
 
@@ -277,7 +292,8 @@ def cut_windows(
     ok &= invalid_before[hi_now + 1] - invalid_before[lo] == 0  # context span to now all valid
     horizon_end = np.where(ok, run_end[hi_now], -np.inf)
     wp_times = t_now[:, None] + timing.waypoint_offsets()[None, :]
-    ok &= wp_times[:, -1] <= horizon_end + 1e-9
+    hold = np.where(horizon_end >= traj.t[-1], config.hold_end_s, 0.0)  # only the recording's true end
+    ok &= wp_times[:, -1] <= horizon_end + hold + 1e-9
 
     goal_time = _draw_goal_times(traj, t_now, horizon_end, config, rng)
     ok &= np.isfinite(goal_time)
@@ -335,22 +351,27 @@ def _valid_run_end(t: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _draw_goal_times(
     traj: Trajectory, t_now: np.ndarray, horizon_end: np.ndarray, config: WindowConfig, rng: np.random.Generator
 ) -> np.ndarray:
-    """A goal time per window, uniform within the horizon (seconds or travelled metres); NaN when none fits."""
+    """A goal time per window: the run's end with probability ``goal_at_end`` (when it lies beyond the
+    horizon's minimum), otherwise uniform within the horizon (seconds or travelled metres); NaN when none fits."""
     u = rng.random(len(t_now))
+    at_end = rng.random(len(t_now)) < config.goal_at_end
     if config.goal_horizon_m is None:
         lo = t_now + config.goal_horizon_s[0]
         hi = np.minimum(t_now + config.goal_horizon_s[1], horizon_end)
-        return np.where(hi >= lo, lo + u * (hi - lo), np.nan)
+        drawn = np.where(at_end & (horizon_end >= lo), horizon_end, lo + u * (hi - lo))
+        return np.where((hi >= lo) | (at_end & (horizon_end >= lo)), drawn, np.nan)
     steps = np.linalg.norm(np.diff(traj.xy, axis=0), axis=1)
     steps = np.where(np.isfinite(steps), steps, 0.0)
     arc = np.concatenate([[0.0], np.cumsum(steps)])  # travelled metres at each pose
     s_now = np.interp(t_now, traj.t, arc)
-    s_end = np.interp(np.where(np.isfinite(horizon_end), horizon_end, traj.t[0]), traj.t, arc)
+    s_end = np.where(np.isfinite(horizon_end), np.interp(np.where(np.isfinite(horizon_end), horizon_end, traj.t[0]), traj.t, arc), -np.inf)
     lo = s_now + config.goal_horizon_m[0]
-    hi = np.minimum(s_now + config.goal_horizon_m[1], np.where(np.isfinite(horizon_end), s_end, -np.inf))
-    s_goal = lo + u * np.maximum(hi - lo, 0.0)
+    hi = np.minimum(s_now + config.goal_horizon_m[1], s_end)
+    end_fits = at_end & (s_end >= lo)
+    s_goal = np.where(end_fits, s_end, lo + u * np.maximum(hi - lo, 0.0))
     # first pose time whose arc length reaches s_goal, refined linearly within the step
     j = np.clip(np.searchsorted(arc, s_goal, side="left"), 1, len(arc) - 1)
     span = np.maximum(arc[j] - arc[j - 1], 1e-12)
     t_goal = traj.t[j - 1] + (s_goal - arc[j - 1]) / span * (traj.t[j] - traj.t[j - 1])
-    return np.where(hi >= lo, np.clip(t_goal, t_now, None), np.nan)
+    t_goal = np.minimum(np.clip(t_goal, t_now, None), np.where(np.isfinite(horizon_end), horizon_end, np.inf))
+    return np.where((hi >= lo) | end_fits, t_goal, np.nan)

@@ -124,3 +124,38 @@ def test_anchor_shape_mismatch_and_missing_timm_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="unknown policy preset 'huge'"):
         PolicyConfig.preset("huge")
     assert PolicyConfig.from_dict(PolicyConfig.preset("paper").to_dict()) == PolicyConfig.preset("paper")
+
+
+def _blob_image(column: int) -> torch.Tensor:
+    """A grey 64x96 image with a bright 16x16 square whose left edge is at ``column``."""
+    image = torch.zeros(1, 3, 64, 96)
+    image[..., 24:40, column : column + 16] = 2.0
+    return image
+
+
+def test_grid_pooling_keeps_where_things_are_and_mean_pooling_loses_it() -> None:
+    """An obstacle on the left and the same obstacle on the right: the global mean pool gives one
+    token for both (translation equivariance of the convolutions), the grid pool two different ones.
+    The shift is a multiple of the encoder's total stride (16), so the convolutions see the same
+    pattern at both places."""
+    from s2e.model.encoders import ConvFrameEncoder
+
+    torch.manual_seed(0)
+    left, right = _blob_image(16), _blob_image(64)
+    mean_pool = ConvFrameEncoder(32, (8, 8, 8, 8), pool="mean").eval()
+    grid_pool = ConvFrameEncoder(32, (8, 8, 8, 8), pool="grid", grid=(2, 3)).eval()
+    with torch.no_grad():
+        mean_tokens = mean_pool(torch.cat([left, right]))
+        grid_tokens = grid_pool(torch.cat([left, right]))
+    spread = lambda t: float((t[0] - t[1]).norm() / t.norm(dim=1).mean())  # noqa: E731
+    assert spread(mean_tokens) < 1e-4
+    assert spread(grid_tokens) > 0.05
+
+
+def test_stored_configs_without_a_pool_field_rebuild_the_old_mean_pool_encoder() -> None:
+    stored = PolicyConfig.preset("small").to_dict()
+    assert stored["cnn_pool"] == "grid"
+    del stored["cnn_pool"]
+    assert PolicyConfig.from_dict(stored).cnn_pool == "mean"
+    with pytest.raises(ValueError, match="cnn_pool"):
+        PolicyConfig.preset("small", cnn_pool="max")

@@ -75,6 +75,56 @@ def test_goal_horizon_in_metres() -> None:
     assert dist.max() - dist.min() > 0.5  # drawn across the range, not a constant
 
 
+def test_goal_at_end_puts_the_goal_on_the_episode_end() -> None:
+    """Deployment-like goals: the route end, however far, for the chosen share of windows; the rest
+    are drawn along the path. Without it every goal lies within the horizon."""
+    end = _arc_point(np.array((N - 1) / FPS))
+    windows = _cut(WindowConfig(goal_horizon_m=(1.0, 30.0), goal_at_end=0.5), seed=3)
+    at_end = []
+    for w in windows:
+        expected = _in_frame_of(end, w.t)
+        at_end.append(abs(w.goal[0] - np.hypot(*expected)) < 1e-3)
+        if at_end[-1]:
+            np.testing.assert_allclose(w.goal[1:], expected / np.hypot(*expected), atol=1e-3)
+    share = np.mean(at_end)
+    assert 0.3 < share < 0.7, share  # about half, drawn per window
+    always = _cut(WindowConfig(goal_horizon_m=(1.0, 30.0), goal_at_end=1.0))
+    assert all(abs(w.goal[0] - np.hypot(*_in_frame_of(end, w.t))) < 1e-3 for w in always)
+    never = _cut(WindowConfig(goal_horizon_m=(1.0, 2.0), goal_at_end=0.0))
+    assert max(w.goal[0] for w in never) <= 2.0 + 1e-3
+    with pytest.raises(ValueError, match="goal_at_end"):
+        WindowConfig(goal_at_end=1.5)
+
+
+def test_goal_at_end_in_seconds_mode_reaches_past_the_horizon() -> None:
+    windows = _cut(WindowConfig(goal_horizon_s=(1.0, 2.0), goal_at_end=1.0))
+    end = _arc_point(np.array((N - 1) / FPS))
+    for w in windows:
+        expected = _in_frame_of(end, w.t)
+        np.testing.assert_allclose(w.goal[0], np.hypot(*expected), atol=1e-3)
+
+
+def test_hold_end_teaches_the_final_approach_and_never_bridges_a_gap() -> None:
+    """With ``hold_end_s`` the last seconds of a recording become windows whose future stays at the
+    last pose; without it no window starts in the last 3 s. A pose gap is not an end."""
+    plain = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2)))
+    held = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2), hold_end_s=3.0))
+    assert max(round(w.t * FPS) for w in plain) == 49
+    assert max(round(w.t * FPS) for w in held) == 78  # the goal still needs 0.1 s of path ahead
+    last = held[len(held) - 1]
+    final = _in_frame_of(_arc_point(np.array((N - 1) / FPS)), last.t)
+    metres = last.waypoints * last.episode.scale[last.row]
+    np.testing.assert_allclose(metres[-1], final, atol=2e-3)  # parked at the last pose
+    np.testing.assert_allclose(metres[-1], metres[-5], atol=1e-6)
+    traj = curved_trajectory(N, FPS, SPEED, TURN)
+    traj.valid = np.ones(N, bool)
+    traj.valid[60:] = False  # the tracker lost the pose: not where the robot stopped
+    gapped = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2), hold_end_s=3.0), traj=traj)
+    assert max(round(w.t * FPS) for w in gapped) == 29
+    with pytest.raises(ValueError, match="hold_end_s"):
+        WindowConfig(hold_end_s=-1.0)
+
+
 def test_invalid_poses_are_never_inside_a_window() -> None:
     traj = curved_trajectory(N, FPS, SPEED, TURN)
     traj.valid = np.ones(N, bool)

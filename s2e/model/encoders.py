@@ -14,11 +14,25 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 
 
 class ConvFrameEncoder(nn.Module):
-    """A compact strided CNN (the CPU default): each block halves the resolution, then a global
-    average pool and a linear layer give one d_model token per frame, for any input size."""
+    """A compact strided CNN (the CPU default): each block halves the resolution; one d_model token per frame.
 
-    def __init__(self, d_model: int, channels: Sequence[int] = (32, 64, 96, 128)) -> None:
+    ``pool`` decides how the last feature map becomes that token:
+
+    * ``"grid"`` (default): a 1x1 convolution to ``grid_channels``, average pooling to a coarse
+      ``grid`` of cells, and a linear layer over the flattened cells. Each cell has its own weights,
+      so where something is in the image (an obstacle left or right of the path, a wall ahead)
+      survives into the token: obstacle avoidance needs exactly that.
+    * ``"mean"``: a global average pool (the encoder of checkpoints before 2026-12). It averages
+      layout away: a bench on the left and on the right give the same token.
+
+    Both work for any input size and export to TorchScript and torch.export.
+    """
+
+    def __init__(self, d_model: int, channels: Sequence[int] = (32, 64, 96, 128), pool: str = "grid",
+                 grid: Sequence[int] = (3, 3), grid_channels: int = 32) -> None:
         super().__init__()
+        if pool not in ("grid", "mean"):
+            raise ValueError(f"ConvFrameEncoder pool must be 'grid' or 'mean', got {pool!r}")
         layers: list[nn.Module] = []
         in_ch = 3
         for out_ch in channels:
@@ -29,11 +43,22 @@ class ConvFrameEncoder(nn.Module):
             ]
             in_ch = out_ch
         self.blocks = nn.Sequential(*layers)
-        self.proj = nn.Linear(in_ch, d_model)
+        self.use_grid = pool == "grid"
+        self.grid = (int(grid[0]), int(grid[1]))
+        if self.use_grid:
+            self.reduce = nn.Sequential(nn.Conv2d(in_ch, grid_channels, 1), nn.GELU())
+            self.proj = nn.Linear(grid_channels * self.grid[0] * self.grid[1], d_model)
+        else:
+            self.reduce = nn.Identity()
+            self.proj = nn.Linear(in_ch, d_model)
 
     def forward(self, images: Tensor) -> Tensor:
         """images: [N, 3, H, W] normalized float -> [N, d_model]."""
-        return self.proj(self.blocks(images).mean(dim=(2, 3)))
+        features = self.blocks(images)
+        if self.use_grid:
+            cells = nn.functional.adaptive_avg_pool2d(self.reduce(features), self.grid)
+            return self.proj(cells.flatten(1))
+        return self.proj(features.mean(dim=(2, 3)))
 
 
 class TimmFrameEncoder(nn.Module):

@@ -37,6 +37,8 @@ class PolicyConfig:
     d_model: int = 128
     encoder: str = "cnn"  # "cnn" or "timm"
     cnn_channels: tuple[int, ...] = (32, 64, 96, 128)
+    cnn_pool: str = "grid"  # "grid" keeps image layout; "mean" is the pre-2026-12 global pool
+    cnn_grid: tuple[int, int] = (3, 3)
     timm_model: str = "vit_small_patch16_224"
     timm_weights: Optional[str] = None
     fusion_depth: int = 2
@@ -52,6 +54,9 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         self.cnn_channels = tuple(int(c) for c in self.cnn_channels)
+        self.cnn_grid = (int(self.cnn_grid[0]), int(self.cnn_grid[1]))
+        if self.cnn_pool not in ("grid", "mean"):
+            raise ValueError(f"PolicyConfig.cnn_pool must be 'grid' or 'mean', got {self.cnn_pool!r}")
         if self.encoder not in ("cnn", "timm"):
             raise ValueError(f"PolicyConfig.encoder must be 'cnn' or 'timm', got {self.encoder!r}")
         if self.d_model % self.fusion_heads:
@@ -63,11 +68,13 @@ class PolicyConfig:
         data = asdict(self)
         data["image_size"] = list(self.image_size)
         data["cnn_channels"] = list(self.cnn_channels)
+        data["cnn_grid"] = list(self.cnn_grid)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicyConfig":
-        return dataclass_from_dict(cls, data)
+        """A stored config; one written before ``cnn_pool`` existed had the global mean pool."""
+        return dataclass_from_dict(cls, {"cnn_pool": "mean", **data})
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PolicyConfig":
@@ -79,7 +86,7 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(image_size=(96, 96), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", fusion_depth=2, fusion_heads=4),
+    "small": dict(image_size=(96, 96), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_pool="grid", fusion_depth=2, fusion_heads=4),
     "paper": dict(
         image_size=(256, 256),
         context_frames=11,
@@ -125,7 +132,7 @@ class S2EPolicy(nn.Module):
         self.register_buffer("image_std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
         d = config.d_model
         if config.encoder == "cnn":
-            self.frame_encoder: nn.Module = ConvFrameEncoder(d, config.cnn_channels)
+            self.frame_encoder: nn.Module = ConvFrameEncoder(d, config.cnn_channels, config.cnn_pool, config.cnn_grid)
         else:
             self.frame_encoder = TimmFrameEncoder(d, config.timm_model, config.timm_weights, config.image_size)
         self.goal_encoder = GoalEncoder(d, config.max_goal_distance)
