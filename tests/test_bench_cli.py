@@ -106,6 +106,16 @@ def test_cli_ckpt_path_runs_the_policy_it_names(checkpoint: pathlib.Path, tmp_pa
     _check_report(json.loads((tmp_path / "report.json").read_text()), "tiny")
 
 
+def test_cli_camera_ablation_runs_the_policy_on_grey_frames_and_says_so(checkpoint: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    result = _run_cli("--model.init_args.policy_path", str(checkpoint), "--model.init_args.frames", "grey", "--data.init_args.max_episodes_per_task", "1",
+                      "--model.init_args.videos", "0", "--model.init_args.plots", "0", "--trainer.logger", "false",
+                      "--model.init_args.out_dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["agent"] == "tiny [grey frames]" and report["run"]["frames"] == "grey" and len(report["episodes"]) == 4
+    assert (tmp_path / "report.md").read_text().startswith("# NavBench: tiny [grey frames]\n")
+
+
 def test_config_errors_name_a_missing_suite_file_an_unknown_task_and_an_unknown_agent(tmp_path: pathlib.Path) -> None:
     from s2e.cli import S2ECLI
 

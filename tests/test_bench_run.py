@@ -93,7 +93,7 @@ def test_random_baseline_is_seeded(short_suite: pathlib.Path, tmp_path: pathlib.
     b = _test(tmp_path / "b", short_suite, agent="random", seed=3)
     c = _test(tmp_path / "c", short_suite, agent="random", seed=4)
     assert a["episodes"] == b["episodes"] and a["agent"] == "random"
-    assert a["run"] == {"num_envs": 4, "image_size": [96, 96], "lookahead_time": 0.6, "source": None}
+    assert a["run"] == {"num_envs": 4, "image_size": [96, 96], "lookahead_time": 0.6, "source": None, "frames": "real"}
     assert [e["path_length"] for e in a["episodes"]] != [e["path_length"] for e in c["episodes"]]
 
 

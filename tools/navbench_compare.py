@@ -4,8 +4,15 @@
         --metrics success_rate route_completion collisions --out artifacts/navbench_compare.md
 
 Each argument is a report.json or the folder holding one. Reports must come from the same suite
-(same fingerprint) unless --allow-different-suites. Prints the markdown tables, then, last, one
-JSON object {agent: {domain: {task: {metric: mean}}}}.
+(same fingerprint) unless --allow-different-suites. Methods are labelled with their frames mode
+(``tiny [grey frames]``); when one policy (same checkpoint / export) was run with real frames and
+with a camera ablation (``--model.init_args.frames grey|shuffled``), a "Camera ablation" section
+follows: per task SR real vs grey vs shuffled, the drop, and rows flagged camera-blind where the
+ablation moved SR by less than the real run's CI half-width. Prints the markdown, then, last, one
+JSON object {method: {domain: {task: {metric: mean}}}}.
+
+    python -m s2e test --config experiments/navbench.yaml --ckpt_path CKPT --model.init_args.frames grey
+    python tools/navbench_compare.py REAL_RUN GREY_RUN SHUFFLED_RUN
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from s2e.bench.metrics import METRICS  # noqa: E402
-from s2e.bench.report import compare_reports, load_report  # noqa: E402
+from s2e.bench.report import compare_reports, load_report, method_label  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -38,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
     summary = {
-        r["agent"]: {d: {t: {m: s[m]["mean"] for m in args.metrics} for t, s in [*r["results"][d]["tasks"].items(), ("overall", r["results"][d]["overall"])]}
+        method_label(r): {d: {t: {m: s[m]["mean"] for m in args.metrics} for t, s in [*r["results"][d]["tasks"].items(), ("overall", r["results"][d]["overall"])]}
                      for d in r["domains"]}
         for r in reports
     }

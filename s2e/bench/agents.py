@@ -3,7 +3,10 @@
 Every agent maps the env's observation (and, for the privileged expert only, the env's true state)
 to (v, omega) commands for the whole batch. Learned policies are evaluated deterministically: the
 highest-scoring mode of the mixture, turned into a command by the same pure-pursuit controller
-the robot runtime uses (``s2e.control``), with the robot's own speed and yaw-rate limits.
+the robot runtime uses (``s2e.control``), with the robot's own speed and yaw-rate limits. A
+checkpoint policy streams: each step it encodes only the newest frame of every env and reuses the
+features of the frames it has seen (:class:`FrameFeatureCache`): the full k-frame forward's
+result, to float rounding.
 
 Baselines:
 * ``expert``: the privileged arc-sampling planner (true layout and pedestrians): an upper bound.
@@ -13,8 +16,9 @@ Baselines:
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from tensordict import TensorDictBase
@@ -105,16 +109,99 @@ class RandomAgent:
         return low + (high - low) * u
 
 
+class FrameFeatureCache:
+    """Per-env features of the frames a ``NavEnv`` stacks, so that each step encodes one new frame
+    per env instead of k (``S2EPolicy.encode_frames`` treats every frame on its own).
+
+    ``NavEnv`` renders a frame every control step and shows the last k, ``env.stride`` steps apart,
+    the episode's first frame standing in for those before it. The cache keeps, per env, the last
+    L = (k - 1) * stride + 1 newest frames with their features, in slot ``step % L`` by episode step
+    (``env.time``); stacked frame j of step s is looked up at step max(s - (k - 1 - j) * stride, 0),
+    so a reset (step 0, all k frames the first one) needs one encoding too. A cached feature is
+    used only if its stored frame equals the observed one byte for byte: an env with any miss (the
+    first step of a run, a reset the agent did not see, frames that do not follow its own episode
+    as under ``frames: shuffled`` with staggered resets) is encoded whole this step, which refills
+    its slots. The cache thus makes the forward cheaper, never different beyond float rounding:
+    encoding a frame among N rather than N * k frames can change a feature's last bits (the
+    encoder's matrix products sum in a batch-size-dependent order), so commands agree to ~1e-6,
+    and a closed-loop run, which amplifies any difference, can drift from a full-forward run (a
+    route completion in the third decimal, now and then a contact) as between two devices. Runs
+    stay deterministic: the same agent, suite and batches give the same numbers.
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._env: Optional[weakref.ref] = None
+        self.frames: Optional[Tensor] = None  # [N, L, 3, H, W] uint8
+        self.features: Optional[Tensor] = None  # [N, L, D]
+        self.filled: Optional[Tensor] = None  # [N, L] slot holds a frame and its feature
+
+    def encode(self, encode_frames: Callable[[Tensor], Tensor], frames: Tensor, env: NavEnv) -> Tensor:
+        """Features [N, k, D] of ``frames`` [N, k, 3, H, W], as ``encode_frames(frames)`` gives them."""
+        try:
+            steps = torch.round(env.time / env.config.timing.control_dt).long().to(frames.device)
+            stride = int(env.stride)
+        except AttributeError:  # not a NavEnv (or not reset yet): nothing to say which frames are whose
+            return encode_frames(frames)
+        try:
+            return self._encode(encode_frames, frames, env, steps, stride)
+        except BaseException:
+            self.clear()  # a half-written step must not be trusted later
+            raise
+
+    def _encode(self, encode_frames: Callable[[Tensor], Tensor], frames: Tensor, env: NavEnv, steps: Tensor, stride: int) -> Tensor:
+        n, k, device = frames.shape[0], frames.shape[1], frames.device
+        length = (k - 1) * stride + 1
+        shape = (n, length, *frames.shape[2:])
+        if self._env is None or self._env() is not env or self.frames is None or self.frames.shape != shape or self.frames.device != device:
+            self.clear()
+            self._env = weakref.ref(env)
+            self.frames = torch.zeros(shape, dtype=frames.dtype, device=device)
+            self.filled = torch.zeros(n, length, dtype=torch.bool, device=device)
+        rows = torch.arange(n, device=device)
+        lags = torch.arange(k - 1, -1, -1, device=device) * stride
+        need = (steps[:, None] - lags).clamp_min(0)  # [N, k] episode step of each stacked frame
+        slots = need % length
+        newest = slots[:, -1]
+        self.frames[rows, newest] = frames[:, -1]
+        self.filled[rows, newest] = True  # its feature is written below, in this call
+        older = slots[:, :-1]
+        same = (self.frames[rows[:, None], older] == frames[:, :-1]).flatten(2).all(-1)
+        hit = (self.filled[rows[:, None], older] & same).all(-1)
+        good, bad = hit.nonzero()[:, 0], (~hit).nonzero()[:, 0]
+        encoded = encode_frames(torch.cat([frames[good, -1], frames[bad].flatten(0, 1)])[:, None])[:, 0]
+        if self.features is None:
+            self.features = torch.zeros(n, length, encoded.shape[-1], dtype=encoded.dtype, device=device)
+        self.features[good, newest[good]] = encoded[: len(good)]
+        whole = encoded[len(good):].view(len(bad), k, encoded.shape[-1])
+        # Refill a missed env's slots; of frames clamped to the episode start (one slot) keep the last.
+        keep = torch.ones(len(bad), k, dtype=torch.bool, device=device)
+        keep[:, :-1] = need[bad, :-1] != need[bad, 1:]
+        r, j = keep.nonzero(as_tuple=True)
+        row, slot = bad[r], slots[bad[r], j]
+        self.frames[row, slot] = frames[row, j]
+        self.features[row, slot] = whole[r, j]
+        self.filled[row, slot] = True
+        features = self.features[rows[:, None], slots]
+        features[bad] = whole
+        return features
+
+
 class PolicyAgent:
     """An ``S2EPolicy`` (any checkpoint ``s2e.pretrain.load_policy_from_checkpoint`` reads): best mode
-    in metres -> pure pursuit with the robot's limits."""
+    in metres -> pure pursuit with the robot's limits. ``streaming`` (default) encodes only each
+    env's newest frame per step (:class:`FrameFeatureCache`); off, every step is the full forward."""
 
-    def __init__(self, policy: torch.nn.Module, timing: TimingSpec, name: str, lookahead_time: float = ControllerLimits().lookahead_time) -> None:
+    def __init__(self, policy: torch.nn.Module, timing: TimingSpec, name: str, lookahead_time: float = ControllerLimits().lookahead_time,
+                 streaming: bool = True) -> None:
         self.policy = policy.eval()
         self.timing = timing
         self.image_size = tuple(policy.config.image_size)
         self.name = name
         self.lookahead_time = lookahead_time
+        self.cache = FrameFeatureCache() if streaming else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, lookahead_time: float = ControllerLimits().lookahead_time) -> "PolicyAgent":
@@ -127,7 +214,11 @@ class PolicyAgent:
 
     def act(self, obs: TensorDictBase, env: NavEnv) -> Tensor:
         with torch.no_grad():
-            out = self.policy(obs["frames"], obs["goal"].float())
+            goal = obs["goal"].float()
+            if self.cache is None:
+                out = self.policy(obs["frames"], goal)
+            else:
+                out = self.policy.decode_from_features(self.cache.encode(self.policy.encode_frames, obs["frames"], env), goal)
             return command_from_limits(best_trajectory_metres(out), self.timing.waypoint_dt, robot_limits(env, self.lookahead_time))
 
 

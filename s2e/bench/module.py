@@ -10,6 +10,11 @@ the module rebuilds the policy there with ``s2e.pretrain.load_policy_from_checkp
 loader for every policy checkpoint, and owns no parameters of its own, so Lightning's state-dict
 restore has nothing to load), from ``model.init_args.policy_path`` (a checkpoint or an export
 folder with ``policy.ts``), or is a baseline (``agent: expert | straight | random``).
+
+``frames: grey | shuffled`` is the camera ablation (``s2e.bench.report.FRAME_MODES``): the agent
+sees uniform grey frames or another episode's frames, so a policy that ignores its camera scores
+as with ``real`` frames; the report records the mode and ``tools/navbench_compare.py`` sets the
+runs side by side.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ from torch.utils.data import DataLoader
 from s2e.bench.agents import Agent, PolicyAgent, build_agent, check_agent_fits
 from s2e.bench.metrics import METRICS, EpisodeResult
 from s2e.bench.plots import plot_topdown, write_video
-from s2e.bench.report import OVERALL, build_report, write_report
-from s2e.bench.runner import EpisodeTrace, make_env, run_batch
+from s2e.bench.report import OVERALL, build_report, frames_suffix, write_report
+from s2e.bench.runner import EpisodeTrace, check_frames_mode, make_env, run_batch
 from s2e.bench.suite import EpisodeSpec, Suite, load_suite
 from s2e.sim.appearance import get_domain
 from s2e.timing import TimingSpec
@@ -72,6 +77,16 @@ class NavBenchDataModule(pl.LightningDataModule):
         episodes = self.suite.episodes
         return [EpisodeBatch(d, episodes[i : i + self.num_envs], i) for d in self.domains for i in range(0, len(episodes), self.num_envs)]
 
+    def pairs_fix(self) -> str:
+        """How to make every batch hold 2+ episodes (what ``frames: shuffled`` needs)."""
+        episodes = len(self.suite.episodes)
+        if episodes < 2:
+            return f"the selected suite has {episodes} episode(s): select 2 or more (data.init_args.tasks / max_episodes_per_task)"
+        if self.num_envs < 2:
+            return "set --data.init_args.num_envs 2 or more"
+        n = min((n for n in range(2, episodes + 1) if episodes % n != 1), key=lambda n: abs(n - self.num_envs))
+        return f"{episodes} episodes at num_envs={self.num_envs} leave a last batch of 1: set --data.init_args.num_envs {n}"
+
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.batches(), batch_size=None, shuffle=False, collate_fn=_as_is)
 
@@ -82,10 +97,14 @@ class NavBenchModule(pl.LightningModule):
     Args:
         agent: ``policy`` (from ``--ckpt_path`` or ``policy_path``), ``expert``, ``straight`` or ``random``.
         policy_path: a policy checkpoint or an export folder, instead of ``--ckpt_path``.
-        name: the agent's name in the report (default: the checkpoint / folder stem or the baseline name).
+        name: the agent's name in the report (default: the checkpoint / folder stem or the baseline name,
+            plus e.g. `` [grey frames]`` under a camera ablation).
         out_dir: report folder (default: the logger's version folder, else ``artifacts/navbench``).
         image_size: render size for baselines; a policy always gets its own input size.
         lookahead_time: pure-pursuit lookahead (s) of the controller for checkpoint policies.
+        frames: what the agent sees as its camera: ``real``, ``grey`` (uniform mid-grey) or ``shuffled``
+            (another episode's frames of the same batch; needs every batch to hold 2+ episodes).
+            Baselines do not look at frames; the mode is recorded for them all the same.
         videos: episodes per domain written as mp4 (the first episode of each task, in order).
         plots: episodes per domain drawn top-down as PNG (same choice; at least the videos').
         bootstrap_resamples, ci_level, seed: bootstrap settings; ``seed`` also seeds the random agent.
@@ -97,10 +116,12 @@ class NavBenchModule(pl.LightningModule):
 
     def __init__(self, agent: str = "policy", policy_path: Optional[str] = None, name: Optional[str] = None,
                  out_dir: Optional[str] = None, image_size: tuple[int, int] = (96, 96), lookahead_time: float = 0.6,
-                 videos: int = 2, plots: int = 4, bootstrap_resamples: int = 1000, ci_level: float = 0.95, seed: int = 0) -> None:
+                 frames: str = "real", videos: int = 2, plots: int = 4, bootstrap_resamples: int = 1000, ci_level: float = 0.95,
+                 seed: int = 0) -> None:
         super().__init__()
         if agent not in ("policy", "expert", "straight", "random"):
             raise ValueError(f"unknown agent {agent!r}; known agents: ['policy', 'expert', 'straight', 'random']")
+        check_frames_mode(frames)
         self.save_hyperparameters()
         self.strict_loading = False  # the module owns no weights: a policy checkpoint is read by load_policy_from_checkpoint
         self.agent: Optional[Agent] = None
@@ -117,11 +138,12 @@ class NavBenchModule(pl.LightningModule):
     def on_test_start(self) -> None:
         if self.trainer.world_size > 1:
             raise RuntimeError("NavBench runs in one process (episodes run side by side via data.num_envs); use --trainer.devices 1")
-        if self.agent is None:
-            self.agent = build_agent(self.hparams.agent, self.hparams.policy_path, self.hparams.seed, self.hparams.lookahead_time)
         datamodule = self.trainer.datamodule
         if not isinstance(datamodule, NavBenchDataModule):
             raise TypeError(f"NavBenchModule runs on a NavBenchDataModule, got {type(datamodule).__name__}")
+        check_frames_mode(self.hparams.frames, min(len(b.episodes) for b in datamodule.batches()), fix=datamodule.pairs_fix())
+        if self.agent is None:
+            self.agent = build_agent(self.hparams.agent, self.hparams.policy_path, self.hparams.seed, self.hparams.lookahead_time)
         check_agent_fits(self.agent, datamodule.suite.timing, datamodule.suite.name)
         if hasattr(self.agent, "to"):
             self.agent.to(self.device)
@@ -145,19 +167,20 @@ class NavBenchModule(pl.LightningModule):
         # which ones changed. Plain no_grad keeps the counters (and that check free).
         with torch.inference_mode(False), torch.no_grad():
             env = make_env(suite, batch.episodes, batch.domain, size, self.device)
-            results, traces = run_batch(env, self.agent, batch.episodes, batch.domain, trace)
+            results, traces = run_batch(env, self.agent, batch.episodes, batch.domain, trace, self.hparams.frames)
         self._results += results
         self._traces += [(batch.domain, traces[i]) for i in trace]
 
     def on_test_epoch_end(self) -> None:
         datamodule: NavBenchDataModule = self.trainer.datamodule
         hp = self.hparams
-        name = hp.name or self.agent.name
+        name = self._report_name()
         report = build_report(name, datamodule.suite, self._results, hp.bootstrap_resamples, hp.ci_level, hp.seed)
         out = Path(hp.out_dir) if hp.out_dir else Path(self.trainer.log_dir or "artifacts/navbench")
         out.mkdir(parents=True, exist_ok=True)
         report["run"] = {"num_envs": datamodule.num_envs, "image_size": list(self.agent.image_size or hp.image_size),
-                         "lookahead_time": hp.lookahead_time, "source": hp.policy_path or (str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None)}
+                         "lookahead_time": hp.lookahead_time, "source": hp.policy_path or (str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None),
+                         "frames": hp.frames}
         report["files"] = self._render_traces(out, datamodule)
         paths = write_report(report, out)
         for domain in report["domains"]:
@@ -170,6 +193,9 @@ class NavBenchModule(pl.LightningModule):
         self.report, self.report_paths = report, paths
         rank_zero_info(f"NavBench report: {paths['md']}")
 
+    def _report_name(self) -> str:
+        return self.hparams.name or self.agent.name + frames_suffix(self.hparams.frames)
+
     def _render_traces(self, out: Path, datamodule: NavBenchDataModule) -> dict[str, list[str]]:
         files: dict[str, list[str]] = {"plots": [], "videos": []}
         fps = 1.0 / datamodule.suite.timing.control_dt
@@ -179,7 +205,7 @@ class NavBenchModule(pl.LightningModule):
                 r = trace.result
                 stem = f"{domain}_{r.episode_id.replace('/', '_')}"
                 if k < self.hparams.plots:
-                    title = f"{self.hparams.name or self.agent.name} | {domain} | {r.episode_id}: success={r.success} RC={r.route_completion:.2f} CT={r.collisions}"
+                    title = f"{self._report_name()} | {domain} | {r.episode_id}: success={r.success} RC={r.route_completion:.2f} CT={r.collisions}"
                     files["plots"].append(str(plot_topdown(trace, out / f"{stem}.png", title)))
                 if k < self.hparams.videos:
                     video = write_video(trace, out / f"{stem}.mp4", fps)

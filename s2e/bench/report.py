@@ -1,6 +1,8 @@
 """NavBench reports: ``report.json`` (everything, per episode too), ``report.csv`` (one row per
 domain x task x metric), ``report.md`` (tables with confidence intervals), and the side-by-side
-comparison of several reports in the layout of the paper's tables.
+comparison of several reports in the layout of the paper's tables, with a camera-ablation
+section when one policy was run with real and with ablated frames (``run.frames``, see
+:data:`FRAME_MODES`; ``s2e.bench.runner`` applies them).
 """
 
 from __future__ import annotations
@@ -15,6 +17,29 @@ from s2e.bench.suite import Suite
 
 REPORT_FORMAT = 1
 OVERALL = "overall"
+#: What the agent sees in place of its camera, per ``frames`` mode of a run (the camera ablation).
+FRAME_MODES: dict[str, str] = {
+    "real": "its own camera",
+    "grey": "uniform mid-grey (128) frames",
+    "shuffled": "the frames of another episode of its batch at the same step (the batch rolled by one)",
+}
+ABLATIONS = tuple(m for m in FRAME_MODES if m != "real")
+
+
+def frames_mode(report: dict[str, Any]) -> str:
+    """What the agent saw as its camera (``real`` for reports written before the ablation existed)."""
+    return report.get("run", {}).get("frames", "real")
+
+
+def frames_suffix(frames: str) -> str:
+    """`` [grey frames]`` for an ablated run, nothing for ``real``."""
+    return "" if frames == "real" else f" [{frames} frames]"
+
+
+def method_label(report: dict[str, Any]) -> str:
+    """The agent's name with its frames mode, unless the name already carries it."""
+    suffix = frames_suffix(frames_mode(report))
+    return report["agent"] if report["agent"].endswith(suffix) else report["agent"] + suffix
 
 
 def build_report(agent: str, suite: Suite, results: Sequence[EpisodeResult], resamples: int, level: float, seed: int) -> dict[str, Any]:
@@ -39,9 +64,13 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def markdown_report(report: dict[str, Any]) -> str:
     level = int(round(report["bootstrap"]["level"] * 100))
-    lines = [f"# NavBench: {report['agent']}", "",
+    frames = frames_mode(report)
+    camera = f"real (the agent saw {FRAME_MODES['real']})" if frames == "real" else \
+        f"**{frames}**: camera ablation, the agent saw {FRAME_MODES[frames]} (videos show its camera)"
+    lines = [f"# NavBench: {method_label(report)}", "",
              f"Suite `{report['suite']['name']}` ({report['suite']['robot']} robot, sha256 {report['suite']['fingerprint'][:12]}); "
-             f"mean [{level} % bootstrap CI, {report['bootstrap']['resamples']} resamples]. Definitions: `s2e/bench/metrics.py`.", ""]
+             f"mean [{level} % bootstrap CI, {report['bootstrap']['resamples']} resamples]. Definitions: `s2e/bench/metrics.py`.", "",
+             f"Frames: {camera}.", ""]
     for domain in report["domains"]:
         summary = report["results"][domain]
         lines += [f"## domain `{domain}` ({summary['episodes']} episodes)", "",
@@ -59,11 +88,11 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
+    rows, frames = [], frames_mode(report)
     for domain in report["domains"]:
         for task, metrics in _rows(report["results"][domain]):
             for name in METRICS:
-                rows.append({"agent": report["agent"], "domain": domain, "task": task, "metric": name, **metrics[name]})
+                rows.append({"agent": report["agent"], "frames": frames, "domain": domain, "task": task, "metric": name, **metrics[name]})
     return rows
 
 
@@ -125,6 +154,58 @@ def compare_reports(reports: Sequence[dict[str, Any]], metrics: Sequence[str] = 
                     entry = summary["tasks"].get(task)
                     cells.append(format_metric({"mean": entry[metric]["mean"]}) if entry else "-")
                 cells.append(format_metric({"mean": summary["overall"][metric]["mean"]}))
-                lines.append(f"| {r['agent']} | " + " | ".join(cells) + " |")
+                lines.append(f"| {method_label(r)} | " + " | ".join(cells) + " |")
             lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + camera_ablation(reports))
+
+
+def _policy_key(report: dict[str, Any]) -> tuple[str, str]:
+    """Runs of one policy on one suite: same suite fingerprint and same checkpoint / export (a
+    baseline, or a report without a source: same name less its frames suffix)."""
+    name = report["agent"].removesuffix(frames_suffix(frames_mode(report)))
+    return report["suite"]["fingerprint"], report.get("run", {}).get("source") or name
+
+
+def camera_ablation(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: per policy run with ``real`` and ablated frames, per domain and task, SR real
+    vs grey / shuffled and the drop, flagging rows the ablation moved by less than the real run's CI
+    half-width ("within CI") or not at all ("unchanged"): camera-blind. No lines without such a pair."""
+    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in reports:
+        groups.setdefault(_policy_key(r), {}).setdefault(frames_mode(r), r)  # the first report of each mode
+    lines: list[str] = []
+    for (_, source), runs in groups.items():
+        real, modes = runs.get("real"), [m for m in ABLATIONS if m in runs]
+        if real is None or not modes:
+            continue
+        if not lines:
+            lines += ["# Camera ablation", "",
+                      "SR with the true camera (real) and with it taken away: grey = uniform grey frames, shuffled = another "
+                      "episode's frames; drop = real - ablated. ± is the half-width of the real run's CI. A row whose SR an "
+                      "ablation moved by less than that is flagged **camera-blind**: the policy may not be using its camera.", ""]
+        for domain in real["domains"]:
+            if not all(domain in runs[m]["results"] for m in modes):
+                continue
+            lines += [f"## {real['agent']} (`{source}`), domain `{domain}`", "",
+                      "| task | real | ± | " + " | ".join(f"{m} | drop" for m in modes) + " | camera |", "|---" * (3 + 2 * len(modes) + 1) + "|"]
+            summary = real["results"][domain]
+            for task, metrics in _rows(summary):
+                sr = metrics["success_rate"]
+                half = (sr["ci_high"] - sr["ci_low"]) / 2 if sr["ci_low"] is not None else 0.0
+                cells, blind = [f"{sr['mean']:.2f}", f"{half:.2f}"], []
+                for m in modes:
+                    other = runs[m]["results"][domain]
+                    entry = other["overall"] if task == OVERALL else other["tasks"].get(task)
+                    if entry is None:
+                        cells += ["-", "-"]
+                        continue
+                    drop = sr["mean"] - entry["success_rate"]["mean"]
+                    cells += [f"{entry['success_rate']['mean']:.2f}", f"{drop:+.2f}"]
+                    if abs(drop) < 1e-9:
+                        blind.append(f"{m}: unchanged")
+                    elif abs(drop) < half:
+                        blind.append(f"{m}: within CI")
+                verdict = f"**camera-blind** ({', '.join(blind)})" if blind else "uses it"
+                lines.append(f"| {task} | " + " | ".join(cells) + f" | {verdict} |")
+            lines.append("")
+    return lines

@@ -5,6 +5,10 @@ on the observation the env returns, as a deployed policy would; the loop also me
 length each robot drove and keeps full traces (frames, poses, pedestrians) only for the few
 episodes that become videos and plots. An episode is frozen in the record once it is done while
 the rest of the batch runs on.
+
+Camera ablation (``frames``, see ``s2e.bench.report.FRAME_MODES``): the agent may be shown uniform
+grey frames or another episode's frames instead of its own camera. Only what the agent observes changes; the env,
+the metrics and the traces (videos show the true camera) do not.
 """
 
 from __future__ import annotations
@@ -14,11 +18,36 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
 
 from s2e.bench.agents import Agent
 from s2e.bench.metrics import EpisodeResult
+from s2e.bench.report import FRAME_MODES
 from s2e.bench.suite import EpisodeSpec, Suite, SuiteScenes
 from s2e.sim.env import NavEnv, NavEnvConfig
+
+
+GREY = 128  # the value of every pixel under frames="grey"
+
+
+def check_frames_mode(frames: str, smallest_batch: Optional[int] = None, fix: str = "run at least 2 episodes side by side") -> None:
+    """An unknown mode, or ``shuffled`` when a batch holds a single episode (it has no other episode's
+    frames to show), is a ValueError; ``fix`` says how to get batches of 2 or more."""
+    if frames not in FRAME_MODES:
+        raise ValueError(f"unknown frames mode {frames!r}; known modes: {list(FRAME_MODES)}")
+    if frames == "shuffled" and smallest_batch is not None and smallest_batch < 2:
+        raise ValueError(f"frames='shuffled' shows each episode the frames of another episode of its batch, "
+                         f"but a batch holds a single episode; {fix}")
+
+
+def ablate_frames(obs: TensorDictBase, frames: str) -> TensorDictBase:
+    """The observation as the agent sees it under ``frames`` (a shallow copy; ``obs`` is untouched)."""
+    if frames == "real":
+        return obs
+    check_frames_mode(frames, obs.batch_size[0])
+    seen = obs.clone(recurse=False)
+    true = obs["frames"]
+    return seen.set("frames", torch.full_like(true, GREY) if frames == "grey" else true.roll(1, dims=0))
 
 
 @dataclass
@@ -66,14 +95,17 @@ def _trace_step(env: NavEnv, obs, trace: EpisodeTrace, i: int) -> None:
     trace.frames.append(obs["frames"][i, -1].permute(1, 2, 0).cpu().numpy())
 
 
-def run_batch(env: NavEnv, agent: Agent, episodes: Sequence[EpisodeSpec], domain: str, trace: Sequence[int] = ()) -> tuple[list[EpisodeResult], dict[int, EpisodeTrace]]:
-    """Run every episode of ``env`` (built by :func:`make_env` for ``episodes``) to its end.
+def run_batch(env: NavEnv, agent: Agent, episodes: Sequence[EpisodeSpec], domain: str, trace: Sequence[int] = (),
+              frames: str = "real") -> tuple[list[EpisodeResult], dict[int, EpisodeTrace]]:
+    """Run every episode of ``env`` (built by :func:`make_env` for ``episodes``) to its end, the
+    agent seeing its frames as ``frames`` says (``FRAME_MODES``).
 
     Returns one result per episode (in order) and traces for the batch indices in ``trace``.
     """
     n = env.batch_size[0]
     if len(episodes) != n:
         raise ValueError(f"the env has {n} envs but {len(episodes)} episodes were given")
+    check_frames_mode(frames, n, fix="give run_batch 2 or more episodes")
     obs = env.reset()
     traces = {i: _trace_start(env, i) for i in trace}
     for i, t in traces.items():
@@ -82,7 +114,7 @@ def run_batch(env: NavEnv, agent: Agent, episodes: Sequence[EpisodeSpec], domain
     driven = torch.zeros(n, dtype=torch.float64, device=env.device)
     results: list[Optional[EpisodeResult]] = [None] * n
     while live.any():
-        action = agent.act(obs, env)
+        action = agent.act(ablate_frames(obs, frames), env)
         before = env.robot_xy.clone()
         obs = env.step(obs.set("action", action)).get("next")
         driven += torch.where(live, (env.robot_xy - before).norm(dim=-1).double(), torch.zeros_like(driven))
