@@ -159,3 +159,21 @@ def test_stored_configs_without_a_pool_field_rebuild_the_old_mean_pool_encoder()
     assert PolicyConfig.from_dict(stored).cnn_pool == "mean"
     with pytest.raises(ValueError, match="cnn_pool"):
         PolicyConfig.preset("small", cnn_pool="max")
+
+
+def test_goal_encoder_tells_arriving_from_on_the_way() -> None:
+    """Divided by 200 m alone, goals 1 m and 3 m away differ by 0.01 in the MLP's input; the log
+    feature separates them by over 0.1 while 200 m still maps to 1. Old configs keep 3 inputs."""
+    from s2e.model.encoders import GoalEncoder
+
+    encoder = GoalEncoder(16, max_distance=200.0, log_distance=True)
+    goals = torch.tensor([[1.0, 1.0, 0.0], [3.0, 1.0, 0.0], [200.0, 0.0, 1.0], [500.0, 0.0, 1.0]])
+    features = encoder.features(goals)
+    assert features.shape == (4, 4)
+    assert float(features[1, 1] - features[0, 1]) > 0.1
+    assert torch.allclose(features[2], features[3]) and abs(float(features[2, 1]) - 1.0) < 1e-6
+    legacy = GoalEncoder(16, max_distance=200.0, log_distance=False)
+    assert legacy.features(goals).shape == (4, 3) and legacy.mlp[0].in_features == 3
+    stored = PolicyConfig.preset("small").to_dict()
+    del stored["goal_log_distance"]
+    assert PolicyConfig.from_dict(stored).goal_log_distance is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -91,20 +92,32 @@ class GoalEncoder(nn.Module):
     """(distance m, cos, sin) -> a d_model token; rows whose goal is masked get a learned null token.
 
     The distance is clipped to ``max_distance`` and divided by it (the paper uses 200 m), so goals far
-    beyond anything in training do not push the MLP out of range.
+    beyond anything in training do not push the MLP out of range. With ``log_distance`` the MLP also
+    gets ``log1p(d) / log1p(max_distance)``: divided by 200, a goal 1 m away and one 3 m away differ
+    by 0.01 in the input and a policy cannot tell "arriving" from "on the way"; on the log scale
+    they are 0.13 and 0.26 apart from 0 while 200 m still maps to 1.
     """
 
-    def __init__(self, d_model: int, max_distance: float = 200.0) -> None:
+    def __init__(self, d_model: int, max_distance: float = 200.0, log_distance: bool = True) -> None:
         super().__init__()
         self.max_distance = float(max_distance)
-        self.mlp = nn.Sequential(nn.Linear(3, d_model), nn.GELU(), nn.Linear(d_model, d_model))
+        self.log_distance = bool(log_distance)
+        self.mlp = nn.Sequential(nn.Linear(4 if log_distance else 3, d_model), nn.GELU(), nn.Linear(d_model, d_model))
         self.null_token = nn.Parameter(torch.zeros(d_model))
         nn.init.normal_(self.null_token, std=0.02)
 
+    def features(self, goal: Tensor) -> Tensor:
+        """[B, 3] (distance, cos, sin) -> the MLP's input [B, 3 or 4]."""
+        clipped = goal[:, :1].clamp(0.0, self.max_distance)
+        parts = [clipped / self.max_distance]
+        if self.log_distance:
+            parts.append(torch.log1p(clipped) / math.log1p(self.max_distance))
+        parts.append(goal[:, 1:3])
+        return torch.cat(parts, dim=-1)
+
     def forward(self, goal: Tensor, goal_mask: Optional[Tensor] = None) -> Tensor:
         """goal: [B, 3]; goal_mask: [B] bool, True where the goal is given -> [B, d_model]."""
-        distance = goal[:, :1].clamp(0.0, self.max_distance) / self.max_distance
-        token = self.mlp(torch.cat([distance, goal[:, 1:3]], dim=-1))
+        token = self.mlp(self.features(goal))
         if goal_mask is None:
             return token
         return torch.where(goal_mask[:, None], token, self.null_token.to(token.dtype).expand_as(token))

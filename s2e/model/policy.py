@@ -47,6 +47,7 @@ class PolicyConfig:
     ff_mult: int = 4
     dropout: float = 0.0
     max_goal_distance: float = 200.0
+    goal_log_distance: bool = True  # False: the pre-2026-12 goal encoder (distance / max only)
     log_std_min: float = LOG_STD_MIN
     log_std_max: float = LOG_STD_MAX
     rho_max: float = RHO_MAX
@@ -74,7 +75,7 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PolicyConfig":
         """A stored config; one written before ``cnn_pool`` existed had the global mean pool."""
-        return dataclass_from_dict(cls, {"cnn_pool": "mean", **data})
+        return dataclass_from_dict(cls, {"cnn_pool": "mean", "goal_log_distance": False, **data})
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PolicyConfig":
@@ -86,13 +87,15 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(image_size=(96, 96), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_pool="grid", fusion_depth=2, fusion_heads=4),
+    "small": dict(image_size=(96, 96), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_pool="grid", goal_log_distance=True,
+                  fusion_depth=2, fusion_heads=4),
     "paper": dict(
         image_size=(256, 256),
         context_frames=11,
         num_anchors=64,
         d_model=384,
         encoder="timm",
+        goal_log_distance=True,
         timm_model="vit_small_patch16_224",
         fusion_depth=6,
         fusion_heads=6,
@@ -135,7 +138,7 @@ class S2EPolicy(nn.Module):
             self.frame_encoder: nn.Module = ConvFrameEncoder(d, config.cnn_channels, config.cnn_pool, config.cnn_grid)
         else:
             self.frame_encoder = TimmFrameEncoder(d, config.timm_model, config.timm_weights, config.image_size)
-        self.goal_encoder = GoalEncoder(d, config.max_goal_distance)
+        self.goal_encoder = GoalEncoder(d, config.max_goal_distance, config.goal_log_distance)
         self.fusion = ContextFusion(d, config.context_frames, config.fusion_depth, config.fusion_heads, config.ff_mult, config.dropout)
         self.anchor_queries = AnchorQueries(config.num_anchors, d)
         self.cross_attention = AnchorCrossAttention(d, config.fusion_heads, config.decoder_depth, config.ff_mult, config.dropout)
