@@ -5,8 +5,10 @@
 
 The built-in suites in ``s2e/bench/suites`` are exactly what ``--preset quick`` / ``--preset
 standard`` write with their default seeds; rerunning this tool reproduces them byte for byte
-(unless the scene generator changed, which then shows up as a git diff). The last printed line is
-one JSON object per written suite.
+(unless the scene generator or the scene-seed streams changed, which then shows up as a git diff).
+Scene seeds come from the "benchmark" stream of ``s2e.sim.seeds``, disjoint from the "train"
+stream of training envs, so whatever ``--seed`` is given, no episode shares a scene with training.
+The last printed line is one JSON object per written suite.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ render-noise seed. The layout (occupancy grid, distance fields, facades) is larg
 regenerated from the episode's ``scene_seed`` with the suite's stored ``SceneConfig``; layout
 generation is deterministic (see ``s2e.sim.generator``).
 
+Scene seeds are drawn from the "benchmark" stream of ``s2e.sim.seeds``: training envs draw from the
+disjoint "train" stream, so a suite's streets are never trained on, whatever seeds training used.
+
 Every task of a suite uses the same scene seeds, hence the same streets and routes: only the
 distractors differ, so per-task differences isolate obstacles and crowds. A scene gives at most
 two episodes: the generated route ("forward") and the same route driven from its goal back to its
@@ -31,6 +34,7 @@ import torch
 from s2e.registry import dataclass_from_dict
 from s2e.sim.generator import SceneConfig, World, generate_scene_arrays, stack_scenes
 from s2e.sim.robots import get_robot
+from s2e.sim.seeds import draw_scene_seeds
 from s2e.sim.tasks import TASKS, get_task
 from s2e.timing import TimingSpec
 
@@ -241,7 +245,11 @@ def make_suite(
     time_limit_factor: float = 2.0,
     time_limit_slack: float = 10.0,
 ) -> Suite:
-    """Generate a suite deterministically from ``seed`` (same arguments -> the same JSON)."""
+    """Generate a suite deterministically from ``seed`` (same arguments -> the same JSON).
+
+    Scene seeds come from the "benchmark" stream of ``s2e.sim.seeds``, disjoint from the "train"
+    stream training envs draw from, so no suite scene is ever a training scene.
+    """
     if scenes_per_task < 1:
         raise ValueError(f"scenes_per_task must be >= 1, got {scenes_per_task}")
     if not 1 <= episodes_per_scene <= len(VARIANTS):
@@ -250,7 +258,7 @@ def make_suite(
     scene.validate(profile)
     specs = [get_task(t) for t in tasks]
     rng = np.random.default_rng(seed)
-    scene_seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=scenes_per_task)]
+    scene_seeds = draw_scene_seeds("benchmark", rng, scenes_per_task)
     episodes = []
     for task in specs:
         config = task.apply(scene)

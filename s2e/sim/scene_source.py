@@ -17,6 +17,7 @@ from torch import Tensor
 from s2e.sim.generator import SceneConfig, World, generate_world
 from s2e.sim.robots import RobotProfile
 from s2e.sim.scene import SceneBatch
+from s2e.sim.seeds import draw_scene_seeds, purpose_index
 
 
 class SceneSource(Protocol):
@@ -36,12 +37,21 @@ class FrameRenderer(Protocol):
 
 
 class ProceduralScenes:
-    """Fresh procedural scenes, each from a seed drawn from the env's generator (the default source)."""
+    """Fresh procedural scenes, each from a scene seed drawn from the env's generator (the default source).
 
-    def __init__(self, config: SceneConfig, robot: RobotProfile) -> None:
+    Scene seeds come from the ``purpose`` stream of ``s2e.sim.seeds`` ("train" by default), which
+    is disjoint from the "benchmark" seeds NavBench suites use: no env seed trains on a suite scene.
+    """
+
+    def __init__(self, config: SceneConfig, robot: RobotProfile, purpose: str = "train") -> None:
+        purpose_index(purpose)  # fail early on an unknown purpose
         self.config = config.validate(robot)
         self.robot = robot
+        self.purpose = purpose
+
+    def draw_seeds(self, count: int, rng: np.random.Generator) -> list[int]:
+        """The scene seeds ``sample`` generates for the same ``count`` and generator state."""
+        return draw_scene_seeds(self.purpose, rng, count)
 
     def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
-        seeds = rng.integers(0, 2**31 - 1, size=count)
-        return generate_world(seeds.tolist(), self.config, self.robot, device=device)
+        return generate_world(self.draw_seeds(count, rng), self.config, self.robot, device=device)
