@@ -75,3 +75,28 @@ def test_demo_shards_stream_through_the_datamodule_unchanged(tmp_path):
     # an expert driving forward: normalized waypoints move ahead, scale is a plausible metres-per-step
     assert (first["waypoints"][:, -1, 0] > 0).all() and ((first["scale"] > 0.05) & (first["scale"] < 1.5 * 0.3 + 1e-6)).all()
     assert not any(dm.skip_counts().values())
+
+
+def test_expert_drift_is_a_slow_offset_with_the_asked_spread():
+    """Recovery demonstrations: the drifted expert's commands differ from the plain expert's by an
+    Ornstein-Uhlenbeck offset (std drift_std x limits, lag-1 correlation exp(-dt / tau)), unlike
+    white noise, which decorrelates every step."""
+    from s2e.sim.env import NavEnv, NavEnvConfig
+    from s2e.sim.expert import ExpertPlanner
+    from s2e.sim.rollout import ExpertStyle, expert_controller
+
+    env = NavEnv(NavEnvConfig(task="empty", image_size=(16, 16)), num_envs=4, seed=5)
+    env.reset()
+    planner = ExpertPlanner(env.robot)
+    base = ExpertStyle.sample(4, torch.Generator().manual_seed(0), noise_std=(0.0, 0.0))
+    drifted = ExpertStyle(base.speed_scale, base.side_bias, drift_std=(0.1, 0.3), drift_tau=1.0)
+    plain = expert_controller(planner, base)(env)
+    control = expert_controller(planner, drifted, torch.Generator().manual_seed(1))
+    offsets = torch.stack([control(env) - plain for _ in range(400)])  # same state: the offset alone
+    omega = offsets[..., 1]
+    assert abs(float(omega.std()) / (0.3 * env.robot.max_omega) - 1.0) < 0.35
+    lag1 = float(torch.corrcoef(torch.stack([omega[:-1].flatten(), omega[1:].flatten()]))[0, 1])
+    assert abs(lag1 - np.exp(-env.config.timing.control_dt / 1.0)) < 0.08
+    white = expert_controller(planner, ExpertStyle(base.speed_scale, base.side_bias, noise_std=(0.1, 0.3)), torch.Generator().manual_seed(1))
+    white_omega = torch.stack([white(env) - plain for _ in range(100)])[..., 1]
+    assert abs(float(torch.corrcoef(torch.stack([white_omega[:-1].flatten(), white_omega[1:].flatten()]))[0, 1])) < 0.3

@@ -73,7 +73,8 @@ def render_demo_data(args: argparse.Namespace) -> dict:
         while written < args.episodes:
             n = min(args.envs, args.episodes - written)
             env = NavEnv(config, num_envs=n, seed=args.seed * 100_003 + batch)
-            style = ExpertStyle.sample(n, noise, noise_std=(args.noise_v, args.noise_omega))
+            style = ExpertStyle.sample(n, noise, noise_std=(args.noise_v, args.noise_omega),
+                                       drift_std=(args.drift_v, args.drift_omega), drift_tau=args.drift_tau)
             records = run_episodes(env, expert_controller(ExpertPlanner(env.robot), style, noise))
             for i, record in enumerate(records):
                 if not record.success or len(record.t) < 2:
@@ -82,7 +83,8 @@ def render_demo_data(args: argparse.Namespace) -> dict:
                 buf = io.BytesIO()
                 write_mp4(buf, record.frames, fps=1.0 / config.timing.control_dt)
                 traj = Trajectory(t=record.t, xy=record.xy, yaw=record.yaw, speed=record.speed)
-                styled = {"speed_scale": float(style.speed_scale[i]), "side_bias": float(style.side_bias[i]), "noise_std": list(style.noise_std)}
+                styled = {"speed_scale": float(style.speed_scale[i]), "side_bias": float(style.side_bias[i]), "noise_std": list(style.noise_std),
+                          "drift_std": list(style.drift_std), "drift_tau": style.drift_tau}
                 key = f"{args.prefix}_{args.task}_{args.robot}_s{args.seed}_b{batch:04d}_e{i:03d}"
                 writer.write(key, buf.getvalue(), traj, episode_meta(env, record, styled, args))
                 written += 1
@@ -109,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--route-length", type=float, nargs=2, default=(15.0, 25.0), metavar=("MIN", "MAX"), help="route length range, metres")
     parser.add_argument("--noise-v", type=float, default=0.05, help="speed noise std as a fraction of the limit")
     parser.add_argument("--noise-omega", type=float, default=0.1, help="yaw-rate noise std as a fraction of the limit")
+    parser.add_argument("--drift-v", type=float, default=0.0, help="std of a slow speed drift (fraction of the limit): recovery demonstrations")
+    parser.add_argument("--drift-omega", type=float, default=0.0, help="std of a slow yaw-rate drift (fraction of the limit): recovery demonstrations")
+    parser.add_argument("--drift-tau", type=float, default=1.0, help="correlation time of the drift, seconds")
     parser.add_argument("--prefix", default="sim", help="shard file and episode key prefix")
     parser.add_argument("--shard-episodes", type=int, default=200, help="episodes per shard")
     return parser

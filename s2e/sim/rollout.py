@@ -7,6 +7,7 @@ An env that finishes is frozen in the record (later steps are ignored) while the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -89,24 +90,37 @@ class ExpertStyle:
         speed_scale: [N] fraction of the robot's top speed the expert allows itself.
         side_bias: [N] metres; the sign picks which side obstacles are passed on.
         noise_std: (v, omega) std of Gaussian action noise, as fractions of the limits.
+        drift_std: (v, omega) stationary std of a slowly varying (Ornstein-Uhlenbeck) action
+            offset, as fractions of the limits. Per-step white noise averages out within a few
+            steps, so demonstrations never leave the expert's own path; a drift lasting about
+            ``drift_tau`` seconds pushes the robot off it (towards a wall, into an obstacle's
+            way) and the expert's correction is in the recording. A policy cloned from such data
+            has seen how to get back (DART, Laskey et al. 2017); one cloned from clean data has
+            not, and stays stuck where its own small errors take it.
+        drift_tau: correlation time of the drift, seconds.
     """
 
     speed_scale: torch.Tensor
     side_bias: torch.Tensor
     noise_std: tuple[float, float] = (0.0, 0.0)
+    drift_std: tuple[float, float] = (0.0, 0.0)
+    drift_tau: float = 1.0
 
     @classmethod
-    def sample(cls, n: int, generator: torch.Generator, noise_std: tuple[float, float] = (0.05, 0.1)) -> "ExpertStyle":
+    def sample(cls, n: int, generator: torch.Generator, noise_std: tuple[float, float] = (0.05, 0.1),
+               drift_std: tuple[float, float] = (0.0, 0.0), drift_tau: float = 1.0) -> "ExpertStyle":
         scale = 0.6 + 0.4 * torch.rand(n, generator=generator)
         side = (torch.rand(n, generator=generator) * 2 - 1) * 1.5
-        return cls(scale, side, noise_std)
+        return cls(scale, side, noise_std, drift_std, drift_tau)
 
 
 def expert_controller(planner: ExpertPlanner, style: Optional[ExpertStyle] = None, generator: Optional[torch.Generator] = None, plans: Optional[list[ExpertPlan]] = None) -> Controller:
-    """A controller that asks ``planner`` for every env (optionally styled and noised); ``plans``
-    collects each step's plan (waypoints included) when given."""
+    """A controller that asks ``planner`` for every env (optionally styled, noised and drifted);
+    ``plans`` collects each step's plan (waypoints included) when given."""
+    drift: Optional[torch.Tensor] = None  # the Ornstein-Uhlenbeck offset [N, 2], in command units
 
     def control(env: NavEnv) -> torch.Tensor:
+        nonlocal drift
         if style is None:
             plan = planner.plan(env.world, env.robot_xy, env.robot_yaw)
         else:
@@ -114,10 +128,18 @@ def expert_controller(planner: ExpertPlanner, style: Optional[ExpertStyle] = Non
         if plans is not None:
             plans.append(plan)
         action = plan.action
-        if style is not None and any(style.noise_std):
-            limits = torch.tensor([planner.robot.max_speed, planner.robot.max_omega])
+        if style is None:
+            return action
+        limits = torch.tensor([planner.robot.max_speed, planner.robot.max_omega])
+        if any(style.noise_std):
             noise = torch.randn(action.shape, generator=generator) * torch.tensor(style.noise_std) * limits
             action = action + noise.to(action.device)
+        if any(style.drift_std):
+            keep = math.exp(-env.config.timing.control_dt / style.drift_tau)
+            spread = torch.tensor(style.drift_std) * limits
+            fresh = torch.randn(action.shape, generator=generator) * spread
+            drift = fresh if drift is None else keep * drift + math.sqrt(1.0 - keep**2) * fresh
+            action = action + drift.to(action.device)
         return action
 
     return control
