@@ -49,7 +49,7 @@ class NavVideoDataModule(pl.LightningDataModule):
         goal_horizon_s: (min, max) seconds ahead from which the goal is drawn.
         goal_horizon_m: (min, max) metres of path ahead instead of seconds.
         goal_at_end: probability that the goal is the episode's (valid run's) end instead (see WindowConfig).
-        hold_end_s: seconds of future past a recording's last pose, held there (see WindowConfig).
+        extend_end_s: seconds of future past a recording's last pose, continued straight (see WindowConfig).
         goal_dropout: probability of dropping the goal (goal_mask False) for goal-free training.
         window_stride: frames between consecutive "now" frames of an episode.
         hflip, brightness, contrast, saturation: training augmentation (see AugmentConfig).
@@ -74,7 +74,7 @@ class NavVideoDataModule(pl.LightningDataModule):
         goal_horizon_s: tuple[float, float] = (2.0, 10.0),
         goal_horizon_m: Optional[tuple[float, float]] = None,
         goal_at_end: float = 0.0,
-        hold_end_s: float = 0.0,
+        extend_end_s: float = 0.0,
         goal_dropout: float = 0.0,
         window_stride: int = 1,
         hflip: float = 0.0,
@@ -110,7 +110,7 @@ class NavVideoDataModule(pl.LightningDataModule):
             goal_horizon_s=tuple(goal_horizon_s),
             goal_horizon_m=tuple(goal_horizon_m) if goal_horizon_m is not None else None,
             goal_at_end=goal_at_end,
-            hold_end_s=hold_end_s,
+            extend_end_s=extend_end_s,
             frame_tolerance_s=frame_tolerance_s,
         )
         augment = AugmentConfig(hflip=hflip, brightness=brightness, contrast=contrast, saturation=saturation)

@@ -66,11 +66,13 @@ class WindowConfig:
             at least the horizon's minimum ahead. Deployment goals are route ends 10-30 m away; a
             goal a few seconds ahead on the demonstrated path already encodes the demonstrator's
             detour, so the policy never needs its camera to find one (issue 14).
-        hold_end_s: seconds a window's future may reach past the episode's last pose, the robot
-            taken to stay there. Recordings that end on arrival (the simulator's demonstrations)
-            then also teach the final approach: without it the last 3 s before every goal are never
-            a "now", and a policy drives past goals it should stop at. Gaps in the poses never count
-            as an end.
+        extend_end_s: seconds a window's future may reach past the recording's last pose, the path
+            continued straight at its final speed and heading. Recordings that end on arrival (the
+            simulator's demonstrations) then also teach the final approach: without it the last
+            3 s before every goal are never a "now", and a policy drives past goals instead of
+            through them. (Parking the future at the last pose instead made the normalised
+            futures of those windows degenerate, and a policy trained on them ignored goal and
+            camera alike.) Gaps in the poses never count as an end.
         goal_dropout: probability that a window's goal is dropped (goal zeros, goal_mask False).
         frame_tolerance_s: largest allowed gap between a context frame's target time and the nearest
             decoded frame; None means a quarter of ``frame_dt``.
@@ -82,7 +84,7 @@ class WindowConfig:
     goal_horizon_s: tuple[float, float] = (2.0, 10.0)
     goal_horizon_m: Optional[tuple[float, float]] = None
     goal_at_end: float = 0.0
-    hold_end_s: float = 0.0
+    extend_end_s: float = 0.0
     goal_dropout: float = 0.0
     frame_tolerance_s: Optional[float] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -97,8 +99,8 @@ class WindowConfig:
         for name in ("goal_dropout", "goal_at_end"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1], got {getattr(self, name)}")
-        if self.hold_end_s < 0:
-            raise ValueError(f"hold_end_s must be >= 0, got {self.hold_end_s}")
+        if self.extend_end_s < 0:
+            raise ValueError(f"extend_end_s must be >= 0, got {self.extend_end_s}")
         if self.frame_tolerance_s is not None and self.frame_tolerance_s < 0:
             raise ValueError(f"frame_tolerance_s must be >= 0, got {self.frame_tolerance_s}")
 
@@ -292,8 +294,8 @@ def cut_windows(
     ok &= invalid_before[hi_now + 1] - invalid_before[lo] == 0  # context span to now all valid
     horizon_end = np.where(ok, run_end[hi_now], -np.inf)
     wp_times = t_now[:, None] + timing.waypoint_offsets()[None, :]
-    hold = np.where(horizon_end >= traj.t[-1], config.hold_end_s, 0.0)  # only the recording's true end
-    ok &= wp_times[:, -1] <= horizon_end + hold + 1e-9
+    extend = np.where(horizon_end >= traj.t[-1], config.extend_end_s, 0.0)  # only the recording's true end
+    ok &= wp_times[:, -1] <= horizon_end + extend + 1e-9
 
     goal_time = _draw_goal_times(traj, t_now, horizon_end, config, rng)
     ok &= np.isfinite(goal_time)
@@ -302,7 +304,7 @@ def cut_windows(
 
     now_idx, t_now, ctx, wp_times, goal_time = now_idx[ok], t_now[ok], ctx[ok], wp_times[ok], goal_time[ok]
     origin_xy, origin_yaw = interpolate_poses(t_now, traj.t, traj.xy, traj.yaw)
-    wp_world, _ = interpolate_poses(wp_times.ravel(), traj.t, traj.xy, traj.yaw)
+    wp_world, _ = interpolate_poses(wp_times.ravel(), *_continued_past_end(traj, config.extend_end_s))
     wp_robot = to_robot_frame(wp_world.reshape(len(t_now), timing.num_waypoints, 2), origin_xy, origin_yaw)
     scale = trajectory_scale(wp_robot)
     goal_world, _ = interpolate_poses(goal_time, traj.t, traj.xy, traj.yaw)
@@ -325,6 +327,23 @@ def cut_windows(
         jitter=jitters.astype(np.float32) if aug.brightness or aug.contrast or aug.saturation else None,
         key=key,
     )
+
+
+def _continued_past_end(traj: Trajectory, seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t, xy, yaw) with poses appended for ``seconds`` past the last one: straight along the last
+    heading at the speed of the last half second (see ``WindowConfig.extend_end_s``)."""
+    if seconds <= 0 or len(traj.t) < 2:
+        return traj.t, traj.xy, traj.yaw
+    first = int(np.searchsorted(traj.t, traj.t[-1] - 0.5))
+    first = min(first, len(traj.t) - 2)
+    span = traj.t[-1] - traj.t[first]
+    speed = float(np.linalg.norm(traj.xy[-1] - traj.xy[first]) / span) if span > 0 else 0.0
+    step = float(np.median(np.diff(traj.t)))
+    extra_t = traj.t[-1] + step * np.arange(1, int(np.ceil(seconds / step)) + 1)
+    heading = np.array([np.cos(traj.yaw[-1]), np.sin(traj.yaw[-1])])
+    extra_xy = traj.xy[-1] + (extra_t - traj.t[-1])[:, None] * speed * heading
+    return (np.concatenate([traj.t, extra_t]), np.concatenate([traj.xy, extra_xy]),
+            np.concatenate([traj.yaw, np.full(len(extra_t), traj.yaw[-1])]))
 
 
 def _nearest_index(times: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -104,25 +104,27 @@ def test_goal_at_end_in_seconds_mode_reaches_past_the_horizon() -> None:
         np.testing.assert_allclose(w.goal[0], np.hypot(*expected), atol=1e-3)
 
 
-def test_hold_end_teaches_the_final_approach_and_never_bridges_a_gap() -> None:
-    """With ``hold_end_s`` the last seconds of a recording become windows whose future stays at the
-    last pose; without it no window starts in the last 3 s. A pose gap is not an end."""
+def test_extend_end_teaches_the_final_approach_and_never_bridges_a_gap() -> None:
+    """With ``extend_end_s`` the last seconds of a recording become windows whose future goes on
+    straight at the final speed; without it no window starts in the last 3 s. A gap is not an end."""
     plain = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2)))
-    held = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2), hold_end_s=3.0))
+    extended = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2), extend_end_s=3.0))
     assert max(round(w.t * FPS) for w in plain) == 49
-    assert max(round(w.t * FPS) for w in held) == 78  # the goal still needs 0.1 s of path ahead
-    last = held[len(held) - 1]
-    final = _in_frame_of(_arc_point(np.array((N - 1) / FPS)), last.t)
+    assert max(round(w.t * FPS) for w in extended) == 78  # the goal still needs 0.1 s of path ahead
+    last = extended[len(extended) - 1]
     metres = last.waypoints * last.episode.scale[last.row]
-    np.testing.assert_allclose(metres[-1], final, atol=2e-3)  # parked at the last pose
-    np.testing.assert_allclose(metres[-1], metres[-5], atol=1e-6)
+    yaw = 0.3 + TURN * (N - 1) / FPS  # heading at the last pose, kept past the end
+    heading_in_now = yaw - (0.3 + TURN * last.t)
+    steps = np.diff(metres, axis=0)[2:]  # beyond the end: straight, at the arc's speed
+    np.testing.assert_allclose(np.linalg.norm(steps, axis=1), SPEED * 0.3, rtol=0.03)
+    np.testing.assert_allclose(np.arctan2(steps[:, 1], steps[:, 0]), heading_in_now, atol=0.02)
     traj = curved_trajectory(N, FPS, SPEED, TURN)
     traj.valid = np.ones(N, bool)
-    traj.valid[60:] = False  # the tracker lost the pose: not where the robot stopped
-    gapped = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2), hold_end_s=3.0), traj=traj)
+    traj.valid[60:] = False  # the tracker lost the pose: not where the recording ended
+    gapped = _cut(WindowConfig(goal_horizon_s=(0.1, 0.2), extend_end_s=3.0), traj=traj)
     assert max(round(w.t * FPS) for w in gapped) == 29
-    with pytest.raises(ValueError, match="hold_end_s"):
-        WindowConfig(hold_end_s=-1.0)
+    with pytest.raises(ValueError, match="extend_end_s"):
+        WindowConfig(extend_end_s=-1.0)
 
 
 def test_invalid_poses_are_never_inside_a_window() -> None:
