@@ -30,15 +30,15 @@ class PolicyConfig:
     anchors file; the presets fill them with the defaults and the training module overrides them.
     """
 
-    image_size: tuple[int, int] = (96, 96)
+    image_size: tuple[int, int] = (64, 64)
     context_frames: int = 5
     num_waypoints: int = 10
     num_anchors: int = 20
     d_model: int = 128
     encoder: str = "cnn"  # "cnn" or "timm"
-    cnn_channels: tuple[int, ...] = (32, 64, 96, 128)
+    cnn_channels: tuple[int, ...] = (16, 32, 64, 128)
     cnn_pool: str = "grid"  # "grid" keeps image layout; "mean" is the pre-2026-12 global pool
-    cnn_grid: tuple[int, int] = (3, 3)
+    cnn_grid: tuple[int, int] = (4, 4)
     timm_model: str = "vit_small_patch16_224"
     timm_weights: Optional[str] = None
     fusion_depth: int = 2
@@ -79,7 +79,7 @@ class PolicyConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PolicyConfig":
-        """``small`` (CPU default: 5 frames at 96x96, compact CNN) or ``paper`` (11 frames at 256x256,
+        """``small`` (CPU default: 5 frames at 64x64, compact CNN with a 4x4 grid token) or ``paper`` (11 frames at 256x256,
         ViT-S through timm, 6 fusion layers, 64 anchors), with field overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown policy preset {name!r}; choose from {sorted(PRESETS)}")
@@ -87,8 +87,11 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "small": dict(image_size=(96, 96), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_pool="grid", goal_log_distance=True,
-                  fusion_depth=2, fusion_heads=4),
+    # 64x64 and (16, 32, 64, 128) channels: 2.3x more training steps per CPU-second than 96x96, and
+    # (32, 64, 96, 128) was 6x slower still; with the same 20 minutes of pretraining the 64x64 policy
+    # reached standard-suite goals where the 96x96 one did not (README "The learned policy").
+    "small": dict(image_size=(64, 64), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_channels=(16, 32, 64, 128),
+                  cnn_pool="grid", cnn_grid=(4, 4), goal_log_distance=True, fusion_depth=2, fusion_heads=4),
     "paper": dict(
         image_size=(256, 256),
         context_frames=11,
