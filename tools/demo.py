@@ -10,8 +10,10 @@ Steps (each prints its progress; a rerun skips every step whose output already e
 3. K-Means anchors over their normalized future trajectories;
 4. AGDM pretraining of the small policy through the Lightning CLI (``experiments/pretrain.yaml``);
 5. RL post-training with the Residual Attention Module in the ``sim`` domain (``experiments/posttrain.yaml``);
-6. the quick NavBench suite on the expert, the pretrained and the post-trained policy, then their
-   SR / RC / CT side by side (``experiments/navbench.yaml`` + ``navbench_quick.yaml``);
+6. NavBench on held-out episodes of the standard suite (12 per task, both appearance domains):
+   straight-to-goal, the pretrained policy with real and with grey frames (does it use its
+   camera?) and the post-trained policy, then SR / RC / CT with bootstrap 95 % CIs side by side
+   (``experiments/navbench.yaml``);
 7. TorchScript + torch.export of the post-trained policy;
 8. the robot runtime on a rendered video, drawing the plan over it.
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
+SHARD_EPISODES = 200  # tools/render_demo_data.py --shard-episodes default
 
 
 @dataclass
@@ -52,18 +55,21 @@ def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
     py = sys.executable
     shards = out / "shards"
     logs = out / "lightning_logs"
+    size = "64x64"  # the small preset's input size
+    last_shard = (args.episodes - 1) // SHARD_EPISODES  # render_demo_data's default: 200 episodes per shard
+    train_shards = str(shards / "train" / f"demo-{{000000..{last_shard:06d}}}.tar")
     return [
         Step(
             "render demo recordings (train)",
             shards / "train" / "demo-000000.tar",
             [py, "tools/render_demo_data.py", "--out", str(shards / "train"), "--episodes", str(args.episodes),
-             "--domain", "recorded", "--task", "both", "--size", "96x96", "--envs", "16", "--prefix", "demo", "--seed", "0"],
+             "--domain", "recorded", "--task", "both", "--size", size, "--envs", "64", "--prefix", "demo", "--seed", "0"],
         ),
         Step(
             "render demo recordings (val)",
             shards / "val" / "val-000000.tar",
             [py, "tools/render_demo_data.py", "--out", str(shards / "val"), "--episodes", str(args.val_episodes),
-             "--domain", "recorded", "--task", "both", "--size", "96x96", "--envs", str(args.val_episodes), "--prefix", "val", "--seed", "1"],
+             "--domain", "recorded", "--task", "both", "--size", size, "--envs", str(args.val_episodes), "--prefix", "val", "--seed", "1"],
         ),
         Step("dataset statistics", out / "stats" / "stats.json",
              [py, "tools/dataset_stats.py", "--shards", str(shards / "train" / "demo-*.tar"), "--out", str(out / "stats")]),
@@ -74,7 +80,7 @@ def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
             out / "pretrain.ckpt",
             [py, "-m", "s2e", "fit", "--config", "experiments/pretrain.yaml",
              "--model.init_args.anchors_path", str(out / "anchors.npz"),
-             "--data.init_args.train_shards", str(shards / "train" / "demo-000000.tar"),
+             "--data.init_args.train_shards", train_shards,
              "--data.init_args.val_shards", str(shards / "val" / "val-000000.tar"),
              "--trainer.max_epochs", str(args.epochs),
              "--trainer.default_root_dir", str(logs),
@@ -87,38 +93,40 @@ def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
             out / "posttrain.ckpt",
             [py, "-m", "s2e", "fit", "--config", "experiments/posttrain.yaml",
              "--model.init_args.pretrained", str(out / "pretrain.ckpt"),
-             "--model.init_args.task", "both",
              "--trainer.max_epochs", str(args.posttrain_epochs),
              "--trainer.default_root_dir", str(logs),
              "--trainer.logger.init_args.save_dir", str(logs)],
             after=lambda: shutil.copy(_newest("posttrain/**/last.ckpt", logs), out / "posttrain.ckpt"),
         ),
-        *[navbench_step(out, name, agent_args, logs) for name, agent_args in (
-            ("expert", ["--model.init_args.agent", "expert"]),
+        *[navbench_step(out, name, agent_args, logs, args.bench_episodes) for name, agent_args in (
+            ("straight", ["--model.init_args.agent", "straight"]),
             ("pretrained", ["--ckpt_path", str(out / "pretrain.ckpt")]),
+            ("pretrained-grey", ["--ckpt_path", str(out / "pretrain.ckpt"), "--model.init_args.frames", "grey", "--data.init_args.domains", "[sim]"]),
             ("post-trained", ["--ckpt_path", str(out / "posttrain.ckpt")]),
         )],
         Step("NavBench: side by side", out / "navbench" / "compare.md",
-             [py, "tools/navbench_compare.py", *(str(out / "navbench" / name) for name in ("expert", "pretrained", "post-trained")),
+             [py, "tools/navbench_compare.py", *(str(out / "navbench" / name) for name in ("straight", "pretrained", "pretrained-grey", "post-trained")),
               "--metrics", "success_rate", "route_completion", "collisions", "--out", str(out / "navbench" / "compare.md")]),
         Step("export TorchScript + torch.export", out / "export" / "policy.json",
              [py, "-m", "s2e", "export", "--ckpt_path", str(out / "posttrain.ckpt"), "--out", str(out / "export")]),
         Step("render an input video for the runtime", out / "preview" / "episode.mp4",
-             [py, "tools/sim_preview.py", "--task", "both", "--domain", "recorded", "--size", "96x96", "--seed", "7", "--out", str(out / "preview")]),
+             [py, "tools/sim_preview.py", "--task", "both", "--domain", "recorded", "--size", size, "--seed", "7", "--out", str(out / "preview")]),
         Step("robot runtime on a rendered video", out / "run_policy" / "plan.mp4",
              [py, "tools/run_policy.py", "--policy", str(out / "export"), "--video", str(out / "preview" / "episode.mp4"),
               "--goal", "8", "0", "--out", str(out / "run_policy" / "plan.mp4"), "--commands", str(out / "run_policy" / "commands.csv")]),
     ]
 
 
-def navbench_step(out: Path, name: str, agent_args: list[str], logs: Path) -> Step:
-    """The quick NavBench suite for one agent (a baseline or a checkpoint), reported under navbench/NAME."""
+def navbench_step(out: Path, name: str, agent_args: list[str], logs: Path, episodes_per_task: int) -> Step:
+    """NavBench on the first ``episodes_per_task`` episodes per task of the standard suite (held-out
+    scenes), in the ``sim`` and ``recorded`` domains unless the agent's arguments say otherwise."""
     report = out / "navbench" / name
     return Step(
-        f"NavBench quick suite: {name}",
+        f"NavBench standard suite ({episodes_per_task} episodes per task): {name}",
         report / "report.json",
-        [sys.executable, "-m", "s2e", "test", "--config", "experiments/navbench.yaml", "--config", "experiments/navbench_quick.yaml",
-         *agent_args, "--model.init_args.name", name, "--model.init_args.out_dir", str(report),
+        [sys.executable, "-m", "s2e", "test", "--config", "experiments/navbench.yaml",
+         "--data.init_args.max_episodes_per_task", str(episodes_per_task), "--data.init_args.num_envs", str(4 * episodes_per_task),
+         "--model.init_args.videos", "1", *agent_args, "--model.init_args.name", name, "--model.init_args.out_dir", str(report),
          "--trainer.logger.init_args.save_dir", str(logs)],
     )
 
@@ -151,10 +159,11 @@ def _run(header: str, command: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("artifacts/demo"))
-    parser.add_argument("--episodes", type=int, default=48, help="training episodes to render")
-    parser.add_argument("--val-episodes", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=4, help="pretraining epochs (3200 windows each)")
-    parser.add_argument("--posttrain-epochs", type=int, default=10, help="RL post-training epochs (4 rollout batches of 8 envs x 64 steps each)")
+    parser.add_argument("--episodes", type=int, default=400, help="training episodes to render")
+    parser.add_argument("--val-episodes", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=16, help="pretraining epochs (6400 windows each)")
+    parser.add_argument("--posttrain-epochs", type=int, default=10, help="RL post-training epochs (see experiments/posttrain.yaml)")
+    parser.add_argument("--bench-episodes", type=int, default=12, help="standard-suite episodes per task for each NavBench run (24 = the whole suite)")
     args = parser.parse_args()
     run(args.out, args)
 

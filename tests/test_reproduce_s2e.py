@@ -1,0 +1,110 @@
+"""tools/reproduce_s2e.py: the fine-tuning ablation end to end on a tiny pretrained policy (every
+strategy trains for the same few seconds, then NavBench in both domains), its summary with CIs,
+curves, skipped steps on rerun, a failed fit reported while the others go on, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import shutil
+import sys
+
+import pytest
+
+from test_posttrain import pretrained  # noqa: F401  (fixture: a tiny pretrained checkpoint written by a Trainer)
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+
+import reproduce_s2e  # noqa: E402
+
+METHODS = ["pretrained", "ram", "full", "decoder", "sft", "none"]
+TASKS = ["empty", "obstacle", "pedestrian", "both"]
+TINY_FIT = ["--data.init_args.num_envs", "2", "--data.init_args.steps_per_batch", "8", "--data.init_args.batches_per_epoch", "1",
+            "--model.init_args.minibatch_size", "8", "--model.init_args.video_every_n_epochs", "0"]
+
+
+def _argv(checkpoint: pathlib.Path, out: pathlib.Path, strategies: list[str], *fit_args: str) -> list[str]:
+    return ["--pretrained", str(checkpoint), "--out", str(out), "--strategies", *strategies, "--minutes", "0.1",
+            "--suite", "quick", "--bench-episodes", "2", "--fit-args", *TINY_FIT, *fit_args]
+
+
+def _outputs(out: pathlib.Path) -> dict[pathlib.Path, int]:
+    return {p: p.stat().st_mtime_ns for p in [*out.glob("*/last.ckpt"), *out.glob("*/navbench/report.json")]}
+
+
+def test_budget_is_lightnings_max_time_and_the_control_trains_nothing(tmp_path: pathlib.Path) -> None:
+    assert reproduce_s2e.max_time(0.1) == "00:00:00:06"
+    assert reproduce_s2e.max_time(30) == "00:00:30:00"
+    assert reproduce_s2e.max_time(60 * 25 + 1.5) == "01:01:01:30"
+    assert reproduce_s2e.budget_minutes("01:01:01:30") == 60 * 25 + 1.5
+    (tmp_path / "p.ckpt").write_bytes(b"")
+    args = reproduce_s2e.parse_args(["--pretrained", str(tmp_path / "p.ckpt"), "--out", str(tmp_path), "--fit-args", "--x", "1"])
+    assert args.strategies == ["ram", "full", "decoder", "sft", "none"] and args.fit_args == ["--x", "1"]
+    command = " ".join(reproduce_s2e.fit_command("none", args))
+    assert "--model.init_args.strategy ram --model.init_args.lr 0 --model.init_args.value_lr 0" in command
+    assert command.endswith("--x 1") and "--model.init_args.task" not in command  # the yaml's task unless --task
+    assert "--model.init_args.strategy full --trainer.max_time 00:00:30:00" in " ".join(reproduce_s2e.fit_command("full", args))
+
+
+def test_a_missing_checkpoint_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        reproduce_s2e.main(["--pretrained", str(tmp_path / "nope.ckpt"), "--out", str(tmp_path / "out")])
+    assert f"pretrained checkpoint not found: {tmp_path / 'nope.ckpt'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_ablation_end_to_end_then_rerun_skips_and_a_failed_fit_is_reported(
+    pretrained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture  # noqa: F811
+) -> None:
+    out = tmp_path / "ablation"
+    assert reproduce_s2e.main(_argv(pretrained, out, METHODS[1:])) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == METHODS and summary["failures"] == []
+    for name, method in summary["methods"].items():
+        assert method["status"] == "ok" and pathlib.Path(method["checkpoint"]).is_file()
+        report = json.loads(pathlib.Path(method["report"]["json"]).read_text())
+        assert report["agent"] == name and report["domains"] == ["sim", "recorded"] and report["suite"]["name"] == "quick"
+        assert (out / name / "navbench" / "config.yaml").is_file()  # the CLI's saved config stays in the output, not the cwd
+        for domain in ("sim", "recorded"):
+            assert list(method["results"][domain]) == [*TASKS, "overall"]
+            for task, metrics in method["results"][domain].items():
+                assert list(metrics) == ["SR", "RC", "CT"]
+                for entry in metrics.values():
+                    assert entry["n"] == (8 if task == "overall" else 2)
+                    assert entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
+        if name != "pretrained":
+            assert method["checkpoint"] == str(out / name / "last.ckpt")
+            assert method["budget_minutes"] == 0.1 and method["task"] == "obstacle"
+            assert method["rollout_batches"] > 0 and method["env_frames"] == 16 * method["rollout_batches"]  # 2 envs x 8 steps
+    # the no-update control keeps the pretrained policy: the very same episodes
+    episodes = {n: json.loads((out / n / "navbench" / "report.json").read_text())["episodes"] for n in ("pretrained", "none")}
+    assert episodes["none"] == episodes["pretrained"]
+    # learning curves: PPO diagnostics for the PPO runs, the SFT loss for sft
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "curves.png").stat().st_size > 20_000
+    for name in ("ram", "full", "decoder", "none"):
+        assert {"ppo/kl_approx", "ppo/clip_fraction", "ppo/entropy", "ppo/explained_variance"} <= set(summary["curve_tags"][name])
+    assert "sft/loss" in summary["curve_tags"]["sft"]
+    # printed: the CI tables, then one JSON line
+    assert re.search(r"^\| none \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \|", printed, re.M) and "## CT, domain `recorded`" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["failed"] == []
+    assert (out / "compare.md").read_text().count("| decoder |") == 6  # SR / RC / CT x 2 domains
+
+    before = _outputs(out)
+    assert len(before) == 11
+    assert reproduce_s2e.main(_argv(pretrained, out, METHODS[1:])) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("done already") == 11 and not re.search(r"^\[(fit|NavBench) \w+\] (?!done already)", printed, re.M)
+    assert _outputs(out) == before
+
+    shutil.rmtree(out / "full")
+    assert reproduce_s2e.main(_argv(pretrained, out, ["full", "ram"], "--data.init_args.num_envs", "0")) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["ram"]["status"] == "ok" and summary["methods"]["pretrained"]["status"] == "ok"
+    [failure] = summary["failures"]
+    assert summary["methods"]["full"]["status"] == "failed" and summary["methods"]["full"]["failures"] == [failure]
+    assert failure["step"] == "fit full" and failure["exit_code"] != 0 and "--data.init_args.num_envs 0" in failure["command"]
+    assert "num_envs must be >= 1" in pathlib.Path(failure["log"]).read_text()
+    assert f"[fit full] FAILED with exit code {failure['exit_code']}" in capsys.readouterr().err
