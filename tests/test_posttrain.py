@@ -29,7 +29,7 @@ from test_pretrain import TINY_POLICY
 from test_rl_distribution import _tiny_policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_RUN = dict(ppo_epochs=1, minibatch_size=8, lr=1e-3)
+TINY_RUN = dict(ppo_epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)  # every minibatch steps: tests count optimizer steps
 TINY_DATA = dict(num_envs=2, steps_per_batch=8, batches_per_epoch=1)
 
 
@@ -128,7 +128,7 @@ def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained
 
     last = tmp_path / "ckpt" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
-    assert saved["s2e_policy"]["ram"] == {"gate_bias": True} and saved["s2e_policy"]["strategy"] == "ram"
+    assert saved["s2e_policy"]["ram"] == {"gate_bias": True, "branch_input": "queries"} and saved["s2e_policy"]["strategy"] == "ram"
     policy, timing, _ = load_policy_from_checkpoint(last)
     assert isinstance(policy.cross_attention, ResidualAttentionModule) and timing == TimingSpec()
     obs = {"frames": torch.randint(0, 256, (2, 5, 3, 32, 32), dtype=torch.uint8), "goal": torch.tensor([[5.0, 1.0, 0.0], [9.0, 0.0, 1.0]])}
@@ -143,6 +143,15 @@ def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained
     wrong = PostTrainModule(str(pretrained), strategy="full", **TINY_RUN)
     with pytest.raises(ValueError, match="with RAM"):
         _trainer(tmp_path / "wrong", max_epochs=2).fit(wrong, datamodule=SimulatorRollouts(**data), ckpt_path=str(last))
+
+    # a run written before 2026-12 (RAM input gate on the whole query) resumes only with that RAM
+    old = torch.load(last, weights_only=True)
+    old["s2e_policy"]["ram"] = {"gate_bias": True}
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="branch_input 'gated'"):
+        _trainer(tmp_path / "old", max_epochs=3).fit(PostTrainModule(str(pretrained), **run), datamodule=SimulatorRollouts(**data), ckpt_path=str(tmp_path / "old.ckpt"))
+    gated = PostTrainModule(str(pretrained), ram={"branch_input": "gated"}, **run)
+    _trainer(tmp_path / "old", max_epochs=3).fit(gated, datamodule=SimulatorRollouts(**data), ckpt_path=str(tmp_path / "old.ckpt"))
 
 
 def test_a_checkpoint_that_does_not_match_the_experiment_is_a_clear_error(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -175,6 +184,21 @@ def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, 
     assert isinstance(policy.cross_attention, ResidualAttentionModule)
 
 
+def test_the_experiment_yaml_sets_only_what_differs_from_the_code_defaults() -> None:
+    """One source of defaults: PostTrainModule / SimulatorRollouts hold the shipped values (what
+    tools/bench_rl.py measures); the YAML restating one would let the two drift apart again."""
+    import inspect
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "experiments" / "posttrain.yaml").read_text())
+    for section, cls in (("model", PostTrainModule), ("data", SimulatorRollouts)):
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
+        for key, value in config[section].get("init_args", {}).items():
+            assert key in inspect.signature(cls.__init__).parameters, f"{section}.{key} is not an argument of {cls.__name__}"
+            assert key not in defaults or value != defaults[key], f"{section}.{key}: {value!r} is the code default; drop it from the YAML"
+
+
 def test_gae_bootstraps_from_the_next_row_and_re_encodes_only_episode_ends() -> None:
     values = torch.arange(8, dtype=torch.float32).reshape(2, 4, 1)
     done = torch.zeros(2, 4, 1, dtype=torch.bool)
@@ -201,11 +225,13 @@ def test_multisync_collector_runs_workers_and_pushes_new_weights_before_each_bat
     policy = _tiny_policy()
     modules = build_actor_critic(policy, ValueHead(32), 0.3, ControllerLimits(), encoder_trainable=False)
     config = NavEnvConfig(task="empty", image_size=(32, 32))
-    collector = make_collector(env_factory(config, 2, 0), modules.collect_policy, 2 * 2 * 4, kind="multisync", workers=2, seed=3)
+    # the frozen-encoder path PostTrainModule collects with: each worker's env encodes its own frames
+    collector = make_collector(env_factory(config, 2, 0, features=policy), modules.feature_policy, 2 * 2 * 4, kind="multisync", workers=2, seed=3)
     try:
         stream = iter(collector)
         first = next(stream)
         assert first.shape[-1] == 4 and first.reshape(-1, 4).shape == (4, 4)
+        assert "frames" not in first.keys() and first["frame_features"].shape[-2:] == (5, 32)
         with torch.no_grad():
             for param in modules.critic.parameters():
                 param.add_(1.0)

@@ -4,12 +4,17 @@ and the value head.
 The policy's forward pass is cut at the fused context (frame + goal tokens), because under the
 ``ram`` and ``decoder`` strategies everything before it is frozen: the collector stores ``context``
 in the rollout and PPO's actor re-runs only the decoder from it, instead of re-encoding k frames
-per sample in every PPO epoch. The ``full`` / ``sft`` strategies re-run the whole policy.
+per sample in every PPO epoch. The ``full`` / ``sft`` strategies re-run the whole policy. With a
+frozen encoder the collector's env also encodes each frame only once (:mod:`s2e.rl.features`), so
+its policy starts from ``frame_features`` instead of ``frames``.
 
 Keys (all batch-first):
 
 * ``frames`` uint8 [k, 3, H, W], ``goal`` [3]  -> ``context`` [k + 1, D]            (:class:`PolicyContext`)
+* ``frame_features`` [k, D], ``goal`` [3]      -> ``context`` [k + 1, D]            (:class:`FeatureContext`)
 * ``context`` -> ``scores``, ``mean``, ``log_std``, ``rho``, ``scale``               (:class:`PolicyDecoder`)
+* with a frozen-half RAM: ``context`` -> ``frozen_anchor_features`` [M, D]           (:class:`FrozenAnchorFeatures`),
+  then ``context`` + those -> the same outputs                                      (:class:`ResidualDecoder`)
 * those -> ``trajectory`` [T, 2] (normalized) + ``trajectory_log_prob``              (ProbabilisticActor)
 * ``trajectory`` + the mixture -> ``action`` (v, omega)                              (:class:`TrajectoryController`)
 * ``context`` (detached), ``goal`` -> ``state_value`` [1]                            (:class:`ValueHead`)
@@ -32,22 +37,32 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 
 from s2e.control import ControllerLimits, command_from_limits
 from s2e.model.policy import S2EPolicy
+from s2e.model.ram import ResidualAttentionModule
 from s2e.rl.distribution import AnchorTrajectoryDistribution
+from s2e.rl.features import FEATURES_KEY
 
 DIST_KEYS = ("scores", "mean", "log_std", "rho")
+FROZEN_KEY = "frozen_anchor_features"
 TRAJECTORY_KEY = "trajectory"
 LOG_PROB_KEY = "trajectory_log_prob"
 
 
-class PolicyContext(nn.Module):
-    """(frames, goal) -> the fused context tokens of the policy (encoder + goal token + fusion)."""
+class FeatureContext(nn.Module):
+    """(per-frame features, goal) -> the fused context tokens of the policy (goal token + fusion)."""
 
     def __init__(self, policy: S2EPolicy) -> None:
         super().__init__()
         self.policy = policy
 
+    def forward(self, frame_features: Tensor, goal: Tensor) -> Tensor:
+        return self.policy.fusion(frame_features, self.policy.goal_encoder(goal, None))
+
+
+class PolicyContext(FeatureContext):
+    """(frames, goal) -> the fused context tokens of the policy (encoder + goal token + fusion)."""
+
     def forward(self, frames: Tensor, goal: Tensor) -> Tensor:
-        return self.policy.fusion(self.policy.encode_frames(frames), self.policy.goal_encoder(goal, None))
+        return super().forward(self.policy.encode_frames(frames), goal)
 
 
 @dataclass(frozen=True)
@@ -83,14 +98,52 @@ class PolicyDecoder(nn.Module):
         self.exploration = exploration or Exploration()
 
     def forward(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self._explore(self.policy.decode_from_context(context))
+
+    def _explore(self, out: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         e = self.exploration
-        out = self.policy.decode_from_context(context)
         scores, log_std = out["scores"], out["log_std"]
         if e.anchor_temperature != 1.0:
             scores = scores / e.anchor_temperature
         if e.std_scale != 1.0:
             log_std = log_std + math.log(e.std_scale)
         return scores, out["mean"], log_std, out["rho"], out["scale"]
+
+
+class FrozenAnchorFeatures(nn.Module):
+    """context -> the RAM's frozen block on the anchor queries, ``psi(Q; K, V; Theta_D)`` [M, D].
+
+    While only the RAM learns it is a function of the stored context alone, so the collector stores
+    it with the context and every PPO pass reuses it (:class:`ResidualDecoder`) instead of running the
+    frozen block again: a quarter of a PPO minibatch's work (forward frozen + forward and backward
+    of the residual copy).
+    """
+
+    def __init__(self, policy: S2EPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, context: Tensor) -> Tensor:
+        policy = self.policy
+        return policy.cross_attention.frozen(policy.anchor_queries(policy.anchor_points, context.shape[0]), context)
+
+
+class ResidualDecoder(PolicyDecoder):
+    """(context, frozen anchor features) -> what :class:`PolicyDecoder` gives for a RAM policy:
+    ``S2EPolicy.decode_from_context`` with the RAM's sum ``frozen + branch`` split open, the frozen
+    half read from the rollout (``tests/test_rl_features.py`` checks both give the same numbers)."""
+
+    def forward(self, context: Tensor, frozen_features: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        policy = self.policy
+        queries = policy.anchor_queries(policy.anchor_points, context.shape[0])
+        features = frozen_features + policy.cross_attention.branch(queries, context)
+        return self._explore(policy.heads(features, policy.anchor_trajectories))
+
+
+def has_frozen_ram(policy: S2EPolicy) -> bool:
+    """Whether the policy's cross-attention is a RAM whose frozen block stays frozen (strategy ``ram``)."""
+    block = policy.cross_attention
+    return isinstance(block, ResidualAttentionModule) and not any(p.requires_grad for p in block.frozen.parameters())
 
 
 class TrajectoryController(nn.Module):
@@ -139,7 +192,10 @@ class ActorCritic:
             frozen, from ``frames`` / ``goal`` otherwise (what ClipPPOLoss runs).
         critic: ValueOperator on ``context`` / ``goal``.
         drive: (frames, goal) -> ``action`` through the controller (what evaluation runs).
-        collect_policy: ``drive`` plus the critic in one pass (what the collector runs).
+        collect_policy: ``drive`` plus the critic in one pass (what the collector runs over raw frames).
+        feature_context, feature_policy: the same from ``frame_features`` / ``goal`` (what the
+            collector runs over an env with :class:`s2e.rl.features.FrameFeatures`); ``None`` when
+            the encoder is trainable, since stored features would then go stale.
     """
 
     context: TensorDictModule
@@ -147,6 +203,8 @@ class ActorCritic:
     critic: ValueOperator
     drive: TensorDictSequential
     collect_policy: TensorDictSequential
+    feature_context: TensorDictModule | None = None
+    feature_policy: TensorDictSequential | None = None
 
 
 def build_actor_critic(
@@ -160,7 +218,12 @@ def build_actor_critic(
 ) -> ActorCritic:
     """Wire the modules (see the module docstring); ``exploration`` shapes the sampled distribution."""
     context = TensorDictModule(PolicyContext(policy), in_keys=["frames", "goal"], out_keys=["context"])
-    decoder = TensorDictModule(PolicyDecoder(policy, exploration), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
+    if not encoder_trainable and has_frozen_ram(policy):  # the RAM's frozen half goes into the rollout beside the context
+        before_actor = [TensorDictModule(FrozenAnchorFeatures(policy), in_keys=["context"], out_keys=[FROZEN_KEY])]
+        decoder = TensorDictModule(ResidualDecoder(policy, exploration), in_keys=["context", FROZEN_KEY], out_keys=[*DIST_KEYS, "scale"])
+    else:
+        before_actor = []
+        decoder = TensorDictModule(PolicyDecoder(policy, exploration), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
     parameters = TensorDictSequential(context, decoder) if encoder_trainable else decoder
     actor = ProbabilisticActor(
         parameters,
@@ -177,9 +240,13 @@ def build_actor_critic(
     )
     # ``context`` must be in every rollout: a trainable-encoder actor writes it itself, a
     # frozen-encoder one reads it, so the context module runs first
-    head = [actor] if encoder_trainable else [context, actor]
+    head = [actor] if encoder_trainable else [context, *before_actor, actor]
     drive = TensorDictSequential(*head, controller)
-    return ActorCritic(context=context, actor=actor, critic=critic, drive=drive, collect_policy=TensorDictSequential(drive, critic))
+    modules = ActorCritic(context=context, actor=actor, critic=critic, drive=drive, collect_policy=TensorDictSequential(drive, critic))
+    if not encoder_trainable:
+        modules.feature_context = TensorDictModule(FeatureContext(policy), in_keys=[FEATURES_KEY, "goal"], out_keys=["context"])
+        modules.feature_policy = TensorDictSequential(modules.feature_context, *before_actor, actor, controller, critic)
+    return modules
 
 
 def driving_policy(policy: S2EPolicy, waypoint_dt: float, limits: ControllerLimits) -> TensorDictSequential:

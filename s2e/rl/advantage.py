@@ -3,8 +3,9 @@
 The collector's policy writes ``state_value`` at every step, so V(s_t) costs nothing here. The value
 of the *next* observation is V(s_{t+1}) from the same row, except where the row ends: at an episode
 end (s_{t+1} is the terminal observation, not the reset one that follows) and at the batch's last
-step. Only those next observations are encoded again (CleanRL computes ``next_value`` the same way),
-which keeps GAE at a few percent of a batch's encoder cost. A terminated episode's next value is
+step. Only those next observations are evaluated again (CleanRL computes ``next_value`` the same way):
+from their frame features when the env provides them (:mod:`s2e.rl.features`), else by encoding
+their frames, which keeps GAE at a few percent of a batch's encoder cost. A terminated episode's next value is
 masked by GAE; a time-limit truncation is bootstrapped from V(terminal observation).
 """
 
@@ -16,7 +17,7 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
-ValueOfObservation = Callable[[TensorDictBase], torch.Tensor]  # td with frames/goal [K] -> [K, 1]
+ValueOfObservation = Callable[[TensorDictBase], torch.Tensor]  # td with frames or frame_features, goal [K] -> [K, 1]
 
 
 @torch.no_grad()

@@ -9,29 +9,43 @@ in-process :class:`torchrl.collectors.Collector` and worker processes of
 
 from __future__ import annotations
 
+import copy
 import functools
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Optional
 
 from tensordict import TensorDictBase
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
 
+from s2e.model.policy import S2EPolicy
 from s2e.rl.expert import ExpertAction
-from s2e.sim.env import NavEnv, NavEnvConfig
+from s2e.rl.features import FrameFeatures
+from s2e.sim.env import NavEnv, NavEnvConfig, frame_stride
 
 CollectorKind = Literal["sync", "multisync"]
 
 
-def make_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False) -> TransformedEnv:
-    """A batched NavEnv with the running episode return under ``episode_reward`` and, with
-    ``expert``, the privileged expert's command under ``expert_action`` (for ``sft``)."""
-    transforms = [RewardSum(), ExpertAction()] if expert else [RewardSum()]
+def make_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False, features: Optional[S2EPolicy] = None) -> TransformedEnv:
+    """A batched NavEnv with the running episode return under ``episode_reward``; with ``expert``,
+    the privileged expert's command under ``expert_action`` (for ``sft``); with ``features``, that
+    (frozen-encoder) policy's ``frame_features`` in place of ``frames`` (:class:`FrameFeatures`)."""
+    transforms = [RewardSum()]
+    if expert:
+        transforms.append(ExpertAction())
+    if features is not None:
+        transforms.append(FrameFeatures(features, frame_stride(config.timing)))
     return TransformedEnv(NavEnv(config, num_envs=num_envs, seed=seed), Compose(*transforms))
 
 
-def env_factory(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False) -> Callable[[], EnvBase]:
-    """A picklable zero-argument factory of :func:`make_env` (what collectors and workers call)."""
-    return functools.partial(make_env, config, num_envs, seed, expert)
+def env_factory(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False, features: Optional[S2EPolicy] = None) -> Callable[[], EnvBase]:
+    """A picklable zero-argument factory of :func:`make_env` (what collectors and workers call).
+
+    ``features`` is copied here, frozen: the env only needs the (frozen) encoder, and the copy is
+    independent of the live policy, which ``MultiSyncCollector`` ships to its workers stripped of
+    weights (on the meta device) and refills with the trainable ones only."""
+    if features is not None:
+        features = copy.deepcopy(features).eval().requires_grad_(False)
+    return functools.partial(make_env, config, num_envs, seed, expert, features)
 
 
 def make_collector(
