@@ -377,8 +377,8 @@ def _draw_goal_times(
     if config.goal_horizon_m is None:
         lo = t_now + config.goal_horizon_s[0]
         hi = np.minimum(t_now + config.goal_horizon_s[1], horizon_end)
-        drawn = np.where(at_end & (horizon_end >= lo), horizon_end, lo + u * (hi - lo))
-        return np.where((hi >= lo) | (at_end & (horizon_end >= lo)), drawn, np.nan)
+        # the end fits exactly when the horizon is non-empty (hi >= lo), so one condition covers both
+        return np.where(hi >= lo, np.where(at_end, horizon_end, lo + u * (hi - lo)), np.nan)
     steps = np.linalg.norm(np.diff(traj.xy, axis=0), axis=1)
     steps = np.where(np.isfinite(steps), steps, 0.0)
     arc = np.concatenate([[0.0], np.cumsum(steps)])  # travelled metres at each pose
@@ -386,11 +386,10 @@ def _draw_goal_times(
     s_end = np.where(np.isfinite(horizon_end), np.interp(np.where(np.isfinite(horizon_end), horizon_end, traj.t[0]), traj.t, arc), -np.inf)
     lo = s_now + config.goal_horizon_m[0]
     hi = np.minimum(s_now + config.goal_horizon_m[1], s_end)
-    end_fits = at_end & (s_end >= lo)
-    s_goal = np.where(end_fits, s_end, lo + u * np.maximum(hi - lo, 0.0))
+    s_goal = np.where(at_end, s_end, lo + u * np.maximum(hi - lo, 0.0))
     # first pose time whose arc length reaches s_goal, refined linearly within the step
     j = np.clip(np.searchsorted(arc, s_goal, side="left"), 1, len(arc) - 1)
     span = np.maximum(arc[j] - arc[j - 1], 1e-12)
     t_goal = traj.t[j - 1] + (s_goal - arc[j - 1]) / span * (traj.t[j] - traj.t[j - 1])
     t_goal = np.minimum(np.clip(t_goal, t_now, None), np.where(np.isfinite(horizon_end), horizon_end, np.inf))
-    return np.where((hi >= lo) | end_fits, t_goal, np.nan)
+    return np.where(hi >= lo, t_goal, np.nan)  # as in seconds: the end fits iff the horizon is non-empty
