@@ -159,3 +159,39 @@ def test_standing_still_times_out_as_truncated():
     td = env.step(td.set("action", torch.zeros(2, 2)))
     assert td["next", "truncated"].all() and not td["next", "terminated"].any()
     assert (td["next", "route_completion"] < 0.05).all()
+
+
+def test_action_repeat_holds_the_command_and_sums_the_rewards_of_the_held_periods():
+    """One step of an env with action_repeat 2 == two steps of the plain env with the same command."""
+    held = NavEnv(replace(SMALL, task="both", action_repeat=2), num_envs=3, seed=7)
+    plain = NavEnv(replace(SMALL, task="both"), num_envs=3, seed=7)
+    td_held, td_plain = held.reset(), plain.reset()
+    for _ in range(6):
+        action = _forward(held, speed=1.0)
+        td_held = held.step(td_held.set("action", action))
+        first = plain.step(td_plain.set("action", action))
+        second = plain.step(step_mdp(first).set("action", action))
+        torch.testing.assert_close(held.robot_xy, plain.robot_xy)
+        torch.testing.assert_close(td_held["next", "reward"], first["next", "reward"] + second["next", "reward"])
+        for term in TERMS:
+            torch.testing.assert_close(td_held["next", "reward_terms", term], first["next", "reward_terms", term] + second["next", "reward_terms", term])
+        td_held, td_plain = step_mdp(td_held), step_mdp(second)
+    assert held.stride == plain.stride // 2  # every rendered frame of the held env is a context frame
+    assert torch.equal(held.time, plain.time)
+
+
+def test_an_episode_that_ends_inside_the_held_periods_stops_there():
+    config = replace(SMALL, task="empty", time_limit_factor=0.0, time_limit_slack=0.1, action_repeat=2)  # a 1-period limit
+    env = NavEnv(config, num_envs=2, seed=0)
+    td = env.reset()
+    start = env.robot_xy.clone()
+    td = env.step(td.set("action", _forward(env, speed=1.0)))
+    assert td["next", "truncated"].all()
+    assert torch.equal(env._steps, torch.ones(2, dtype=torch.long))  # the second held period never ran
+    moved = (env.robot_xy - start).norm(dim=-1)
+    assert ((moved > 0.05) & (moved < 1.0 * 0.1 + 1e-4)).all()  # one period at 1 m/s, not two
+
+
+def test_action_repeat_must_divide_the_frame_period():
+    with pytest.raises(ValueError, match="does not divide"):
+        NavEnv(replace(SMALL, action_repeat=3), num_envs=1)  # frame_dt 0.2 s is 2 control periods

@@ -20,7 +20,7 @@ from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
 from s2e.model.policy import S2EPolicy
 from s2e.rl.expert import ExpertAction
 from s2e.rl.features import FrameFeatures
-from s2e.sim.env import NavEnv, NavEnvConfig, frame_stride
+from s2e.sim.env import NavEnv, NavEnvConfig, decision_stride
 
 CollectorKind = Literal["sync", "multisync"]
 
@@ -33,7 +33,7 @@ def make_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = 
     if expert:
         transforms.append(ExpertAction())
     if features is not None:
-        transforms.append(FrameFeatures(features, frame_stride(config.timing)))
+        transforms.append(FrameFeatures(features, decision_stride(config.timing, config.action_repeat)))
     return TransformedEnv(NavEnv(config, num_envs=num_envs, seed=seed), Compose(*transforms))
 
 

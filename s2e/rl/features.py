@@ -49,7 +49,7 @@ class FrameFeatures(Transform):
     Args:
         policy: the policy whose (frozen) ``encode_frames`` gives the features, on any device (frames
             go there and features come back). :func:`s2e.rl.collect.env_factory` hands it a frozen copy.
-        stride: control steps between stacked frames (the env's ``frame_stride(timing)``).
+        stride: env steps between stacked frames (the env's ``stride``, :func:`s2e.sim.env.decision_stride`).
     """
 
     def __init__(self, policy: S2EPolicy, stride: int) -> None:

@@ -7,6 +7,11 @@ raycast camera. The policy decides every ``control_dt``; it sees the last k came
 every control step into a ring buffer and picks every (frame_dt / control_dt)-th frame from it.
 A timing whose frame period is not a whole number of control periods is refused, because no
 stacking of rendered frames could reproduce it.
+
+``action_repeat`` > 1 holds each command for that many control periods and renders once per
+decision (a semi-MDP step, Atari's frame skip): RL then decides, renders, encodes and stores one
+transition per held command. With ``action_repeat = frame_dt / control_dt`` every rendered frame is
+a context frame, so nothing is rendered that the policy never sees.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ class NavEnvConfig:
         physics_substeps: blocked-motion substeps per control step.
         time_limit_factor: episode time limit = factor * route length / max speed + time_limit_slack.
         time_limit_slack: seconds added to every time limit.
+        action_repeat: control periods each command is held (one env step, one rendered frame);
+            ``frame_dt`` must be a whole multiple of ``action_repeat * control_dt``. Rewards of the
+            held periods add up; an episode that ends inside them stops there.
     """
 
     task: str = "both"
@@ -62,6 +70,7 @@ class NavEnvConfig:
     physics_substeps: int = 4
     time_limit_factor: float = 2.0
     time_limit_slack: float = 10.0
+    action_repeat: int = 1
 
 
 def frame_stride(timing: TimingSpec) -> int:
@@ -74,6 +83,20 @@ def frame_stride(timing: TimingSpec) -> int:
             "the simulator renders once per control step and stacks every n-th frame"
         )
     return stride
+
+
+def decision_stride(timing: TimingSpec, action_repeat: int) -> int:
+    """Env steps between stacked frames when each step holds its command ``action_repeat`` control
+    periods; a clear error unless the frame period is a whole number of such steps."""
+    if not isinstance(action_repeat, int) or action_repeat < 1:
+        raise ValueError(f"action_repeat must be an int >= 1, got {action_repeat!r}")
+    stride = frame_stride(timing)
+    if stride % action_repeat:
+        raise ValueError(
+            f"action_repeat={action_repeat} does not divide the {stride} control periods between context frames "
+            f"(frame_dt {timing.frame_dt} s, control_dt {timing.control_dt} s): the stacked frames would fall between renders"
+        )
+    return stride // action_repeat
 
 
 class NavEnv(EnvBase):
@@ -96,7 +119,7 @@ class NavEnv(EnvBase):
         self.robot = get_robot(config.robot)
         self.task = get_task(config.task)
         self.scene_config = self.task.apply(config.scene).validate(self.robot)
-        self.stride = frame_stride(config.timing)
+        self.stride = decision_stride(config.timing, config.action_repeat)
         h, w = config.image_size
         if h < 8 or w < 8:
             raise ValueError(f"image_size must be at least 8x8, got {config.image_size}")
@@ -236,31 +259,11 @@ class NavEnv(EnvBase):
         self._head = 0
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
-        cfg, robot, world = self.config, self.robot, self.world
-        dt = cfg.timing.control_dt
         spec = self.action_spec
         action = torch.maximum(torch.minimum(tensordict.get("action").to(self.device).float(), spec.space.high), spec.space.low)
-        old_xy = self.robot_xy
-        obstacles = self._obstacles
-        xy, yaw, blocked = integrate_unicycle(
-            world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
-        )
-        self.robot_xy, self.robot_yaw = xy, yaw
-        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, self._compiling())
-        clearance = footprint_clearance(world, xy[:, None], robot.radius, obstacles=obstacles).total[:, 0]
-        new_collision = self.contacts.update(blocked, clearance)
-
-        arc = route_arclength(world.scene.route, world.route_cumlen, xy)
-        progress = (arc - self._best_arc).clamp_min(0)
-        self._best_arc = torch.maximum(self._best_arc, arc)
-        arrived = ((world.scene.goal - xy).norm(dim=-1) <= cfg.arrival_radius) & ~self._success
-        self._success = self._success | arrived
-        self._steps += 1
-        truncated = (self._steps >= self._step_limit) & ~self._success
-
-        terms = reward_terms(world, xy, robot.radius, progress, arrived, new_collision, action, self._prev_action, self._action_range, cfg.rewards)
-        reward = total_reward(terms, cfg.rewards)
-        self._prev_action = action
+        reward, terms = self._hold(action)
+        ended = self._success | (self._steps >= self._step_limit)
+        truncated = ended & ~self._success
 
         rgb, depth = self._render()
         self._frames[:, self._head] = rgb
@@ -274,9 +277,58 @@ class NavEnv(EnvBase):
             reward=reward[:, None].float(),
             terminated=self._success[:, None].clone(),
             truncated=truncated[:, None],
-            done=(self._success | truncated)[:, None],
+            done=ended[:, None],
         )
         return TensorDict(out, batch_size=self.batch_size, device=self.device)
+
+    def _hold(self, action: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Apply ``action`` for ``action_repeat`` control periods: (summed reward, summed terms) [N].
+
+        An env whose episode ends (arrival or time limit) inside the held periods keeps its state
+        and earns nothing for the remaining ones, so the transition ends where the episode did."""
+        repeat = self.config.action_repeat
+        reward, terms = self._control_period(action)
+        for _ in range(repeat - 1):
+            running = ~(self._success | (self._steps >= self._step_limit))
+            state = (self.robot_xy, self.robot_yaw, self._best_arc, self._steps)
+            more_reward, more_terms = self._control_period(action, running)
+            self.robot_xy, self.robot_yaw, self._best_arc, self._steps = (
+                torch.where(running[:, None] if old.dim() == 2 else running, new, old)
+                for old, new in zip(state, (self.robot_xy, self.robot_yaw, self._best_arc, self._steps))
+            )
+            reward = reward + torch.where(running, more_reward, 0.0)
+            terms = {t: v + torch.where(running, more_terms[t], 0.0) for t, v in terms.items()}
+        return reward, terms
+
+    def _control_period(self, action: torch.Tensor, running: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One control period of physics, crowd, contacts, progress and rewards (no rendering).
+        ``running`` [N] (default all): envs whose contacts may count in this period."""
+        cfg, robot, world = self.config, self.robot, self.world
+        dt = cfg.timing.control_dt
+        old_xy = self.robot_xy
+        obstacles = self._obstacles
+        xy, yaw, blocked = integrate_unicycle(
+            world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
+        )
+        self.robot_xy, self.robot_yaw = xy, yaw
+        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, self._compiling())
+        clearance = footprint_clearance(world, xy[:, None], robot.radius, obstacles=obstacles).total[:, 0]
+        if running is not None:
+            blocked, clearance = blocked & running, torch.where(running, clearance, torch.inf)
+        new_collision = self.contacts.update(blocked, clearance)
+
+        arc = route_arclength(world.scene.route, world.route_cumlen, xy)
+        progress = (arc - self._best_arc).clamp_min(0)
+        self._best_arc = torch.maximum(self._best_arc, arc)
+        arrived = ((world.scene.goal - xy).norm(dim=-1) <= cfg.arrival_radius) & ~self._success
+        if running is not None:
+            arrived = arrived & running
+        self._success = self._success | arrived
+        self._steps = self._steps + 1
+
+        terms = reward_terms(world, xy, robot.radius, progress, arrived, new_collision, action, self._prev_action, self._action_range, cfg.rewards)
+        self._prev_action = action
+        return total_reward(terms, cfg.rewards), terms
 
     @property
     def route_completion(self) -> torch.Tensor:
