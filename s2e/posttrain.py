@@ -47,7 +47,7 @@ from s2e.distributions import agdm_loss
 from s2e.model.policy import PolicyConfig
 from s2e.model.ram import RAMConfig, ResidualAttentionModule
 from s2e.pretrain import CHECKPOINT_KEY, load_policy_from_checkpoint
-from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, ActorCritic, Exploration, ValueHead, build_actor_critic
+from s2e.rl.actor import ActorCritic, Exploration, ValueHead, build_actor_critic
 from s2e.rl.advantage import add_gae
 from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_env
 from s2e.rl.evaluate import run_episodes
@@ -95,6 +95,8 @@ class PostTrainModule(pl.LightningModule):
             Default 0.5 / 0.5, measured on the obstacle task with a 2-epoch policy (mode return
             +1.6): sampled return -15 at 1 / 1, -8 at 0.5 / 0.5; an 11-minute RAM run at 0.5 / 0.5
             raised the return from -0.48 to +3.18.
+        exploration_space: ``trajectory`` (sample a whole trajectory from the mixture) or ``anchor``
+            (sample which anchor to follow and drive its mean): see :class:`s2e.rl.actor.Exploration`.
         target_kl: stop a batch's PPO passes at the first minibatch whose approximate KL to the
             collecting policy exceeds it (``None``: never). Without it, fine-tuning the whole policy
             left the trust region on the first batch (obstacle task, lr 1e-4: KL 0.36, clip
@@ -103,6 +105,10 @@ class PostTrainModule(pl.LightningModule):
             without it drifted to SR 0.00 on the quick suite (pretrained 0.75) and kept 0.75 at
             0.5 / 0.5 with the default 0.02.
         lookahead_time: the shared controller's pure-pursuit lookahead (seconds).
+        action_repeat: control periods each sampled command is held during collection (one PPO
+            transition, one rendered frame per decision; :class:`s2e.sim.env.NavEnvConfig`). The
+            policy still sees frames ``frame_dt`` apart, and evaluation and export decide every
+            ``control_dt`` as before.
         expert_noise: (v m/s, omega rad/s) std of the noise on the expert's commands (``sft``).
         video_every_n_epochs: a deterministic rollout video every N epochs (0: never), at most
             ``video_max_steps`` control steps, in a scene drawn from ``video_seed`` and the epoch.
@@ -134,8 +140,10 @@ class PostTrainModule(pl.LightningModule):
         max_grad_norm: float = 1.0,
         anchor_temperature: float = 0.5,
         std_scale: float = 0.5,
+        exploration_space: str = "trajectory",
         target_kl: Optional[float] = 0.02,
         lookahead_time: float = 0.6,
+        action_repeat: int = 1,
         expert_noise: tuple[float, float] = (0.1, 0.2),
         video_every_n_epochs: int = 10,
         video_max_steps: int = 300,
@@ -157,8 +165,9 @@ class PostTrainModule(pl.LightningModule):
         self._trainable_policy_params = trainable
         profile = get_robot(robot)
         self.limits = ControllerLimits(max_speed=profile.max_speed, max_yaw_rate=profile.max_omega, lookahead_time=lookahead_time)
-        self.env_config = NavEnvConfig(task=task, robot=robot, timing=self.timing, image_size=policy.config.image_size, domain=domain)
-        exploration = Exploration(anchor_temperature, std_scale)
+        self.env_config = NavEnvConfig(task=task, robot=robot, timing=self.timing, image_size=policy.config.image_size, domain=domain,
+                                      action_repeat=action_repeat)
+        exploration = Exploration(anchor_temperature, std_scale, exploration_space)
         modules = build_actor_critic(
             policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=exploration
         )
@@ -175,7 +184,7 @@ class PostTrainModule(pl.LightningModule):
             normalize_advantage=True,
             functional=False,  # the optimizer owns the live parameters; required under DDP
         )
-        loss.set_keys(action=TRAJECTORY_KEY, sample_log_prob=LOG_PROB_KEY, value="state_value")
+        loss.set_keys(action=modules.action_key, sample_log_prob=modules.log_prob_key, value="state_value")
         return loss
 
     @property
@@ -291,7 +300,8 @@ class PostTrainModule(pl.LightningModule):
         """The rollout entries ClipPPOLoss reads once GAE is written (no ``next`` observations)."""
         loss = self.agent.loss
         modules = [k for k in loss.in_keys if not (isinstance(k, tuple) and k[0] == "next")]
-        return list(dict.fromkeys([*modules, TRAJECTORY_KEY, LOG_PROB_KEY, "advantage", "value_target", "state_value"]))
+        agent = self.agent.modules
+        return list(dict.fromkeys([*modules, agent.action_key, agent.log_prob_key, "advantage", "value_target", "state_value"]))
 
     def _sft_update(self, batch: TensorDictBase) -> dict[str, float]:
         flat = batch.reshape(-1)

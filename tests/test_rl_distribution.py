@@ -159,3 +159,31 @@ def test_exploration_sharpens_the_sampled_mixture_keeps_its_mode_and_its_log_pro
         torch.testing.assert_close(cool.drive(obs.clone())["action"], plain.drive(obs.clone())["action"])
     with pytest.raises(ValueError, match="anchor_temperature"):
         Exploration(anchor_temperature=0.0)
+    with pytest.raises(ValueError, match="space"):
+        Exploration(space="waypoints")
+
+
+def test_anchor_space_exploration_samples_anchors_and_drives_the_chosen_mean() -> None:
+    """In anchor space the actor's sample is an anchor index with a categorical log-prob PPO can
+    recompute; the env command is that anchor's mean trajectory x its scale through the shared
+    controller, and the deterministic command is the exported policy's (best mode)."""
+    policy = _tiny_policy()
+    limits = ControllerLimits(max_speed=1.5, max_yaw_rate=1.5)
+    dt = TimingSpec().waypoint_dt
+    modules = build_actor_critic(policy, ValueHead(32), dt, limits, encoder_trainable=False, exploration=Exploration(0.5, space="anchor"))
+    obs = _observation(256)
+    with torch.no_grad(), set_interaction_type(InteractionType.RANDOM):
+        td = modules.collect_policy(obs.clone())
+    anchor = td[modules.action_key]
+    assert anchor.dtype == torch.long and anchor.shape == (256,)
+    assert len(anchor.unique()) > 1  # it explores
+    logits = torch.log_softmax(td["scores"], -1)
+    torch.testing.assert_close(td[modules.log_prob_key], logits.gather(-1, anchor[:, None])[:, 0])
+    torch.testing.assert_close(modules.actor.get_dist(td.select("context")).log_prob(anchor), td[modules.log_prob_key])
+    rows = torch.arange(256)
+    metres = td["mean"][rows, anchor] * td["scale"][rows, anchor][:, None, None]
+    torch.testing.assert_close(td["action"], command_from_limits(metres, dt, limits))
+    with torch.no_grad(), set_interaction_type(InteractionType.DETERMINISTIC):
+        greedy = modules.drive(obs.clone())
+        out = policy(obs["frames"], obs["goal"])
+    np.testing.assert_allclose(greedy["action"].numpy(), command_from_limits(best_trajectory_metres(out), dt, limits).numpy(), atol=1e-3)

@@ -17,6 +17,10 @@ batch on (env creation, compilation and the first batch excluded):
 * ``update``: the PPO minibatch passes;
 * ``overhead``: the rest: TorchRL collector and env wrappers, Lightning, logging.
 
+A *frame* is one control period of simulated robot time (``control_dt``, one camera frame at the
+robot's rate); with ``action_repeat`` > 1 one env step holds its command for that many periods and
+renders, encodes and stores one *decision*, so both rates are printed (``decisions_per_s``).
+
 Without ``--pretrained`` it writes a checkpoint of a freshly initialised policy (``--preset``,
 fixed seed, 20 arc anchors) to a temporary directory, so it runs on a fresh clone; throughput does
 not depend on what the weights learned, except through episode lengths and PPO's early stop.
@@ -81,7 +85,7 @@ class Instrument(pl.Callback):
         self.watch = watch
         self.compiled = compiled
         self.started: float | None = None
-        self.frames = 0
+        self.decisions = 0
 
     @staticmethod
     def _env(trainer: pl.Trainer) -> Any:
@@ -106,7 +110,7 @@ class Instrument(pl.Callback):
             module._step = watch.wrap("optimizer_step", module._step)
             self.started = time.perf_counter()
             return
-        self.frames += trainer.datamodule.hparams.num_envs * trainer.datamodule.hparams.steps_per_batch
+        self.decisions += trainer.datamodule.hparams.num_envs * trainer.datamodule.hparams.steps_per_batch
 
 
 def tiny_pretrained(directory: Path, preset: str = "small", num_anchors: int = 20) -> Path:
@@ -184,9 +188,13 @@ def main() -> dict[str, Any]:
     seconds = {name: seconds[name] for name in PARTS}
     hp, steps = module.hparams, data.hparams.steps_per_batch
     env_steps = args.batches * steps
+    repeat = module.env_config.action_repeat
+    frames = instrument.decisions * repeat
     result = {
-        "frames_per_s": round(instrument.frames / wall, 1),
-        "frames": instrument.frames,
+        "frames_per_s": round(frames / wall, 1),
+        "decisions_per_s": round(instrument.decisions / wall, 1),
+        "frames": frames,
+        "action_repeat": repeat,
         "seconds": round(wall, 2),
         "share": {k: round(v / wall, 4) for k, v in seconds.items()},
         "seconds_by_part": {k: round(v, 2) for k, v in seconds.items()},
@@ -202,8 +210,8 @@ def main() -> dict[str, Any]:
         "compile": args.compile,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
-    print(f"{result['frames_per_s']} frames/s over {instrument.frames} frames ({args.envs} envs x {steps} steps x {args.batches} batches, "
-          f"{result['ppo_updates_per_batch']:.0f} PPO updates per batch)")
+    print(f"{result['frames_per_s']} frames/s ({result['decisions_per_s']} decisions/s, action_repeat {repeat}) over {frames} frames "
+          f"({args.envs} envs x {steps} steps x {args.batches} batches, {result['ppo_updates_per_batch']:.0f} PPO updates per batch)")
     print("time split: " + ", ".join(f"{k} {100 * v:.1f} % ({result['ms_per_env_step'][k]} ms/step)" for k, v in result["share"].items()))
     print(json.dumps(result))
     return result

@@ -17,6 +17,8 @@ Keys (all batch-first):
   then ``context`` + those -> the same outputs                                      (:class:`ResidualDecoder`)
 * those -> ``trajectory`` [T, 2] (normalized) + ``trajectory_log_prob``              (ProbabilisticActor)
 * ``trajectory`` + the mixture -> ``action`` (v, omega)                              (:class:`TrajectoryController`)
+* or, exploring in anchor space: ``scores`` -> ``anchor`` + ``anchor_log_prob``      (ProbabilisticActor, :class:`AnchorChoice`),
+  then that anchor's mean trajectory x its scale -> ``action``                      (:class:`AnchorCommand`)
 * ``context`` (detached), ``goal`` -> ``state_value`` [1]                            (:class:`ValueHead`)
 
 Scale: the distribution is over *normalized* trajectories; the metres-per-step scale is the
@@ -45,6 +47,9 @@ DIST_KEYS = ("scores", "mean", "log_std", "rho")
 FROZEN_KEY = "frozen_anchor_features"
 TRAJECTORY_KEY = "trajectory"
 LOG_PROB_KEY = "trajectory_log_prob"
+ANCHOR_KEY = "anchor"
+ANCHOR_LOG_PROB_KEY = "anchor_log_prob"
+EXPLORATION_SPACES = ("trajectory", "anchor")
 
 
 class FeatureContext(nn.Module):
@@ -67,12 +72,22 @@ class PolicyContext(FeatureContext):
 
 @dataclass(frozen=True)
 class Exploration:
-    """How much the RL behaviour distribution explores around the pretrained one (see PolicyDecoder)."""
+    """How the RL behaviour distribution explores around the pretrained one (see PolicyDecoder).
+
+    ``space``: ``trajectory`` samples a whole normalized trajectory from the anchor mixture (the
+    paper's form: PPO's ratio is that of a 2T-dimensional density); ``anchor`` samples only which
+    anchor to follow and drives its mean trajectory (PPO's ratio is that of a categorical over M
+    anchors, the choice the deployed policy's argmax makes). ``std_scale`` matters only for
+    ``trajectory``.
+    """
 
     anchor_temperature: float = 1.0
     std_scale: float = 1.0
+    space: str = "trajectory"
 
     def __post_init__(self) -> None:
+        if self.space not in EXPLORATION_SPACES:
+            raise ValueError(f"exploration space must be one of {EXPLORATION_SPACES}, got {self.space!r}")
         for name in ("anchor_temperature", "std_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -161,6 +176,32 @@ class TrajectoryController(nn.Module):
         return command_from_limits(flat, self.waypoint_dt, self.limits).reshape(*metres.shape[:-2], 2)
 
 
+class AnchorChoice(torch.distributions.Categorical):
+    """Which anchor to follow, from the (tempered) anchor scores; its deterministic sample is the
+    highest-scoring anchor, the one evaluation and the exported policy follow."""
+
+    @property
+    def deterministic_sample(self) -> Tensor:
+        return self.logits.argmax(-1)
+
+
+class AnchorCommand(nn.Module):
+    """The chosen anchor's mean trajectory x that anchor's scale -> (v, omega) through the shared
+    controller: exactly what the deployed policy commands when the choice is its argmax."""
+
+    def __init__(self, waypoint_dt: float, limits: ControllerLimits) -> None:
+        super().__init__()
+        self.waypoint_dt = float(waypoint_dt)
+        self.limits = limits
+
+    def forward(self, anchor: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
+        index = anchor.long()[..., None]
+        chosen = mean.gather(-3, index[..., None, None].expand(*index.shape, *mean.shape[-2:]))[..., 0, :, :]
+        metres = chosen * scale.gather(-1, index)[..., None]
+        flat = metres.reshape(-1, *metres.shape[-2:])
+        return command_from_limits(flat, self.waypoint_dt, self.limits).reshape(*metres.shape[:-2], 2)
+
+
 class ValueHead(nn.Module):
     """V(observation) from the policy's *detached* context (mean over tokens) and the raw goal.
 
@@ -196,6 +237,7 @@ class ActorCritic:
         feature_context, feature_policy: the same from ``frame_features`` / ``goal`` (what the
             collector runs over an env with :class:`s2e.rl.features.FrameFeatures`); ``None`` when
             the encoder is trainable, since stored features would then go stale.
+        action_key, log_prob_key: the actor's sample and its log-probability (what PPO's ratio reads).
     """
 
     context: TensorDictModule
@@ -205,6 +247,8 @@ class ActorCritic:
     collect_policy: TensorDictSequential
     feature_context: TensorDictModule | None = None
     feature_policy: TensorDictSequential | None = None
+    action_key: str = TRAJECTORY_KEY
+    log_prob_key: str = LOG_PROB_KEY
 
 
 def build_actor_critic(
@@ -225,24 +269,37 @@ def build_actor_critic(
         before_actor = []
         decoder = TensorDictModule(PolicyDecoder(policy, exploration), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
     parameters = TensorDictSequential(context, decoder) if encoder_trainable else decoder
-    actor = ProbabilisticActor(
-        parameters,
-        in_keys=list(DIST_KEYS),
-        out_keys=[TRAJECTORY_KEY],
-        distribution_class=AnchorTrajectoryDistribution,
-        return_log_prob=True,
-        log_prob_key=LOG_PROB_KEY,
-        default_interaction_type=InteractionType.RANDOM,
-    )
+    exploration = exploration or Exploration()
+    if exploration.space == "anchor":
+        action_key, log_prob_key = ANCHOR_KEY, ANCHOR_LOG_PROB_KEY
+        actor = ProbabilisticActor(
+            parameters, in_keys={"logits": "scores"}, out_keys=[action_key], distribution_class=AnchorChoice,
+            return_log_prob=True, log_prob_key=log_prob_key, default_interaction_type=InteractionType.RANDOM,
+        )
+        controller = TensorDictModule(AnchorCommand(waypoint_dt, limits), in_keys=[action_key, "mean", "scale"], out_keys=["action"])
+    else:
+        action_key, log_prob_key = TRAJECTORY_KEY, LOG_PROB_KEY
+        actor = ProbabilisticActor(
+            parameters,
+            in_keys=list(DIST_KEYS),
+            out_keys=[action_key],
+            distribution_class=AnchorTrajectoryDistribution,
+            return_log_prob=True,
+            log_prob_key=log_prob_key,
+            default_interaction_type=InteractionType.RANDOM,
+        )
+        controller = TensorDictModule(
+            TrajectoryController(waypoint_dt, limits), in_keys=[action_key, *DIST_KEYS, "scale"], out_keys=["action"]
+        )
     critic = ValueOperator(value_head, in_keys=["context", "goal"], out_keys=["state_value"])
-    controller = TensorDictModule(
-        TrajectoryController(waypoint_dt, limits), in_keys=[TRAJECTORY_KEY, *DIST_KEYS, "scale"], out_keys=["action"]
-    )
     # ``context`` must be in every rollout: a trainable-encoder actor writes it itself, a
     # frozen-encoder one reads it, so the context module runs first
     head = [actor] if encoder_trainable else [context, *before_actor, actor]
     drive = TensorDictSequential(*head, controller)
-    modules = ActorCritic(context=context, actor=actor, critic=critic, drive=drive, collect_policy=TensorDictSequential(drive, critic))
+    modules = ActorCritic(
+        context=context, actor=actor, critic=critic, drive=drive, collect_policy=TensorDictSequential(drive, critic),
+        action_key=action_key, log_prob_key=log_prob_key,
+    )
     if not encoder_trainable:
         modules.feature_context = TensorDictModule(FeatureContext(policy), in_keys=[FEATURES_KEY, "goal"], out_keys=["context"])
         modules.feature_policy = TensorDictSequential(modules.feature_context, *before_actor, actor, controller, critic)
