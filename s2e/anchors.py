@@ -3,17 +3,37 @@
 Anchors are fitted on *normalized* trajectories (divided by their mean step length), so one anchor
 set serves robots of different speeds. They are stored as ``.npz`` with the TimingSpec they were cut
 with (never pickle): a model trained with anchors from another timing would misread them.
+
+``Anchors.load`` reads its file with ``allow_pickle=False`` and reports anything that is not such an
+``.npz`` (random bytes, a bare ``.npy``, wrong members, dtypes, shapes, NaNs) as one short
+``not an anchors file: PATH (...)`` error that says what was expected. numpy's own messages are
+dropped on purpose: for bytes that are neither ``.npy`` nor zip it advises loading "unsafely
+using allow_pickle", which for a file passed on a command line means executing whatever it holds.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from s2e.timing import TimingSpec
+
+#: What an anchors file holds, as every "not an anchors file" error states it.
+ANCHORS_FILE_LAYOUT = (
+    "an .npz from tools/compute_anchors.py holding points float [M, 2], trajectories float [M, T, 2] "
+    "(T = the timing's num_waypoints), counts int [M] and timing (a TimingSpec as a JSON string)"
+)
+#: Member name -> numpy dtype kinds it may have ('f' float, 'i'/'u' integer, 'U' unicode string).
+_MEMBER_KINDS = {"points": "f", "trajectories": "f", "counts": "iu", "timing": "U"}
+#: What ``np.load`` and reading members raise for bytes that are not a valid ``.npy``/``.npz``
+#: (found by mutating valid files: bad zip structure, bad or truncated headers, corrupt
+#: compressed data, unsupported zip features, bytes that are neither format).
+_UNREADABLE = (ValueError, EOFError, OSError, NotImplementedError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass
@@ -33,9 +53,9 @@ class Anchors:
     counts: np.ndarray
 
     def __post_init__(self) -> None:
-        m = self.points.shape[0]
-        if self.points.ndim != 2 or self.points.shape[1] != 2 or m < 1:
+        if self.points.ndim != 2 or self.points.shape[1] != 2 or self.points.shape[0] < 1:
             raise ValueError(f"anchor points must be [M, 2] with M >= 1, got {self.points.shape}")
+        m = self.points.shape[0]
         expected = (m, self.timing.num_waypoints, 2)
         if self.trajectories.shape != expected:
             raise ValueError(f"anchor trajectories must be {expected} for this TimingSpec, got {self.trajectories.shape}")
@@ -59,19 +79,55 @@ class Anchors:
 
     @classmethod
     def load(cls, path: str | Path) -> "Anchors":
+        """Read an anchors file (never unpickling); anything else is a ValueError naming ``path`` and the expected layout."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"anchors file not found: {path} (make one with tools/compute_anchors.py)")
-        with np.load(path, allow_pickle=False) as npz:
-            missing = {"points", "trajectories", "counts", "timing"} - set(npz.files)
-            if missing:
-                raise ValueError(f"{path} is not an anchors file: it lacks {sorted(missing)}")
+        members = _read_members(path)
+        try:
+            timing = TimingSpec.from_dict(json.loads(str(members["timing"])))
+        except (TypeError, ValueError) as err:
+            raise _not_anchors(path, f"timing is not a TimingSpec as JSON: {err}") from None
+        try:
             return cls(
-                points=npz["points"].astype(np.float32),
-                trajectories=npz["trajectories"].astype(np.float32),
-                counts=npz["counts"].astype(np.int64),
-                timing=TimingSpec.from_dict(json.loads(str(npz["timing"]))),
+                points=members["points"].astype(np.float32),
+                trajectories=members["trajectories"].astype(np.float32),
+                counts=members["counts"].astype(np.int64),
+                timing=timing,
             )
+        except ValueError as err:
+            raise _not_anchors(path, str(err)) from None
+
+
+def _not_anchors(path: Path, problem: str) -> ValueError:
+    """The one error for a file that is not a usable anchors file: path, what is wrong, what was expected."""
+    return ValueError(f"not an anchors file: {path} ({problem}); expected {ANCHORS_FILE_LAYOUT}")
+
+
+def _read_members(path: Path) -> dict[str, np.ndarray]:
+    """The four members of an anchors ``.npz``, each of an allowed dtype kind (see ``_MEMBER_KINDS``).
+
+    Every way the bytes can fail to be such an archive becomes :func:`_not_anchors` without its
+    cause (``from None``), so numpy's advice to load "unsafely using allow_pickle" never reaches a user.
+    """
+    members: dict[str, np.ndarray] = {}
+    try:
+        loaded = np.load(path, allow_pickle=False)  # an NpzFile, or a bare array for an .npy file
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                members = {name: loaded[name] for name in _MEMBER_KINDS if name in loaded.files}
+    except _UNREADABLE:
+        raise _not_anchors(path, "not a readable .npz archive") from None
+    if isinstance(loaded, np.ndarray):
+        raise _not_anchors(path, f"a single .npy array of dtype {loaded.dtype} shape {list(loaded.shape)}, not an .npz archive")
+    missing = sorted(set(_MEMBER_KINDS) - set(members))
+    if missing:
+        raise _not_anchors(path, f"it lacks {missing}")
+    for name, kinds in _MEMBER_KINDS.items():
+        array = members[name]
+        if array.dtype.kind not in kinds:
+            raise _not_anchors(path, f"{name} has dtype {array.dtype} shape {list(array.shape)}")
+    return members
 
 
 def fit_anchors(trajectories: np.ndarray, num_anchors: int, timing: TimingSpec, *, seed: int = 0) -> Anchors:

@@ -10,6 +10,20 @@ generation is deterministic (see ``s2e.sim.generator``).
 
 Scene seeds are drawn from the "benchmark" stream of ``s2e.sim.seeds``: training envs draw from the
 disjoint "train" stream, so a suite's streets are never trained on, whatever seeds training used.
+A suite with a scene seed of another purpose is refused, not warned about: its numbers would
+measure memorised streets, and a warning scrolls past in a benchmark log while the report it
+produces looks like any other. Such a suite predates the seed streams; tools/make_suite.py
+rewrites it.
+
+Loading a suite (and making one, which reloads what it made) checks it against its own layouts and
+against sane ranges, so an impossible suite fails before any policy drives it: every problem is a
+ValueError naming the suite, the episode (index and id) and the field, e.g. ``suite quick.json
+episode 3 (obstacle/s01/forward): start (12.0, 4.5) is inside a building``. Per episode: start and
+goal lie in the scene, the robot's footprint fits at both (no building, no obstacle; no pedestrian
+at the start), the start is farther than ``arrival_radius`` from the goal (else the episode succeeds
+before the robot moves), the time limit is at least the time the route takes at the robot's top
+speed, all numbers are finite and the seeds are integers of the right stream. Suite fields must lie
+in ``ARRIVAL_RADIUS_RANGE``, ``TIME_LIMIT_FACTOR_RANGE`` and ``TIME_LIMIT_SLACK_RANGE``.
 
 Every task of a suite uses the same scene seeds, hence the same streets and routes: only the
 distractors differ, so per-task differences isolate obstacles and crowds. A scene gives at most
@@ -33,8 +47,9 @@ import torch
 
 from s2e.registry import dataclass_from_dict
 from s2e.sim.generator import SceneConfig, World, generate_scene_arrays, stack_scenes
+from s2e.sim.physics import footprint_clearance
 from s2e.sim.robots import get_robot
-from s2e.sim.seeds import draw_scene_seeds
+from s2e.sim.seeds import draw_scene_seeds, purpose_of
 from s2e.sim.tasks import TASKS, get_task
 from s2e.timing import TimingSpec
 
@@ -43,6 +58,27 @@ SUITES_DIR = Path(__file__).resolve().parent / "suites"
 VARIANTS = ("forward", "reverse")
 #: Metres a pedestrian must keep from the start (plus the robot radius), as in the generator.
 _START_KEEPOUT = 2.5
+#: Suite, episode and style seeds lie in ``[0, SEED_BOUND)``: the generator draws them as
+#: ``rng.integers(2**31 - 1)``, and renderers keep style seeds in integer tensors.
+SEED_BOUND = 2**31 - 1
+
+#: Allowed ``Suite.arrival_radius``, metres (inclusive). Arrival means the robot's centre comes within
+#: the radius, so a radius <= 0 never succeeds; below 0.1 m (less than the 0.15 m the wheeled robot
+#: drives per 0.1 s control step) success would measure stopping precision, not navigation. Above
+#: 2 m, half the shortest route ``SceneConfig.validate`` allows (4 m), an episode could count as a
+#: success with half its route undriven.
+ARRIVAL_RADIUS_RANGE: tuple[float, float] = (0.1, 2.0)
+#: Allowed ``Suite.time_limit_factor`` (time limit = factor * route length / top speed + slack),
+#: inclusive. A negative factor gives longer routes less time; 0 is a fixed limit of ``slack``
+#: seconds. Above 10 a robot still under way has averaged less than a tenth of its top speed:
+#: longer limits only let stalled episodes run on (benchmark time grows with the limit).
+TIME_LIMIT_FACTOR_RANGE: tuple[float, float] = (0.0, 10.0)
+#: Allowed ``Suite.time_limit_slack``, seconds (inclusive): time on top of driving, for turning on
+#: the spot at the start and waiting for pedestrians. Negative slack takes that time away; 120 s
+#: is twelve times the standard suite's 10 s, more than any wait in a scene of a few dozen metres.
+TIME_LIMIT_SLACK_RANGE: tuple[float, float] = (0.0, 120.0)
+#: Array fields of an episode and the shape of one row (``()``: a list of numbers).
+_EPISODE_ARRAYS: dict[str, tuple[int, ...]] = {"route": (2,), "obstacles": (8,), "pedestrians": (6,), "pedestrian_goals": (4,), "pedestrian_speeds": ()}
 
 
 @dataclass(frozen=True)
@@ -73,28 +109,63 @@ class EpisodeSpec:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str) -> "EpisodeSpec":
-        """Parse and check one episode; ``where`` names it in errors."""
+    def from_dict(cls, data: dict[str, Any]) -> "EpisodeSpec":
+        """Parse one episode and check its own fields; the caller's error prefix names the suite and episode."""
         expected = {f.name for f in fields(cls)}
-        if set(data) != expected:
-            raise ValueError(f"{where}: episode keys {sorted(data)} differ from {sorted(expected)}")
-        get_task(data["task"])
+        if not isinstance(data, dict) or set(data) != expected:
+            raise ValueError(f"episode keys {sorted(data) if isinstance(data, dict) else data!r} differ from {sorted(expected)}")
+        get_task(str(data["task"]))
         if data["variant"] not in VARIANTS:
-            raise ValueError(f"{where}: unknown variant {data['variant']!r}; known variants: {list(VARIANTS)}")
-        shapes = {"route": 2, "obstacles": 8, "pedestrians": 6, "pedestrian_goals": 4}
-        arrays = {}
-        for name, width in shapes.items():
-            array = np.asarray(data[name], dtype=np.float32).reshape(-1, width) if len(data[name]) else np.zeros((0, width), np.float32)
-            if array.ndim != 2 or not np.isfinite(array).all():
-                raise ValueError(f"{where}: {name} must be a finite [n, {width}] list")
-            arrays[name] = array
-        arrays["pedestrian_speeds"] = np.asarray(data["pedestrian_speeds"], dtype=np.float32).reshape(-1)
-        if len(arrays["route"]) < 2:
-            raise ValueError(f"{where}: a route needs at least 2 vertices")
+            raise ValueError(f"unknown variant {data['variant']!r}; known variants: {list(VARIANTS)}")
+        arrays = {name: _float_array(data[name], name, row) for name, row in _EPISODE_ARRAYS.items()}
+        route = arrays["route"]
+        if len(route) < 2:
+            raise ValueError("a route needs at least 2 vertices")
+        segments = np.linalg.norm(np.diff(route, axis=0), axis=1)
+        if not segments.all():
+            raise ValueError(f"route vertices {int(np.argmin(segments))} and {int(np.argmin(segments)) + 1} coincide: a zero-length segment has no direction")
         if not len(arrays["pedestrians"]) == len(arrays["pedestrian_goals"]) == len(arrays["pedestrian_speeds"]):
-            raise ValueError(f"{where}: pedestrians, pedestrian_goals and pedestrian_speeds differ in length")
-        ints = {k: int(data[k]) for k in ("scene_seed", "seed", "style_seed")}
-        return cls(id=str(data["id"]), task=str(data["task"]), variant=str(data["variant"]), **ints, **arrays)
+            raise ValueError("pedestrians, pedestrian_goals and pedestrian_speeds differ in length")
+        if (arrays["pedestrian_speeds"] < 0).any():
+            raise ValueError("pedestrian_speeds must be >= 0")
+        purpose = purpose_of(data["scene_seed"])
+        if purpose != "benchmark":
+            raise ValueError(
+                f"scene_seed {data['scene_seed']} belongs to the {purpose!r} scene-seed stream, not 'benchmark': a benchmark on "
+                "those streets measures memorisation (see s2e.sim.seeds); rewrite the suite with tools/make_suite.py"
+            )
+        seeds = {k: _seed(data[k], k) for k in ("seed", "style_seed")}
+        return cls(id=str(data["id"]), task=str(data["task"]), variant=str(data["variant"]), scene_seed=int(data["scene_seed"]), **seeds, **arrays)
+
+
+def _float_array(value: Any, name: str, row: tuple[int, ...]) -> np.ndarray:
+    """A JSON list as a finite float32 array of shape [n, *row] (an empty list gives n = 0)."""
+    shape = "[" + ", ".join(["n", *map(str, row)]) + "]"
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):  # ragged lists, strings
+        raise ValueError(f"{name} must be a finite {shape} list") from None
+    if array.size == 0:
+        return np.zeros((0, *row), np.float32)
+    if array.ndim != 1 + len(row) or array.shape[1:] != row or not np.isfinite(array).all():
+        raise ValueError(f"{name} must be a finite {shape} list")
+    return array
+
+
+def _seed(value: Any, name: str) -> int:
+    """A suite, episode or style seed: a JSON integer in ``[0, SEED_BOUND)``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_BOUND:
+        raise ValueError(f"{name} must be an integer in [0, {SEED_BOUND}), got {value!r}")
+    return value
+
+
+def _number(data: dict[str, Any], name: str, bounds: tuple[float, float], unit: str) -> float:
+    """A suite field that must be a JSON number within ``bounds`` (inclusive; NaN and inf fall outside)."""
+    value = data[name]
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a number in [{lo}, {hi}]{unit}, got {value!r} (see {name.upper()}_RANGE in s2e.bench.suite)")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -175,26 +246,77 @@ def scene_config_from_dict(data: dict[str, Any]) -> SceneConfig:
 
 
 def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
-    """Parse and check a suite document; every problem is a ValueError naming ``where``."""
+    """Parse and check a suite document (see the module docstring); every problem is a ValueError naming ``where``."""
     if not isinstance(data, dict) or data.get("format") != SUITE_FORMAT:
         raise ValueError(f"{where}: not a NavBench suite of format {SUITE_FORMAT} (got format {data.get('format') if isinstance(data, dict) else None!r})")
     try:
         robot = get_robot(data["robot"])
-        scene = scene_config_from_dict(data["scene"]).validate(robot)
-        episodes = tuple(EpisodeSpec.from_dict(e, f"{where} episode {i}") for i, e in enumerate(data["episodes"]))
         suite = Suite(
             name=str(data["name"]), domain=str(data["domain"]), robot=robot.name, timing=TimingSpec.from_dict(data["timing"]),
-            scene=scene, arrival_radius=float(data["arrival_radius"]), time_limit_factor=float(data["time_limit_factor"]),
-            time_limit_slack=float(data["time_limit_slack"]), seed=int(data["seed"]), episodes=episodes,
+            scene=scene_config_from_dict(data["scene"]).validate(robot),
+            arrival_radius=_number(data, "arrival_radius", ARRIVAL_RADIUS_RANGE, " m"),
+            time_limit_factor=_number(data, "time_limit_factor", TIME_LIMIT_FACTOR_RANGE, ""),
+            time_limit_slack=_number(data, "time_limit_slack", TIME_LIMIT_SLACK_RANGE, " s"), seed=_seed(data["seed"], "seed"),
         )
+        documents = data["episodes"]
+        if not isinstance(documents, list) or not documents:
+            raise ValueError("the suite has no episodes")
     except KeyError as err:
         raise ValueError(f"{where}: missing field {err}") from None
-    for e in suite.episodes:
-        if len(e.route) > scene.max_route_vertices or len(e.obstacles) > scene.num_obstacles[1] or len(e.pedestrians) > scene.num_pedestrians[1]:
-            raise ValueError(f"{where}: episode {e.id} has more route vertices, obstacles or pedestrians than its SceneConfig pads to")
-    if not suite.episodes:
-        raise ValueError(f"{where}: the suite has no episodes")
-    return suite
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: {err}") from None
+    scenes = SuiteScenes(suite, ())
+    episodes = []
+    for i, document in enumerate(documents):
+        label = f"{where} episode {i}" + (f" ({document['id']})" if isinstance(document, dict) and "id" in document else "")
+        try:
+            episode = EpisodeSpec.from_dict(document)
+            _check_episode(suite, episode, scenes)
+        except ValueError as err:
+            raise ValueError(f"{label}: {err}") from None
+        episodes.append(episode)
+    return replace(suite, episodes=tuple(episodes))
+
+
+def _check_episode(suite: Suite, episode: EpisodeSpec, scenes: SuiteScenes) -> None:
+    """Raise a ValueError if ``episode`` cannot run as meant in its layout under the suite's settings.
+
+    The layout comes from ``scenes`` (as replay regenerates it) and clearances from the physics'
+    own ``footprint_clearance``, so "inside a building" here is exactly what the robot would hit.
+    """
+    scene, robot = suite.scene, scenes.robot
+    if len(episode.route) > scene.max_route_vertices or len(episode.obstacles) > scene.num_obstacles[1] or len(episode.pedestrians) > scene.num_pedestrians[1]:
+        raise ValueError("more route vertices, obstacles or pedestrians than its SceneConfig pads to")
+    start, goal = episode.route[0], episode.route[-1]
+    gap = float(np.linalg.norm(goal.astype(np.float64) - start))
+    if gap <= suite.arrival_radius:
+        raise ValueError(f"start {_xy(start)} is {gap:.2f} m from the goal {_xy(goal)}, within arrival_radius {suite.arrival_radius} m: "
+                         "the episode succeeds before the robot moves")
+    drive = episode.route_length / robot.max_speed
+    limit = suite.time_limit_factor * drive + suite.time_limit_slack
+    if limit < drive:
+        raise ValueError(f"time limit {limit:.1f} s (time_limit_factor {suite.time_limit_factor} and time_limit_slack {suite.time_limit_slack} s) "
+                         f"is shorter than the {drive:.1f} s its {episode.route_length:.1f} m route takes at the {robot.name} robot's top speed")
+    world = stack_scenes([scenes.arrays(episode)], scene, "cpu")
+    low = world.scene.origin[0].numpy()
+    clearance = footprint_clearance(world, torch.as_tensor(np.stack([start, goal]))[None], robot.radius)
+    for k, (name, point) in enumerate((("start", start), ("goal", goal))):
+        if not ((point >= low) & (point <= low + scene.extent)).all():
+            raise ValueError(f"{name} {_xy(point)} is outside the scene, the {scene.extent} m square from {_xy(low)}")
+        wall = float(clearance.wall[0, k]) + robot.radius  # metres to the nearest building
+        if wall <= 0:
+            raise ValueError(f"{name} {_xy(point)} is inside a building")
+        if wall < robot.radius:
+            raise ValueError(f"{name} {_xy(point)} is {wall:.2f} m from a building, closer than the {robot.name} robot's footprint radius {robot.radius} m")
+        if float(clearance.obstacle[0, k]) < 0:
+            raise ValueError(f"{name} {_xy(point)} overlaps an obstacle: the robot's footprint does not fit there")
+    if float(clearance.pedestrian[0, 0]) < 0:
+        raise ValueError(f"start {_xy(start)} overlaps a pedestrian: the episode would open with a collision")
+
+
+def _xy(point: np.ndarray) -> str:
+    """A point as errors print it: ``(12.0, 4.5)``."""
+    return f"({float(point[0]):.1f}, {float(point[1]):.1f})"
 
 
 def resolve_suite_path(suite: str | Path) -> Path:
@@ -214,8 +336,8 @@ def load_suite(suite: str | Path) -> Suite:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    return suite_from_dict(data, str(path))
+        raise ValueError(f"suite {path} is not valid JSON: {err}") from None
+    return suite_from_dict(data, f"suite {path}")
 
 
 # ---------------------------------------------------------------------- generation
@@ -273,7 +395,7 @@ def make_suite(
                     pedestrian_goals=np.concatenate([a["goal_a"], a["goal_b"]], axis=1).reshape(-1, 4), pedestrian_speeds=a["speeds"],
                 ))
     suite = Suite(name, domain, profile.name, timing, scene, arrival_radius, time_limit_factor, time_limit_slack, seed, tuple(episodes))
-    return suite_from_dict(json.loads(json.dumps(suite.to_dict())), name)  # what a reload gives: rounded, checked
+    return suite_from_dict(json.loads(json.dumps(suite.to_dict())), f"suite {name!r}")  # what a reload gives: rounded, checked
 
 
 # ---------------------------------------------------------------------- replay
