@@ -1,73 +1,71 @@
-"""Turn users' recordings (video + pose file pairs, or GNM frame folders) into episode shards.
+"""Turn users' recordings into episode shards: the part every source shares.
 
-The library behind ``tools/make_shards.py``. Each clip goes through:
+The library behind ``tools/make_shards.py``. A source lists recordings as a :class:`ClipListing`
+of :class:`ClipSource` objects -- video + pose file pairs and GNM folders
+(:mod:`datamodules.file_source`), ROS bags (:mod:`datamodules.rosbag_source`), LeRobot episodes
+(:mod:`datamodules.lerobot_source`) -- and each one loads into a :class:`LoadedClip`: the stored
+video with its frame times (:mod:`datamodules.ingest_video`) and the raw poses. From there every
+clip goes through the same steps:
 
-1. pairing: video and pose file share a file stem (GNM: one folder holds both);
-2. video: frame presentation times read with PyAV from decoded frames' pts (so B-frames and
-   30000/1001 rates give the true times), relative to the first frame, exactly as the streaming
-   reader computes them. H.264 mp4 files are stored byte-for-byte; any other codec/container, and
-   GNM frame folders, are encoded with :func:`s2e.video_io.write_mp4`;
-3. time alignment: ``relative`` (first pose = video time 0) or ``absolute`` (pose times are video
-   seconds already);
-4. problem detection on the poses: non-finite values, non-increasing/duplicate times, gaps longer
+1. time alignment: ``relative`` (first pose = first frame) or ``absolute`` (pose times are on the
+   recording's own clock: pose files with ``--pose-time absolute``, bag stamps, LeRobot
+   timestamps). With ``relative``, a pose span much longer or shorter than the video is warned
+   about and counted, because it usually means the wrong pose file or a wrong rate;
+2. problem detection on the poses: non-finite values, non-increasing/duplicate times, gaps longer
    than ``max_gap``, frames outside the pose time range. Frames inside a problem span get
    ``valid=False`` (the reader never cuts a window touching them) instead of being cut out of the
    video, so the video and trajectory stay one-to-one; valid runs shorter than ``min_seconds`` are
    marked invalid too, and a clip without any usable run is skipped;
-5. interpolation of the good poses to the frame times with :func:`s2e.geometry.interpolate_poses`;
-6. optionally (``max_episode_seconds``) cutting long clips into keyframe-aligned chunks by stream
-   copy (:mod:`datamodules.mp4_chunks`), because the reader decodes an episode whole.
+3. interpolation of the good poses to the frame times with :func:`s2e.geometry.interpolate_poses`;
+4. optionally (``max_episode_seconds``) cutting long clips into keyframe-aligned chunks by stream
+   copy (:mod:`datamodules.mp4_chunks`), because the reader decodes an episode whole;
+5. writing, through the ingest journal (:mod:`datamodules.ingest_journal`), so an interrupted run
+   can be resumed.
 
-Nothing here is fatal for one bad clip: every skip and every dropped second is counted by reason
-in :class:`IngestSummary`.
+Nothing here is fatal for one bad clip: every clip ends kept or skipped with a reason, and every
+dropped second is counted by reason (:mod:`datamodules.ingest_summary`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import re
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import av
 import numpy as np
-from PIL import Image
 
 from datamodules.episode import BadTrajectoryError, Trajectory
+from datamodules.ingest_journal import IngestJournal
+from datamodules.ingest_summary import SECONDS_PER_HOUR, ClipOutcome, IngestSummary
+from datamodules.ingest_video import ClipSkipped, EpisodeVideo, frame_times
 from datamodules.mp4_chunks import split_mp4
-from datamodules.pose_formats import GNM_POSE_FILE, GroundFrame, PoseFormatError, read_poses
+from datamodules.pose_formats import GroundFrame
 from datamodules.shard_writer import EpisodeShardWriter
 from s2e.geometry import interpolate_poses
-from s2e.video_io import write_mp4
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
-POSE_SUFFIXES = {"tum": (".txt", ".tum"), "csv": (".csv",)}
-FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
-SECONDS_PER_HOUR = 3600.0
 #: Frames this close outside the pose time range still count as covered (pose and frame times are
 #: the same instants written through different float/rational roundings).
 TIME_TOLERANCE = 1e-3
-
 #: Why frames are marked invalid inside a kept clip (hours dropped are reported per reason).
 FRAME_DROP_REASONS = ("nonfinite_pose", "time_order", "gap", "outside_pose_range", "short_run")
-
-
-class ClipSkipped(Exception):
-    """A clip that yields no episode; ``reason`` is the summary key, ``seconds`` what was lost."""
-
-    def __init__(self, reason: str, detail: str, seconds: float = 0.0) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail, self.seconds = reason, detail, seconds
+#: ``relative`` pose time: pose and video spans may differ by this fraction of the video ...
+SPAN_TOLERANCE = 0.05
+#: ... or by this many seconds, whichever is larger, before the clip is warned about.
+SPAN_TOLERANCE_S = 0.5
 
 
 @dataclass(frozen=True)
 class IngestOptions:
-    """Everything that decides how a clip becomes an episode (written into every episode's metadata)."""
+    """Everything that decides how a clip becomes an episode (written into every episode's metadata).
+
+    ``pose_format`` names the pose source: a file format (``tum``, ``csv``, ``gnm``), ``rosbag``
+    or ``lerobot``.
+    """
 
     pose_format: str
     pose_time: str = "relative"
@@ -99,208 +97,40 @@ class IngestOptions:
         return {k: getattr(self, k) for k in keys}
 
 
-@dataclass(frozen=True)
-class Clip:
-    """One recording: ``video`` is a video file, or a frame folder for GNM; ``poses`` the pose source."""
+@dataclass
+class LoadedClip:
+    """A recording's stored video and its raw poses, before alignment.
 
-    name: str
-    video: Optional[Path]
-    poses: Optional[Path]
+    ``pose_time`` says how ``poses.t`` relates to the video (see :class:`IngestOptions`);
+    ``message_skips`` counts, by reason, the log messages a robot-log source could not use.
+    """
+
+    video: EpisodeVideo
+    poses: Trajectory
+    pose_time: str
+    message_skips: dict[str, int] = field(default_factory=dict)
+
+
+class ClipSource(Protocol):
+    """One recording a source found: a unique ``name``, a ``source`` for the metadata, and a loader."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    def load(self, options: IngestOptions) -> LoadedClip:
+        """The clip's video and poses, or ClipSkipped."""
+        ...
 
 
 @dataclass
-class IngestSummary:
-    """What happened to every clip: kept episodes (several per clip when split), skipped clips, hours by reason."""
+class ClipListing:
+    """What a source found: loadable clips, and entries skipped before loading ({clip, reason, detail})."""
 
-    kept: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    hours_dropped: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def hours_kept(self) -> float:
-        return sum(k["valid_hours"] for k in self.kept)
-
-    @property
-    def clips_kept(self) -> int:
-        return len({k["clip"] for k in self.kept})
-
-    def skipped_by_reason(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for s in self.skipped:
-            counts[s["reason"]] = counts.get(s["reason"], 0) + 1
-        return counts
-
-    def drop(self, reason: str, seconds: float) -> None:
-        if seconds > 0:
-            self.hours_dropped[reason] = self.hours_dropped.get(reason, 0.0) + seconds / SECONDS_PER_HOUR
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "clips_kept": self.clips_kept,
-            "clips_skipped": len(self.skipped),
-            "episodes": len(self.kept),
-            "hours_kept": self.hours_kept,
-            "hours_dropped": dict(sorted(self.hours_dropped.items())),
-            "skipped_by_reason": self.skipped_by_reason(),
-            "kept": self.kept,
-            "skipped": self.skipped,
-        }
-
-    def table(self) -> str:
-        """A human-readable summary for the terminal."""
-        lines = [
-            f"clips kept: {self.clips_kept} ({len(self.kept)} episodes)   clips skipped: {len(self.skipped)}   "
-            f"hours kept: {self.hours_kept:.4f}"
-        ]
-        for reason, count in sorted(self.skipped_by_reason().items()):
-            lines.append(f"  skipped clips  {reason:<20} {count:>6}")
-        for reason, hours in sorted(self.hours_dropped.items()):
-            lines.append(f"  hours dropped  {reason:<20} {hours:>10.4f}")
-        return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------- pairing
-
-
-def find_clips(videos: Path, poses: Optional[Path], pose_format: str) -> tuple[list[Clip], list[Clip]]:
-    """Pair recordings by file stem; returns (paired clips, clips missing their video or poses)."""
-    videos = Path(videos)
-    if pose_format == "gnm":
-        folders = sorted(p for p in videos.iterdir() if p.is_dir())
-        paired = [Clip(f.name, f, f) for f in folders if (f / GNM_POSE_FILE).is_file()]
-        unpaired = [Clip(f.name, f, None) for f in folders if not (f / GNM_POSE_FILE).is_file()]
-        return paired, unpaired
-    if poses is None:
-        raise ValueError(f"--poses is required for the {pose_format} format")
-    video_files = {p.stem: p for p in sorted(videos.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES}
-    pose_files = {p.stem: p for p in sorted(Path(poses).iterdir()) if p.suffix.lower() in POSE_SUFFIXES[pose_format]}
-    paired = [Clip(stem, video_files[stem], pose_files[stem]) for stem in sorted(video_files.keys() & pose_files.keys())]
-    unpaired = [Clip(s, video_files.get(s), pose_files.get(s)) for s in sorted(video_files.keys() ^ pose_files.keys())]
-    return paired, unpaired
-
-
-# ------------------------------------------------------------------------------------------ video
-
-
-@dataclass
-class EpisodeVideo:
-    """The mp4 stored in the shard and its frame times.
-
-    ``source_times`` are the frame times of the recording on its own clock (what ``--pose-time
-    absolute`` poses refer to); they equal ``times`` + ``source_start`` except after re-encoding a
-    variable-frame-rate source, whose frames are stored at a constant rate.
-    """
-
-    mp4: bytes
-    times: np.ndarray
-    source_times: np.ndarray
-    source_start: float
-    fps: float
-    copied: bool
-
-
-@dataclass(frozen=True)
-class FrameClock:
-    """Presentation times of a video's frames, as the streaming reader computes them."""
-
-    times: np.ndarray  # seconds relative to the first frame
-    start: float  # the first frame's time on the container's own clock
-    rate: Fraction
-    codec: str
-    container: str
-
-
-def frame_times(source: bytes) -> FrameClock:
-    """Decode every frame of ``source`` and read its presentation time.
-
-    Times come from each frame's pts, sorted (decode order differs from presentation order with
-    B-frames). Raises ClipSkipped ("undecodable") on anything FFmpeg cannot read.
-    """
-    handle = io.BytesIO(source)
-    times: list[float] = []
-    try:
-        with av.open(handle, mode="r") as container:
-            if not container.streams.video:
-                raise ClipSkipped("undecodable", "no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
-            codec, fmt = stream.codec_context.name, container.format.name
-            for index, frame in enumerate(container.decode(stream)):
-                times.append(float(frame.time) if frame.time is not None else (index / float(rate) if rate else np.nan))
-    except ClipSkipped:
-        raise
-    except (av.FFmpegError, ValueError, OSError, EOFError) as exc:
-        raise ClipSkipped("undecodable", str(exc)) from exc
-    if len(times) < 2:
-        raise ClipSkipped("undecodable", f"{len(times)} decodable frame(s)")
-    t = np.sort(np.asarray(times, np.float64))
-    if not np.all(np.isfinite(t)) or not np.all(np.diff(t) > 0):
-        raise ClipSkipped("bad_video_time", "frame timestamps missing or repeated")
-    if not rate:
-        rate = Fraction(1.0 / float(np.median(np.diff(t)))).limit_denominator(1001)
-    return FrameClock(t - t[0], float(t[0]), rate, codec, fmt)
-
-
-def load_video_file(path: Path, crf: int) -> EpisodeVideo:
-    """Copy an H.264 mp4 byte-for-byte; re-encode anything else to H.264 mp4.
-
-    Re-encoding decodes the source a second time and streams its frames into the encoder, so no
-    clip is ever held as decoded frames in memory.
-    """
-    data = path.read_bytes()
-    clock = frame_times(data)
-    if clock.codec == "h264" and "mp4" in clock.container.split(",") and path.suffix.lower() in (".mp4", ".m4v"):
-        return EpisodeVideo(data, clock.times, clock.times, clock.start, float(clock.rate), copied=True)
-    buf = io.BytesIO()
-
-    def frames() -> Iterator[np.ndarray]:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            for frame in container.decode(container.streams.video[0]):
-                yield even_crop(frame.to_ndarray(format="rgb24"))
-
-    try:
-        write_mp4(buf, frames(), clock.rate, crf=crf)
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise ClipSkipped("undecodable", f"re-encoding failed: {exc}") from exc
-    stored = frame_times(buf.getvalue())
-    if len(stored.times) != len(clock.times):
-        raise ClipSkipped("undecodable", f"re-encoded {len(stored.times)} frames of {len(clock.times)}")
-    return EpisodeVideo(buf.getvalue(), stored.times, clock.times, clock.start, float(clock.rate), copied=False)
-
-
-def load_frame_folder(folder: Path, fps: float, crf: int) -> EpisodeVideo:
-    """Encode a GNM folder of numbered frames (``0.jpg, 1.jpg, ...``) at ``fps``; frame ``i`` is at ``i / fps``."""
-    numbered = {}
-    for p in folder.iterdir():
-        if p.suffix.lower() in FRAME_SUFFIXES and p.stem.isdigit():
-            numbered[int(p.stem)] = p
-    if len(numbered) < 2:
-        raise ClipSkipped("undecodable", f"{folder}: fewer than 2 numbered frames")
-    indices = sorted(numbered)
-    if indices != list(range(len(indices))):
-        missing = sorted(set(range(indices[-1] + 1)) - set(indices))[:5]
-        raise ClipSkipped("bad_frames", f"{folder}: frame numbering not contiguous from 0 (missing {missing}...)")
-
-    def frames() -> Iterator[np.ndarray]:
-        for i in indices:
-            with Image.open(numbered[i]) as image:
-                yield even_crop(np.asarray(image.convert("RGB")))
-
-    buf = io.BytesIO()
-    rate = Fraction(fps).limit_denominator(1001)
-    try:
-        write_mp4(buf, frames(), rate, crf=crf)
-    except (OSError, ValueError, av.FFmpegError) as exc:  # PIL raises OSError for truncated/corrupt images
-        raise ClipSkipped("undecodable", f"{folder}: {exc}") from exc
-    stored = frame_times(buf.getvalue())
-    return EpisodeVideo(buf.getvalue(), stored.times, np.asarray(indices, np.float64) / fps, 0.0, float(rate), copied=False)
-
-
-def even_crop(frame: np.ndarray) -> np.ndarray:
-    """Drop the last row/column of odd-sized frames: H.264 (yuv420p) needs even sizes."""
-    h, w = frame.shape[:2]
-    return frame[: h - h % 2, : w - w % 2]
+    clips: Sequence[ClipSource]
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------ poses
@@ -361,6 +191,55 @@ def drop_short_runs(problem: np.ndarray, frame_dt: float, min_seconds: float) ->
     for start, stop in zip(edges[::2], edges[1::2]):
         if (stop - start) * frame_dt < min_seconds:
             problem[start:stop] = "short_run"
+
+
+def span_mismatch(poses: Trajectory, video: EpisodeVideo) -> Optional[str]:
+    """With relative pose time: a description when the pose and video spans disagree, else None.
+
+    Relative alignment trusts that poses and video start together and run at the same speed; a
+    pose file twice as long as its video (a wrong file, poses in milliseconds) is interpolated
+    without complaint otherwise.
+    """
+    t = np.asarray(poses.t, np.float64)
+    t = t[np.isfinite(t)]
+    if t.size < 2:
+        return None
+    pose_span, video_span = float(t.max() - t.min()), float(video.source_times[-1] - video.source_times[0])
+    if abs(pose_span - video_span) <= max(SPAN_TOLERANCE * video_span, SPAN_TOLERANCE_S):
+        return None
+    return f"poses span {pose_span:.2f} s, the video {video_span:.2f} s (relative pose time assumes they start together at the same rate)"
+
+
+@dataclass
+class AlignedEpisode:
+    """A clip's validity-marked trajectory at its frame times, per-frame problem reasons and warnings."""
+
+    traj: Trajectory
+    problem: np.ndarray
+    warnings: dict[str, str]
+
+
+def align_episode(loaded: LoadedClip, options: IngestOptions) -> AlignedEpisode:
+    """Steps 1-3 of the module docstring for one loaded clip, or ClipSkipped."""
+    video = loaded.video
+    duration = video.seconds
+    if duration < options.min_seconds:
+        raise ClipSkipped("too_short", f"{duration:.2f} s < --min-seconds {options.min_seconds}", duration)
+    warnings = {}
+    if loaded.pose_time == "relative" and (mismatch := span_mismatch(loaded.poses, video)):
+        warnings["pose_span_mismatch"] = mismatch
+    query = video.source_times + (video.source_start if loaded.pose_time == "absolute" else 0.0)
+    aligned = align_poses(loaded.poses, query, loaded.pose_time, options.max_gap)
+    drop_short_runs(aligned.problem, 1.0 / video.fps, options.min_seconds)
+    if not (aligned.problem == "").any():
+        reasons = sorted(set(aligned.problem))
+        raise ClipSkipped("no_usable_run", f"every frame is invalid ({', '.join(reasons)})", duration)
+    traj = Trajectory(t=video.times, xy=aligned.xy, yaw=aligned.yaw, valid=aligned.problem == "")
+    try:
+        traj.validate()
+    except BadTrajectoryError as exc:
+        raise ClipSkipped("bad_trajectory", str(exc), duration) from exc
+    return AlignedEpisode(traj, aligned.problem, warnings)
 
 
 # -------------------------------------------------------------------------------------- splitting
@@ -425,41 +304,10 @@ def episode_key(name: str, taken: set[str]) -> str:
     return key
 
 
-def build_episode(clip: Clip, options: IngestOptions) -> tuple[EpisodeVideo, Trajectory, np.ndarray]:
-    """Video, aligned validity-marked trajectory and per-frame problem reasons for one clip, or ClipSkipped."""
-    if clip.video is None or clip.poses is None:
-        raise ClipSkipped("no_video" if clip.video is None else "no_poses", clip.name)
-    if options.pose_format == "gnm":
-        video = load_frame_folder(clip.video, float(options.fps), options.crf)
-    else:
-        video = load_video_file(clip.video, options.crf)
-    frame_dt = 1.0 / video.fps
-    duration = len(video.times) * frame_dt
-    try:
-        poses = read_poses(clip.poses, options.pose_format, frame=GroundFrame(options.up, options.forward), fps=options.fps)
-    except (PoseFormatError, OSError, UnicodeDecodeError) as exc:
-        raise ClipSkipped("bad_pose_file", str(exc), duration) from exc
-    if duration < options.min_seconds:
-        raise ClipSkipped("too_short", f"{duration:.2f} s < --min-seconds {options.min_seconds}", duration)
-    # relative: the first pose is the first frame; absolute: pose times are on the video's own clock
-    query = video.source_times + (video.source_start if options.pose_time == "absolute" else 0.0)
-    aligned = align_poses(poses, query, options.pose_time, options.max_gap)
-    drop_short_runs(aligned.problem, frame_dt, options.min_seconds)
-    if not (aligned.problem == "").any():
-        reasons = sorted(set(aligned.problem))
-        raise ClipSkipped("no_usable_run", f"every frame is invalid ({', '.join(reasons)})", duration)
-    traj = Trajectory(t=video.times, xy=aligned.xy, yaw=aligned.yaw, valid=aligned.problem == "")
-    try:
-        traj.validate()
-    except BadTrajectoryError as exc:
-        raise ClipSkipped("bad_trajectory", str(exc), duration) from exc
-    return video, traj, aligned.problem
-
-
-def episode_meta(clip: Clip, video: EpisodeVideo, options: IngestOptions) -> dict[str, Any]:
+def episode_meta(clip: ClipSource, video: EpisodeVideo, options: IngestOptions) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "fps": video.fps,
-        "source": str(clip.video),
+        "source": clip.source,
         "embodiment": options.embodiment,
         "scene": options.scene or clip.name,
         "license": options.license,
@@ -472,54 +320,94 @@ def episode_meta(clip: Clip, video: EpisodeVideo, options: IngestOptions) -> dic
     return meta
 
 
-def ingest(
-    videos: str | Path,
-    poses: Optional[str | Path],
+def ingest_clip(clip: ClipSource, options: IngestOptions, writer: EpisodeShardWriter, keys: set[str]) -> ClipOutcome:
+    """Load, align, split and write one clip; its outcome is kept or skipped, never neither."""
+    outcome = ClipOutcome(clip.name)
+    try:
+        loaded = clip.load(options)
+        outcome.message_skips = dict(loaded.message_skips)
+        episode = align_episode(loaded, options)
+    except ClipSkipped as skip:
+        return outcome.skip(skip.reason, skip.detail, skip.seconds)
+    video = loaded.video
+    outcome.warnings = episode.warnings
+    frame_dt = 1.0 / video.fps
+    for part in split_episode(clip.name, video, episode.traj, episode.problem, options):
+        for reason in FRAME_DROP_REASONS:
+            outcome.drop(reason, int((part.problem == reason).sum()) * frame_dt)
+        valid = int(part.traj.valid.sum())
+        if valid == 0 or len(part.traj) < 2:
+            continue  # a chunk with nothing usable: its seconds are counted above by reason
+        key = episode_key(clip.name if part.chunk is None else f"{clip.name}-{part.chunk['index']:04d}", keys)
+        keys.add(key)
+        meta = episode_meta(clip, video, options)
+        if part.chunk is not None:
+            meta["chunk"] = part.chunk
+        writer.write(key, part.mp4, part.traj, meta, same_shard=bool(outcome.kept))
+        outcome.kept.append(
+            {
+                "clip": clip.name,
+                "key": key,
+                "frames": len(part.traj),
+                "valid_fraction": valid / len(part.traj),
+                "valid_hours": valid * frame_dt / SECONDS_PER_HOUR,
+                "copied": video.copied,
+                **({"warnings": outcome.warnings} if outcome.warnings else {}),
+                **({"message_skips": outcome.message_skips} if outcome.message_skips else {}),
+            }
+        )
+    if not outcome.kept:  # every chunk lost its valid runs to the --min-seconds rule after cutting
+        outcome.skip("no_usable_run", f"no chunk of at most --max-episode-seconds keeps a valid run of --min-seconds {options.min_seconds}")
+    return outcome
+
+
+def ingest_clips(
+    listing: ClipListing,
     out_dir: str | Path,
     options: IngestOptions,
     *,
+    inputs: Optional[dict[str, Any]] = None,
+    resume: bool = False,
     shard_max_count: int = 1000,
     shard_max_mb: float = 1000.0,
     progress: Callable[[str], None] = log.info,
 ) -> IngestSummary:
-    """Ingest every clip under ``videos``/``poses`` into shards in ``out_dir``; returns the summary."""
-    clips, unpaired = find_clips(Path(videos), Path(poses) if poses else None, options.pose_format)
+    """Write every clip of ``listing`` into shards in ``out_dir``; returns the summary of all clips.
+
+    ``inputs`` describes where the clips came from; with the options and shard limits it names the
+    run in the journal, and ``resume`` continues an interrupted run of the same name, skipping the
+    clips it finished. A fresh run refuses a folder that already holds shards. The journal is
+    deleted again when no episode was written, so a failed run leaves nothing that blocks a rerun.
+    """
+    out_dir = Path(out_dir)
+    identity = {"inputs": inputs or {}, "options": asdict(options), "shard_max_count": shard_max_count, "shard_max_mb": shard_max_mb}
+    journal = IngestJournal(out_dir, identity, resume=resume)
     summary = IngestSummary()
-    for clip in unpaired:
-        reason = "no_poses" if clip.poses is None else "no_video"
-        summary.skipped.append({"clip": clip.name, "reason": reason, "detail": str(clip.video or clip.poses)})
-    keys: set[str] = set()
-    with EpisodeShardWriter(out_dir, max_count=shard_max_count, max_size=shard_max_mb * 1e6) as writer:
-        for number, clip in enumerate(clips, 1):
-            try:
-                video, traj, problem = build_episode(clip, options)
-            except ClipSkipped as skip:
-                summary.skipped.append({"clip": clip.name, "reason": skip.reason, "detail": skip.detail})
-                summary.drop(skip.reason, skip.seconds)
-                progress(f"[{number}/{len(clips)}] {clip.name}: skipped ({skip.reason}: {skip.detail})")
-                continue
-            frame_dt = 1.0 / video.fps
-            for part in split_episode(clip.name, video, traj, problem, options):
-                for reason in FRAME_DROP_REASONS:
-                    summary.drop(reason, int((part.problem == reason).sum()) * frame_dt)
-                valid = int(part.traj.valid.sum())
-                if valid == 0 or len(part.traj) < 2:
-                    continue  # a chunk with nothing usable: its seconds are counted above by reason
-                key = episode_key(clip.name if part.chunk is None else f"{clip.name}-{part.chunk['index']:04d}", keys)
-                keys.add(key)
-                meta = episode_meta(clip, video, options)
-                if part.chunk is not None:
-                    meta["chunk"] = part.chunk
-                writer.write(key, part.mp4, part.traj, meta)
-                summary.kept.append(
-                    {
-                        "clip": clip.name,
-                        "key": key,
-                        "frames": len(part.traj),
-                        "valid_fraction": valid / len(part.traj),
-                        "valid_hours": valid * frame_dt / SECONDS_PER_HOUR,
-                        "copied": video.copied,
-                    }
-                )
-                progress(f"[{number}/{len(clips)}] {clip.name} -> {key}: {len(part.traj)} frames, {valid / len(part.traj):.0%} valid")
+    for entry in listing.skipped:
+        summary.add(ClipOutcome(entry["clip"]).skip(entry["reason"], entry["detail"]))
+    for done in journal.done.values():
+        summary.add(ClipOutcome.from_dict(done))
+    keys = {k["key"] for done in journal.done.values() for k in done["kept"]}
+    todo = [clip for clip in listing.clips if clip.name not in journal.done]
+    if len(todo) < len(listing.clips):
+        progress(f"resuming: {len(listing.clips) - len(todo)} clip(s) already done, {len(todo)} to go")
+    max_size = shard_max_mb * 1e6
+    with EpisodeShardWriter(out_dir, max_count=shard_max_count, max_size=max_size, start_index=journal.next_shard, on_finalize=journal.commit) as writer:
+        for number, clip in enumerate(todo, 1):
+            outcome = ingest_clip(clip, options, writer, keys)
+            journal.add(outcome.to_dict())
+            summary.add(outcome)
+            progress(f"[{number}/{len(todo)}] {clip.name}: {describe(outcome)}")
+    journal.close(keep=bool(summary.kept))
     return summary
+
+
+def describe(outcome: ClipOutcome) -> str:
+    """One progress line's worth of a clip's outcome."""
+    if outcome.skipped is not None:
+        return f"skipped ({outcome.skipped['reason']}: {outcome.skipped['detail']})"
+    parts = [f"{k['key']}: {k['frames']} frames, {k['valid_fraction']:.0%} valid" for k in outcome.kept]
+    notes = [f"warning {name}: {text}" for name, text in outcome.warnings.items()]
+    if outcome.message_skips:
+        notes.append(f"messages skipped {outcome.message_skips}")
+    return "; ".join(parts + notes)

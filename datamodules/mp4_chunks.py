@@ -1,9 +1,13 @@
-"""Split an mp4 into shorter mp4s at keyframes by remuxing (stream copy, no re-encode).
+"""Remux mp4s without re-encoding: split at keyframes, or give frames the times they were recorded at.
 
 The streaming reader decodes a whole episode at once (see datamodules/video_decode.py), so an
 hour-long walking video would be one multi-gigabyte episode. Cutting at keyframes keeps every
 chunk independently decodable and the pixels bit-identical to the source; with closed GOPs (x264's
 default) the frames shown in a chunk are exactly those whose packets lie between its keyframes.
+
+Robot logs (bags, LeRobot episodes) have frames at irregular times: dropped camera messages leave
+holes. :func:`retime_mp4` stamps each frame of a constant-rate encoding with its recorded time, so
+the stored video tells the reader the truth and no window spans a hole unnoticed.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -77,4 +82,43 @@ def _remux(template: av.video.stream.VideoStream, packets: list[av.Packet]) -> b
                 packet.dts -= offset
             packet.stream = stream
             out.mux(packet)
+    return buf.getvalue()
+
+
+#: Ticks per second of retimed videos (the MPEG clock): frame times are stored to 11 microseconds.
+RETIME_TIMESCALE = 90000
+
+
+def retime_mp4(mp4: bytes, times: np.ndarray) -> bytes:
+    """Give frame ``i`` of ``mp4`` the presentation time ``times[i] - times[0]`` (stream copy).
+
+    Needs a stream without B-frames (packets in presentation order, as :func:`s2e.video_io.write_mp4`
+    writes by default) and strictly increasing ``times``; the last frame lasts as long as the
+    interval before it.
+    """
+    times = np.asarray(times, np.float64)
+    if times.ndim != 1 or len(times) < 2 or not np.all(np.diff(times) > 0):
+        raise ValueError("times must be at least 2 strictly increasing seconds")
+    ticks = np.round((times - times[0]) * RETIME_TIMESCALE).astype(np.int64)
+    if not np.all(np.diff(ticks) > 0):
+        raise ValueError(f"frames closer than 1/{RETIME_TIMESCALE} s cannot be told apart")
+    durations = np.diff(ticks, append=2 * ticks[-1] - ticks[-2])
+    time_base = Fraction(1, RETIME_TIMESCALE)
+    buf = io.BytesIO()
+    with av.open(io.BytesIO(mp4), mode="r") as source:
+        stream = source.streams.video[0]
+        packets = [p for p in source.demux(stream) if p.size]
+        if len(packets) != len(times):
+            raise ValueError(f"{len(packets)} frames in the video for {len(times)} times")
+        if any(p.pts is None or p.pts != p.dts for p in packets) or any(a.pts >= b.pts for a, b in zip(packets, packets[1:])):
+            raise ValueError("retiming needs packets in presentation order (no B-frames)")
+        with av.open(buf, mode="w", format="mp4") as out:
+            target = out.add_stream_from_template(stream)
+            target.time_base = time_base
+            for packet, tick, duration in zip(packets, ticks.tolist(), durations.tolist()):
+                packet.pts = packet.dts = tick
+                packet.duration = duration
+                packet.time_base = time_base
+                packet.stream = target
+                out.mux(packet)
     return buf.getvalue()

@@ -32,6 +32,9 @@ from datamodules.restricted_pickle import restricted_load
 POSE_FORMATS = ("tum", "csv", "gnm")
 CSV_COLUMNS = ("t", "x", "y", "yaw")
 GNM_POSE_FILE = "traj_data.pkl"
+#: Text pose files are UTF-8; "utf-8-sig" also accepts the byte-order mark Excel and Notepad put in
+#: front of a saved CSV, which would otherwise make the first header name "\ufefft", not "t".
+TEXT_ENCODING = "utf-8-sig"
 #: Headings whose forward vector has less than this horizontal length are undefined (NaN).
 MIN_HORIZONTAL = 1e-6
 
@@ -106,7 +109,7 @@ def rotate(quaternions_xyzw: np.ndarray, vector: np.ndarray) -> np.ndarray:
 def read_tum(path: str | Path, frame: GroundFrame = GroundFrame()) -> Trajectory:
     """Read a TUM trajectory file and project it onto the ground plane described by ``frame``."""
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(Path(path).read_text(encoding=TEXT_ENCODING).splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue
@@ -126,7 +129,7 @@ def read_tum(path: str | Path, frame: GroundFrame = GroundFrame()) -> Trajectory
 
 def read_csv(path: str | Path) -> Trajectory:
     """Read a planar ``t,x,y,yaw`` CSV (header required, extra columns ignored)."""
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding=TEXT_ENCODING) as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in (reader.fieldnames or [])]
         missing = [c for c in CSV_COLUMNS if c not in header]

@@ -14,7 +14,9 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import curved_trajectory, encode_indexed_video
+from datamodules.pipeline import SkipCounter, episode_windows, read_tar_episodes
 from datamodules.shard_writer import EpisodeShardWriter
+from datamodules.windows import WindowConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,3 +71,20 @@ def test_missing_shards_are_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "tools/dataset_stats.py", "--shards", str(tmp_path / "none-*.tar")],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no shard matches" in result.stderr
+
+
+def test_stats_skip_what_training_skips_for_drifting_frame_times(tmp_path):
+    """A 5 fps video under poses timed at 10 fps: training drops it (frame_times_mismatch), so must the statistics."""
+    out = tmp_path / "shards"
+    with EpisodeShardWriter(out) as writer:
+        writer.write("good", encode_indexed_video(60, 10), curved_trajectory(60, 10.0), {"fps": 10.0})
+        writer.write("drifting", encode_indexed_video(60, 5), curved_trajectory(60, 10.0), {"fps": 10.0})
+    urls = [str(p) for p in sorted(out.glob("shard-*.tar"))]
+    counter = SkipCounter()
+    config = WindowConfig(goal_horizon_s=(1.0, 2.0))
+    trained = [w.key for w in episode_windows(read_tar_episodes(urls, counter), config, (32, 32), np.random.default_rng(0), counter)]
+    assert trained == ["good"] and dict(counter.total) == {"frame_times_mismatch": 1}
+    result = subprocess.run([sys.executable, "tools/dataset_stats.py", "--shards", str(out / "shard-*.tar")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["skipped"] == {"frame_times_mismatch": 1} and stats["episodes"] == 1
+    assert stats["valid_hours"] == pytest.approx(60 * 0.1 / 3600)  # only the episode training uses

@@ -18,13 +18,19 @@ from PIL import Image
 
 from conftest import encode_indexed_video, frame_with_index, read_frame_index
 from datamodules.episode import Trajectory
-from datamodules.ingest import IngestOptions, align_poses, drop_short_runs, episode_key, ingest
+from datamodules.file_source import find_clips
+from datamodules.ingest import IngestOptions, align_poses, drop_short_runs, episode_key, ingest_clips
+from datamodules.ingest_summary import IngestSummary
 from datamodules.mp4_chunks import chunk_starts
 from datamodules.video_decode import decode_video
 from s2e.geometry import wrap_angle
 
 REPO = Path(__file__).resolve().parents[1]
 NTSC = Fraction(30000, 1001)
+
+
+def ingest(videos: Path, poses: Path | None, out: Path, options: IngestOptions) -> IngestSummary:
+    return ingest_clips(find_clips(videos, poses, options.pose_format), out, options)
 
 
 def read_shards(out: Path) -> dict[str, dict[str, bytes]]:
@@ -265,7 +271,7 @@ def test_tool_refuses_to_write_over_existing_shards(tmp_path):
     (out / "shard-000000.tar").write_bytes(b"an earlier dataset")
     cmd = [sys.executable, "tools/make_shards.py", "--videos", str(videos), "--poses", str(poses), "--pose-format", "csv", "--out", str(out)]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and "already holds shards" in result.stderr
+    assert result.returncode == 2 and "holds an earlier run (1 finished shard(s), no journal" in result.stderr and "--overwrite" in result.stderr
     assert (out / "shard-000000.tar").read_bytes() == b"an earlier dataset"
 
 

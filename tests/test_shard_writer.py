@@ -69,3 +69,22 @@ def test_trajectory_round_trips_through_npz():
     np.testing.assert_array_equal(back.t, traj.t)
     np.testing.assert_array_equal(back.xy, traj.xy)
     np.testing.assert_array_equal(back.valid, traj.valid)
+
+
+def test_shards_appear_only_complete_and_an_exception_drops_the_open_one(tmp_path):
+    with EpisodeShardWriter(tmp_path / "empty"):
+        pass
+    assert not list((tmp_path / "empty").iterdir())  # nothing written: no empty shard-000000.tar
+    finished = []
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with EpisodeShardWriter(out, max_count=2, on_finalize=lambda path: finished.append((path.name, path.exists()))) as writer:
+            for n in range(3):
+                writer.write(f"ep{n}", b"video-bytes", curved_trajectory(5, 10.0), META, same_shard=n == 2)
+            assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar.partial"]  # ep2 kept with its recording
+            writer.write("ep3", b"video-bytes", curved_trajectory(5, 10.0), META)  # rolls over: shard 0 is finished
+            assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar", "shard-000001.tar.partial"]
+            raise KeyboardInterrupt
+    assert finished == [("shard-000000.tar", False)]  # told before the rename
+    assert sorted(p.name for p in out.iterdir()) == ["shard-000000.tar"]
+    assert keys_per_shard(writer) == [["ep0", "ep1", "ep2"]]

@@ -2,9 +2,11 @@
 """Summarise episode shards: episodes, hours, frames, valid fraction, skips, speed and turn-rate.
 
 Shards are read with the same member-whitelisted tar reader and trajectory parser as training
-(:mod:`datamodules.pipeline`), so what is counted here as usable is what training will use; corrupt
-samples are counted by reason, never fatal. Video frame counts come from the mp4 container (PyAV
-stream metadata, or counting packets when the header has none) without decoding pixels.
+(:mod:`datamodules.pipeline`), and each video is checked against its poses with training's own rule
+(:func:`datamodules.episode_checks.video_problem`: enough frames, frame times within the window
+tolerance), so what is counted here as usable is what training will use; corrupt samples are
+counted by reason, never fatal. Frame times come from the mp4's packet timestamps, without
+decoding pixels.
 
 With ``--out`` it writes ``stats.json``, ``speed_hist.png`` and ``turn_rate_hist.png`` there. The
 last printed line is the statistics as one JSON object.
@@ -27,7 +29,9 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from datamodules.episode import META_MEMBER, VIDEO_MEMBER, Trajectory  # noqa: E402
+from datamodules.episode_checks import video_problem  # noqa: E402
 from datamodules.pipeline import SkipCounter, expand_shards, parse_episode, read_tar_episodes  # noqa: E402
+from datamodules.windows import WindowConfig  # noqa: E402
 from s2e.geometry import wrap_angle  # noqa: E402
 
 SECONDS_PER_HOUR = 3600.0
@@ -43,18 +47,18 @@ def shard_urls(pattern: str) -> list[str]:
     return expand_shards(pattern)
 
 
-def video_frame_count(mp4: bytes) -> Optional[int]:
-    """Frames in the first video stream from container metadata, else by counting packets; None if unreadable."""
+def video_frame_times(mp4: bytes) -> Optional[np.ndarray]:
+    """Presentation times (s) of the first video stream's frames, in order, from packet timestamps; None if unreadable."""
     try:
         with av.open(io.BytesIO(mp4), mode="r") as container:
             if not container.streams.video:
                 return None
             stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            return sum(1 for packet in container.demux(stream) if packet.size)
+            pts = [packet.pts for packet in container.demux(stream) if packet.size and packet.pts is not None]
+            time_base = float(stream.time_base)
     except (av.FFmpegError, ValueError, OSError, EOFError):
         return None
+    return np.sort(np.asarray(pts, np.float64)) * time_base if pts else None
 
 
 class DatasetStats:
@@ -112,8 +116,12 @@ class DatasetStats:
         }
 
 
-def collect(urls: list[str]) -> tuple[DatasetStats, dict[str, int]]:
-    """Read every episode; returns the statistics and the skip counts by reason."""
+def collect(urls: list[str], tolerance: float) -> tuple[DatasetStats, dict[str, int]]:
+    """Read every episode; returns the statistics and the skip counts by reason.
+
+    ``tolerance`` is training's frame tolerance (``WindowConfig.tolerance``): an episode whose frame
+    times drift further from its poses is skipped by training, so it is not counted here either.
+    """
     counter = SkipCounter()
     stats = DatasetStats()
     for raw in read_tar_episodes(urls, counter):
@@ -121,12 +129,13 @@ def collect(urls: list[str]) -> tuple[DatasetStats, dict[str, int]]:
         if traj is None:
             continue
         where = f"{raw['__url__']}:{raw['__key__']}"
-        frames = video_frame_count(raw[VIDEO_MEMBER])
-        if frames is None:
+        times = video_frame_times(raw[VIDEO_MEMBER])
+        if times is None:
             counter.add("undecodable_video", where)
             continue
-        if frames < len(traj):
-            counter.add("video_shorter_than_poses", f"{where}: {frames} frames < {len(traj)} poses")
+        problem = video_problem(times, traj, tolerance)
+        if problem is not None:
+            counter.add(problem[0], f"{where}: {problem[1]}")
             continue
         stats.add(traj, json.loads(raw[META_MEMBER]))
     return stats, dict(counter.total)
@@ -152,13 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="glob (out/shard-*.tar), brace pattern or '::'-joined list")
     parser.add_argument("--out", type=Path, help="folder for stats.json and the histogram PNGs")
+    parser.add_argument("--frame-tolerance", type=float, default=WindowConfig().tolerance,
+                        help="seconds frame times may drift from pose times before training skips an episode "
+                             "(the training config's frame_tolerance_s; default: a quarter of the default frame_dt)")
     args = parser.parse_args(argv)
     try:
         urls = shard_urls(args.shards)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stats, skipped = collect(urls)
+    stats, skipped = collect(urls, args.frame_tolerance)
     result = {"shards": len(urls), **stats.result(skipped)}
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
