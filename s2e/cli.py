@@ -4,16 +4,24 @@ The model and data classes are chosen by the config (``class_path``), so pretrai
 post-training and the benchmark all run through this one entry point. A fixed default seed makes
 runs repeatable; the resolved config is saved next to the logs.
 
-``python -m s2e export --ckpt_path CKPT --out DIR [--config CFG]`` is dispatched before LightningCLI:
-an export needs no Trainer, model or data config, since the checkpoint alone rebuilds the policy
-(see :func:`export_main`).
+``python -m s2e export --ckpt_path CKPT --out DIR [--config CFG] [--formats ts pt2 onnx]`` is
+dispatched before LightningCLI: an export needs no Trainer, model or data config, since the
+checkpoint alone rebuilds the policy (see :func:`export_main`).
+
+Checkpoints are read with ``weights_only=True`` only. A file that is no checkpoint (truncated,
+empty, random) is named with what was expected, and ``--ckpt_path`` of another training stage than
+the configured model (a post-training checkpoint given to ``fit`` with the pretraining config) is
+refused: Lightning would otherwise switch the model class to the checkpoint's and fail later with
+errors that do not say why (:func:`checkpoint_stage`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import pickle
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,6 +32,57 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 DEFAULT_SEED = 1234
+#: What each training stage's LightningModule is, for error messages.
+STAGES = {"s2e.pretrain.PretrainModule": "pretraining", "s2e.posttrain.PostTrainModule": "RL post-training"}
+EXPECTED_CHECKPOINT = "a .ckpt written by `python -m s2e fit` (PretrainModule or PostTrainModule)"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint loaded with ``weights_only=True`` (tensors memory-mapped, not read), or a
+    ValueError that names the file and what was expected; never a hint to load it unsafely."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive; its directory is at the end
+        raise ValueError(f"{path} is not a PyTorch checkpoint (empty, truncated or another kind of file); expected {EXPECTED_CHECKPOINT}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds objects other than tensors and plain values, which s2e never loads; expected {EXPECTED_CHECKPOINT}") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is a damaged PyTorch checkpoint ({str(err).splitlines()[0][:120]}); expected {EXPECTED_CHECKPOINT}") from None
+
+
+def checkpoint_stage(checkpoint: dict[str, Any]) -> Optional[str]:
+    """The class path of the LightningModule that wrote ``checkpoint``: the CLI records it in the
+    hyper-parameters; without it, the s2e policy entry tells (post-training stores its strategy)."""
+    from s2e.pretrain import CHECKPOINT_KEY
+
+    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if class_path:
+        return str(class_path)
+    stored = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(stored, dict):
+        return None
+    return "s2e.posttrain.PostTrainModule" if "strategy" in stored else "s2e.pretrain.PretrainModule"
+
+
+def _stage(class_path: str) -> str:
+    return f"{class_path} ({STAGES.get(class_path, 'another model')})"
+
+
+def stage_mismatch(path: str | Path, written_by: Optional[str], configured: Optional[str], subcommand: str) -> Optional[str]:
+    """The error for ``--ckpt_path`` of another stage than the configured model, or None if they agree."""
+    if written_by is None or configured is None or written_by == configured:
+        return None
+    return (
+        f"--ckpt_path {path} was written by {_stage(written_by)}, but this `{subcommand}` configures {_stage(configured)}: "
+        "--ckpt_path resumes or evaluates the same stage only. To post-train a pretrained checkpoint use "
+        "--config experiments/posttrain.yaml --model.init_args.pretrained CKPT; to benchmark any policy checkpoint use "
+        "`python -m s2e test --config experiments/navbench.yaml --ckpt_path CKPT`"
+    )
 
 
 class S2ECLI(LightningCLI):
@@ -57,16 +116,48 @@ class S2ECLI(LightningCLI):
 
     before_fit = before_validate = before_test = before_predict = _resolve_last_checkpoint
 
+    def instantiate_classes(self) -> None:
+        """A model or data ``__init__`` refusing its input (a missing shard, a bad anchors file) is a
+        usage error: one line naming the file, not jsonargparse's dump of every Union subtype.
+
+        jsonargparse wraps the ValueError / OSError in its own ValueError and chains the original as
+        ``__cause__``; anything else is re-raised untouched.
+        """
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            root = err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            if root is err or not isinstance(root, (OSError, ValueError)):
+                raise
+            self.parser.error(str(root))
+
     def _parse_ckpt_path(self) -> None:
         """Merge a checkpoint's hyper-parameters into the model config, unless the model only reads policies.
 
         Lightning assumes ``--ckpt_path`` was written by the configured model class. The benchmark
         (``reads_policy_checkpoints = True``) is handed checkpoints that pretraining or post-training
-        wrote, whose hyper-parameters belong to another class and would fail the config parse.
+        wrote, whose hyper-parameters belong to another class and would fail the config parse. For
+        every other model, a checkpoint of another class (stage) is a usage error, and so is a file
+        that is no checkpoint.
         """
         subcommand = self.config.get("subcommand")
-        if subcommand and getattr(model_class_of(self.config[subcommand]), "reads_policy_checkpoints", False):
+        if not subcommand:
             return
+        config = self.config[subcommand]
+        if getattr(model_class_of(config), "reads_policy_checkpoints", False):
+            return
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and Path(ckpt_path).is_file():
+            try:
+                written_by = checkpoint_stage(read_checkpoint(ckpt_path))
+            except ValueError as err:
+                self.parser.error(str(err))
+            model = config.get("model") or {}
+            error = stage_mismatch(ckpt_path, written_by, model.get("class_path") if hasattr(model, "get") else None, subcommand)
+            if error:
+                self.parser.error(error)
         super()._parse_ckpt_path()
 
 
@@ -95,13 +186,18 @@ def find_last_checkpoint(trainer: Trainer) -> Optional[Path]:
 
 def export_parser() -> argparse.ArgumentParser:
     from s2e.control import ControllerLimits
+    from s2e.export_meta import FORMAT_FILES
 
     defaults = ControllerLimits()
     parser = argparse.ArgumentParser(
         prog="python -m s2e export",
-        description="Write policy.ts (TorchScript), policy.pt2 (torch.export) and policy.json for a trained checkpoint.",
+        description="Write policy.ts (TorchScript), policy.pt2 (torch.export), the ONNX graphs and policy.json for a trained checkpoint.",
     )
-    parser.add_argument("--ckpt_path", required=True, help="PretrainModule checkpoint; it alone rebuilds the policy")
+    parser.add_argument("--ckpt_path", required=True, help="PretrainModule or PostTrainModule checkpoint; it alone rebuilds the policy")
+    parser.add_argument(
+        "--formats", nargs="+", choices=list(FORMAT_FILES),
+        help="formats to write (default: ts pt2, and onnx when the onnx extra is installed: pip install 's2e[onnx]')",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--config",
@@ -119,7 +215,8 @@ def export_parser() -> argparse.ArgumentParser:
 def export_main(args: list[str]) -> None:
     """``python -m s2e export``: checkpoint -> export folder; prints the written policy.json path."""
     from s2e.control import ControllerLimits
-    from s2e.export import JSON_FILE, export_policy
+    from s2e.export import JSON_FILE, default_formats, export_policy
+    from s2e.onnx_export import require_onnx_export
     from s2e.pretrain import load_policy_from_checkpoint
 
     parser = export_parser()
@@ -134,10 +231,13 @@ def export_main(args: list[str]) -> None:
             limits.update(document.get("export") or {})
         limits.update({k: getattr(parsed, k) for k in ("max_speed", "max_yaw_rate", "lookahead_time") if getattr(parsed, k) is not None})
         controller = ControllerLimits.from_dict(limits)
+        if parsed.formats and "onnx" in parsed.formats:
+            require_onnx_export()
+        read_checkpoint(parsed.ckpt_path)  # a file that is no checkpoint: named, with what was expected
         policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)
-    except (OSError, ValueError) as err:  # a bad path, config or checkpoint: a usage error, not a crash
+    except (OSError, ValueError, ImportError) as err:  # a bad path, config, checkpoint or a missing extra: a usage error, not a crash
         parser.error(str(err))
-    export_policy(policy, timing, anchors, parsed.out, controller, source=str(parsed.ckpt_path))
+    export_policy(policy, timing, anchors, parsed.out, controller, source=str(parsed.ckpt_path), formats=parsed.formats or default_formats())
     print(Path(parsed.out) / JSON_FILE)
 
 

@@ -1,5 +1,7 @@
-"""Export a trained policy for robots: ``policy.ts`` (TorchScript), ``policy.pt2`` (torch.export)
-and ``policy.json`` (timing, image size, anchors, controller limits, versions, file hashes).
+"""Export a trained policy for robots: ``policy.ts`` (TorchScript), ``policy.pt2`` (torch.export),
+the ONNX graphs of :mod:`s2e.onnx_export` and ``policy.json`` (formats and files, timing, image size,
+anchors, controller limits, versions, ONNX input/output specs, hashes of the files and of itself;
+see :mod:`s2e.export_meta`).
 
 :class:`DeployablePolicy` is the whole robot-side contract in one module, so the exported files
 run from plain ``torch`` (or libtorch) without this package: raw uint8 frames and a goal in, the
@@ -10,25 +12,34 @@ control step encodes only the newest frame.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib.metadata
 import math
 import platform
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional, Tuple, Union
+from typing import Any, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from s2e.anchors import Anchors
 from s2e.control import ControllerLimits, waypoints_to_command
+from s2e.export_meta import (  # noqa: F401  (read_export_metadata and JSON_FILE: re-exported for existing callers)
+    FORMAT_FILES,
+    FORMAT_VERSION,
+    JSON_FILE,
+    ONNX_DECODER_FILE,
+    ONNX_ENCODER_FILE,
+    ONNX_FILE,
+    PT2_FILE,
+    TS_FILE,
+    read_export_metadata,
+    write_export_metadata,
+)
 from s2e.model.policy import S2EPolicy
 from s2e.timing import TimingSpec
 
-FORMAT_VERSION = 1
-TS_FILE, PT2_FILE, JSON_FILE = "policy.ts", "policy.pt2", "policy.json"
 #: Output names, in the order both entry points return them.
 OUTPUTS = ("best_trajectory_m", "modes_m", "mode_probs", "command")
 
@@ -169,12 +180,11 @@ def export_program(deployable: DeployablePolicy, example_batch: int = 2) -> "tor
         return torch.export.export(deployable, (frames, goal), dynamic_shapes={"frames": {0: batch}, "goal": {0: batch}})
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def default_formats() -> tuple[str, ...]:
+    """TorchScript and torch.export always; ONNX too when its exporter (the ``onnx`` extra) is installed."""
+    from s2e.onnx_export import missing_export_modules
+
+    return ("ts", "pt2") if missing_export_modules() else ("ts", "pt2", "onnx")
 
 
 def export_policy(
@@ -184,17 +194,38 @@ def export_policy(
     out_dir: Union[str, Path],
     limits: ControllerLimits = ControllerLimits(),
     source: Optional[str] = None,
+    formats: Sequence[str] = ("ts", "pt2"),
 ) -> dict[str, Any]:
-    """Write policy.ts, policy.pt2 and policy.json into ``out_dir``; returns the JSON written."""
+    """Write the files of ``formats`` (``ts``, ``pt2``, ``onnx``) and policy.json into ``out_dir``;
+    returns the JSON written. A format that cannot be written (ONNX without its extra) is refused
+    before any file is written. ``python -m s2e export`` passes :func:`default_formats` (ONNX too
+    when the extra is installed); Python callers name what they need (an ONNX export costs ~10 s
+    more on a 2-core CPU)."""
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMAT_FILES]
+    if unknown or not formats:
+        raise ValueError(f"unknown export formats {unknown}; choose one or more of {list(FORMAT_FILES)}")
+    if "onnx" in formats:
+        from s2e.onnx_export import export_onnx, require_onnx_export
+
+        require_onnx_export()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     deployable = DeployablePolicy(policy, timing, limits).eval()
-    script_policy(deployable).save(str(out / TS_FILE))
-    torch.export.save(export_program(deployable), str(out / PT2_FILE))
+    versions: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "s2e_export_format": FORMAT_VERSION}
+    if "ts" in formats:
+        script_policy(deployable).save(str(out / TS_FILE))
+    if "pt2" in formats:
+        torch.export.save(export_program(deployable), str(out / PT2_FILE))
+    onnx_section = None
+    if "onnx" in formats:
+        onnx_section = export_onnx(deployable, out)
+        versions.update({name: importlib.metadata.version(name) for name in ("onnx", "onnxscript")})
     config = policy.config
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "source_checkpoint": source,
+        "formats": {f: list(FORMAT_FILES[f]) for f in formats},
         "timing": timing.to_dict(),
         "image_size": list(config.image_size),
         "input": {
@@ -203,8 +234,10 @@ def export_policy(
         },
         "outputs": list(OUTPUTS),
         "streaming": {
-            "entry_points": {"policy.ts": ["forward", "step", "reset", "window_full"], "policy.pt2": ["forward"]},
-            "note": "step() is stateful and exists only in policy.ts; policy.pt2 holds the full-window forward.",
+            "entry_points": {TS_FILE: ["forward", "step", "reset", "window_full"], PT2_FILE: ["forward"], ONNX_FILE: ["forward"],
+                             ONNX_ENCODER_FILE: ["newest frame of a step"], ONNX_DECODER_FILE: ["cached features of a step"]},
+            "note": "step() is stateful and exists only in policy.ts; policy.pt2 and policy.onnx hold the full-window forward; "
+            "the ONNX encoder + decoder are the stateless halves of step() (the caller keeps the feature cache).",
             "step_period_s": timing.control_dt,
             "stride": deployable.stride,
             "cache_length": deployable.cache_length,
@@ -217,22 +250,8 @@ def export_policy(
             "points": anchors.points.tolist(),
             "trajectories": anchors.trajectories.tolist(),
         },
-        "versions": {"torch": torch.__version__, "python": platform.python_version(), "s2e_export_format": FORMAT_VERSION},
-        "sha256": {name: sha256_file(out / name) for name in (TS_FILE, PT2_FILE)},
+        "versions": versions,
     }
-    (out / JSON_FILE).write_text(json.dumps(meta, indent=1))
-    return meta
-
-
-def read_export_metadata(directory: Union[str, Path], verify: bool = True) -> dict[str, Any]:
-    """policy.json of an export folder; with ``verify`` the files must match their recorded sha256."""
-    directory = Path(directory)
-    path = directory / JSON_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: is {directory} a folder written by `python -m s2e export`?")
-    meta = json.loads(path.read_text())
-    if verify:
-        for name, digest in meta["sha256"].items():
-            if sha256_file(directory / name) != digest:
-                raise ValueError(f"{directory / name} does not match the sha256 in {path}: the export is corrupt or was edited")
-    return meta
+    if onnx_section is not None:
+        meta["onnx"] = onnx_section
+    return write_export_metadata(out, meta, [name for f in formats for name in FORMAT_FILES[f]])

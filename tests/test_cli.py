@@ -100,16 +100,47 @@ def test_single_gaussian_overlay_trains_one_mode(demo, tmp_path: pathlib.Path) -
     assert cli.trainer.global_step == 2
 
 
-def test_missing_shard_is_named(demo, tmp_path: pathlib.Path) -> None:
+def test_missing_shard_is_named(demo, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
     shards, anchors = demo
     missing = str(tmp_path / "nowhere-000000.tar")
-    # jsonargparse re-raises the DataModule's FileNotFoundError inside its own error; the path must survive
-    with pytest.raises((FileNotFoundError, ValueError), match=re.escape(f"shard not found: {missing}")):
+    # the DataModule's FileNotFoundError becomes one usage error line, not jsonargparse's Union dump
+    with pytest.raises(SystemExit):
         S2ECLI(args=_tiny_args(missing, anchors, tmp_path), run=False)
+    err = capsys.readouterr().err
+    assert f"error: shard not found: {missing}" in err
+    assert "Union" not in err
 
 
-def test_anchor_count_not_matching_the_model_is_refused(demo, tmp_path: pathlib.Path) -> None:
+def test_anchor_count_not_matching_the_model_is_refused(demo, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
     shards, anchors = demo
-    with pytest.raises(ValueError, match="num_anchors=1 but .* holds 4 anchors"):
-        single = ["--config", str(ROOT / "experiments" / "pretrain_single.yaml"), "--model.init_args.anchors_path", str(anchors)]
+    single = ["--config", str(ROOT / "experiments" / "pretrain_single.yaml"), "--model.init_args.anchors_path", str(anchors)]
+    with pytest.raises(SystemExit):
         S2ECLI(args=[*_tiny_args(shards, anchors, tmp_path), *single], run=False)
+    assert re.search("num_anchors=1 but .* holds 4 anchors", capsys.readouterr().err)
+
+
+def test_a_checkpoint_of_another_stage_or_no_checkpoint_at_all_is_refused_by_name(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    """Issue 16, item 15: ``fit --config experiments/pretrain.yaml --ckpt_path posttrain.ckpt`` switched to
+    PostTrainModule silently and then failed with unrelated errors."""
+    from onnx_helpers import TINY, random_policy, write_policy_checkpoint
+
+    pre_policy, timing, _ = random_policy("small", image_size=(IMAGE, IMAGE), **TINY)
+    post_policy, _, _ = random_policy("small", ram=True, image_size=(IMAGE, IMAGE), **TINY)
+    pre = write_policy_checkpoint(tmp_path / "pretrain.ckpt", pre_policy, timing)
+    post = write_policy_checkpoint(tmp_path / "posttrain.ckpt", post_policy, timing)
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(bytes(range(256)) * 8)
+    pretrain = ["--config", str(ROOT / "experiments" / "pretrain.yaml"), "--model.init_args.anchors_path", str(tmp_path / "a.npz")]
+    posttrain = ["--config", str(ROOT / "experiments" / "posttrain.yaml"), "--model.init_args.pretrained", str(pre)]
+    cases = [
+        (pretrain, post, "was written by s2e.posttrain.PostTrainModule (RL post-training), but this `fit` configures "
+                         "s2e.pretrain.PretrainModule (pretraining)"),
+        (posttrain, pre, "was written by s2e.pretrain.PretrainModule (pretraining), but this `fit` configures "
+                         "s2e.posttrain.PostTrainModule (RL post-training)"),
+        (pretrain, noise, f"{noise} is not a PyTorch checkpoint"),
+    ]
+    for config, checkpoint, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            S2ECLI(args=["fit", *config, "--ckpt_path", str(checkpoint), "--trainer.default_root_dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "weights_only" not in err, err

@@ -1,12 +1,15 @@
-"""``python -m s2e export`` on a real trained checkpoint: files, parity in a torch-only process,
-streaming == full window, input errors."""
+"""``python -m s2e export`` on a real trained checkpoint: files, parity in a torch-only process and
+on ONNX Runtime, streaming == full window, the integrity check of policy.json, input errors."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import pathlib
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 
 import pytest
 import torch
@@ -15,10 +18,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from s2e.cli import main as cli_main
 from s2e.control import ControllerLimits
 from s2e.export import DeployablePolicy, read_export_metadata, script_policy
+from s2e.export_meta import FORMAT_FILES, metadata_digest
 from s2e.pretrain import load_policy_from_checkpoint
 from test_pretrain import IMAGE, _module, _trainer, demo_datamodule, fit_demo_anchors, write_demo_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed (pip install 's2e[onnx]')")
 
 #: Run in a fresh interpreter in isolated mode (-I: no PYTHONPATH, no cwd on sys.path), as on a
 #: robot that has torch but not this package.
@@ -64,7 +70,9 @@ def _deployable(checkpoint: pathlib.Path, limits: ControllerLimits) -> Deployabl
 
 def test_export_writes_hashed_files_and_metadata_from_the_checkpoint_alone(exported: pathlib.Path, tmp_path: pathlib.Path) -> None:
     meta = read_export_metadata(exported)
-    assert {p.name for p in exported.iterdir()} == {"policy.ts", "policy.pt2", "policy.json"}
+    formats = ["ts", "pt2", "onnx"] if HAS_ONNX else ["ts", "pt2"]  # ONNX by default when the extra is installed
+    assert list(meta["formats"]) == formats and set(meta["sha256"]) == {f for fmt in formats for f in FORMAT_FILES[fmt]}
+    assert {p.name for p in exported.iterdir()} == {"policy.json", *meta["sha256"]}
     assert meta["timing"]["context_frames"] == 5 and meta["image_size"] == [IMAGE, IMAGE]
     assert meta["controller"] == {"name": "pure_pursuit", "max_speed": 0.9, "max_yaw_rate": 1.5, "lookahead_time": 0.6}
     assert len(meta["anchors"]["trajectories"]) == meta["anchors"]["num_anchors"] == 3
@@ -156,6 +164,99 @@ def test_wrong_inputs_are_clear_errors_in_eager_and_torchscript(checkpoint: path
             module(frames, torch.zeros(1, 3))
         with pytest.raises(error, match=r"\[B, 3, 32, 32\]"):
             module.step(frames, goal)
+
+
+@needs_onnx
+def test_onnx_graphs_have_named_io_dynamic_batch_and_match_pytorch(checkpoint: pathlib.Path, exported: pathlib.Path) -> None:
+    from onnx_helpers import assert_onnx_matches, rendered_sequence
+
+    meta = read_export_metadata(exported)
+    graphs = meta["onnx"]["graphs"]
+    assert meta["onnx"]["opset"] >= 17 and meta["versions"]["onnx"]
+    assert [v["name"] for v in graphs["policy.onnx"]["inputs"]] == ["frames", "goal"]
+    assert graphs["policy.onnx"]["inputs"][0] == {"name": "frames", "dtype": "uint8", "shape": ["batch", 5, 3, IMAGE, IMAGE]}
+    assert [v["name"] for v in graphs["policy_encoder.onnx"]["inputs"]] == ["frame"]
+    assert [v["name"] for v in graphs["policy_decoder.onnx"]["inputs"]] == ["frame_features", "goal"]
+    for name in ("policy.onnx", "policy_decoder.onnx"):
+        assert [v["name"] for v in graphs[name]["outputs"]] == ["best_trajectory_m", "modes_m", "mode_probs", "command"]
+        assert graphs[name]["outputs"][1]["shape"] == ["batch", 3, 10, 2]
+    deployable = _deployable(checkpoint, ControllerLimits(max_speed=0.9))
+    generator = torch.Generator().manual_seed(3)
+    noise = torch.randint(0, 256, (3, 12, 3, IMAGE, IMAGE), dtype=torch.uint8, generator=generator)
+    assert_onnx_matches(exported, deployable, noise, torch.tensor([[4.0, 1.0], [2.0, -3.0], [float("nan"), float("nan")]]))
+    assert_onnx_matches(exported, deployable, rendered_sequence(IMAGE, 12), torch.tensor([[9.0, 0.5], [0.0, 0.0]]))
+
+
+def _rewrite(folder: pathlib.Path, edit, rehash: bool) -> None:
+    path = folder / "policy.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    if rehash:
+        meta["metadata_sha256"] = metadata_digest(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_policy_json_is_covered_by_the_integrity_check(exported: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Issue 16, item 6: edited timing was used silently and ``"sha256": {}`` let a swapped policy.ts load."""
+    table = read_export_metadata(exported)["sha256"]
+
+    def copy(name: str) -> pathlib.Path:
+        shutil.copytree(exported, tmp_path / name)
+        return tmp_path / name
+
+    edited = copy("edited")
+    _rewrite(edited, lambda m: m["timing"].update(control_dt=0.05), rehash=False)
+    with pytest.raises(ValueError, match="does not match its metadata_sha256"):
+        read_export_metadata(edited)
+    swapped = copy("swapped")
+    (swapped / "policy.ts").write_bytes((swapped / "policy.pt2").read_bytes())
+    _rewrite(swapped, lambda m: m.update(sha256={}), rehash=False)
+    with pytest.raises(ValueError, match="does not match its metadata_sha256"):
+        read_export_metadata(swapped)
+    _rewrite(swapped, lambda m: None, rehash=True)  # an emptied table with a matching metadata hash
+    with pytest.raises(ValueError, match="has no file hash table"):
+        read_export_metadata(swapped)
+    _rewrite(swapped, lambda m: m.update(sha256={"policy.pt2": table["policy.pt2"]}), rehash=True)  # policy.ts left out
+    with pytest.raises(ValueError, match=r"lists files without a sha256 \(\[.*'policy.ts'"):
+        read_export_metadata(swapped)
+    unhashed = copy("unhashed")
+    _rewrite(unhashed, lambda m: m.pop("metadata_sha256"), rehash=False)
+    with pytest.raises(ValueError, match="has no 'metadata_sha256'"):
+        read_export_metadata(unhashed)
+    assert read_export_metadata(exported)["timing"]["control_dt"] == 0.1  # the untouched export still loads
+
+
+def test_a_file_that_is_no_checkpoint_is_named_without_suggesting_unsafe_loading(
+    checkpoint: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 16, item 16: torch's 'Re-running with weights_only=False will likely succeed' reached the user."""
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}, "step": Fraction(1, 3)}, foreign)  # an object a weights-only load refuses
+    expected = {truncated: "is not a PyTorch checkpoint", noise: "is not a PyTorch checkpoint", foreign: "holds objects other than tensors"}
+    for path, message in expected.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["export", "--ckpt_path", str(path), "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and str(path) in err and message in err, err
+        assert "PretrainModule or PostTrainModule" in err and "weights_only" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_onnx_export_without_its_extra_says_what_to_install(checkpoint: pathlib.Path, tmp_path: pathlib.Path,
+                                                            capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from s2e.export import default_formats
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    assert default_formats() == ("ts", "pt2")
+    with pytest.raises(SystemExit):
+        cli_main(["export", "--ckpt_path", str(checkpoint), "--out", str(tmp_path / "o"), "--formats", "onnx"])
+    err = capsys.readouterr().err
+    assert "ONNX export needs onnxscript" in err and "pip install 's2e[onnx]'" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_or_foreign_checkpoint_is_a_clear_cli_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:

@@ -34,6 +34,8 @@ from s2e.sim.rollout import expert_controller
 from s2e.timing import TimingSpec
 
 BASELINES = ("expert", "straight", "random")
+#: ``onnx``: any ONNX navigation policy through an adapter spec (``s2e.bench.onnx_agent``).
+AGENTS = ("policy", "onnx", *BASELINES)
 
 
 class Agent(Protocol):
@@ -227,7 +229,7 @@ class TorchScriptAgent:
 
     def __init__(self, folder: str | Path) -> None:
         folder = Path(folder)
-        meta = read_export_metadata(folder)
+        meta = read_export_metadata(folder, require=(TS_FILE,))
         with quiet_export_warnings():
             self.module = torch.jit.load(str(folder / TS_FILE), map_location="cpu").eval()
         self.timing = TimingSpec.from_dict(meta["timing"])
@@ -243,8 +245,16 @@ class TorchScriptAgent:
             return self.module(obs["frames"], goal_xy(obs["goal"].float()))[3]
 
 
-def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, lookahead_time: float = ControllerLimits().lookahead_time) -> Agent:
-    """``kind`` is ``policy`` (``policy_path``: a .ckpt file or an export folder) or a baseline name."""
+def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, lookahead_time: float = ControllerLimits().lookahead_time,
+                spec: Optional[str] = None) -> Agent:
+    """``kind`` is ``policy`` (``policy_path``: a .ckpt file or an export folder), ``onnx`` (``spec``: an
+    adapter spec; ``policy_path``: the .onnx file, if not the spec's) or a baseline name."""
+    if kind == "onnx":
+        from s2e.bench.onnx_agent import OnnxAgent
+
+        if spec is None:
+            raise ValueError("agent 'onnx' needs an adapter spec: model.init_args.spec (e.g. experiments/onnx_specs/s2e_export_small.yaml)")
+        return OnnxAgent.from_spec(spec, policy_path)
     if kind == "expert":
         return ExpertAgent()
     if kind == "straight":
@@ -252,7 +262,7 @@ def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, loo
     if kind == "random":
         return RandomAgent(seed)
     if kind != "policy":
-        raise ValueError(f"unknown agent {kind!r}; known agents: {['policy', *BASELINES]}")
+        raise ValueError(f"unknown agent {kind!r}; known agents: {list(AGENTS)}")
     if policy_path is None:
         raise ValueError("agent 'policy' needs a checkpoint (--ckpt_path CKPT) or model.init_args.policy_path (a .ckpt or an export folder)")
     path = Path(policy_path)

@@ -9,7 +9,8 @@ The policy comes from ``--ckpt_path`` (Lightning calls ``on_load_checkpoint`` af
 the module rebuilds the policy there with ``s2e.pretrain.load_policy_from_checkpoint``, the one
 loader for every policy checkpoint, and owns no parameters of its own, so Lightning's state-dict
 restore has nothing to load), from ``model.init_args.policy_path`` (a checkpoint or an export
-folder with ``policy.ts``), or is a baseline (``agent: expert | straight | random``).
+folder with ``policy.ts``), is any ONNX navigation policy (``agent: onnx`` with an adapter ``spec``,
+``s2e.bench.onnx_agent``), or is a baseline (``agent: expert | straight | random``).
 
 ``frames: grey | shuffled`` is the camera ablation (``s2e.bench.report.FRAME_MODES``): the agent
 sees uniform grey frames or another episode's frames, so a policy that ignores its camera scores
@@ -27,7 +28,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from s2e.bench.agents import Agent, PolicyAgent, build_agent, check_agent_fits
+from s2e.bench.agents import AGENTS, Agent, PolicyAgent, build_agent, check_agent_fits
 from s2e.bench.metrics import METRICS, EpisodeResult
 from s2e.bench.plots import plot_topdown, write_video
 from s2e.bench.report import OVERALL, build_report, frames_suffix, write_report
@@ -95,8 +96,10 @@ class NavBenchModule(pl.LightningModule):
     """Runs an agent on the data module's suite (see the module docstring).
 
     Args:
-        agent: ``policy`` (from ``--ckpt_path`` or ``policy_path``), ``expert``, ``straight`` or ``random``.
-        policy_path: a policy checkpoint or an export folder, instead of ``--ckpt_path``.
+        agent: ``policy`` (from ``--ckpt_path`` or ``policy_path``), ``onnx`` (any ONNX policy through ``spec``),
+            ``expert``, ``straight`` or ``random``.
+        policy_path: a policy checkpoint or an export folder, instead of ``--ckpt_path``; for ``onnx`` the .onnx file.
+        spec: for ``onnx``, the adapter spec (``s2e.bench.onnx_agent``); the report records its sha256 (``run.adapter``).
         name: the agent's name in the report (default: the checkpoint / folder stem or the baseline name,
             plus e.g. `` [grey frames]`` under a camera ablation).
         out_dir: report folder (default: the logger's version folder, else ``artifacts/navbench``).
@@ -117,10 +120,10 @@ class NavBenchModule(pl.LightningModule):
     def __init__(self, agent: str = "policy", policy_path: Optional[str] = None, name: Optional[str] = None,
                  out_dir: Optional[str] = None, image_size: tuple[int, int] = (96, 96), lookahead_time: float = 0.6,
                  frames: str = "real", videos: int = 2, plots: int = 4, bootstrap_resamples: int = 1000, ci_level: float = 0.95,
-                 seed: int = 0) -> None:
+                 seed: int = 0, spec: Optional[str] = None) -> None:
         super().__init__()
-        if agent not in ("policy", "expert", "straight", "random"):
-            raise ValueError(f"unknown agent {agent!r}; known agents: ['policy', 'expert', 'straight', 'random']")
+        if agent not in AGENTS:
+            raise ValueError(f"unknown agent {agent!r}; known agents: {list(AGENTS)}")
         check_frames_mode(frames)
         self.save_hyperparameters()
         self.strict_loading = False  # the module owns no weights: a policy checkpoint is read by load_policy_from_checkpoint
@@ -143,7 +146,7 @@ class NavBenchModule(pl.LightningModule):
             raise TypeError(f"NavBenchModule runs on a NavBenchDataModule, got {type(datamodule).__name__}")
         check_frames_mode(self.hparams.frames, min(len(b.episodes) for b in datamodule.batches()), fix=datamodule.pairs_fix())
         if self.agent is None:
-            self.agent = build_agent(self.hparams.agent, self.hparams.policy_path, self.hparams.seed, self.hparams.lookahead_time)
+            self.agent = build_agent(self.hparams.agent, self.hparams.policy_path, self.hparams.seed, self.hparams.lookahead_time, self.hparams.spec)
         check_agent_fits(self.agent, datamodule.suite.timing, datamodule.suite.name)
         if hasattr(self.agent, "to"):
             self.agent.to(self.device)
@@ -181,6 +184,8 @@ class NavBenchModule(pl.LightningModule):
         report["run"] = {"num_envs": datamodule.num_envs, "image_size": list(self.agent.image_size or hp.image_size),
                          "lookahead_time": hp.lookahead_time, "source": hp.policy_path or (str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None),
                          "frames": hp.frames}
+        if getattr(self.agent, "run_info", None):  # an ONNX agent: its spec and model, by path and sha256
+            report["run"]["adapter"] = self.agent.run_info
         report["files"] = self._render_traces(out, datamodule)
         paths = write_report(report, out)
         for domain in report["domains"]:
