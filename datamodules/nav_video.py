@@ -14,17 +14,23 @@ DDP runs should do for the same reason.
 The dataloaders are :class:`datamodules.pipeline.NavWindowLoader` iterables, not torch DataLoaders:
 their workers decode episodes and this process gathers the batches. Batch ``frames`` are uint8
 [B, k, 3, H, W] with channels-last memory (see :func:`datamodules.windows.collate_windows`).
+
+Colour jitter runs where it is cheap, chosen by where the batches live (``colour_jitter_on``):
+training on an accelerator, batches carry the factors and :meth:`NavVideoDataModule.on_after_batch_transfer`
+jitters them on the device; training on the CPU, the DataLoader workers jitter each window's frames.
+Either way the training process never runs it on the CPU (see :mod:`datamodules.augment`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from datamodules.pipeline import SKIP_REASONS, NavWindowLoader, expand_shards
+from datamodules.augment import JitterPlacement, apply_colour_jitter
+from datamodules.pipeline import DEFAULT_MAX_MEMBER_MB, SKIP_REASONS, NavWindowLoader, expand_shards
 from datamodules.video_decode import Backend
 from datamodules.windows import AugmentConfig, WindowConfig
 from s2e.timing import TimingSpec
@@ -57,7 +63,13 @@ class NavVideoDataModule(pl.LightningDataModule):
         val_samples_per_epoch: validation windows per epoch over all ranks; None = one pass.
         seed: base seed of shard order, shuffle, goal and augmentation draws.
         frame_tolerance_s: max gap between a context frame's target time and the nearest frame.
-        video_backend: "auto" (decord with PyAV fallback), "decord" or "pyav".
+        video_backend: "auto" (decord with PyAV fallback), "decord", "pyav" or "torchcodec" (optional,
+            see :mod:`datamodules.video_decode`).
+        colour_jitter_on: where brightness/contrast/saturation jitter runs: "device" (after the batch
+            reached the training device), "workers" (in the DataLoader workers), or "auto": "device"
+            when the trainer's device is an accelerator, else "workers". The draws are the same.
+        max_member_mb: largest shard member read; an episode with a larger one is skipped and
+            counted (``oversize_member``) without reading it.
     """
 
     def __init__(
@@ -86,8 +98,12 @@ class NavVideoDataModule(pl.LightningDataModule):
         seed: int = 0,
         frame_tolerance_s: Optional[float] = None,
         video_backend: Backend = "auto",
+        colour_jitter_on: Literal["auto", "workers", "device"] = "auto",
+        max_member_mb: float = DEFAULT_MAX_MEMBER_MB,
     ) -> None:
         super().__init__()
+        if colour_jitter_on not in ("auto", "workers", "device"):
+            raise ValueError(f"colour_jitter_on must be 'auto', 'workers' or 'device', got {colour_jitter_on!r}")
         self.timing = timing if isinstance(timing, TimingSpec) else TimingSpec.from_dict(timing or {})
         # timing as a plain dict: checkpoints must stay loadable with torch.load(weights_only=True)
         self.save_hyperparameters(ignore=["timing"])
@@ -104,6 +120,8 @@ class NavVideoDataModule(pl.LightningDataModule):
         self.val_samples_per_epoch = val_samples_per_epoch
         self.seed = seed
         self.video_backend = video_backend
+        self.colour_jitter_on = colour_jitter_on
+        self.max_member_mb = max_member_mb
         common = dict(
             timing=self.timing,
             window_stride=window_stride,
@@ -128,6 +146,13 @@ class NavVideoDataModule(pl.LightningDataModule):
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
 
+    def _jitter_placement(self) -> JitterPlacement:
+        """Where the training batches' colour jitter runs: on the batch ("device") or in the workers."""
+        if self.colour_jitter_on == "auto":
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            return "batch" if device.type != "cpu" else "workers"
+        return "batch" if self.colour_jitter_on == "device" else "workers"
+
     def setup(self, stage: Optional[str] = None) -> None:
         rank, world = self._rank_and_world()
         common = dict(
@@ -138,6 +163,7 @@ class NavVideoDataModule(pl.LightningDataModule):
             video_backend=self.video_backend,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers,
+            max_member_mb=self.max_member_mb,
         )
         if stage in (None, "fit") and self.train_loader is None:
             self.train_loader = NavWindowLoader(
@@ -147,6 +173,7 @@ class NavVideoDataModule(pl.LightningDataModule):
                 shuffle_buffer=self.shuffle_buffer,
                 seed=self.seed,
                 split="train/",
+                colour_jitter=self._jitter_placement(),
                 **common,
             )
         if stage in (None, "fit", "validate") and self.val_urls is not None and self.val_loader is None:
@@ -206,6 +233,12 @@ class NavVideoDataModule(pl.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         return self.consume_skip_counts(batch)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Apply the colour jitter a batch carries (``colour_jitter_on`` "device"), where the batch now is."""
+        if isinstance(batch, dict) and "colour_jitter" in batch:
+            batch["frames"] = apply_colour_jitter(batch["frames"], batch.pop("colour_jitter"))
+        return batch
 
     def skip_counts(self) -> dict[str, int]:
         """Skipped inputs seen by this process so far, ``{"train/tar_error": 2, ...}`` (every reason listed)."""

@@ -7,12 +7,21 @@ than ``wds.WebDataset(...)`` defaults, because every stage here has a decision t
   local path that does not exist is an error naming it, before any worker starts.
 - **rank split**: shard ``i`` goes to rank ``i % world_size``, so ranks read disjoint shards; there
   must be at least as many shards as ranks.
-- **worker split**: the rank's shards are dealt to its DataLoader workers the same way.
+- **worker split**: the rank's shards are dealt to its DataLoader workers the same way; when a
+  rank has fewer shards than workers, the workers sharing a shard split its episodes (worker parts
+  of a shard take every n-th episode, :func:`worker_shard_parts`), so one shard of a user's
+  recordings keeps every worker decoding. A shard with fewer episodes than its workers still
+  leaves workers idle, and the worker says so in the log with how to reshard.
 - **tar**: only the ``mp4``, ``traj.npz`` and ``json`` members are read; anything else in the tar
   (``.pyd``, ``.pickle``, ...) is skipped without reading its bytes, so data can never run code.
+  Members larger than ``max_member_mb`` are skipped from their header, unread (a small gzip shard
+  can hold a GiB member); a key that repeats within a shard is skipped, never paired with another
+  episode's members.
 - **episode decode + windows** (in the workers): each episode is decoded once, into shared memory,
   and cut into many windows as index rows (:class:`datamodules.windows.EpisodeWindows`); the
   worker sends the episode once, with its skip-counter delta (:class:`EpisodeRecord`).
+- **colour jitter** (training): in the workers on each window's frames, or carried to wherever the
+  batch lives (:mod:`datamodules.augment`); never in the consuming process's gather.
 - **shuffle buffer** across episodes and workers, in the consuming process, seeded by (seed,
   epoch, rank): a new order every epoch. Workers draw goals and augmentation with (seed, epoch,
   rank, worker).
@@ -57,8 +66,10 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from datamodules.augment import JITTER_PLACEMENTS, JitterPlacement, batch_colour_jitter, defer_colour_jitter, jittered_clips
 from datamodules.episode import META_MEMBER, TRAJ_MEMBER, VIDEO_MEMBER, BadTrajectoryError, Trajectory
-from datamodules.video_decode import Backend, UndecodableVideoError, decode_video
+from datamodules.episode_checks import video_problem
+from datamodules.video_decode import Backend, UndecodableVideoError, decode_video, require_backend
 from datamodules.windows import EpisodeWindows, Window, WindowConfig, collate_windows, cut_windows
 
 log = logging.getLogger(__name__)
@@ -76,7 +87,13 @@ SKIP_REASONS = (
     "video_shorter_than_poses",  # fewer decoded frames than poses
     "frame_times_mismatch",  # decoded frame times drift from traj.t (wrong fps metadata, raw streams)
     "too_short",  # decoded fine but no window fits (too short, too many invalid poses)
+    "duplicate_key",  # a sample key seen before in the same shard: its members cannot be told apart
+    "oversize_member",  # a member larger than max_member_mb: skipped from its header, never read
 )
+
+#: Largest tar member read by default. Every member is read into memory whole, and a gzip shard of
+#: a few MB can unpack to a GiB member; an episode's mp4 of 5 minutes at 1080p is ~400 MB.
+DEFAULT_MAX_MEMBER_MB = 512.0
 
 #: Seed word of the consumer's shuffle, distinct from every worker id (a trailing 0 would not be:
 #: numpy seeds [s, e, r] and [s, e, r, 0] identically).
@@ -144,38 +161,60 @@ def split_by_rank(urls: Sequence[str], rank: int, world_size: int) -> list[str]:
     return list(urls[rank::world_size])
 
 
-def split_by_worker(urls: Sequence[str], worker_id: int, num_workers: int) -> list[str]:
-    """Shards of one DataLoader worker within a rank (may be empty when shards < workers)."""
-    return list(urls[worker_id::num_workers])
+@dataclass(frozen=True)
+class ShardPart:
+    """The episodes of one shard a worker reads: those whose position ``i`` in the shard has ``i % parts == part``."""
+
+    url: str
+    part: int = 0
+    parts: int = 1
+
+    def owns(self, index: int) -> bool:
+        return index % self.parts == self.part
 
 
-def batches_for_worker(total_batches: int, worker_id: int, num_workers: int, num_rank_shards: int) -> int:
-    """This worker's share of the rank's batches; workers without shards get none."""
-    active = min(num_workers, num_rank_shards)
-    if worker_id >= active:
-        return 0
-    return total_batches // active + (1 if worker_id < total_batches % active else 0)
+def worker_shard_parts(urls: Sequence[str], worker_id: int, num_workers: int) -> list[ShardPart]:
+    """What one DataLoader worker of a rank reads.
+
+    With at least as many shards as workers, whole shards are dealt round robin. With fewer, shard
+    ``s`` is shared by workers ``s, s + S, s + 2S, ...`` (S shards), which split its episodes:
+    every worker decodes, and together they read every episode once.
+    """
+    if not 0 <= worker_id < num_workers:
+        raise ValueError(f"worker {worker_id} outside {num_workers} workers")
+    if len(urls) >= num_workers:
+        return [ShardPart(url) for url in urls[worker_id::num_workers]]
+    shard = worker_id % len(urls)
+    sharing = len(range(shard, num_workers, len(urls)))
+    return [ShardPart(urls[shard], worker_id // len(urls), sharing)]
+
+
+def batches_for_worker(total_batches: int, worker_id: int, num_workers: int) -> int:
+    """This worker's share of the rank's batches (every worker has episodes to read, see :func:`worker_shard_parts`)."""
+    return total_batches // num_workers + (1 if worker_id < total_batches % num_workers else 0)
 
 
 # ----------------------------------------------------------------------------------------- stages
 
 
 def shard_source(
-    urls: Sequence[str],
+    parts: Sequence[ShardPart],
     rng: Optional[np.random.Generator],
     cycle: bool,
     counter: SkipCounter,
     fallback_urls: Sequence[str] = (),
-) -> Iterator[str]:
-    """Yield shard URLs: one pass in order, or endless reshuffled passes when ``cycle``.
+) -> Iterator[ShardPart]:
+    """Yield shard parts: one pass in order, or endless reshuffled passes when ``cycle``.
 
-    When a whole cycling pass over ``urls`` gives no window (say, a worker whose only shard is
-    corrupt), the worker widens to ``fallback_urls`` (all of its rank's shards) so its batch quota
-    is still met from good data; only when those give nothing either is it an error.
+    When a whole cycling pass over ``parts`` gives no window (say, a worker whose only shard is
+    corrupt, or whose part of a shared shard holds no episode), the worker widens to
+    ``fallback_urls`` (all of its rank's shards, whole) so its batch quota is still met from good
+    data; only when those give nothing either is it an error.
     """
+    parts = list(parts)
     while True:
         windows_before = counter.windows
-        order = list(urls)
+        order = list(parts)
         if rng is not None:
             rng.shuffle(order)
         yield from order
@@ -183,22 +222,50 @@ def shard_source(
             return
         if counter.windows > windows_before:
             continue
-        if fallback_urls and set(fallback_urls) != set(urls):
-            log.warning("shards %s gave no usable window; this worker now reads all of its rank's shards", list(urls))
-            urls = fallback_urls
+        fallback = [ShardPart(url) for url in fallback_urls]
+        if fallback and set(fallback) != set(parts):
+            log.warning("%s gave no usable window; this worker now reads all of its rank's shards", [p.url for p in parts])
+            parts = fallback
             continue
-        raise NoUsableDataError(f"shards {list(urls)} gave no usable training window in a whole pass; skips so far: {dict(counter.total)}")
+        raise NoUsableDataError(
+            f"shards {[p.url for p in parts]} gave no usable training window in a whole pass; skips so far: {dict(counter.total)}"
+        )
 
 
-def read_tar_episodes(urls: Iterable[str], counter: SkipCounter) -> Iterator[dict[str, Any]]:
-    """Group tar members by key into raw episodes; only :data:`EPISODE_MEMBERS` are ever read."""
-    for url in urls:
+@dataclass
+class _Sample:
+    """Members of one key being read from a tar; ``rejected`` ones are read no further and never yielded."""
+
+    key: str
+    index: int  # position of the sample in its shard
+    members: dict[str, bytes]
+    rejected: bool = False
+
+
+def read_tar_episodes(
+    parts: Iterable[ShardPart | str], counter: SkipCounter, max_member_mb: float = DEFAULT_MAX_MEMBER_MB
+) -> Iterator[dict[str, Any]]:
+    """Group tar members by key into raw episodes; only :data:`EPISODE_MEMBERS` are ever read.
+
+    A worker reads only the samples its :class:`ShardPart` owns (the others' members are skipped
+    unread) and counts only their skips; tar errors count once, in part 0. Every member's size is
+    checked in its header before a byte of it is read: one over ``max_member_mb`` skips its sample
+    (``oversize_member``). A key seen earlier in the same shard, or a member repeated within a key,
+    skips the sample (``duplicate_key``): which bytes belong together can no longer be told, and
+    pairing one episode's video with another's poses would be silent.
+    """
+    limit = int(max_member_mb * 2**20)
+    for part in parts:
+        part = ShardPart(part) if isinstance(part, str) else part
         try:
-            stream = wds.gopen(url)
+            stream = wds.gopen(part.url)
         except Exception as exc:  # gopen raises OSError, ValueError or its own errors for URLs
-            counter.add("shard_unreadable", f"{url}: {exc}")
+            if part.part == 0:
+                counter.add("shard_unreadable", f"{part.url}: {exc}")
             continue
-        current: Optional[dict[str, Any]] = None
+        sample: Optional[_Sample] = None
+        seen: set[str] = set()
+        owned = 0
         try:
             with contextlib.closing(stream), tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for info in tar:
@@ -208,17 +275,47 @@ def read_tar_episodes(urls: Iterable[str], counter: SkipCounter) -> Iterator[dic
                     key, member = match.group(1), match.group(2).lower()
                     if member not in EPISODE_MEMBERS:
                         continue  # never read: a .pyd/.pickle member stays bytes on disk
-                    if current is not None and key != current["__key__"]:
-                        yield current
-                        current = None
-                    if current is None:
-                        current = {"__key__": key, "__url__": url}
-                    current[member] = tar.extractfile(info).read()
+                    if sample is None or key != sample.key:
+                        if sample is not None and part.owns(sample.index) and not sample.rejected:
+                            yield {"__key__": sample.key, "__url__": part.url, **sample.members}
+                        sample = _Sample(key, 0 if sample is None else sample.index + 1, {})
+                        owned += part.owns(sample.index)
+                        if key in seen:
+                            _reject(sample, part, counter, "duplicate_key", f"{part.url}:{key} appears again later in the shard")
+                        seen.add(key)
+                    if sample.rejected or not part.owns(sample.index):
+                        continue
+                    if member in sample.members:
+                        _reject(sample, part, counter, "duplicate_key", f"{part.url}:{key} has two {member} members")
+                    elif info.size > limit:
+                        _reject(
+                            sample, part, counter, "oversize_member",
+                            f"{part.url}:{info.name} is {info.size / 2**20:.0f} MiB, over max_member_mb={max_member_mb:g}; "
+                            "raise it, or cut recordings into shorter episodes (make_shards.py --max-episode-seconds)",
+                        )
+                    else:
+                        sample.members[member] = tar.extractfile(info).read()
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            counter.add("tar_error", f"{url}: {exc}")
+            if part.part == 0:
+                counter.add("tar_error", f"{part.url}: {exc}")
             continue  # the episode being read when the tar broke is incomplete: dropped
-        if current is not None:
-            yield current
+        if sample is not None and part.owns(sample.index) and not sample.rejected:
+            yield {"__key__": sample.key, "__url__": part.url, **sample.members}
+        if part.parts > 1 and owned == 0:
+            total = 0 if sample is None else sample.index + 1
+            log.warning(
+                "%s holds %d episode(s) for %d workers: this worker has none and idles. Write at least as many "
+                "shards as workers, or cut long recordings into more episodes (make_shards.py --max-episode-seconds 60)",
+                part.url, total, part.parts,
+            )
+
+
+def _reject(sample: _Sample, part: ShardPart, counter: SkipCounter, reason: str, detail: str) -> None:
+    """Drop a sample's members and count it once, by the worker that owns it."""
+    if not sample.rejected and part.owns(sample.index):
+        counter.add(reason, detail)
+    sample.rejected = True
+    sample.members.clear()
 
 
 def parse_episode(raw: dict[str, Any], counter: SkipCounter) -> Optional[Trajectory]:
@@ -269,16 +366,21 @@ class _SharedFrames:
         self.tensor: Optional[torch.Tensor] = None
 
     def __call__(self, shape: tuple[int, int, int, int]) -> np.ndarray:
-        size = int(np.prod(shape))
-        free = _shared_memory_free_bytes()
-        if free is not None and size > free:  # tmpfs would accept it and SIGBUS on the first write
-            raise SharedMemoryFullError(
-                f"a decoded episode needs {size / 2**20:.1f} MiB of shared memory but {_SHM_DIR} has {free / 2**20:.1f} MiB free: "
-                "give the container more (docker --shm-size), or lower image_size, shuffle_buffer or the episode length"
-            )
-        storage = torch.UntypedStorage._new_shared(size)
-        self.tensor = torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        self.tensor = shared_frames(shape)
         return self.tensor.numpy()
+
+
+def shared_frames(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor in shared memory; :class:`SharedMemoryFullError` when it cannot fit."""
+    size = int(np.prod(shape))
+    free = _shared_memory_free_bytes()
+    if free is not None and size > free:  # tmpfs would accept it and SIGBUS on the first write
+        raise SharedMemoryFullError(
+            f"a decoded episode needs {size / 2**20:.1f} MiB of shared memory but {_SHM_DIR} has {free / 2**20:.1f} MiB free: "
+            "give the container more (docker --shm-size), or lower image_size, shuffle_buffer or the episode length"
+        )
+    storage = torch.UntypedStorage._new_shared(size)
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def episode_windows(
@@ -305,12 +407,9 @@ def episode_windows(
         except UndecodableVideoError as exc:
             counter.add("undecodable_video", f"{where}: {exc}")
             continue
-        if len(video) < len(traj):
-            counter.add("video_shorter_than_poses", f"{where}: {len(video)} frames for {len(traj)} poses")
-            continue
-        drift = float(np.abs((video.times[: len(traj)] - video.times[0]) - (traj.t - traj.t[0])).max())
-        if drift > config.tolerance:
-            counter.add("frame_times_mismatch", f"{where}: frame times drift {drift:.3f}s from the poses' times")
+        problem = video_problem(video.times, traj, config.tolerance)
+        if problem is not None:
+            counter.add(problem[0], f"{where}: {problem[1]}")
             continue
         frames = allocate.tensor if allocate is not None else video.frames
         windows = cut_windows(frames, video.times, traj, config, rng, key=raw["__key__"])
@@ -346,6 +445,24 @@ def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter
     yield EpisodeRecord(None, counter.take())
 
 
+def place_colour_jitter(records: Iterable[EpisodeRecord], placement: JitterPlacement, shared_memory: bool = False) -> Iterator[EpisodeRecord]:
+    """Apply each record's colour jitter here ("workers") or hand it on with the windows ("batch").
+
+    In "workers" a record becomes one record per clip chunk (:func:`datamodules.augment.jittered_clips`,
+    clips in shared memory inside a DataLoader worker); the first carries the skip counts.
+    """
+    for record in records:
+        if record.windows is None or record.windows.jitter is None:
+            yield record
+        elif placement == "batch":
+            yield EpisodeRecord(defer_colour_jitter(record.windows), record.skip_counts)
+        else:
+            counts = record.skip_counts
+            for clips in jittered_clips(record.windows, shared_frames if shared_memory else None):
+                yield EpisodeRecord(clips, counts)
+                counts = {}
+
+
 def records_to_windows(records: Iterable[EpisodeRecord], skip_counts: Counter[str]) -> Iterator[Window]:
     """The windows of every record, one by one; each record's skip counts are added to ``skip_counts``."""
     for record in records:
@@ -374,6 +491,9 @@ def shuffle_buffer(items: Iterable[Any], size: int, rng: np.random.Generator) ->
 def batched(windows: Iterable[Window], batch_size: int, skip_counts: Counter[str], partial: bool) -> Iterator[dict[str, Any]]:
     """Collate ``batch_size`` windows; each batch carries the skip counts added since the previous one.
 
+    Batches of windows whose jitter was deferred ("batch" placement) also carry ``colour_jitter``
+    [B, 3], for :func:`datamodules.augment.apply_colour_jitter` where the batch ends up.
+
     The next chunk is read before a batch is emitted, so the last batch also carries the counts
     of records that arrived after its windows (a stream's tail of broken episodes).
     """
@@ -382,6 +502,9 @@ def batched(windows: Iterable[Window], batch_size: int, skip_counts: Counter[str
     while chunk and (len(chunk) == batch_size or partial):
         following = list(itertools.islice(iterator, batch_size))
         batch = collate_windows(chunk)
+        factors = batch_colour_jitter(chunk)
+        if factors is not None:
+            batch["colour_jitter"] = factors
         batch["skip_counts"] = dict(skip_counts)
         skip_counts.clear()
         yield batch
@@ -411,6 +534,8 @@ class EpisodeStream(IterableDataset):
         seed: int,
         split: str,
         video_backend: Backend,
+        colour_jitter: JitterPlacement,
+        max_member_mb: float,
     ) -> None:
         super().__init__()
         self.rank_urls = list(rank_urls)
@@ -423,6 +548,8 @@ class EpisodeStream(IterableDataset):
         self.seed = seed
         self.split = split
         self.video_backend = video_backend
+        self.colour_jitter = colour_jitter
+        self.max_member_mb = max_member_mb
         # shared with the worker processes, so set_epoch reaches persistent workers too
         self._epoch = torch.multiprocessing.Value("q", 0)
 
@@ -437,16 +564,14 @@ class EpisodeStream(IterableDataset):
     def __iter__(self) -> Iterator[EpisodeRecord]:
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        urls = split_by_worker(self.rank_urls, worker_id, num_workers)
+        parts = worker_shard_parts(self.rank_urls, worker_id, num_workers)
         counter = SkipCounter(self.split)
-        if not urls:
-            return iter(())
         cycle = self.batches_per_rank is not None
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
-        quota = batches_for_worker(self.batches_per_rank, worker_id, num_workers, len(self.rank_urls)) * self.batch_size if cycle else None
+        quota = batches_for_worker(self.batches_per_rank, worker_id, num_workers) * self.batch_size if cycle else None
         pipeline = wds.DataPipeline(
-            functools.partial(shard_source, urls, rng if self.shuffle_shards else None, cycle, counter, self.rank_urls),
-            functools.partial(read_tar_episodes, counter=counter),
+            functools.partial(shard_source, parts, rng if self.shuffle_shards else None, cycle, counter, self.rank_urls),
+            functools.partial(read_tar_episodes, counter=counter, max_member_mb=self.max_member_mb),
             functools.partial(
                 episode_windows,
                 config=self.window_config,
@@ -457,6 +582,7 @@ class EpisodeStream(IterableDataset):
                 shared_memory=info is not None,
             ),
             functools.partial(with_quota, quota=quota, counter=counter),
+            functools.partial(place_colour_jitter, placement=self.colour_jitter, shared_memory=info is not None),
         )
         return iter(pipeline)
 
@@ -478,14 +604,22 @@ class NavWindowLoader:
         shuffle_buffer: windows in the shuffle buffer (<= 1: stream order, no shuffling).
         seed: base seed; worker w draws with (seed, epoch, rank, w), the shuffle with its own stream.
         split: prefix of the skip-count names ("train/", "val/").
-        video_backend: "auto" (decord, PyAV fallback), "decord" or "pyav".
+        video_backend: "auto" (decord, PyAV fallback), "decord", "pyav" or "torchcodec".
         num_workers: DataLoader worker processes decoding episodes (0: decode in this process).
+            With fewer shards per rank than workers, workers split the shards' episodes.
         persistent_workers: keep the workers alive between epochs.
-        prefetch_factor: decoded episodes each worker may hold ready (memory: whole episodes).
+        prefetch_factor: records each worker may hold ready: decoded episodes, or clip chunks with the
+            jitter in the workers (memory: whole episodes, or chunks).
+        colour_jitter: where the window config's colour jitter runs: "workers" (batches arrive
+            jittered) or "batch" (batches carry ``colour_jitter`` factors for
+            :func:`datamodules.augment.apply_colour_jitter`, run where the batch lives).
+        max_member_mb: largest tar member read; larger ones skip their episode unread.
 
     Memory: every episode with a window in the shuffle buffer, and every prefetched one, stays
     decoded (T x H x W x 3 bytes); with workers they live in shared memory (/dev/shm), and an
     episode that does not fit raises :class:`SharedMemoryFullError` rather than crashing a worker.
+    With colour jitter in the workers, each window instead holds its own k frames, sent in chunks
+    of :data:`datamodules.augment.WORKER_CLIP_CHUNK` windows.
     """
 
     def __init__(
@@ -505,6 +639,8 @@ class NavWindowLoader:
         num_workers: int = 0,
         persistent_workers: bool = False,
         prefetch_factor: int = 2,
+        colour_jitter: JitterPlacement = "workers",
+        max_member_mb: float = DEFAULT_MAX_MEMBER_MB,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -512,13 +648,25 @@ class NavWindowLoader:
             raise ValueError(f"samples_per_epoch must be >= 1 or None, got {samples_per_epoch}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if colour_jitter not in JITTER_PLACEMENTS:
+            raise ValueError(f"colour_jitter must be one of {JITTER_PLACEMENTS}, got {colour_jitter!r}")
+        if max_member_mb <= 0:
+            raise ValueError(f"max_member_mb must be > 0, got {max_member_mb}")
+        require_backend(video_backend)  # here, not once per episode in every worker
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.samples_per_epoch = samples_per_epoch
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
+        rank_urls = split_by_rank(urls, rank, world_size)
+        if 0 < len(rank_urls) < num_workers:
+            log.info(
+                "%d shard(s) for %d workers on rank %d: the workers split each shard's episodes; a shard with fewer "
+                "episodes than its workers leaves some idle (make_shards.py --max-episode-seconds cuts long recordings)",
+                len(rank_urls), num_workers, rank,
+            )
         self.stream = EpisodeStream(
-            split_by_rank(urls, rank, world_size),
+            rank_urls,
             window_config,
             (int(image_size[0]), int(image_size[1])),
             batch_size,
@@ -528,6 +676,8 @@ class NavWindowLoader:
             seed=seed,
             split=split,
             video_backend=video_backend,
+            colour_jitter=colour_jitter,
+            max_member_mb=max_member_mb,
         )
         self.episodes: Iterable[EpisodeRecord] = self.stream
         if num_workers > 0:

@@ -6,12 +6,20 @@ afterwards in numpy/torch would double the cost). Random access per sample would
 keyframe and re-decode the GOP for every window, which is ~40x slower.
 
 decord is the fast path; PyAV (FFmpeg too, but always installed with s2e) is the fallback when
-decord is missing or refuses a file. Anything that cannot give at least one frame raises
-:class:`UndecodableVideoError`, which the streaming pipeline counts and skips.
+decord is missing or refuses a file. TorchCodec is an optional third backend, chosen by name only
+(``video_backend: torchcodec``); it needs FFmpeg's shared libraries on the system, and
+:func:`require_backend` says what to install when it cannot load. Anything that cannot give at
+least one frame raises :class:`UndecodableVideoError`, which the streaming pipeline counts and skips.
+
+Rotation: phones store portrait video as landscape frames plus a display-matrix rotation. One rule
+for every backend: frames come out as displayed (rotated), then scaled to the requested size.
+decord and TorchCodec do that themselves; the PyAV path applies the frame's rotation in quarter
+turns (flips in a display matrix are not applied by any backend).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
@@ -24,19 +32,52 @@ try:  # decord is the fast path; without it every video goes through PyAV
 except ImportError:  # pragma: no cover - depends on the installation
     decord = None
 
-Backend = Literal["auto", "decord", "pyav"]
+Backend = Literal["auto", "decord", "pyav", "torchcodec"]
+BACKENDS: tuple[str, ...] = ("auto", "decord", "pyav", "torchcodec")
+
+#: How to get TorchCodec working next to torch 2.13 on CPU (it loads FFmpeg 4-8 from the system).
+TORCHCODEC_INSTALL = (
+    "pip install torchcodec==0.13.0 (the release for torch 2.13) and FFmpeg's shared libraries "
+    "(Debian 12: apt-get install libavcodec59 libavformat59 libavutil57 libswscale6 libswresample4 libavfilter8 libavdevice59)"
+)
 
 #: Makes the uint8 [T, H, W, 3] array the frames are decoded into. The streaming pipeline passes one
 #: that allocates shared memory, so a DataLoader worker hands the episode over without a copy.
 FrameAllocator = Callable[[tuple[int, int, int, int]], np.ndarray]
 
-#: Frames fetched per decord ``get_batch`` call: large enough to amortize the call, small enough
-#: that the batch copy is not a second full-video buffer.
+#: Frames fetched per decord ``get_batch`` (or TorchCodec range) call: large enough to amortize the
+#: call, small enough that the batch copy is not a second full-video buffer.
 DECORD_CHUNK = 64
 
 
 class UndecodableVideoError(ValueError):
     """The bytes are not a video any backend can decode, or the video has no frames."""
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend named in the configuration cannot run here (not installed, or its libraries do not load)."""
+
+
+@functools.cache
+def backend_unavailable(backend: str) -> Optional[str]:
+    """Why ``backend`` cannot run in this environment, or None when it can ("auto" always can: PyAV)."""
+    if backend not in BACKENDS:
+        return f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}"
+    if backend == "decord" and decord is None:
+        return "decord is not installed (pip install decord==0.6.0)"
+    if backend == "torchcodec":
+        try:
+            import torchcodec.decoders  # noqa: F401  (loads its FFmpeg-linked core library)
+        except (ImportError, OSError, RuntimeError) as exc:
+            return f"TorchCodec cannot load ({str(exc).splitlines()[0]}): {TORCHCODEC_INSTALL}"
+    return None
+
+
+def require_backend(backend: str) -> None:
+    """Raise :class:`BackendUnavailableError` (or ValueError for an unknown name) unless ``backend`` can run."""
+    reason = backend_unavailable(backend)
+    if reason is not None:
+        raise (ValueError if backend not in BACKENDS else BackendUnavailableError)(reason)
 
 
 @dataclass
@@ -46,7 +87,7 @@ class DecodedVideo:
     Attributes:
         frames: uint8 [T, H, W, 3] RGB at the requested size.
         times: float64 [T] presentation time of each frame in seconds, relative to the stream start.
-        backend: which decoder produced them ("decord" or "pyav"), for logs and tests.
+        backend: which decoder produced them ("decord", "pyav" or "torchcodec"), for logs and tests.
     """
 
     frames: np.ndarray
@@ -61,8 +102,10 @@ def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", 
     """Decode all frames of ``data`` resized to ``size`` = (height, width).
 
     ``backend="auto"`` tries decord and falls back to PyAV when decord is not installed or fails on
-    this file; naming a backend uses only that one (tests, benchmarks). ``allocate`` makes the
-    frame array (default ``np.empty``); the returned ``frames`` is the array it made last.
+    this file; naming a backend uses only that one (tests, benchmarks; an unavailable
+    "torchcodec" raises :class:`BackendUnavailableError`). ``allocate`` makes the frame array
+    (default ``np.empty``); the returned ``frames`` is the array it made last. Rotated videos come
+    out as displayed (see the module docstring).
     """
     allocate = allocate if allocate is not None else _empty
     height, width = int(size[0]), int(size[1])
@@ -70,8 +113,11 @@ def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", 
         raise ValueError(f"decode size must be positive (height, width), got {size}")
     if not data:
         raise UndecodableVideoError("empty video member (0 bytes)")
-    if backend not in ("auto", "decord", "pyav"):
-        raise ValueError(f"unknown video backend {backend!r}; use 'auto', 'decord' or 'pyav'")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "torchcodec":
+        require_backend(backend)
+        return _decode_torchcodec(data, height, width, allocate)
     if backend in ("auto", "decord"):
         _probe(data)
         try:
@@ -125,8 +171,11 @@ def _decode_pyav(data: bytes, height: int, width: int, allocate: FrameAllocator)
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for index, frame in enumerate(container.decode(stream)):
-                rgb = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-                frames.append(rgb)
+                turns = round(frame.rotation / 90) % 4  # counter-clockwise, as np.rot90 turns
+                # scale to the size that the turn makes (height, width), then turn: no second resample
+                scaled = (height, width) if turns % 2 else (width, height)
+                rgb = frame.reformat(width=scaled[0], height=scaled[1], format="rgb24").to_ndarray()
+                frames.append(np.rot90(rgb, turns) if turns else rgb)
                 # pts can be missing on broken streams; fall back to the nominal frame rate
                 if frame.time is not None:
                     times.append(float(frame.time))
@@ -147,3 +196,26 @@ def _decode_pyav(data: bytes, height: int, width: int, allocate: FrameAllocator)
     for slot, index in enumerate(order.tolist()):
         out[slot] = frames[index]
     return DecodedVideo(frames=out, times=t[order] - t[order][0], backend="pyav")
+
+
+def _decode_torchcodec(data: bytes, height: int, width: int, allocate: FrameAllocator) -> DecodedVideo:
+    from torchcodec.decoders import VideoDecoder
+    from torchcodec.transforms import Resize
+
+    try:  # TorchCodec reports unreadable input as RuntimeError or ValueError
+        decoder = VideoDecoder(data, dimension_order="NHWC", num_ffmpeg_threads=1, transforms=[Resize((height, width))])
+        count = len(decoder)
+        if count == 0:
+            raise UndecodableVideoError("video has no frames")
+        frames = allocate((count, height, width, 3))
+        times = np.empty(count, np.float64)
+        for start in range(0, count, DECORD_CHUNK):
+            stop = min(start + DECORD_CHUNK, count)
+            batch = decoder.get_frames_in_range(start, stop)
+            frames[start:stop] = batch.data.numpy()
+            times[start:stop] = batch.pts_seconds.numpy()
+    except (RuntimeError, ValueError) as exc:
+        if isinstance(exc, UndecodableVideoError):
+            raise
+        raise UndecodableVideoError(f"TorchCodec could not decode the video: {exc}") from exc
+    return DecodedVideo(frames=frames, times=times - times[0], backend="torchcodec")

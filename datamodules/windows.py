@@ -211,7 +211,7 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
         for out, index in zip(slot, episode.frame_indices[row].tolist()):
             out[...] = frames[index]
         if episode.jitter is not None:
-            _colour_jitter(slot, *episode.jitter[row].tolist())
+            colour_jitter(slot, *episode.jitter[row].tolist())
     flip = np.array([e.flip[r] for e, r in windows])
     waypoints = np.stack([e.waypoints[r] for e, r in windows])
     goal = np.stack([e.goal[r] for e, r in windows])
@@ -230,10 +230,10 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
 
 
 #: ITU-R 601 luma weights: the grey that contrast and saturation blend towards (as torchvision).
-_LUMA = (0.299, 0.587, 0.114)
+LUMA = (0.299, 0.587, 0.114)
 
 
-def _colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturation: float) -> None:
+def colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturation: float) -> None:
     """torchvision-style brightness, contrast, saturation jitter, in place on one window's uint8 [k, H, W, 3].
 
     The same factors for all k frames keep the clip consistent. The three steps (x*b; blend with
@@ -245,7 +245,7 @@ def _colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturat
     """
     b, c, s = np.float32(brightness), np.float32(contrast), np.float32(saturation)
     x = clip.astype(np.float32)
-    grey = x[..., 0] * np.float32(_LUMA[0]) + x[..., 1] * np.float32(_LUMA[1]) + x[..., 2] * np.float32(_LUMA[2])
+    grey = x[..., 0] * np.float32(LUMA[0]) + x[..., 1] * np.float32(LUMA[1]) + x[..., 2] * np.float32(LUMA[2])
     mean = grey.mean(axis=(1, 2), keepdims=True) * b  # [k, 1, 1] mean grey after brightness, per frame
     offset = grey * (b * c * (1 - s)) + mean * (1 - c)  # [k, H, W]
     x *= b * c * s

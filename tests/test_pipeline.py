@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import pathlib
 import pickle
 import tarfile
+import tracemalloc
 from collections import Counter
 from fractions import Fraction
 
@@ -18,13 +20,14 @@ from conftest import curved_trajectory, encode_indexed_video, read_frame_index
 from datamodules.pipeline import (
     NavWindowLoader,
     NoUsableDataError,
+    ShardPart,
     SkipCounter,
     batches_for_worker,
     episode_windows,
     expand_shards,
     read_tar_episodes,
     split_by_rank,
-    split_by_worker,
+    worker_shard_parts,
     with_quota,
 )
 from datamodules.shard_writer import EpisodeShardWriter
@@ -205,10 +208,15 @@ def test_split_helpers_cover_all_shards_disjointly() -> None:
         ranks = [split_by_rank(urls, r, world) for r in range(world)]
         assert sorted(sum(ranks, [])) == sorted(urls)
         for shard_list in ranks:
-            workers = [split_by_worker(shard_list, w, 2) for w in range(2)]
-            assert sorted(sum(workers, [])) == sorted(shard_list)
-    # the rank's batch count is dealt to the workers that have shards
-    assert [batches_for_worker(7, w, 4, 3) for w in range(4)] == [3, 2, 2, 0]
+            workers = [worker_shard_parts(shard_list, w, 2) for w in range(2)]
+            assert sorted(p.url for p in sum(workers, [])) == sorted(shard_list)
+            assert all(p.parts == 1 for p in sum(workers, []))
+    # fewer shards than workers: the workers sharing a shard split its episodes, every index owned once
+    parts = [worker_shard_parts(urls[:3], w, 4) for w in range(4)]
+    assert [(p.url, p.part, p.parts) for (p,) in parts] == [("s0", 0, 2), ("s1", 0, 1), ("s2", 0, 1), ("s0", 1, 2)]
+    assert [[p.owns(i) for i in range(4)] for (p,) in (parts[0], parts[3])] == [[True, False, True, False], [False, True, False, True]]
+    # so every worker has episodes and takes its share of the rank's batches
+    assert [batches_for_worker(7, w, 4) for w in range(4)] == [2, 2, 2, 1]
 
 
 def test_order_changes_with_the_epoch_and_repeats_within_one(shards: dict) -> None:
@@ -299,3 +307,69 @@ def test_a_full_shared_memory_is_a_clear_error_not_a_crashed_worker(shards: dict
     episodes = episode_windows(read_tar_episodes(shards["good"][:1], counter), CONFIG, SIZE, np.random.default_rng(0), counter, shared_memory=True)
     with pytest.raises(pipeline.SharedMemoryFullError, match=r"needs 1.3 MiB of shared memory but .* has 0.1 MiB free.*--shm-size"):
         next(episodes)
+
+
+def _counts(batches) -> Counter:
+    skips: Counter = Counter()
+    for batch in batches:
+        skips.update(batch["skip_counts"])
+    return skips
+
+
+def test_a_repeated_key_is_skipped_and_counted_never_paired_with_another_episodes_members(tmp_path: pathlib.Path) -> None:
+    """Issue 16.4: the same key twice in a shard, apart or back to back, never mixes two episodes."""
+    (va, ta), (vb, tb), (vc, tc) = (_episode(FRAMES, s) for s in (1.0, 1.5, 0.8))
+    members = _members("ep_a", va, ta) + _members("ep_b", vb, tb) + _members("ep_a", vc, tc)  # ep_a again, later
+    # back to back: ep_x's video, then another episode's video and poses under the same key
+    members += [("ep_x.mp4", va), ("ep_x.json", b'{"fps": 29.97}'), ("ep_x.mp4", vb), ("ep_x.traj.npz", tb.to_npz_bytes())]
+    members += _members("ep_c", vc, tc)
+    _write_tar(tmp_path / "dup.tar", members)
+    counter = SkipCounter()
+    raw = list(read_tar_episodes([str(tmp_path / "dup.tar")], counter))
+    assert [r["__key__"] for r in raw] == ["ep_a", "ep_b", "ep_c"]
+    assert raw[0]["mp4"] == va and raw[0]["traj.npz"] == ta.to_npz_bytes()  # the first ep_a, whole
+    assert dict(counter.total) == {"duplicate_key": 2}
+    loader = NavWindowLoader([str(tmp_path / "dup.tar")], CONFIG, SIZE, batch_size=8, shuffle_buffer=0)
+    batches = list(loader)
+    assert Counter(k for b in batches for k in b["key"]) == {"ep_a": 36, "ep_b": 36, "ep_c": 36}
+    assert _counts(batches) == {"train/duplicate_key": 2}
+
+
+def test_an_oversize_member_is_skipped_from_its_header_without_reading_it(tmp_path: pathlib.Path) -> None:
+    """Issue 16.12: a small gzip shard unpacking to a 64 MiB member must not be read into memory.
+
+    What remains is tarfile's own decompression buffer, bounded by the compression ratio (about
+    8 MiB at gzip level 1, 30 MiB at level 9), whatever the member's size.
+    """
+    video, traj = _episode(FRAMES, 1.0)
+    shard = tmp_path / "bomb.tar.gz"
+    with gzip.open(shard, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, data in [("ep_big.mp4", bytes(64 * 2**20)), *_members("ep_big", video, traj)[1:], *_members("ep_ok", video, traj)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert shard.stat().st_size < 2**20
+    counter = SkipCounter()
+    tracemalloc.start()
+    keys = [raw["__key__"] for raw in read_tar_episodes([str(shard)], counter, max_member_mb=1)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert keys == ["ep_ok"] and dict(counter.total) == {"oversize_member": 1}
+    assert peak < 16 * 2**20  # the member's 64 MiB never entered memory
+    batches = list(NavWindowLoader([str(shard)], CONFIG, SIZE, batch_size=8, shuffle_buffer=0, max_member_mb=1))
+    assert {k for b in batches for k in b["key"]} == {"ep_ok"} and _counts(batches) == {"train/oversize_member": 1}
+
+
+def test_one_shard_is_split_between_two_workers_episode_by_episode(shards: dict, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 20: a user's single shard keeps both workers decoding, and every episode is read exactly once."""
+    one = tmp_path / "one.tar"
+    _write_tar(one, [m for key in SPEEDS for m in _members(key, *_episode(FRAMES, SPEEDS[key]))])
+    counter = SkipCounter()
+    halves = [[r["__key__"] for r in read_tar_episodes([ShardPart(str(one), w, 2)], counter)] for w in range(2)]
+    assert halves == [["ep_a", "ep_c"], ["ep_b", "ep_d"]]
+    loader = NavWindowLoader([str(one)], CONFIG, SIZE, batch_size=8, shuffle_buffer=32, num_workers=2)
+    assert Counter(k for b in loader for k in b["key"]) == {k: 36 for k in SPEEDS}
+    lonely = shards["good"][0]  # one episode for two workers: the second says so, with what to do
+    with caplog.at_level("WARNING", logger="datamodules.pipeline"):
+        assert list(read_tar_episodes([ShardPart(lonely, 1, 2)], SkipCounter())) == []
+    assert "1 episode(s) for 2 workers: this worker has none and idles" in caplog.text and "--max-episode-seconds" in caplog.text

@@ -12,9 +12,11 @@ import pytest
 
 from conftest import encode_indexed_video, frame_with_index, read_frame_index
 from datamodules import video_decode
-from datamodules.video_decode import UndecodableVideoError, decode_video
+from datamodules.video_decode import UndecodableVideoError, backend_unavailable, decode_video, require_backend
 
 NTSC = Fraction(30000, 1001)
+#: Every backend that can run here; TorchCodec is optional and needs FFmpeg's shared libraries.
+BACKENDS = ["decord", "pyav"] + ([] if backend_unavailable("torchcodec") else ["torchcodec"])
 
 
 def raw_h264_stream(n: int) -> bytes:
@@ -34,7 +36,7 @@ def bframe_video() -> bytes:
     return encode_indexed_video(45, NTSC, bframes=2)
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_decodes_every_frame_resized_in_order_with_ntsc_times(bframe_video: bytes, backend: str) -> None:
     video = decode_video(bframe_video, (48, 64), backend)
     assert video.backend == backend
@@ -45,9 +47,10 @@ def test_decodes_every_frame_resized_in_order_with_ntsc_times(bframe_video: byte
 
 def test_backends_give_the_same_pixels(bframe_video: bytes) -> None:
     a = decode_video(bframe_video, (48, 64), "decord").frames.astype(np.int16)
-    b = decode_video(bframe_video, (48, 64), "pyav").frames.astype(np.int16)
-    # two scalers, same frames: only interpolation differences
-    assert np.abs(a - b).mean() < 8
+    for backend in BACKENDS[1:]:
+        b = decode_video(bframe_video, (48, 64), backend).frames.astype(np.int16)
+        # other scalers, same frames: only interpolation differences
+        assert np.abs(a - b).mean() < 8, backend
 
 
 def test_auto_falls_back_to_pyav_when_decord_is_missing(bframe_video: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +89,7 @@ def test_truncated_video_keeps_the_frames_that_decode(bframe_video: bytes) -> No
     assert indices == list(range(len(indices)))
 
 
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_frames_are_decoded_into_the_callers_array(bframe_video: bytes, backend: str) -> None:
     """The pipeline decodes into shared memory this way: the result must be that very array, in order."""
     made: list[np.ndarray] = []
@@ -99,3 +102,39 @@ def test_frames_are_decoded_into_the_callers_array(bframe_video: bytes, backend:
     assert len(made) == 1 and made[0].shape == (45, 48, 64, 3)
     assert video.frames is made[0]
     assert [read_frame_index(f) for f in made[0]] == list(range(45))
+
+
+def rotated_video(degrees: int) -> bytes:
+    """A 64x48 video whose display matrix turns it ``degrees`` counter-clockwise; a white block marks its top-left corner."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.set_display_rotation(degrees)
+        frame = np.zeros((48, 64, 3), np.uint8)
+        frame[:24, :16] = 255
+        for _ in range(5):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("degrees, corner", [(90, "bottom-left"), (180, "bottom-right"), (270, "top-right")])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotation_metadata_is_applied_by_every_backend(backend: str, degrees: int, corner: str) -> None:
+    """One rule everywhere: frames come out as displayed, then scaled (issue 16.5: PyAV used to ignore it)."""
+    frames = decode_video(rotated_video(degrees), (24, 32), backend).frames
+    assert frames.shape == (5, 24, 32, 3)
+    rows, cols = np.nonzero(frames[0, ..., 0] > 128)
+    where = ("top" if rows.mean() < 12 else "bottom") + "-" + ("left" if cols.mean() < 16 else "right")
+    assert where == corner
+    # the block covers 1/8 of the displayed frame whichever way it was turned
+    assert abs((frames[0, ..., 0] > 128).mean() - 1 / 8) < 0.03
+
+
+def test_an_unavailable_backend_is_named_with_what_to_install() -> None:
+    with pytest.raises(ValueError, match="unknown video backend 'ffmpeg'"):
+        require_backend("ffmpeg")
+    reason = backend_unavailable("torchcodec")
+    if reason is not None:  # where it cannot load, the message says how to get it
+        assert "pip install torchcodec==0.13.0" in reason and "libavcodec" in reason
