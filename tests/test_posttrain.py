@@ -39,17 +39,20 @@ def _anchors(spread: float = 0.15) -> Anchors:
     return Anchors(points=trajectories[:, -1], trajectories=trajectories, timing=TimingSpec(), counts=np.ones(3, np.int64))
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    """A real PretrainModule checkpoint of a tiny policy, written by a Trainer."""
-    root = tmp_path_factory.mktemp("posttrain")
-    _anchors().save(root / "anchors.npz")
+def write_tiny_pretrained(root: pathlib.Path, anchors: Anchors) -> pathlib.Path:
+    """A real PretrainModule checkpoint of a tiny policy (seed 0) with ``anchors``, written by a Trainer."""
+    anchors.save(root / "anchors.npz")
     torch.manual_seed(0)
     module = PretrainModule(str(root / "anchors.npz"), policy=dict(TINY_POLICY), image_every_n_steps=0)
     trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", max_epochs=0)
     trainer.strategy.connect(module)
     trainer.save_checkpoint(root / "pretrain.ckpt")
     return root / "pretrain.ckpt"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return write_tiny_pretrained(tmp_path_factory.mktemp("posttrain"), _anchors())
 
 
 def _trainer(root: pathlib.Path, max_epochs: int = 1, **kwargs) -> pl.Trainer:

@@ -16,13 +16,11 @@ import pathlib
 import lightning.pytorch as pl
 import numpy as np
 import pytest
-import torch
 
 from s2e.anchors import Anchors
 from s2e.posttrain import PostTrainModule, SimulatorRollouts
-from s2e.pretrain import PretrainModule
 from s2e.timing import TimingSpec
-from test_pretrain import TINY_POLICY
+from test_posttrain import write_tiny_pretrained
 
 BATCHES = 24
 LAST = 8
@@ -40,16 +38,10 @@ class ProgressPerBatch(pl.Callback):
 
 @pytest.fixture(scope="module")
 def heading_anchors_policy(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("rl_learns")
     t = np.arange(1, 11, dtype=np.float64)[:, None]
     trajectories = np.stack([np.concatenate([t, 0.5 * k * t], 1) for k in (-1, 0, 1)]).astype(np.float32)
-    Anchors(points=trajectories[:, -1], trajectories=trajectories, timing=TimingSpec(), counts=np.ones(3, np.int64)).save(root / "anchors.npz")
-    torch.manual_seed(0)
-    module = PretrainModule(str(root / "anchors.npz"), policy=dict(TINY_POLICY), image_every_n_steps=0)
-    trainer = pl.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", max_epochs=0)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(root / "pretrain.ckpt")
-    return root / "pretrain.ckpt"
+    anchors = Anchors(points=trajectories[:, -1], trajectories=trajectories, timing=TimingSpec(), counts=np.ones(3, np.int64))
+    return write_tiny_pretrained(tmp_path_factory.mktemp("rl_learns"), anchors)
 
 
 def _progress(checkpoint: pathlib.Path, lr: float) -> list[float]:
