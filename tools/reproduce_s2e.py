@@ -238,11 +238,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def frames_per_batch(hparams: dict[str, Any]) -> Optional[int]:
-    """Env frames in one rollout batch (SimulatorRollouts: workers x num_envs x steps_per_batch)."""
+    """Env frames (control periods) in one rollout batch: workers x num_envs x steps_per_batch x
+    action_repeat (SimulatorRollouts' steps are decisions, each holding its command action_repeat periods)."""
     if "num_envs" not in hparams or "steps_per_batch" not in hparams:
         return None
     workers = hparams.get("collector_workers", 1) if hparams.get("collector") == "multisync" else 1
-    return int(workers * hparams["num_envs"] * hparams["steps_per_batch"])
+    return int(workers * hparams["num_envs"] * hparams["steps_per_batch"] * hparams.get("action_repeat", 1))
 
 
 def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
