@@ -92,7 +92,7 @@ def render_demo_data(args: argparse.Namespace) -> dict:
             batch += 1
             if batch > 4 * (args.episodes // max(args.envs, 1) + 1):
                 raise RuntimeError(f"the expert failed too often: {skipped} failed episodes, {written} written")
-        shards = [str(p) for p in writer.shard_paths]
+    shards = [str(p) for p in writer.shard_paths]  # after the writer closed: the last shard counts too
     seconds = time.perf_counter() - start
     return {"episodes": written, "skipped_failed": skipped, "frames": frames, "seconds": round(seconds, 2),
             "frames_per_s": round(frames / max(seconds, 1e-9), 1), "shards": shards}
