@@ -15,7 +15,7 @@ One training step, as in TorchRL's / CleanRL's PPO scripts:
    module's policy itself; worker processes receive its weights before each batch.
 
 The ``sft`` strategy replaces 2-3 by the AGDM loss on the privileged expert's arcs, collected with
-the expert driving (:mod:`s2e.rl.expert`).
+the expert driving (:mod:`s2e.rl.sft`).
 
 Checkpoints carry ``s2e_policy`` like pretraining (policy config, TimingSpec) plus ``ram`` (the RAM
 config, ``None`` without RAM), and the policy weights under ``policy.*``, so
@@ -49,9 +49,9 @@ from s2e.model.ram import RAMConfig, ResidualAttentionModule
 from s2e.pretrain import CHECKPOINT_KEY, load_policy_from_checkpoint
 from s2e.rl.actor import ActorCritic, Exploration, ValueHead, build_actor_critic
 from s2e.rl.advantage import add_gae
-from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_env
-from s2e.rl.evaluate import run_episodes
-from s2e.rl.expert import EXPERT_KEY, NoisyExpert, expert_targets
+from s2e.rl.collect import CollectorKind, RolloutBatches, env_factory, make_collector, make_rollout_env
+from s2e.rl.evaluate import run_policy_episodes
+from s2e.rl.sft import EXPERT_KEY, NoisyExpert, expert_targets
 from s2e.rl.features import FEATURES_KEY
 from s2e.rl.stats import rollout_stats
 from s2e.rl.strategy import apply_strategy, check_strategy, encoder_trainable
@@ -327,8 +327,8 @@ class PostTrainModule(pl.LightningModule):
         strip in TensorBoard (TensorBoard's own ``add_video`` needs moviepy, which is not a dependency)."""
         from s2e.video_io import write_mp4
 
-        env = make_env(self.env_config, 1, seed=self.hparams.video_seed + 7919 * (self.current_epoch + 1))
-        outcome = run_episodes(env, self.agent.modules.drive, record_frames=True, max_steps=self.hparams.video_max_steps)
+        env = make_rollout_env(self.env_config, 1, seed=self.hparams.video_seed + 7919 * (self.current_epoch + 1))
+        outcome = run_policy_episodes(env, self.agent.modules.drive, record_frames=True, max_steps=self.hparams.video_max_steps)
         log_dir = Path(getattr(self.logger, "log_dir", None) or self.trainer.default_root_dir)
         (log_dir / "videos").mkdir(parents=True, exist_ok=True)
         write_mp4(log_dir / "videos" / f"epoch_{self.current_epoch:04d}.mp4", outcome.frames, fps=1.0 / self.timing.control_dt)

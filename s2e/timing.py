@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from s2e.registry import dataclass_from_dict
+from s2e.config_parsing import dataclass_from_dict
 
 
 class TimingMismatchError(ValueError):

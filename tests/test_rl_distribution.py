@@ -14,7 +14,7 @@ from tensordict.nn import InteractionType, set_interaction_type
 from s2e.control import ControllerLimits, command_from_limits
 from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres
 from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, Exploration, ValueHead, build_actor_critic
-from s2e.rl.distribution import AnchorTrajectoryDistribution
+from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.timing import TimingSpec
 from test_pretrain import TINY_POLICY
 

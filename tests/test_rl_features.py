@@ -13,8 +13,8 @@ from torchrl.envs import Compose, RenameTransform, RewardSum, TransformedEnv
 
 from s2e.control import ControllerLimits
 from s2e.rl.actor import DIST_KEYS, FROZEN_KEY, LOG_PROB_KEY, TRAJECTORY_KEY, Exploration, PolicyDecoder, TrajectoryController, ValueHead, build_actor_critic
-from s2e.rl.collect import make_collector, make_env
-from s2e.rl.distribution import AnchorTrajectoryDistribution
+from s2e.rl.collect import make_collector, make_rollout_env
+from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.rl.features import FEATURES_KEY, FrameFeatures
 from s2e.rl.strategy import apply_strategy
 from s2e.sim.env import NavEnv, NavEnvConfig, frame_stride
@@ -80,7 +80,7 @@ def test_cached_collection_equals_the_full_window_path_over_partial_resets(frame
 
 def test_the_training_env_drops_frames_and_refuses_to_run_outside_reset_and_step() -> None:
     policy = _tiny_policy()
-    env = make_env(NavEnvConfig(task="empty", image_size=(32, 32)), 2, features=policy)
+    env = make_rollout_env(NavEnvConfig(task="empty", image_size=(32, 32)), 2, features=policy)
     assert "frames" not in env.observation_spec.keys() and env.observation_spec[FEATURES_KEY].shape == (2, 5, 32)
     td = env.reset()
     assert td[FEATURES_KEY].shape == (2, 5, 32) and "frames" not in td.keys()

@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 from s2e.control import ControllerLimits  # noqa: E402
 from s2e.pretrain import load_policy_from_checkpoint  # noqa: E402
 from s2e.rl.actor import driving_policy  # noqa: E402
-from s2e.rl.collect import make_env  # noqa: E402
-from s2e.rl.evaluate import run_episodes  # noqa: E402
+from s2e.rl.collect import make_rollout_env  # noqa: E402
+from s2e.rl.evaluate import run_policy_episodes  # noqa: E402
 from s2e.sim.env import NavEnvConfig  # noqa: E402
 from s2e.sim.robots import get_robot  # noqa: E402
 
@@ -97,8 +97,8 @@ def evaluate(checkpoint: Path, domain: str, args: argparse.Namespace) -> dict[st
     robot = get_robot(args.robot)
     limits = ControllerLimits(max_speed=robot.max_speed, max_yaw_rate=robot.max_omega, lookahead_time=args.lookahead_time)
     config = NavEnvConfig(task=args.task, robot=args.robot, timing=timing, image_size=policy.config.image_size, domain=domain)
-    env = make_env(config, args.episodes, seed=args.eval_seed)
-    return run_episodes(env, driving_policy(policy, timing.waypoint_dt, limits)).summary()
+    env = make_rollout_env(config, args.episodes, seed=args.eval_seed)
+    return run_policy_episodes(env, driving_policy(policy, timing.waypoint_dt, limits)).summary()
 
 
 def read_curves(run_root: Path) -> dict[str, list[tuple[int, float]]]:

@@ -57,10 +57,10 @@ from tensordict import TensorDictBase
 from torch import Tensor
 
 from s2e.bench.agents import goal_xy, robot_limits
+from s2e.config_parsing import dataclass_from_dict
 from s2e.control import command_from_limits
 from s2e.export_meta import sha256_file
 from s2e.onnx_runtime import make_session
-from s2e.registry import dataclass_from_dict
 from s2e.sim.env import NavEnv
 
 FRAME_LAYOUTS = ("BKCHW", "BCHW_STACKED")

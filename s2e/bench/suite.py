@@ -45,7 +45,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from s2e.registry import dataclass_from_dict
+from s2e.config_parsing import dataclass_from_dict
 from s2e.sim.generator import SceneConfig, World, generate_scene_arrays, stack_scenes
 from s2e.sim.physics import footprint_clearance
 from s2e.sim.robots import get_robot

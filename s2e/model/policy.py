@@ -14,12 +14,12 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
+from s2e.config_parsing import dataclass_from_dict
 from s2e.distributions import LOG_STD_MAX, LOG_STD_MIN, RHO_MAX, AnchorMixture
 from s2e.model.decoder import AnchorCrossAttention, AnchorQueries
 from s2e.model.encoders import IMAGE_MEAN, IMAGE_STD, ConvFrameEncoder, GoalEncoder, TimmFrameEncoder
 from s2e.model.fusion import ContextFusion
 from s2e.model.heads import AnchorHeads
-from s2e.registry import dataclass_from_dict
 
 
 @dataclass

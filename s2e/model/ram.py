@@ -43,8 +43,8 @@ from typing import Any, Mapping, Optional
 
 from torch import Tensor, nn
 
+from s2e.config_parsing import dataclass_from_dict
 from s2e.model.decoder import AnchorCrossAttention
-from s2e.registry import dataclass_from_dict
 
 BRANCH_INPUTS = ("queries", "gated")
 

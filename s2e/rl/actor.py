@@ -40,7 +40,7 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from s2e.control import ControllerLimits, command_from_limits
 from s2e.model.policy import S2EPolicy
 from s2e.model.ram import ResidualAttentionModule
-from s2e.rl.distribution import AnchorTrajectoryDistribution
+from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.rl.features import FEATURES_KEY
 
 DIST_KEYS = ("scores", "mean", "log_std", "rho")

@@ -18,14 +18,14 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
 
 from s2e.model.policy import S2EPolicy
-from s2e.rl.expert import ExpertAction
+from s2e.rl.sft import ExpertAction
 from s2e.rl.features import FrameFeatures
 from s2e.sim.env import NavEnv, NavEnvConfig, decision_stride
 
 CollectorKind = Literal["sync", "multisync"]
 
 
-def make_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False, features: Optional[S2EPolicy] = None) -> TransformedEnv:
+def make_rollout_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False, features: Optional[S2EPolicy] = None) -> TransformedEnv:
     """A batched NavEnv with the running episode return under ``episode_reward``; with ``expert``,
     the privileged expert's command under ``expert_action`` (for ``sft``); with ``features``, that
     (frozen-encoder) policy's ``frame_features`` in place of ``frames`` (:class:`FrameFeatures`)."""
@@ -38,14 +38,14 @@ def make_env(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = 
 
 
 def env_factory(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool = False, features: Optional[S2EPolicy] = None) -> Callable[[], EnvBase]:
-    """A picklable zero-argument factory of :func:`make_env` (what collectors and workers call).
+    """A picklable zero-argument factory of :func:`make_rollout_env` (what collectors and workers call).
 
     ``features`` is copied here, frozen: the env only needs the (frozen) encoder, and the copy is
     independent of the live policy, which ``MultiSyncCollector`` ships to its workers stripped of
     weights (on the meta device) and refills with the trainable ones only."""
     if features is not None:
         features = copy.deepcopy(features).eval().requires_grad_(False)
-    return functools.partial(make_env, config, num_envs, seed, expert, features)
+    return functools.partial(make_rollout_env, config, num_envs, seed, expert, features)
 
 
 def make_collector(

@@ -1,8 +1,10 @@
 """Closed-loop episodes of a TorchRL policy module: one episode per env, deterministic by default.
 
 Used by post-training for its rollout videos and by ``tools/posttrain_eval.py`` for the
-before/after table. Each env's *first* episode counts; an env that finished keeps stepping (its
-later steps are ignored) until every env is done, so all episodes get the env's own time limit.
+before/after table (``s2e.sim.rollout.run_episodes`` drives the simulator's own controllers instead,
+``s2e.bench.runner.run_batch`` benchmark agents). Each env's *first* episode counts; an env that
+finished keeps stepping (its later steps are ignored) until every env is done, so all episodes get
+the env's own time limit.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class EpisodeOutcomes:
 
 
 @torch.no_grad()
-def run_episodes(
+def run_policy_episodes(
     env: EnvBase,
     policy: Callable[[TensorDictBase], TensorDictBase],
     *,

@@ -7,7 +7,7 @@
 * ``sft``: supervised fine-tuning of every policy parameter on expert rollouts in the simulator.
 
 Under PPO the velocity-scale head (``heads.scale``) gets no gradient: the scale is not part of the
-sampled event (see :mod:`s2e.rl.distribution`), so ``full`` and ``decoder`` leave it as pretrained
+sampled event (see :mod:`s2e.rl.trajectory_distribution`), so ``full`` and ``decoder`` leave it as pretrained
 and do not hand it to the optimizer (which also keeps DDP free of unused parameters). The value head
 always learns under the PPO strategies; it is not part of the policy.
 """

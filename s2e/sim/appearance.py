@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from s2e.registry import lookup
+from s2e.config_parsing import lookup
 
 RGB = tuple[float, float, float]
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from s2e.registry import lookup
+from s2e.config_parsing import lookup
 
 
 @dataclass(frozen=True)

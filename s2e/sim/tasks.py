@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from s2e.registry import lookup
+from s2e.config_parsing import lookup
 
 if TYPE_CHECKING:
     from s2e.sim.generator import SceneConfig

@@ -1,7 +1,8 @@
-"""Two small helpers every named preset and stored config in s2e goes through.
+"""Strict parsing of config values: a preset's name, or a config dataclass stored as a mapping.
 
 Names typed in YAML or on the command line (a robot, a task, an appearance domain) and configs read
-back from checkpoints fail in the same, explicit way: the error lists what is known.
+back from checkpoints or JSON fail in the same, explicit way: the error lists what is known, so a
+typo never falls back to a default.
 """
 
 from __future__ import annotations
