@@ -30,6 +30,9 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+#: Seconds along the plan at which pure pursuit takes its target point (two waypoints of the
+#: default 0.3 s spacing): the default of every controller in s2e, from training to the robot.
+LOOKAHEAD_TIME = 0.6
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,7 @@ class ControllerLimits:
 
     max_speed: float = 1.5
     max_yaw_rate: float = 1.5
-    lookahead_time: float = 0.6
+    lookahead_time: float = LOOKAHEAD_TIME
 
     def __post_init__(self) -> None:
         for name in ("max_speed", "max_yaw_rate", "lookahead_time"):

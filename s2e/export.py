@@ -13,7 +13,6 @@ control step encodes only the newest frame.
 from __future__ import annotations
 
 import importlib.metadata
-import math
 import platform
 import warnings
 from contextlib import contextmanager
@@ -37,24 +36,13 @@ from s2e.export_meta import (  # noqa: F401  (read_export_metadata and JSON_FILE
     read_export_metadata,
     write_export_metadata,
 )
-from s2e.model.policy import S2EPolicy
+from s2e.frame_ring import ring_window, window_length
+from s2e.geometry import goal_encoding
+from s2e.model.policy import S2EPolicy, best_trajectory_metres, modes_metres
 from s2e.timing import TimingSpec
 
 #: Output names, in the order both entry points return them.
 OUTPUTS = ("best_trajectory_m", "modes_m", "mode_probs", "command")
-
-
-def streaming_stride(timing: TimingSpec) -> int:
-    """Control steps per frame period: ``step`` runs once per control period and the context takes
-    every ``stride``-th cached frame, so frame_dt must be a whole multiple of control_dt."""
-    ratio = timing.frame_dt / timing.control_dt
-    stride = int(round(ratio))
-    if stride < 1 or not math.isclose(ratio, stride, rel_tol=1e-6):
-        raise ValueError(
-            f"streaming needs frame_dt to be a whole multiple of control_dt, got frame_dt={timing.frame_dt} and "
-            f"control_dt={timing.control_dt}"
-        )
-    return stride
 
 
 class DeployablePolicy(nn.Module):
@@ -68,8 +56,9 @@ class DeployablePolicy(nn.Module):
     mode probabilities [B, M], command [B, 2] = (v m/s, omega rad/s).
 
     ``step(frame [B, 3, H, W], goal)`` is the streaming form, called once per control period: it
-    encodes only ``frame``, keeps the last ``(k - 1) * stride + 1`` per-frame features and decodes
-    from every ``stride``-th of them, which equals ``forward`` on the same frames. Until the cache
+    encodes only ``frame``, keeps the last ``(k - 1) * stride + 1`` per-frame features in a ring
+    (:mod:`s2e.frame_ring`, ``stride`` = ``TimingSpec.frame_stride``) and decodes from every
+    ``stride``-th of them, which equals ``forward`` on the same frames. Until the cache
     holds that many frames, the first frame's features stand in for the missing older ones (the
     runtime in :mod:`s2e.deploy` sends no motion command before the window is full). ``reset()``
     empties the cache (a new episode, or after stale frames); a change of batch size restarts it too.
@@ -86,8 +75,8 @@ class DeployablePolicy(nn.Module):
         self.max_speed = float(limits.max_speed)
         self.max_yaw_rate = float(limits.max_yaw_rate)
         self.lookahead_time = float(limits.lookahead_time)
-        self.stride = streaming_stride(timing)
-        self.cache_length = (self.context_frames - 1) * self.stride + 1
+        self.stride = timing.frame_stride
+        self.cache_length = window_length(self.context_frames, self.stride)
         self.register_buffer("feature_cache", torch.zeros(0, self.cache_length, config.d_model), persistent=False)
         self.register_buffer("cached_frames", torch.zeros((), dtype=torch.long), persistent=False)
 
@@ -105,18 +94,14 @@ class DeployablePolicy(nn.Module):
             raise ValueError(f"goal must be [B, 2] (x, y) metres in the robot frame with B={batch}, got {list(goal.shape)}")
         goal = goal.float()
         given = torch.isfinite(goal).all(dim=-1)
-        xy = torch.where(given[:, None], goal, torch.zeros_like(goal))
-        distance = torch.sqrt((xy**2).sum(-1))
-        bearing = torch.atan2(xy[:, 1], xy[:, 0])
-        return torch.stack([distance, torch.cos(bearing), torch.sin(bearing)], dim=-1), given
+        return goal_encoding(torch.where(given[:, None], goal, torch.zeros_like(goal))), given
 
     def _decode(self, features: Tensor, goal: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         encoded, given = self._goal_inputs(goal, features.shape[0])
         out = self.policy.decode_from_features(features, encoded, given)
-        modes = out["mean"] * out["scale"][..., None, None]
+        modes = modes_metres(out)
         probs = torch.softmax(out["scores"], dim=-1)
-        best_index = out["scores"].argmax(dim=-1)
-        best = modes[torch.arange(modes.shape[0], device=modes.device), best_index]
+        best = best_trajectory_metres(out)
         command = waypoints_to_command(best, self.waypoint_dt, self.max_speed, self.max_yaw_rate, self.lookahead_time)
         return best, modes, probs, command
 
@@ -132,13 +117,13 @@ class DeployablePolicy(nn.Module):
         """Streaming: the newest frame uint8 [B, 3, H, W] (one call per control period) + goal."""
         self._check_frames(frame, 4)
         feature = self.policy.encode_frames(frame[:, None])  # [B, 1, D]
-        if self.feature_cache.shape[0] != feature.shape[0] or int(self.cached_frames) == 0:
+        if self.feature_cache.shape[0] != feature.shape[0] or int(self.cached_frames) == 0:  # a new episode
             self.feature_cache = feature.expand(feature.shape[0], self.cache_length, feature.shape[2]).clone()
-            self.cached_frames = torch.ones((), dtype=torch.long)
-        else:
-            self.feature_cache = torch.cat([self.feature_cache[:, 1:], feature], dim=1)
-            self.cached_frames = self.cached_frames + 1
-        return self._decode(self.feature_cache[:, :: self.stride], goal)
+            self.cached_frames = torch.zeros((), dtype=torch.long)
+        newest = int(self.cached_frames) % self.cache_length
+        self.feature_cache[:, newest] = feature[:, 0]
+        self.cached_frames = self.cached_frames + 1
+        return self._decode(ring_window(self.feature_cache, newest, self.context_frames, self.stride), goal)
 
     @torch.jit.export
     def window_full(self) -> bool:

@@ -6,17 +6,23 @@ Conventions (ROS REP-103, used everywhere in s2e):
 - a trajectory "in the robot frame" is expressed relative to the robot pose at the current frame.
 
 The functions accept numpy arrays or torch tensors (same code path, chosen by the input type), so
-the datamodule (numpy) and the simulator/model (torch) cannot drift apart.
+the datamodule (numpy) and the simulator/model (torch) cannot drift apart. :func:`goal_encoding`
+also compiles under TorchScript (its tensor path), so the exported policy encodes a goal with the
+same function that encoded the training data's goals.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
 
-Array = Any  # np.ndarray or torch.Tensor
+if TYPE_CHECKING:
+    Array = Union[np.ndarray, torch.Tensor]
+else:
+    # What TorchScript reads when it compiles goal_encoding into an export: the tensor path only.
+    Array = torch.Tensor
 
 #: Smallest trajectory scale (metres per step) used for normalization: a robot standing still has
 #: a scale of ~0, and dividing by it would blow the normalized trajectory up.
@@ -40,17 +46,12 @@ def to_robot_frame(points_xy: Array, origin_xy: Array, origin_yaw: Array) -> Arr
     return xp.stack([c * d[..., 0] + s * d[..., 1], -s * d[..., 0] + c * d[..., 1]], -1)
 
 
-def to_world_frame(points_xy: Array, origin_xy: Array, origin_yaw: Array) -> Array:
-    """Inverse of :func:`to_robot_frame`."""
-    xp = _xp(points_xy)
-    c, s = xp.cos(origin_yaw)[..., None], xp.sin(origin_yaw)[..., None]
-    x, y = points_xy[..., 0], points_xy[..., 1]
-    return xp.stack([c * x - s * y, s * x + c * y], -1) + origin_xy[..., None, :]
-
-
 def goal_encoding(goal_xy_robot: Array) -> Array:
     """(distance, cos, sin) of a goal point [..., 2] in the robot frame; cos=1, sin=0 at the goal."""
-    xp = _xp(goal_xy_robot)
+    if torch.jit.is_scripting():
+        xp = torch
+    else:
+        xp = _xp(goal_xy_robot)
     dist = xp.sqrt((goal_xy_robot**2).sum(-1))
     bearing = xp.arctan2(goal_xy_robot[..., 1], goal_xy_robot[..., 0])
     return xp.stack([dist, xp.cos(bearing), xp.sin(bearing)], -1)

@@ -21,6 +21,26 @@ class TimingMismatchError(ValueError):
     """Raised when two parts of the pipeline were built for different timings."""
 
 
+#: Relative tolerance of :func:`whole_multiple`: periods written as decimals (0.2 / 0.1) are not exact in binary.
+WHOLE_MULTIPLE_RTOL = 1e-6
+
+
+def whole_multiple(span: float, period: float, span_name: str, period_name: str) -> int:
+    """``span / period`` as an int >= 1, or a ValueError naming both quantities.
+
+    The one test of "a context takes every n-th of the frames that arrive once per period", shared
+    by the simulator, the exported policy and any adapter that stacks frames at its own spacing.
+    """
+    ratio = span / period
+    count = round(ratio)
+    if count < 1 or not math.isclose(ratio, count, rel_tol=WHOLE_MULTIPLE_RTOL):
+        raise ValueError(
+            f"{span_name} ({span} s) must be a whole multiple of {period_name} ({period} s), got a ratio of {ratio:.6g}: "
+            "frames arrive once per control period and the context takes every n-th of them"
+        )
+    return count
+
+
 @dataclass(frozen=True)
 class TimingSpec:
     """Frame, waypoint and control periods.
@@ -50,9 +70,12 @@ class TimingSpec:
                 raise ValueError(f"TimingSpec.{name} must be a positive finite number of seconds, got {value!r}")
 
     @property
-    def context_span(self) -> float:
-        """Seconds from the oldest context frame to the newest."""
-        return (self.context_frames - 1) * self.frame_dt
+    def frame_stride(self) -> int:
+        """Control periods per frame period: frames arrive once per control period (the simulator
+        renders, the robot runtime encodes) and the context takes every ``frame_stride``-th of
+        them, so ``frame_dt`` must be a whole multiple of ``control_dt``. Any other timing is a
+        ValueError: no choice among the arriving frames could reproduce it."""
+        return whole_multiple(self.frame_dt, self.control_dt, "TimingSpec.frame_dt", "control_dt")
 
     @property
     def horizon(self) -> float:

@@ -12,7 +12,7 @@ import torch
 from s2e.bench.agents import FrameFeatureCache, PolicyAgent
 from s2e.bench.runner import ablate_frames
 from s2e.model import PolicyConfig, S2EPolicy
-from s2e.sim.env import NavEnv, NavEnvConfig, frame_stride
+from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.generator import SceneConfig
 from s2e.timing import TimingSpec
 
@@ -34,7 +34,7 @@ def _policy() -> S2EPolicy:
 
 @pytest.mark.parametrize("frames", ["real", "grey", "shuffled"])
 def test_streaming_commands_equal_the_full_forward_through_resets(frames: str) -> None:
-    assert frame_stride(TIMING) == 2
+    assert TIMING.frame_stride == 2
     policy = _policy()
     full = PolicyAgent(policy, TIMING, "full", streaming=False)
     stream = PolicyAgent(policy, TIMING, "stream")

@@ -30,15 +30,28 @@ def test_timing_mismatch_names_each_field():
     TimingSpec().check_compatible(TimingSpec())
 
 
+@pytest.mark.parametrize(("frame_dt", "control_dt", "stride"), [(0.2, 0.1, 2), (0.3, 0.1, 3), (0.1, 0.1, 1), (1 / 3, 1 / 30, 10)])
+def test_frame_stride_is_the_whole_number_of_control_periods_per_frame_period(frame_dt, control_dt, stride):
+    assert TimingSpec(frame_dt=frame_dt, control_dt=control_dt).frame_stride == stride
+
+
+@pytest.mark.parametrize(("frame_dt", "control_dt"), [(0.25, 0.1), (0.05, 0.1), (0.2000003, 0.1)])
+def test_frame_stride_refuses_a_frame_period_that_is_not_a_whole_number_of_control_periods(frame_dt, control_dt):
+    spec = TimingSpec(frame_dt=frame_dt, control_dt=control_dt)  # a valid spec: data alone needs no stride
+    with pytest.raises(ValueError, match=rf"TimingSpec.frame_dt \({frame_dt} s\) must be a whole multiple of control_dt \({control_dt} s\)"):
+        spec.frame_stride
+
+
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_robot_frame_round_trip_and_heading(lib):
     rng = np.random.default_rng(0)
     pts, origin, yaw = rng.normal(size=(4, 7, 2)), rng.normal(size=(4, 2)), rng.uniform(-np.pi, np.pi, 4)
     if lib == "torch":
         pts, origin, yaw = map(torch.as_tensor, (pts, origin, yaw))
-    local = geometry.to_robot_frame(pts, origin, yaw)
-    back = geometry.to_world_frame(local, origin, yaw)
-    np.testing.assert_allclose(np.asarray(back), np.asarray(pts), atol=1e-12)
+    local = np.asarray(geometry.to_robot_frame(pts, origin, yaw))
+    c, s = np.cos(np.asarray(yaw))[:, None], np.sin(np.asarray(yaw))[:, None]  # back: rotate by +yaw, then shift
+    back = np.stack([c * local[..., 0] - s * local[..., 1], s * local[..., 0] + c * local[..., 1]], -1) + np.asarray(origin)[:, None]
+    np.testing.assert_allclose(back, np.asarray(pts), atol=1e-12)
     # a point one metre ahead of a robot facing +y (yaw=pi/2) is at world (0, 1) from it
     ahead = geometry.to_robot_frame(np.array([[[0.0, 1.0]]]), np.zeros((1, 2)), np.array([np.pi / 2]))
     np.testing.assert_allclose(ahead, [[[1.0, 0.0]]], atol=1e-12)

@@ -17,7 +17,7 @@ from s2e.rl.collect import make_collector, make_rollout_env
 from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.rl.features import FEATURES_KEY, FrameFeatures
 from s2e.rl.strategy import apply_strategy
-from s2e.sim.env import NavEnv, NavEnvConfig, frame_stride
+from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.timing import TimingSpec
 from test_rl_distribution import _tiny_policy
 
@@ -27,7 +27,7 @@ ENVS, STEPS = 4, 24
 @pytest.mark.parametrize("frame_dt", [0.1, 0.2, 0.3])
 def test_cached_collection_equals_the_full_window_path_over_partial_resets(frame_dt: float) -> None:
     timing = TimingSpec(frame_dt=frame_dt)
-    stride, k = frame_stride(timing), timing.context_frames
+    stride, k = timing.frame_stride, timing.context_frames
     policy = _tiny_policy()
     with torch.no_grad():  # a RAM policy some updates in: the residual branch changes the outputs
         torch.manual_seed(4)

@@ -24,8 +24,9 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from s2e.control import ControllerLimits, command_from_limits
+from s2e.control import LOOKAHEAD_TIME, ControllerLimits, command_from_limits
 from s2e.export import TS_FILE, quiet_export_warnings, read_export_metadata
+from s2e.frame_ring import window_length
 from s2e.model.policy import best_trajectory_metres
 from s2e.pretrain import load_policy_from_checkpoint
 from s2e.sim.env import NavEnv
@@ -82,7 +83,7 @@ class StraightToGoalAgent:
     timing = None
     image_size = None
 
-    def __init__(self, lookahead_time: float = ControllerLimits().lookahead_time) -> None:
+    def __init__(self, lookahead_time: float = LOOKAHEAD_TIME) -> None:
         self.lookahead_time = lookahead_time
 
     def act(self, obs: TensorDictBase, env: NavEnv) -> Tensor:
@@ -155,7 +156,7 @@ class FrameFeatureCache:
 
     def _encode(self, encode_frames: Callable[[Tensor], Tensor], frames: Tensor, env: NavEnv, steps: Tensor, stride: int) -> Tensor:
         n, k, device = frames.shape[0], frames.shape[1], frames.device
-        length = (k - 1) * stride + 1
+        length = window_length(k, stride)
         shape = (n, length, *frames.shape[2:])
         if self._env is None or self._env() is not env or self.frames is None or self.frames.shape != shape or self.frames.device != device:
             self.clear()
@@ -196,7 +197,7 @@ class PolicyAgent:
     in metres -> pure pursuit with the robot's limits. ``streaming`` (default) encodes only each
     env's newest frame per step (:class:`FrameFeatureCache`); off, every step is the full forward."""
 
-    def __init__(self, policy: torch.nn.Module, timing: TimingSpec, name: str, lookahead_time: float = ControllerLimits().lookahead_time,
+    def __init__(self, policy: torch.nn.Module, timing: TimingSpec, name: str, lookahead_time: float = LOOKAHEAD_TIME,
                  streaming: bool = True) -> None:
         self.policy = policy.eval()
         self.timing = timing
@@ -206,7 +207,7 @@ class PolicyAgent:
         self.cache = FrameFeatureCache() if streaming else None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, lookahead_time: float = ControllerLimits().lookahead_time) -> "PolicyAgent":
+    def from_checkpoint(cls, path: str | Path, lookahead_time: float = LOOKAHEAD_TIME) -> "PolicyAgent":
         policy, timing, _ = load_policy_from_checkpoint(path)
         return cls(policy, timing, Path(path).stem, lookahead_time)
 
@@ -245,7 +246,7 @@ class TorchScriptAgent:
             return self.module(obs["frames"], goal_xy(obs["goal"].float()))[3]
 
 
-def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, lookahead_time: float = ControllerLimits().lookahead_time,
+def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, lookahead_time: float = LOOKAHEAD_TIME,
                 spec: Optional[str] = None) -> Agent:
     """``kind`` is ``policy`` (``policy_path``: a .ckpt file or an export folder), ``onnx`` (``spec``: an
     adapter spec; ``policy_path``: the .onnx file, if not the spec's) or a baseline name."""

@@ -45,7 +45,6 @@ an env whose step count does not follow the last one seen (a new episode) starts
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -58,10 +57,12 @@ from torch import Tensor
 
 from s2e.bench.agents import goal_xy, robot_limits
 from s2e.config_parsing import dataclass_from_dict
-from s2e.control import command_from_limits
+from s2e.control import LOOKAHEAD_TIME, command_from_limits
 from s2e.export_meta import sha256_file
+from s2e.frame_ring import window_length
 from s2e.onnx_runtime import make_session
 from s2e.sim.env import NavEnv
+from s2e.timing import whole_multiple
 
 FRAME_LAYOUTS = ("BKCHW", "BCHW_STACKED")
 GOAL_ENCODINGS = ("xy", "polar")
@@ -136,7 +137,7 @@ class AdapterSpec:
     goal: GoalSpec
     output: OutputSpec
     model: Optional[Path] = None
-    lookahead_time: float = 0.6
+    lookahead_time: float = LOOKAHEAD_TIME
     path: Optional[Path] = None
     sha256: Optional[str] = None
 
@@ -221,18 +222,11 @@ class OnnxAgent:
     def from_spec(cls, spec_path: Union[str, Path], model: Optional[Union[str, Path]] = None) -> "OnnxAgent":
         return cls(AdapterSpec.load(spec_path), model)
 
-    def _stride(self, control_dt: float) -> int:
-        ratio = self.spec.frames.spacing_s / control_dt
-        stride = int(round(ratio))
-        if stride < 1 or not math.isclose(ratio, stride, rel_tol=1e-6):
-            raise ValueError(f"adapter spec {self.name!r}: frames.spacing_s={self.spec.frames.spacing_s} is not a whole multiple "
-                             f"of the suite's control period {control_dt} s")
-        return stride
-
     def _context(self, frames: Tensor, env: NavEnv) -> Tensor:
         """[N, k, 3, H, W] uint8: the spec's context from the history of each env's newest frame."""
-        stride = self._stride(env.config.timing.control_dt)
-        length = (self.spec.frames.count - 1) * stride + 1
+        stride = whole_multiple(self.spec.frames.spacing_s, env.config.timing.control_dt,
+                                f"adapter spec {self.name!r}: frames.spacing_s", "the suite's control period")
+        length = window_length(self.spec.frames.count, stride)
         newest = frames[:, -1]
         steps = torch.round(env.time / env.config.timing.control_dt).long().to(newest.device)
         if self._history is None or self._history.shape[0] != newest.shape[0] or self._history.shape[2:] != newest.shape[1:]:

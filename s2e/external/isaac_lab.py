@@ -23,8 +23,8 @@ from tensordict import NestedKey, TensorDict, TensorDictBase
 from torchrl.data import Bounded, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from s2e.frame_ring import FrameRing
 from s2e.geometry import goal_encoding
-from s2e.sim.env import frame_stride
 from s2e.sim.robots import RobotProfile, get_robot
 from s2e.timing import TimingMismatchError, TimingSpec
 
@@ -85,7 +85,7 @@ class IsaacNavAdapter(EnvBase):
             )
         super().__init__(batch_size=base.batch_size, device=base.device)
         self.base, self.timing, self.mapping, self.robot = base, timing, mapping, get_robot(robot)
-        self.stride = frame_stride(timing)
+        self.stride = timing.frame_stride
         obs_spec = base.observation_spec
         keys = set(obs_spec.keys(True, True))
         for key, what in ((mapping.pixels_key, "camera pixels"), (mapping.observation_key, "goal observation")):
@@ -103,8 +103,7 @@ class IsaacNavAdapter(EnvBase):
             raise ValueError(f"the wrapped env's action has {action_shape[-1]} entries, IsaacNavMapping.action_dim says {mapping.action_dim}")
         self._height, self._width = int(pixels[-3]), int(pixels[-2])
         self._make_specs()
-        self._frames: Optional[torch.Tensor] = None
-        self._head = 0
+        self._frames: Optional[FrameRing] = None
 
     def _make_specs(self) -> None:
         n, dev, k = self.batch_size, self.device, self.timing.context_frames
@@ -135,12 +134,6 @@ class IsaacNavAdapter(EnvBase):
         start = self.mapping.goal_start
         return goal_encoding(td.get(self.mapping.observation_key)[..., start:start + 2].float())
 
-    def _stacked(self) -> torch.Tensor:
-        k, length = self.timing.context_frames, self._frames.shape[1]
-        newest = (self._head - 1) % length
-        order = (newest - torch.arange(k - 1, -1, -1, device=self.device) * self.stride) % length
-        return self._frames[:, order]
-
     def isaac_action(self, action: torch.Tensor) -> torch.Tensor:
         """The task's action vector [N, action_dim] for (v, omega) commands [N, 2], clipped to the robot's limits."""
         space = self.action_spec.space
@@ -158,13 +151,11 @@ class IsaacNavAdapter(EnvBase):
         base_td = self.base.reset(request)
         frame = self._frame(base_td)
         if self._frames is None:
-            length = (self.timing.context_frames - 1) * self.stride + 1
-            self._frames = torch.zeros(n, length, 3, self._height, self._width, dtype=torch.uint8, device=self.device)
-            self._head = 0
+            self._frames = FrameRing(n, self.timing.context_frames, self.stride, (3, self._height, self._width), torch.uint8, self.device)
             mask = None
         idx = slice(None) if mask is None else mask.reshape(n).to(self.device)
-        self._frames[idx] = frame[idx, None]  # the robot stood still before the episode: history = first frame
-        out = TensorDict({"frames": self._stacked(), "goal": self._goal(base_td)}, batch_size=self.batch_size, device=self.device)
+        self._frames.restart(idx, frame[idx])
+        out = TensorDict({"frames": self._frames.stacked(), "goal": self._goal(base_td)}, batch_size=self.batch_size, device=self.device)
         for key in self.done_keys:
             out.set(key, base_td.get(key, torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)))
         return out
@@ -172,9 +163,8 @@ class IsaacNavAdapter(EnvBase):
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         base_in = TensorDict({"action": self.isaac_action(tensordict.get("action"))}, batch_size=self.batch_size, device=self.device)
         nxt = self.base.step(base_in).get("next")
-        self._frames[:, self._head] = self._frame(nxt)
-        self._head = (self._head + 1) % self._frames.shape[1]
-        out = TensorDict({"frames": self._stacked(), "goal": self._goal(nxt)}, batch_size=self.batch_size, device=self.device)
+        self._frames.push(self._frame(nxt))
+        out = TensorDict({"frames": self._frames.stacked(), "goal": self._goal(nxt)}, batch_size=self.batch_size, device=self.device)
         for key in (*self.reward_keys, *self.done_keys):
             out.set(key, nxt.get(key))
         return out

@@ -8,8 +8,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2e.distributions import LOG_STD_MAX, LOG_STD_MIN, RHO_MAX, bound_log_std, bound_rho
+from s2e.geometry import MIN_SCALE
 
-MIN_SCALE = 0.05  # metres per step, the floor of s2e.geometry.trajectory_scale
+#: Added to the scale logit before the softplus: a near-zero logit at initialization then gives a
+#: scale of ``MIN_SCALE + softplus(1)`` ~ 1.36 m per step, where the softplus is steep (slope ~0.73),
+#: instead of a scale near its floor, where the gradient fades.
+SCALE_LOGIT_OFFSET = 1.0
 
 
 class AnchorHeads(nn.Module):
@@ -27,6 +31,7 @@ class AnchorHeads(nn.Module):
         self.log_std_max = log_std_max
         self.rho_max = rho_max
         self.min_scale = MIN_SCALE
+        self.scale_logit_offset = SCALE_LOGIT_OFFSET
         self.score = nn.Linear(d_model, 1)
         self.gaussian = nn.Linear(d_model, num_waypoints * 5)
         self.scale = nn.Linear(d_model, 1)
@@ -41,5 +46,5 @@ class AnchorHeads(nn.Module):
             "mean": anchor_trajectories + params[..., 0:2],
             "log_std": bound_log_std(params[..., 2:4], self.log_std_min, self.log_std_max),
             "rho": bound_rho(params[..., 4], self.rho_max),
-            "scale": self.min_scale + F.softplus(self.scale(features).squeeze(-1) + 1.0),
+            "scale": self.min_scale + F.softplus(self.scale(features).squeeze(-1) + self.scale_logit_offset),
         }

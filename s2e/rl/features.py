@@ -1,7 +1,7 @@
 """Frozen-encoder features of the env's stacked frames, one new frame encoded per env and step.
 
-``NavEnv`` shows the policy its last k frames, ``stride`` control steps apart (:func:`s2e.sim.env.
-frame_stride`), from a ring of the last ``(k - 1) * stride + 1`` rendered frames; a reset fills that
+``NavEnv`` shows the policy its last k frames, ``stride`` control steps apart (``TimingSpec.
+frame_stride``), from a ring of the last ``(k - 1) * stride + 1`` rendered frames; a reset fills that
 env's history with its first frame. While the frame encoder is frozen (strategies ``ram`` and
 ``decoder``), re-encoding all k frames of every env at every step is k-fold waste: each frame's
 feature is the same at every step it stays in the stack (``S2EPolicy.encode_frames`` encodes frames
@@ -37,6 +37,7 @@ from tensordict import TensorDictBase
 from torchrl.data import Composite, Unbounded
 from torchrl.envs import Transform
 
+from s2e.frame_ring import window_length
 from s2e.model.policy import S2EPolicy
 
 FRAMES_KEY = "frames"
@@ -65,13 +66,13 @@ class FrameFeatures(Transform):
 
     # ------------------------------------------------------------------ the ring
     def _slots(self, k: int) -> torch.Tensor:
-        """Ring slots of the k stacked frames, oldest first (the env's ``NavEnv._stacked`` order)."""
+        """Ring slots of the k stacked frames, oldest first (the order of ``s2e.frame_ring.ring_window``)."""
         length = self._ring.shape[1]
         return (self._head - torch.arange(k - 1, -1, -1) * self.stride) % length
 
     def _allocate(self, frames: torch.Tensor) -> None:
         n, k = frames.shape[:2]
-        length = (k - 1) * self.stride + 1
+        length = window_length(k, self.stride)
         dim = self.policy.config.d_model
         self._ring = torch.zeros(n, length, dim, device=frames.device)
         self._known = torch.zeros(n, length, dtype=torch.bool, device=frames.device)
@@ -100,7 +101,7 @@ class FrameFeatures(Transform):
     def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase) -> TensorDictBase:
         frames = tensordict_reset.get(FRAMES_KEY)
         n, k = frames.shape[:2]
-        if self._ring is None or self._ring.shape[0] != n or self._ring.shape[1] != (k - 1) * self.stride + 1:
+        if self._ring is None or self._ring.shape[0] != n or self._ring.shape[1] != window_length(k, self.stride):
             self._allocate(frames)
         else:
             reset = tensordict.get("_reset", None)  # absent: the whole batch resets

@@ -25,6 +25,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, Unbounded
 from torchrl.envs import EnvBase
 
+from s2e.frame_ring import FrameRing
 from s2e.geometry import goal_encoding, to_robot_frame
 from s2e.sim.crowd import CrowdConfig, crowd_step
 from s2e.sim.generator import SceneConfig, World
@@ -73,24 +74,12 @@ class NavEnvConfig:
     action_repeat: int = 1
 
 
-def frame_stride(timing: TimingSpec) -> int:
-    """Control steps between stacked frames; a clear error unless frame_dt is a multiple of control_dt."""
-    ratio = timing.frame_dt / timing.control_dt
-    stride = round(ratio)
-    if stride < 1 or abs(ratio - stride) > 1e-6:
-        raise ValueError(
-            f"TimingSpec.frame_dt ({timing.frame_dt} s) must be a whole multiple of control_dt ({timing.control_dt} s): "
-            "the simulator renders once per control step and stacks every n-th frame"
-        )
-    return stride
-
-
 def decision_stride(timing: TimingSpec, action_repeat: int) -> int:
     """Env steps between stacked frames when each step holds its command ``action_repeat`` control
     periods; a clear error unless the frame period is a whole number of such steps."""
     if not isinstance(action_repeat, int) or action_repeat < 1:
         raise ValueError(f"action_repeat must be an int >= 1, got {action_repeat!r}")
-    stride = frame_stride(timing)
+    stride = timing.frame_stride
     if stride % action_repeat:
         raise ValueError(
             f"action_repeat={action_repeat} does not divide the {stride} control periods between context frames "
@@ -186,24 +175,18 @@ class NavEnv(EnvBase):
             rgb, depth = rgb[idx], (None if depth is None else depth[idx])
         return rgb, depth
 
-    def _stacked(self, buffer: torch.Tensor) -> torch.Tensor:
-        k = self.config.timing.context_frames
-        newest = (self._head - 1) % buffer.shape[1]
-        order = (newest - torch.arange(k - 1, -1, -1, device=self.device) * self.stride) % buffer.shape[1]
-        return buffer.index_select(1, order)  # ~10x faster than buffer[:, order] on the uint8 ring buffer
-
     def _observation(self) -> dict[str, torch.Tensor]:
         world = self.world
         goal_local = to_robot_frame(world.scene.goal[:, None], self.robot_xy, self.robot_yaw)[:, 0]
         obs = {
-            "frames": self._stacked(self._frames),
+            "frames": self._frames.stacked(),
             "goal": goal_encoding(goal_local).float(),
             "collisions": self.contacts.count[:, None].clone(),
             "route_completion": self.route_completion[:, None],
             "success": self._success[:, None].clone(),
         }
         if self.config.with_depth:
-            obs["depth"] = self._stacked(self._depth)
+            obs["depth"] = self._depth.stacked()
         return obs
 
     # ------------------------------------------------------------------ TorchRL API
@@ -232,9 +215,9 @@ class NavEnv(EnvBase):
         limit = (self.config.time_limit_factor * self.world.route_total[idx] / self.robot.max_speed + self.config.time_limit_slack)
         self._step_limit[idx] = torch.ceil(limit / self.config.timing.control_dt).long()
         rgb, depth = self._render(idx)
-        self._frames[idx] = rgb[:, None]  # the robot stood still before the episode: history = first frame
+        self._frames.restart(idx, rgb)
         if depth is not None:
-            self._depth[idx] = depth[:, None]
+            self._depth.restart(idx, depth)
         out = self._observation()
         out["reward_terms"] = {t: torch.zeros(n, 1, device=self.device) for t in TERMS}
         zeros = torch.zeros(n, 1, dtype=torch.bool, device=self.device)
@@ -244,7 +227,6 @@ class NavEnv(EnvBase):
     def _allocate(self, world: World) -> None:
         n, dev = self.batch_size[0], self.device
         k, (h, w) = self.config.timing.context_frames, self.config.image_size
-        length = (k - 1) * self.stride + 1
         self.world = world
         self.robot_xy = torch.zeros(n, 2, device=dev)
         self.robot_yaw = torch.zeros(n, device=dev)
@@ -254,9 +236,8 @@ class NavEnv(EnvBase):
         self._best_arc = torch.zeros(n, device=dev)
         self._success = torch.zeros(n, dtype=torch.bool, device=dev)
         self.contacts = ContactTracker(n, dev)
-        self._frames = torch.zeros(n, length, 3, h, w, dtype=torch.uint8, device=dev)
-        self._depth = torch.zeros(n, length, 1, h, w, device=dev) if self.config.with_depth else None
-        self._head = 0
+        self._frames = FrameRing(n, k, self.stride, (3, h, w), torch.uint8, dev)
+        self._depth = FrameRing(n, k, self.stride, (1, h, w), torch.float32, dev) if self.config.with_depth else None
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         spec = self.action_spec
@@ -266,10 +247,9 @@ class NavEnv(EnvBase):
         truncated = ended & ~self._success
 
         rgb, depth = self._render()
-        self._frames[:, self._head] = rgb
+        self._frames.push(rgb)
         if depth is not None:
-            self._depth[:, self._head] = depth
-        self._head = (self._head + 1) % self._frames.shape[1]
+            self._depth.push(depth)
 
         out = self._observation()
         out["reward_terms"] = {t: v[:, None].float() for t, v in terms.items()}
