@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from s2e.sim.compiled import CompilePolicy, stage_name
 from s2e.sim.render import Raycaster
 from s2e.sim.scene import ObstacleKind, ObstacleShape, SceneBatch, Surface
 
@@ -232,31 +233,15 @@ def _street_batch(count: int, seed: int = 3):
     return scene, start, torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0]), robot
 
 
-@pytest.fixture
-def fresh_compile_state(monkeypatch):
-    """A process state in which nothing was compiled yet and no compilation has failed."""
-    import s2e.sim.compiled as compiled
-    import s2e.sim.render as render
-
-    monkeypatch.setattr(compiled, "_COMPILED", {})
-    monkeypatch.setattr(compiled, "_compile_error", None)
-    monkeypatch.setattr(compiled, "_static_shapes", {})
-    return render
-
-
-def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_large_batches(fresh_compile_state,
-                                                                                          monkeypatch):
-    render = fresh_compile_state
-
+def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_large_batches(monkeypatch):
     def no_toolchain(*args, **kwargs):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", no_toolchain)
-    monkeypatch.setattr(render, "COMPILE_MIN_PIXELS", 2 * W * H)
-    monkeypatch.setattr(render, "_eager_large_s", render.COMPILE_AFTER_EAGER_S)  # a long run: compiling pays
+    policy = CompilePolicy(min_pixels=2 * W * H, after_eager_s=0.0)  # a long run: compiling pays
     scene = _corridor([_box(3.0, 0.0, 0.4)], [[4.0, -1.5, 0.0, 0.0, 0.3, 1.7]])
     expected = Raycaster(W, H, compiled=False).render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
-    auto = Raycaster(W, H)
+    auto = Raycaster(W, H, compile_policy=policy)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one frame is below COMPILE_MIN_PIXELS: no compilation tried
         small = auto.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
@@ -266,16 +251,57 @@ def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_larg
         large = auto.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV, True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the failure is remembered: later calls render eagerly, silently
-        again = Raycaster(W, H, compiled=True).render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
+        again = Raycaster(W, H, compiled=True, compile_policy=policy).render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
     for got in (small, again):
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     assert torch.equal(large[0], torch.cat([expected[0]] * 2))
+    report = policy.report()
+    failed = {name for name, stage in report["stages"].items() if "no C++ compiler found" in (stage["error"] or "")}
+    assert report["state"] == "eager" and {"render._object_spans", "render._shade_pixels"} <= failed
+    assert "render._object_spans failed to compile (RuntimeError: no C++ compiler found)" in CompilePolicy.describe(report)
 
 
-def test_auto_compiles_large_batches_only_after_enough_eager_rendering(fresh_compile_state, monkeypatch):
+def _refuses_sin(graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+    """A torch.compile backend that fails on graphs computing a sine and runs the others as traced."""
+    if "sin" in str(graph_module.graph):
+        raise RuntimeError("no kernel for sin")
+    return graph_module.forward
+
+
+def _wavy(x: torch.Tensor) -> torch.Tensor:
+    return torch.sin(x) * 2
+
+
+def _linear(x: torch.Tensor) -> torch.Tensor:
+    return x * 3 + 1
+
+
+def test_a_stage_that_fails_to_compile_runs_eagerly_and_the_others_still_compile():
+    """Compilation is decided per stage: a failure warns once, records its reason and leaves that stage eager,
+    the other stages keep compiling, and the report says which ran how."""
+    policy = CompilePolicy(backend=_refuses_sin)
+    x = torch.arange(4.0)
+    with pytest.warns(RuntimeWarning, match=rf"{stage_name(_wavy)} failed.* no kernel for sin"):
+        assert torch.equal(policy.run(_wavy, False, True, x), torch.sin(x) * 2)
+    first = policy.report()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the failure is remembered: no second attempt, no second warning
+        for _ in range(2):
+            assert torch.equal(policy.run(_linear, False, True, x), x * 3 + 1)
+            assert torch.equal(policy.run(_wavy, False, True, x), torch.sin(x) * 2)
+    report = policy.report()
+    assert report["stages"][stage_name(_linear)] == {"compiled_calls": 2, "eager_calls": 0, "error": None}
+    wavy = report["stages"][stage_name(_wavy)]
+    assert (wavy["compiled_calls"], wavy["eager_calls"]) == (0, 3) and "no kernel for sin" in wavy["error"]
+    assert report["state"] == "partly compiled"
+    assert CompilePolicy.describe(report).startswith(f"partly compiled; {stage_name(_wavy)} failed to compile (")
+    assert policy.report(since=first)["stages"][stage_name(_wavy)]["eager_calls"] == 2  # calls after `first` only
+    assert CompilePolicy().report() == {"state": "unused", "stages": {}}
+
+
+def test_auto_compiles_large_batches_only_after_enough_eager_rendering(monkeypatch):
     """Short runs never pay for compilation: large calls stay eager until they have cost
-    COMPILE_AFTER_EAGER_S seconds in this process; small calls never count or compile."""
-    render = fresh_compile_state
+    COMPILE_AFTER_EAGER_S seconds under the policy; small calls never count or compile."""
     tried = []
 
     def record(fn, **kwargs):
@@ -283,28 +309,25 @@ def test_auto_compiles_large_batches_only_after_enough_eager_rendering(fresh_com
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", record)
-    monkeypatch.setattr(render, "COMPILE_MIN_PIXELS", 2 * W * H)
-    monkeypatch.setattr(render, "_eager_large_s", 0.0)
-    monkeypatch.setattr(render, "COMPILE_AFTER_EAGER_S", 3600.0)
+    policy = CompilePolicy(min_pixels=2 * W * H, after_eager_s=3600.0)
     scene = _corridor([_box(3.0, 0.0, 0.4)])
     pair = SceneBatch(**{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor)
                              else getattr(scene, f)) for f in scene.__dataclass_fields__})
-    caster = Raycaster(W, H)
+    caster = Raycaster(W, H, compile_policy=policy)
     caster.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV)
-    assert render._eager_large_s == 0.0  # small calls do not count
+    assert policy.eager_large_s == 0.0  # small calls do not count
     for _ in range(2):
         caster.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV)
-    assert tried == [] and render._eager_large_s > 0  # large calls count, but far below the price
-    monkeypatch.setattr(render, "COMPILE_AFTER_EAGER_S", render._eager_large_s)
+    assert tried == [] and policy.eager_large_s > 0  # large calls count, but far below the price
+    policy.after_eager_s = policy.eager_large_s
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         caster.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV)
     assert tried  # the price is reached: the next large call compiles
 
 
-def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(fresh_compile_state, monkeypatch):
-    """Each new shape of a fixed-shape stage costs a compilation: past _STATIC_SHAPES of them the stage runs
+def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(monkeypatch):
+    """Each new shape of a fixed-shape stage costs a compilation: past static_shapes of them the stage runs
     eagerly (same picture) instead of compiling without end, e.g. for every reset batch size."""
-    render = fresh_compile_state
     calls = []
 
     def traced(fn, **kwargs):
@@ -314,9 +337,9 @@ def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(fresh_comp
         return run
 
     monkeypatch.setattr(torch, "compile", traced)
-    monkeypatch.setattr("s2e.sim.compiled._STATIC_SHAPES", 1)
+    policy = CompilePolicy(static_shapes=1)
     scene, start, yaw, robot = _street_batch(3)
-    caster = Raycaster(48, 27, compiled=True)
+    caster = Raycaster(48, 27, compiled=True, compile_policy=policy)
     for count in (3, 3, 2):
         caster.render(scene.index(slice(0, count)), start[:count], yaw[:count], robot.camera_height, robot.hfov_deg)
     spans = [c for c in calls if c[0] == "_object_spans"]
@@ -326,19 +349,18 @@ def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(fresh_comp
 
 
 @pytest.mark.slow
-def test_compiled_stages_render_like_eager(fresh_compile_state):
+def test_compiled_stages_render_like_eager():
     """The torch.compile'd stages (default for large batches) draw the eager picture up to float rounding."""
     scene, start, yaw, robot = _street_batch(3)
     pictures = []
+    policy = CompilePolicy()
     for compiled in (False, True):
-        caster = Raycaster(64, 36, domain="recorded", compiled=compiled)
+        caster = Raycaster(64, 36, domain="recorded", compiled=compiled, compile_policy=policy)
         for count in (3, 2):  # a second batch size: fixed-shape stages compile for it too
             part = scene.index(slice(0, count))
             pictures.append(caster.render(part, start[:count], yaw[:count], robot.camera_height, robot.hfov_deg,
                                           with_depth=True, noise_generator=torch.Generator().manual_seed(0)))
-    import s2e.sim.compiled as compiled
-
-    assert compiled._compile_error is None
+    assert all(stage["error"] is None for stage in policy.report()["stages"].values())
     for (eager_rgb, eager_depth), (fast_rgb, fast_depth) in zip(pictures[:2], pictures[2:]):
         diff = (eager_rgb.int() - fast_rgb.int()).abs()
         assert (diff > 1).float().mean() < 1e-3  # a texel boundary may round the other way, nothing more

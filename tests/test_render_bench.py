@@ -23,7 +23,10 @@ def test_bench_sim_prints_one_json_summary_per_configuration():
         for key in ("render_fps", "baseline_fps", "env_steps_per_s", "render_frames_per_cpu_s"):
             assert row[key] > 0, key
         assert abs(row["ratio"] - row["render_fps"] / row["baseline_fps"]) < 1e-6 * row["ratio"]
-    assert len(out) == 3  # one line per configuration, then the JSON
+        assert row["compile_state"] == "eager"  # auto: batches this small never pay for compiling
+    assert summary["compile"] == "auto" and summary["compile_state"]["state"] == "eager"
+    assert summary["compile_state"]["stages"]["render._object_spans"]["compiled_calls"] == 0
+    assert len(out) == 3 and all(line.endswith("| ran eager") for line in out[:2])  # one line per configuration, then the JSON
 
 
 def test_bench_sim_rejects_a_malformed_size():
@@ -43,3 +46,4 @@ def test_profile_env_step_splits_a_step_into_parts_that_add_up():
     assert parts["render"] > 0 and parts["crowd"] > 0  # the `both` task renders and moves a crowd
     assert abs(sum(v for k, v in parts.items() if k != "total") - parts["total"]) < 1e-6 * max(1.0, parts["total"])
     assert summary["env_steps_per_s"] > 0
+    assert summary["compile"] == "off" and summary["compile_state"]["state"] == "eager"

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs, step_mdp
 
+from s2e.sim.compiled import CompilePolicy
 from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.expert import ExpertPlanner
 from s2e.sim.generator import SceneConfig
@@ -95,8 +96,6 @@ def test_partial_reset_resets_only_the_masked_envs():
 def test_a_compiling_renderer_draws_partial_resets_as_whole_batches(monkeypatch):
     """Compiled stages are specialised on the batch size: a compiling env renders resets as its whole
     batch (one shape for the whole run) and keeps the reset rows, which match an eager env's."""
-    import s2e.sim.compiled as compiled
-
     batches = []
 
     def traced(fn, **kwargs):  # stands in for torch.compile: runs the stage eagerly, records its batch
@@ -107,18 +106,18 @@ def test_a_compiling_renderer_draws_partial_resets_as_whole_batches(monkeypatch)
         return run
 
     monkeypatch.setattr(torch, "compile", traced)
-    monkeypatch.setattr(compiled, "_COMPILED", {})
-    monkeypatch.setattr(compiled, "_static_shapes", {})
-    monkeypatch.setattr(compiled, "_compile_error", None)
+    policy = CompilePolicy()
     outputs = []
     for compiling in (True, False):
         env = NavEnv(replace(SMALL, task="pedestrian"), num_envs=3, seed=2)
-        env.renderer.compiled = compiling
+        env.renderer.compiled, env.renderer.compile_policy = compiling, policy
         td = env.reset()
         for _ in range(3):
             td = step_mdp(env.step(td.set("action", _forward(env))))
         outputs.append(env.reset(td.clone().set("_reset", torch.tensor([[False], [True], [False]])))["frames"])
-    assert compiled._compile_error is None
+    report = policy.report()
+    assert all(stage["error"] is None for stage in report["stages"].values())
+    assert report["stages"]["crowd._advance"]["compiled_calls"] > 0  # the crowd follows the renderer's policy
     assert set(batches) == {3}
     assert torch.equal(outputs[0][1], outputs[1][1])
 

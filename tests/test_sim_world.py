@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from s2e.sim.compiled import CompilePolicy
 from s2e.sim.crowd import crowd_step
 from s2e.sim.expert import ExpertPlanner
 from s2e.sim.generator import SceneConfig, generate_world
@@ -63,7 +64,7 @@ def test_routes_and_obstacles_lie_on_walkable_ground_and_leave_a_passage():
     for surface in WALKABLE:
         walkable |= scene.surface == surface
     for points in (scene.start, scene.goal):
-        cell = scene.world_to_cell(points[:, None])[:, 0].long()
+        cell = ((points - scene.origin) / scene.resolution).long()  # (column, row) of the grid cell
         assert walkable[torch.arange(12), cell[:, 1], cell[:, 0]].all()
     assert (world.route_total >= config.route_length[0] - 1).all()
     assert (world.route_total <= config.route_length[1] + 1e-3).all()
@@ -296,21 +297,19 @@ def test_tree_integration_follows_substeps_one_by_one(substeps):
 
 
 @pytest.mark.slow
-def test_compiled_crowd_step_walks_the_eager_crowd(monkeypatch):
+def test_compiled_crowd_step_walks_the_eager_crowd():
     """The crowd's compiled step (used whenever the renderer compiles) moves pedestrians as the eager
     step does, up to float rounding, over many steps with the robot in their way."""
-    import s2e.sim.compiled as compiled_stages
-
-    monkeypatch.setattr(compiled_stages, "_compile_error", None)  # whatever an earlier test did
+    policy = CompilePolicy()
     config = SceneConfig(num_pedestrians=(10, 10), num_obstacles=(2, 3))
     runs = []
     for compiled in (False, True):
         world = generate_world(range(4), config, WHEELED)
         robot_xy = world.scene.route[:, 1].clone()
         for _ in range(30):
-            crowd_step(world, robot_xy, torch.zeros_like(robot_xy), WHEELED.radius, 0.1, compiled=compiled)
+            crowd_step(world, robot_xy, torch.zeros_like(robot_xy), WHEELED.radius, 0.1, compiled=compiled, compile_policy=policy)
         runs.append((world.scene.pedestrians.clone(), world.crowd.toward_b.clone()))
-    assert compiled_stages._compile_error is None
+    assert policy.report()["stages"]["crowd._advance"] == {"compiled_calls": 30, "eager_calls": 30, "error": None}
     (eager, eager_toward), (fast, fast_toward) = runs
     assert torch.allclose(eager, fast, atol=2e-3) and torch.equal(eager_toward, fast_toward)
     assert (eager[..., :2] - generate_world(range(4), config, WHEELED).scene.pedestrians[..., :2]).abs().max() > 1.0

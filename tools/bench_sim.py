@@ -13,7 +13,10 @@ given per wall second and per CPU second of this process (robust to other tenant
 (default ``auto``: as ``NavEnv`` gets it, i.e. large batches compile only after
 ``COMPILE_AFTER_EAGER_S`` of eager rendering in the process, which a short benchmark may or may
 not reach; ``on``/``off`` for a definite answer); the first
-call's seconds, which include compiling, are reported apart and are not in the rates. Prints one
+call's seconds, which include compiling, are reported apart and are not in the rates. What ran is
+reported, not what was asked for: every line and row says whether that measurement's stages ran
+compiled, eagerly or partly, naming any stage whose compilation failed (``CompilePolicy.report``),
+and the JSON's ``compile_state`` holds the whole run's per-stage calls and failures. Prints one
 line per measurement and, last, one JSON object with every figure.
 """
 
@@ -33,6 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from s2e.sim.compiled import PROCESS_POLICY, CompilePolicy  # noqa: E402
 from s2e.sim.env import NavEnv, NavEnvConfig  # noqa: E402
 from s2e.sim.generator import SceneConfig, generate_world  # noqa: E402
 from s2e.sim.render import Raycaster  # noqa: E402
@@ -172,9 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for size in args.sizes:
         for envs in args.envs:
+            before = PROCESS_POLICY.report()  # the renderers and envs below run their stages through it
             row = {"envs": envs, "width": size[0], "height": size[1], **bench_render(envs, size, args)}
             if not args.no_env:
                 row.update(bench_env(envs, size, args))
+            row["compile_state"] = CompilePolicy.describe(PROCESS_POLICY.report(since=before))
             results.append(row)
             env_part = "" if args.no_env else (f"  | full env steps {row['env_steps_per_s']:7.0f}/s "
                                                f"({row['env_steps_per_cpu_s']:7.0f} per CPU-s)")
@@ -182,9 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"({row['render_frames_per_cpu_s']:7.0f} per CPU-s)  crude baseline {row['baseline_fps']:7.0f} frames/s "
                   f"({row['baseline_frames_per_cpu_s']:7.0f} per CPU-s)  ratio {row['ratio']:.2f} (CPU {row['cpu_ratio']:.2f}), "
                   f"first call {row['render_first_call_s']:.1f} s"
-                  f"{env_part}", flush=True)
+                  f"{env_part}  | ran {row['compile_state']}", flush=True)
     summary = {"threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "compile": args.compile,
-               "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
+               "compile_state": PROCESS_POLICY.report(), "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
     print(json.dumps(summary))
     return summary
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from s2e.sim.compiled import run_stage
+from s2e.sim.compiled import PROCESS_POLICY, CompilePolicy
 from s2e.sim.physics import ObstacleSet, sample_field
 
 
@@ -92,20 +92,21 @@ def _pairs(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def crowd_step(
     world, robot_xy: torch.Tensor, robot_vel: torch.Tensor, robot_radius: float, dt: float, config: CrowdConfig = CrowdConfig(),
-    obstacles: ObstacleSet | None = None, compiled: bool = False,
+    obstacles: ObstacleSet | None = None, compiled: bool = False, compile_policy: CompilePolicy = PROCESS_POLICY,
 ) -> None:
     """Advance ``world.scene.pedestrians`` by ``dt`` seconds in place, reacting to the robot disc.
 
     ``obstacles``: the scene's obstacles already prepared (``ObstacleSet.of``), when the caller has them.
     ``compiled``: run the step through ``torch.compile`` (``s2e.sim.compiled``): its few hundred
     tiny ops become one single-threaded fused kernel (2.7x faster than eager; seconds to compile
-    once per process), with the eager result up to float rounding.
+    once per process), with the eager result up to float rounding. ``compile_policy`` runs it
+    (``NavEnv`` passes its renderer's, so a run's stages share one policy and one report).
     """
     scene, state = world.scene, world.crowd
     if not bool(scene.pedestrian_mask.any()):  # tasks without a crowd keep one padded row: nothing to move
         return
     obstacles = obstacles if obstacles is not None else ObstacleSet.of(scene.obstacles, scene.obstacle_mask)
-    peds, toward_b = run_stage(
+    peds, toward_b = compile_policy.run(
         _advance, True, compiled, scene.pedestrians, scene.pedestrian_mask, state, robot_xy, robot_vel,
         (scene.distance, world.solid_distance, scene.origin), scene.resolution, obstacles, robot_radius, dt, config,
         single_thread=True,

@@ -27,6 +27,7 @@ from torchrl.envs import EnvBase
 
 from s2e.frame_ring import FrameRing
 from s2e.geometry import goal_encoding, to_robot_frame
+from s2e.sim.compiled import PROCESS_POLICY, CompilePolicy
 from s2e.sim.crowd import CrowdConfig, crowd_step
 from s2e.sim.generator import SceneConfig, World
 from s2e.sim.physics import ContactTracker, ObstacleSet, footprint_clearance, integrate_unicycle
@@ -149,6 +150,12 @@ class NavEnv(EnvBase):
     # ------------------------------------------------------------------ state helpers
     def _new_scenes(self, count: int) -> World:
         return self.scenes.sample(count, self._rng, self.device)
+
+    @property
+    def compile_policy(self) -> CompilePolicy:
+        """The policy that runs this env's compiled stages: its renderer's (or the process's, for
+        renderers without one, e.g. the splat one); benchmarks report what it ran."""
+        return getattr(self.renderer, "compile_policy", PROCESS_POLICY)
 
     def _compiling(self) -> bool:
         """Whether this step's dense work runs compiled: as the renderer decides for the whole batch
@@ -291,7 +298,7 @@ class NavEnv(EnvBase):
             world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
         )
         self.robot_xy, self.robot_yaw = xy, yaw
-        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, self._compiling())
+        crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, self._compiling(), self.compile_policy)
         clearance = footprint_clearance(world, xy[:, None], robot.radius, obstacles=obstacles).total[:, 0]
         if running is not None:
             blocked, clearance = blocked & running, torch.where(running, clearance, torch.inf)

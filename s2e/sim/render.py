@@ -22,11 +22,11 @@ elevation. Work is split accordingly:
   folded into the table and the light).
 
 Speed: the dense stages (object tests, the facade test, the DDA's chunk step, the pixel stage) are
-plain tensor code that ``torch.compile`` fuses into vectorized loops (for the exact shapes of a run,
-see ``s2e.sim.compiled``); ``Raycaster(compiled=None)`` does so for large
-batches (``COMPILE_MIN_PIXELS``) once a process has rendered them eagerly for
+plain tensor code that ``torch.compile`` fuses into vectorized loops (for the exact shapes of a run),
+run through a ``CompilePolicy`` (``s2e.sim.compiled``); ``Raycaster(compiled=None)`` compiles large
+batches (``COMPILE_MIN_PIXELS``) once the policy has seen them rendered eagerly for
 ``COMPILE_AFTER_EAGER_S`` (long runs: training, long evaluations), and runs them eagerly otherwise
-or when compilation is unavailable (same pictures up to float rounding). Eagerly, object layers are
+or where a stage's compilation failed (same pictures up to float rounding). Eagerly, object layers are
 painted on the columns they cover only (``_shade_pixels_sparse``).
 
 Limits: only the nearest building face per column is drawn (a taller building behind a lower one is
@@ -47,21 +47,13 @@ import torch
 from torch import Tensor
 
 from s2e.sim.appearance import AppearanceDomain, get_domain
-from s2e.sim.compiled import run_stage
+from s2e.sim.compiled import PROCESS_POLICY, CompilePolicy
 from s2e.sim.facades import facade_hits
 from s2e.sim.scene import OBSTACLE_FIELDS, PEDESTRIAN_FIELDS, ObstacleKind, ObstacleShape, SceneBatch
 from s2e.sim.scene_grids import COARSE, SceneGridCache, SceneGrids
 from s2e.sim.textures import MAT_FACADE, MAT_OBSTACLE, NUM_MATERIALS, PED_PARTS, TEXTURE_SIZE, StyleCache
 
 _NEAR = 0.05  # metres: intersections closer than this are clipped (the camera never sits inside a shape)
-#: ``compiled=None`` compiles only calls of at least this many pixels (smaller ones gain little) and
-#: only once this process has spent ``COMPILE_AFTER_EAGER_S`` rendering such calls eagerly: compiling
-#: costs 25-75 s once per process, so it is bought like skis by a renter (pay rent until it adds up to
-#: the price, then buy), which never costs more than twice the better choice made in hindsight. Tests,
-#: demos and one-minute benchmarks stay eager; training and long evaluations compile after ~30 s.
-COMPILE_MIN_PIXELS = 100_000
-COMPILE_AFTER_EAGER_S = 30.0
-_eager_large_s = 0.0  # eager seconds of compiled=None calls of >= COMPILE_MIN_PIXELS pixels in this process
 _MARCH_COMPILE_MIN = 64  # rays: below, a march round runs eagerly
 # Pedestrian profile as fractions of body height / of radius (the disc radius is the shoulder width).
 _HIP, _NECK, _HEAD = 0.47, 0.80, 0.85
@@ -457,7 +449,7 @@ def _march_chunk(grid: Tensor, base: Tensor, state: Tensor, k0: Tensor, chunk: i
 
 
 def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: Tensor, cell: float,
-           t_limit: Tensor | float, compiled: bool, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+           t_limit: Tensor | float, compiled: bool, policy: CompilePolicy, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
     """Exact DDA of N rays over a padded grid: (t, value, axis) of the first crossing into a cell > 0.
 
     The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * cell / |dx| and
@@ -471,6 +463,7 @@ def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: T
         grid: flat [B * rows * cols] values (> 0 = hit); dims = (rows, cols), padding included.
         env: [N] scene of each ray; g0: [N, 2] start in (col, row) cell units; rays: [N, 2] world
         direction per unit t; cell: metres per cell; t_limit: farthest t to search.
+        compiled, policy: whether the chunk step compiles, and the policy that runs it.
     """
     rows, cols = dims
     size = torch.tensor([cols - 1, rows - 1], device=g0.device, dtype=torch.float32)
@@ -490,7 +483,7 @@ def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: T
     while active.numel():
         # Few rays left: eager ops cost little, and compiled code would specialize on tiny sizes.
         fast = compiled and active.numel() >= _MARCH_COMPILE_MIN
-        found, keep = run_stage(_march_chunk, False, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
+        found, keep = policy.run(_march_chunk, False, fast, grid, base, state, torch.tensor(float(k0)), chunk, cols, size)
         best.index_copy_(0, active, found)
         keep_idx = keep.nonzero().squeeze(-1)
         active, base = active.index_select(0, keep_idx), base.index_select(0, keep_idx)
@@ -511,14 +504,16 @@ class Raycaster:
         compiled: run the dense per-column and per-pixel stages through ``torch.compile`` (fused
             vectorized loops, several times faster; seconds to compile once per process). ``None``
             (default) compiles calls of at least ``COMPILE_MIN_PIXELS`` pixels (e.g. 16 envs at
-            128x72) once the process has rendered such calls eagerly for ``COMPILE_AFTER_EAGER_S``
-            seconds, i.e. only in long runs, where it pays; failures fall back to eager rendering
-            with a warning.
+            128x72) once the policy has seen such calls rendered eagerly for ``COMPILE_AFTER_EAGER_S``
+            seconds, i.e. only in long runs, where it pays; a stage whose compilation fails runs
+            eagerly from then on, with a warning.
+        compile_policy: runs the stages, owns their compilations and reports what ran (default: the
+            process-wide ``PROCESS_POLICY``, shared by every renderer so each stage compiles once).
     """
 
     def __init__(self, width: int, height: int, domain: str | AppearanceDomain = "sim",
                  max_distance: float = 40.0, device: str | torch.device = "cpu", layers: int = 3,
-                 compiled: bool | None = None) -> None:
+                 compiled: bool | None = None, compile_policy: CompilePolicy = PROCESS_POLICY) -> None:
         if width < 2 or height < 2:
             raise ValueError(f"image size must be at least 2x2 pixels, got {width}x{height}")
         if max_distance <= 0 or layers < 1:
@@ -529,6 +524,7 @@ class Raycaster:
         self.device = torch.device(device)
         self.layers = int(layers)
         self.compiled = compiled
+        self.compile_policy = compile_policy
         self._styles = StyleCache(self.domain, self.device)
         d = self.domain
         sun = torch.tensor(d.sun_direction, dtype=torch.float32)
@@ -558,7 +554,6 @@ class Raycaster:
         A pure function of its inputs: the only randomness is sensor noise, drawn from
         ``noise_generator`` (``None`` gives a fixed noise pattern, so output is still deterministic).
         """
-        global _eager_large_s
         start_time = time.perf_counter()
         b = _check_scene(scene, camera_xy, camera_yaw)
         dev = self.device
@@ -579,11 +574,11 @@ class Raycaster:
         atlas, repeat = self._styles.batch(scene.style_seed)
         colours, ped_offset, sky_offset = self._colour_buffer(atlas, scene, row_slope)
         grids = self._grids.get(scene)
-        large = b * H * W >= COMPILE_MIN_PIXELS
         fast = self.compiles(b)
+        run = self.compile_policy.run
         g0 = (cam - scene.origin.to(torch.float32)) / float(scene.resolution) + 1  # camera in padded cells
         wall = self._cast_walls(scene, grids, cam, g0, dirs, fast)
-        spans = run_stage(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
+        spans = run(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
                            scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
         T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
@@ -599,23 +594,24 @@ class Raycaster:
                  (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
         noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
         pixels = _shade_pixels if fast else _shade_pixels_sparse
-        packed, depth = run_stage(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
+        packed, depth = run(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
                                    walls, floor, spans, colours, self._fog)
         if self._look.blur or noise is not None:
-            image = run_stage(_sensor, True, fast, self._look, packed, noise)
+            image = run(_sensor, True, fast, self._look, packed, noise)
         else:
             image = _unpack(packed)
-        if large and self.compiled is None and not fast:
-            _eager_large_s += time.perf_counter() - start_time
+        if self.compiled is None and not fast:
+            self.compile_policy.add_eager_seconds(b * H * W, time.perf_counter() - start_time)
         return image, (depth.unsqueeze(1) if with_depth else None)
 
     def compiles(self, batch: int) -> bool:
-        """Whether a call rendering ``batch`` frames runs compiled (``compiled``, or under ``None`` the
-        renderer's rule: large calls once the process has paid ``COMPILE_AFTER_EAGER_S`` eagerly).
-        ``NavEnv`` steps its crowd the same way, so a run compiles all of its dense work or none."""
+        """Whether a call rendering ``batch`` frames is to run compiled (``compiled``, or under ``None``
+        the policy's rule: large calls once ``COMPILE_AFTER_EAGER_S`` were paid eagerly). ``NavEnv``
+        steps its crowd the same way, so a run compiles all of its dense work or none; a stage whose
+        compilation failed still runs eagerly (``compile_policy.report()`` says which)."""
         if self.compiled is not None:
             return self.compiled
-        return batch * self.width * self.height >= COMPILE_MIN_PIXELS and _eager_large_s >= COMPILE_AFTER_EAGER_S
+        return self.compile_policy.wants(batch * self.width * self.height)
 
     # ------------------------------------------------------------------ geometry per column
     def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, g0: Tensor, dirs: Tensor,
@@ -632,7 +628,7 @@ class Raycaster:
         if grids.facades is None:
             t, height, axis = self._march_walls(grids, (rows, cols), g0, dirs, res, compiled)
         else:
-            t, height, axis = run_stage(facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1),
+            t, height, axis = self.compile_policy.run(facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1),
                                          (dirs / res).transpose(1, 2).contiguous(), self.max_distance)
         cell = g0.floor().long()
         env = torch.arange(b, device=self.device)
@@ -664,7 +660,7 @@ class Raycaster:
         start_cell = g0_coarse.long()
         # Rays start inside their first block, which the coarse march (crossings INTO blocks) never tests.
         inside = grids.coarse.take((env * coarse_dims[0] + start_cell[:, 1]) * coarse_dims[1] + start_cell[:, 0]) > 0
-        t_block, _, _ = _march(grids.coarse, coarse_dims, env, g0_coarse, rays, res * COARSE, self.max_distance, compiled)
+        t_block, _, _ = _march(grids.coarse, coarse_dims, env, g0_coarse, rays, res * COARSE, self.max_distance, compiled, self.compile_policy)
         t_block = torch.where(inside, 0.0, t_block)
         near = t_block.isfinite().nonzero().squeeze(-1)
         best_t = torch.full_like(t_block, math.inf)
@@ -673,7 +669,7 @@ class Raycaster:
         if near.numel():
             t0 = (t_block[near] - 1e-4).clamp_min(0)  # just before the block: an empty fine cell
             start = g0[near] + t0.unsqueeze(-1) * rays[near] / res
-            t, h, axis = _march(grids.wall, dims, env[near], start, rays[near], res, self.max_distance - t0, compiled)
+            t, h, axis = _march(grids.wall, dims, env[near], start, rays[near], res, self.max_distance - t0, compiled, self.compile_policy)
             best_t[near], best_h[near], best_axis[near] = t + t0, h, axis
         best_t = torch.where(best_t <= self.max_distance, best_t, math.inf)
         return best_t.view(b, w), best_h.view(b, w), best_axis.view(b, w)

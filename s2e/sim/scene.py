@@ -94,11 +94,6 @@ class SceneBatch:
     def device(self) -> torch.device:
         return self.surface.device
 
-    def world_to_cell(self, xy: torch.Tensor) -> torch.Tensor:
-        """Continuous (column, row) grid coordinates of world points xy [B, ..., 2]."""
-        shape = (xy.shape[0],) + (1,) * (xy.dim() - 2) + (2,)
-        return (xy - self.origin.view(shape)) / self.resolution
-
     @property
     def start(self) -> torch.Tensor:
         return self.route[:, 0]
