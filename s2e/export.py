@@ -184,8 +184,8 @@ def export_policy(
     """Write the files of ``formats`` (``ts``, ``pt2``, ``onnx``) and policy.json into ``out_dir``;
     returns the JSON written. A format that cannot be written (ONNX without its extra) is refused
     before any file is written. ``python -m s2e export`` passes :func:`default_formats` (ONNX too
-    when the extra is installed); Python callers name what they need (an ONNX export costs ~10 s
-    more on a 2-core CPU)."""
+    when the extra is installed); Python callers name what they need (ONNX adds seconds to an
+    export, docs/experiments.md)."""
     formats = tuple(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMAT_FILES]
     if unknown or not formats:

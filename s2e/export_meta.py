@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
-FORMAT_VERSION = 2  # 2: metadata_sha256 and the "formats" table (2026-12)
+FORMAT_VERSION = 2  # 2: metadata_sha256 and the "formats" table
 JSON_FILE = "policy.json"
 TS_FILE, PT2_FILE = "policy.ts", "policy.pt2"
 ONNX_FILE, ONNX_ENCODER_FILE, ONNX_DECODER_FILE = "policy.onnx", "policy_encoder.onnx", "policy_decoder.onnx"

@@ -26,7 +26,7 @@ def ring_window(ring: Tensor, newest: int, count: int, stride: int) -> Tensor:
     """``count`` entries of ``ring`` [N, L, ...] (dim 1 a ring whose newest entry is at slot ``newest``),
     ``stride`` slots apart, oldest first: [N, count, ...]."""
     order = (newest - torch.arange(count - 1, -1, -1, device=ring.device) * stride) % ring.shape[1]
-    return ring.index_select(1, order)  # ~10x faster than ring[:, order] on a uint8 frame ring
+    return ring.index_select(1, order)  # far faster than ring[:, order] on a uint8 ring (docs/experiments.md)
 
 
 class FrameRing:

@@ -23,7 +23,7 @@ class ConvFrameEncoder(nn.Module):
       ``grid`` of cells, and a linear layer over the flattened cells. Each cell has its own weights,
       so where something is in the image (an obstacle left or right of the path, a wall ahead)
       survives into the token: obstacle avoidance needs exactly that.
-    * ``"mean"``: a global average pool (the encoder of checkpoints before 2026-12). It averages
+    * ``"mean"``: a global average pool (the encoder of checkpoints written before ``cnn_pool`` existed). It averages
       layout away: a bench on the left and on the right give the same token.
 
     Both work for any input size and export to TorchScript and torch.export.

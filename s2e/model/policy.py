@@ -37,7 +37,7 @@ class PolicyConfig:
     d_model: int = 128
     encoder: str = "cnn"  # "cnn" or "timm"
     cnn_channels: tuple[int, ...] = (16, 32, 64, 128)
-    cnn_pool: str = "grid"  # "grid" keeps image layout; "mean" is the pre-2026-12 global pool
+    cnn_pool: str = "grid"  # "grid" keeps image layout; "mean" is the global pool of older checkpoints
     cnn_grid: tuple[int, int] = (4, 4)
     timm_model: str = "vit_small_patch16_224"
     timm_weights: Optional[str] = None
@@ -47,7 +47,7 @@ class PolicyConfig:
     ff_mult: int = 4
     dropout: float = 0.0
     max_goal_distance: float = 200.0
-    goal_log_distance: bool = True  # False: the pre-2026-12 goal encoder (distance / max only)
+    goal_log_distance: bool = True  # False: the goal encoder of older checkpoints (distance / max only)
     log_std_min: float = LOG_STD_MIN
     log_std_max: float = LOG_STD_MAX
     rho_max: float = RHO_MAX
@@ -87,9 +87,8 @@ class PolicyConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 64x64 and (16, 32, 64, 128) channels: 2.3x more training steps per CPU-second than 96x96, and
-    # (32, 64, 96, 128) was 6x slower still; with the same 20 minutes of pretraining the 64x64 policy
-    # reached standard-suite goals where the 96x96 one did not (README "The learned policy").
+    # small: sized for CPU pretraining; of the image and channel sizes compared (docs/experiments.md),
+    # the one that reached standard-suite goals after the same short pretraining.
     "small": dict(image_size=(64, 64), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_channels=(16, 32, 64, 128),
                   cnn_pool="grid", cnn_grid=(4, 4), goal_log_distance=True, fusion_depth=2, fusion_heads=4),
     "paper": dict(

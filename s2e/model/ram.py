@@ -1,6 +1,6 @@
-"""The Residual Attention Module (RAM) of RL post-training (PAPER.md, stage 2).
+"""The Residual Attention Module (RAM) of RL post-training (the S2E paper's stage 2; README, "RL post-training").
 
-RAM wraps the pretrained anchor cross-attention block psi. PAPER.md writes it
+RAM wraps the pretrained anchor cross-attention block psi. The paper writes it
 
     Q' = psi(Q; K, V; Theta_D) + Z_out( psi( Z_in(Q); K, V; Theta_l ) ),
 
@@ -26,7 +26,7 @@ probabilities cannot change, and a loss on which anchor wins even gives ``Z_out`
 re-ranking anchors waited for that. Fed the real queries, the copy distinguishes the anchors from
 the first update, and ``Z_in`` still learns an input-side correction of the queries.
 
-Post-training checkpoints written before this form (2026-12) stored ``ram = {"gate_bias": ...}``
+Post-training checkpoints written before this form stored ``ram = {"gate_bias": ...}``
 with the same state-dict keys; :meth:`RAMConfig.from_dict` reads such a config as
 ``branch_input="gated"``, so they load and compute exactly what they were trained with.
 
@@ -56,7 +56,7 @@ class RAMConfig:
     Attributes:
         gate_bias: give the zero-initialised gates a (zero-initialised) bias.
         branch_input: what the trainable copy reads: ``"queries"`` (``Q + Z_in(Q)``, the default)
-            or ``"gated"`` (``Z_in(Q)``, the form of checkpoints written before 2026-12; see the
+            or ``"gated"`` (``Z_in(Q)``, the form of checkpoints written before ``branch_input`` existed; see the
             module docstring for why it cannot re-rank anchors until ``Z_in`` grows).
     """
 

@@ -26,9 +26,10 @@ from torch import Tensor
 
 #: ``compiled=None`` compiles only calls of at least this many pixels (smaller ones gain little) and
 #: only once this process has spent ``COMPILE_AFTER_EAGER_S`` rendering such calls eagerly: compiling
-#: costs 25-75 s once per process, so it is bought like skis by a renter (pay rent until it adds up to
-#: the price, then buy), which never costs more than twice the better choice made in hindsight. Tests,
-#: demos and one-minute benchmarks stay eager; training and long evaluations compile after ~30 s.
+#: costs tens of seconds once per process (docs/experiments.md), so it is bought like skis by a
+#: renter (pay rent until it adds up to the price, then buy), which never costs more than twice the
+#: better choice made in hindsight. Tests, demos and one-minute benchmarks stay eager; training and
+#: long evaluations compile after ~30 s.
 COMPILE_MIN_PIXELS = 100_000
 COMPILE_AFTER_EAGER_S = 30.0
 #: A fixed-shape stage is compiled for this many distinct input shapes (TorchDynamo's own default
@@ -99,12 +100,12 @@ class CompilePolicy:
 
         ``fixed_shapes`` stages (objects, facades, pixels, crowd: their shapes are set by the batch
         and image size, which a run keeps) are compiled for their exact shapes and settings, whose
-        loops index without division by symbolic sizes (the pixel stage ran 1.4x faster than
-        compiled shape-generically); past ``static_shapes`` of them a stage runs eagerly rather than
+        loops index without division by symbolic sizes (faster than shape-generic code,
+        docs/experiments.md); past ``static_shapes`` of them a stage runs eagerly rather than
         compile again. Other stages (the DDA rounds, whose ray count shrinks) are compiled once for
         all shapes. ``single_thread`` compiles loops without OpenMP parallelism: for stages over tiny
         tensors (the crowd: [B, P] and [B, P, P]), where every parallel loop's thread hand-off costs
-        more than its work (2.7x faster than 2 threads here).
+        more than its work.
         """
         state = self.stages.setdefault(fn, StageState())
         key = _shapes(args) if compiled and fixed_shapes else None

@@ -98,8 +98,9 @@ def crowd_step(
 
     ``obstacles``: the scene's obstacles already prepared (``ObstacleSet.of``), when the caller has them.
     ``compiled``: run the step through ``torch.compile`` (``s2e.sim.compiled``): its few hundred
-    tiny ops become one single-threaded fused kernel (2.7x faster than eager; seconds to compile
-    once per process), with the eager result up to float rounding. ``compile_policy`` runs it
+    tiny ops become one single-threaded fused kernel (several times faster than eager, see
+    docs/experiments.md; seconds to compile once per process), with the eager result up to float
+    rounding. ``compile_policy`` runs it
     (``NavEnv`` passes its renderer's, so a run's stages share one policy and one report).
     """
     scene, state = world.scene, world.crowd

@@ -162,6 +162,11 @@ def make_scene_style(domain: AppearanceDomain, seed: int, size: int = TEXTURE_SI
     return atlas, repeat
 
 
+#: Added, times the part index, to a pedestrian's mixed seed before hashing, so its trousers, shirt
+#: and skin draw unrelated palette entries (any large constant works; this one is a prime).
+_PART_STRIDE = 7919
+
+
 def _hash(x: torch.Tensor) -> torch.Tensor:
     """A cheap integer mix (splitmix-like, 31 bits) so neighbouring indices get unrelated colours."""
     x = (x * 0x9E3779B1 + 0x7F4A7C15) & 0x7FFFFFFF
@@ -213,6 +218,6 @@ class StyleCache:
         mixed = _hash(_hash(seeds.view(-1, 1).long() & 0x7FFFFFFF) + idx)  # [B, P]
         parts = []
         for part, palette in enumerate(self._palettes):
-            pick = _hash(mixed + part * 7919) % palette.shape[0]
+            pick = _hash(mixed + part * _PART_STRIDE) % palette.shape[0]
             parts.append(palette[pick])  # [B, P, 3]
         return torch.stack(parts, 2).reshape(-1, 3).t().contiguous()
