@@ -50,6 +50,9 @@ LOG_PROB_KEY = "trajectory_log_prob"
 ANCHOR_KEY = "anchor"
 ANCHOR_LOG_PROB_KEY = "anchor_log_prob"
 EXPLORATION_SPACES = ("trajectory", "anchor")
+#: Metres per unit of the goal distance the critic reads: goals lie metres to tens of metres away,
+#: so divided by this the distance enters at the scale of the bearing's cos and sin.
+GOAL_DISTANCE_SCALE_M = 10.0
 
 
 class FeatureContext(nn.Module):
@@ -205,7 +208,7 @@ class AnchorCommand(nn.Module):
 class ValueHead(nn.Module):
     """V(observation) from the policy's *detached* context (mean over tokens) and the raw goal.
 
-    Detached: the critic's regression never moves the policy's features (PAPER.md: gradients do not
+    Detached: the critic's regression never moves the policy's features (as in the S2E paper: gradients do not
     flow into the context). The raw goal (distance, cos, sin) is concatenated because the distance
     to the goal is the strongest single predictor of the remaining return.
     """
@@ -219,7 +222,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, context: Tensor, goal: Tensor) -> Tensor:
-        goal = torch.cat([goal[..., :1] / 10.0, goal[..., 1:]], dim=-1)  # metres -> O(1)
+        goal = torch.cat([goal[..., :1] / GOAL_DISTANCE_SCALE_M, goal[..., 1:]], dim=-1)
         return self.net(torch.cat([context.detach().mean(-2), goal], dim=-1))
 
 
