@@ -8,20 +8,18 @@ runs repeatable; the resolved config is saved next to the logs.
 dispatched before LightningCLI: an export needs no Trainer, model or data config, since the
 checkpoint alone rebuilds the policy (see :func:`export_main`).
 
-Checkpoints are read with ``weights_only=True`` only. A file that is no checkpoint (truncated,
-empty, random) is named with what was expected, and ``--ckpt_path`` of another training stage than
+Checkpoints are read through :mod:`s2e.checkpoint` (``weights_only=True`` only; a file that is no
+checkpoint is named with what was expected), and ``--ckpt_path`` of another training stage than
 the configured model (a post-training checkpoint given to ``fit`` with the pretraining config) is
 refused: Lightning would otherwise switch the model class to the checkpoint's and fail later with
-errors that do not say why (:func:`checkpoint_stage`).
+errors that do not say why (:func:`s2e.checkpoint.checkpoint_stage`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import pickle
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,42 +29,11 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from s2e.checkpoint import POSTTRAIN_CLASS, PRETRAIN_CLASS, checkpoint_stage, load_policy_from_checkpoint, read_checkpoint
+
 DEFAULT_SEED = 1234
 #: What each training stage's LightningModule is, for error messages.
-STAGES = {"s2e.pretrain.PretrainModule": "pretraining", "s2e.posttrain.PostTrainModule": "RL post-training"}
-EXPECTED_CHECKPOINT = "a .ckpt written by `python -m s2e fit` (PretrainModule or PostTrainModule)"
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint loaded with ``weights_only=True`` (tensors memory-mapped, not read), or a
-    ValueError that names the file and what was expected; never a hint to load it unsafely."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive; its directory is at the end
-        raise ValueError(f"{path} is not a PyTorch checkpoint (empty, truncated or another kind of file); expected {EXPECTED_CHECKPOINT}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{path} holds objects other than tensors and plain values, which s2e never loads; expected {EXPECTED_CHECKPOINT}") from None
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path} is a damaged PyTorch checkpoint ({str(err).splitlines()[0][:120]}); expected {EXPECTED_CHECKPOINT}") from None
-
-
-def checkpoint_stage(checkpoint: dict[str, Any]) -> Optional[str]:
-    """The class path of the LightningModule that wrote ``checkpoint``: the CLI records it in the
-    hyper-parameters; without it, the s2e policy entry tells (post-training stores its strategy)."""
-    from s2e.pretrain import CHECKPOINT_KEY
-
-    class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
-    if class_path:
-        return str(class_path)
-    stored = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(stored, dict):
-        return None
-    return "s2e.posttrain.PostTrainModule" if "strategy" in stored else "s2e.pretrain.PretrainModule"
+STAGES = {PRETRAIN_CLASS: "pretraining", POSTTRAIN_CLASS: "RL post-training"}
 
 
 def _stage(class_path: str) -> str:
@@ -151,7 +118,7 @@ class S2ECLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and Path(ckpt_path).is_file():
             try:
-                written_by = checkpoint_stage(read_checkpoint(ckpt_path))
+                written_by = checkpoint_stage(read_checkpoint(ckpt_path, mmap=True))
             except ValueError as err:
                 self.parser.error(str(err))
             model = config.get("model") or {}
@@ -217,7 +184,6 @@ def export_main(args: list[str]) -> None:
     from s2e.control import ControllerLimits
     from s2e.export import JSON_FILE, default_formats, export_policy
     from s2e.onnx_export import require_onnx_export
-    from s2e.pretrain import load_policy_from_checkpoint
 
     parser = export_parser()
     parsed = parser.parse_args(args)
@@ -233,8 +199,7 @@ def export_main(args: list[str]) -> None:
         controller = ControllerLimits.from_dict(limits)
         if parsed.formats and "onnx" in parsed.formats:
             require_onnx_export()
-        read_checkpoint(parsed.ckpt_path)  # a file that is no checkpoint: named, with what was expected
-        policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)
+        policy, timing, anchors = load_policy_from_checkpoint(parsed.ckpt_path)  # a file that is no checkpoint: named
     except (OSError, ValueError, ImportError) as err:  # a bad path, config, checkpoint or a missing extra: a usage error, not a crash
         parser.error(str(err))
     export_policy(policy, timing, anchors, parsed.out, controller, source=str(parsed.ckpt_path), formats=parsed.formats or default_formats())

@@ -1,16 +1,15 @@
 """``PretrainModule``: AGDM pretraining of :class:`s2e.model.S2EPolicy` (stage 1 of the paper).
 
 The anchors file fixes the model's TimingSpec and its number of modes; both, the anchors themselves
-(policy buffers) and the policy config are stored in every checkpoint as plain types, so
-:func:`load_policy_from_checkpoint` rebuilds the policy from the checkpoint alone with
-``torch.load(weights_only=True)``. ``setup`` refuses a DataModule cut with another TimingSpec or image size.
+(policy buffers) and the policy config are stored in every checkpoint as plain types
+(:mod:`s2e.checkpoint`), so :func:`s2e.checkpoint.load_policy_from_checkpoint` rebuilds the policy
+from the checkpoint alone. ``setup`` refuses a DataModule cut with another TimingSpec or image size.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -19,11 +18,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from s2e.anchors import Anchors
+from s2e.checkpoint import CHECKPOINT_KEY, check_resumable, policy_entry
 from s2e.distributions import Assignment, agdm_loss
 from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres, modes_metres
-from s2e.timing import TimingSpec
-
-CHECKPOINT_KEY = "s2e_policy"  # {"policy_config": dict, "timing": dict} in every checkpoint
 
 
 class PretrainModule(pl.LightningModule):
@@ -98,13 +95,11 @@ class PretrainModule(pl.LightningModule):
 
         Kept out of the hyper-parameters on purpose: LightningCLI feeds those back into ``__init__``.
         """
-        checkpoint[CHECKPOINT_KEY] = {"policy_config": self.policy.config.to_dict(), "timing": self.timing.to_dict()}
+        checkpoint[CHECKPOINT_KEY] = policy_entry(self.policy, self.timing)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse to resume or fine-tune from a checkpoint trained under another TimingSpec."""
-        stored = checkpoint.get(CHECKPOINT_KEY, {}).get("timing")
-        if stored is not None:
-            self.timing.check_compatible(TimingSpec.from_dict(stored), this="model (anchors)", that="checkpoint")
+        check_resumable(checkpoint, self.timing, run="model (anchors)")
 
     # ------------------------------------------------------------------ steps
     def forward(self, frames: Tensor, goal: Tensor, goal_mask: Optional[Tensor] = None) -> dict[str, Tensor]:
@@ -238,45 +233,3 @@ def modes_figure(frame_chw: np.ndarray, modes_m: np.ndarray, weights: np.ndarray
     ax_top.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def _wrap_post_trained(policy: S2EPolicy, stored: dict[str, Any]) -> None:
-    """A post-training checkpoint with a RAM config: wrap the cross-attention before loading weights,
-    so ``cross_attention.frozen.*`` / ``residual.*`` / ``gate_*`` keys find their modules."""
-    ram = stored.get("ram")
-    if ram:
-        from s2e.model.ram import RAMConfig, wrap_with_ram
-
-        wrap_with_ram(policy, RAMConfig.from_dict(ram))
-
-
-def load_policy_from_checkpoint(path: Union[str, Path], map_location: str = "cpu") -> tuple[S2EPolicy, TimingSpec, Anchors]:
-    """Rebuild the trained policy from a PretrainModule or PostTrainModule checkpoint alone (no
-    anchors file, no config). A post-trained checkpoint with ``s2e_policy["ram"]`` gives a policy
-    whose ``cross_attention`` is the Residual Attention Module; its outputs have the same form.
-
-    Loads with ``weights_only=True``: checkpoints hold tensors and plain types, nothing is unpickled.
-    Returns the policy (eval mode), its TimingSpec and its Anchors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    stored = checkpoint.get(CHECKPOINT_KEY)
-    if stored is None:
-        raise ValueError(f"{path} is not an S2E policy checkpoint (it has no {CHECKPOINT_KEY!r} entry)")
-    config = PolicyConfig.from_dict(stored["policy_config"])
-    timing = TimingSpec.from_dict(stored["timing"])
-    state = {k[len("policy.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")}
-    policy = S2EPolicy(config, state["anchor_points"], state["anchor_trajectories"])
-    _wrap_post_trained(policy, stored)
-    policy.load_state_dict(state)
-    policy.eval()
-    counts = checkpoint["state_dict"].get("anchor_counts", torch.zeros(config.num_anchors, dtype=torch.int64))
-    anchors = Anchors(
-        points=state["anchor_points"].numpy(),
-        trajectories=state["anchor_trajectories"].numpy(),
-        timing=timing,
-        counts=counts.numpy(),
-    )
-    return policy, timing, anchors

@@ -14,12 +14,12 @@ from s2e.anchors import Anchors
 from s2e.bench.agents import StraightToGoalAgent
 from s2e.bench.runner import make_env
 from s2e.bench.suite import load_suite
+from s2e.checkpoint import CHECKPOINT_KEY, POLICY_PREFIX, POSTTRAIN_CLASS, PRETRAIN_CLASS, policy_entry, policy_ram
 from s2e.export import DeployablePolicy
 from s2e.export_meta import ONNX_FILE
 from s2e.model.policy import PolicyConfig, S2EPolicy
 from s2e.model.ram import RAMConfig, wrap_with_ram
 from s2e.onnx_runtime import OnnxStreamingPolicy, make_session
-from s2e.pretrain import CHECKPOINT_KEY
 from s2e.timing import TimingSpec
 
 #: Stated tolerances of ONNX Runtime (CPU) against the PyTorch policy, float32 both: metres for
@@ -54,12 +54,10 @@ def random_policy(preset: str, seed: int = 0, ram: bool = False, **overrides: An
 def write_policy_checkpoint(path: pathlib.Path, policy: S2EPolicy, timing: TimingSpec) -> pathlib.Path:
     """The checkpoint PretrainModule (no RAM) or PostTrainModule (RAM, strategy ``ram``) writes: their
     ``on_save_checkpoint`` entry, the policy under ``policy.``, and the class path the CLI records."""
-    post = hasattr(policy.cross_attention, "gate_out")
-    stored: dict[str, Any] = {"policy_config": policy.config.to_dict(), "timing": timing.to_dict()}
-    if post:
-        stored.update(ram=RAMConfig().to_dict(), strategy="ram")
-    class_path = "s2e.posttrain.PostTrainModule" if post else "s2e.pretrain.PretrainModule"
-    torch.save({"state_dict": {f"policy.{k}": v for k, v in policy.state_dict().items()}, CHECKPOINT_KEY: stored,
+    post = policy_ram(policy) is not None
+    stored = policy_entry(policy, timing, strategy="ram" if post else None)
+    class_path = POSTTRAIN_CLASS if post else PRETRAIN_CLASS
+    torch.save({"state_dict": {f"{POLICY_PREFIX}{k}": v for k, v in policy.state_dict().items()}, CHECKPOINT_KEY: stored,
                 "hyper_parameters": {"_class_path": class_path}}, path)
     return path
 

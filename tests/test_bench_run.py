@@ -76,7 +76,7 @@ def test_reruns_are_identical_and_every_way_to_load_the_policy_agrees(checkpoint
 @pytest.mark.slow
 def test_the_torchscript_export_scores_like_its_checkpoint(checkpoint: pathlib.Path, short_suite: pathlib.Path, tmp_path: pathlib.Path) -> None:
     from s2e.export import export_policy
-    from s2e.pretrain import load_policy_from_checkpoint
+    from s2e.checkpoint import load_policy_from_checkpoint
 
     policy, timing, anchors = load_policy_from_checkpoint(checkpoint)
     export_policy(policy, timing, anchors, tmp_path / "export")

@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 
+from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.cli import S2ECLI
-from s2e.pretrain import PretrainModule, load_policy_from_checkpoint
+from s2e.pretrain import PretrainModule
 from test_pretrain import IMAGE, TINY_POLICY, fit_demo_anchors, write_demo_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.cli import main as cli_main
 from s2e.control import ControllerLimits
 from s2e.export import DeployablePolicy, read_export_metadata, script_policy
 from s2e.export_meta import FORMAT_FILES, metadata_digest
-from s2e.pretrain import load_policy_from_checkpoint
 from test_pretrain import IMAGE, _module, _trainer, demo_datamodule, fit_demo_anchors, write_demo_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -21,9 +21,9 @@ from onnx_helpers import TINY, assert_onnx_matches, random_policy, rendered_sequ
 from s2e.bench.module import NavBenchDataModule, NavBenchModule
 from s2e.bench.onnx_agent import AdapterSpec, OnnxAgent
 from s2e.bench.suite import make_suite
+from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.control import ControllerLimits
 from s2e.export import DeployablePolicy, export_policy
-from s2e.pretrain import load_policy_from_checkpoint
 from s2e.sim.generator import SceneConfig
 
 pytestmark = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),

@@ -12,24 +12,31 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensordict import TensorDict
+from torchrl.envs.utils import step_mdp
 
 from s2e.anchors import Anchors
+from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.cli import S2ECLI
 from s2e.model.ram import ResidualAttentionModule
-from s2e.posttrain import PostTrainModule, SimulatorRollouts
-from s2e.pretrain import PretrainModule, load_policy_from_checkpoint
+from s2e.posttrain import PostTrainModule, RolloutVideo, SimulatorRollouts
+from s2e.pretrain import PretrainModule
 from s2e.rl.advantage import next_state_values
 from s2e.rl.collect import env_factory, make_collector
+from s2e.rl.ppo import PPOConfig
+from s2e.sim.crowd import CrowdConfig
 from s2e.sim.env import NavEnvConfig
+from s2e.sim.rewards import RewardConfig
 from s2e.timing import TimingMismatchError, TimingSpec
 from test_pretrain import TINY_POLICY
 from test_rl_distribution import _tiny_policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_RUN = dict(ppo_epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)  # every minibatch steps: tests count optimizer steps
+TINY_PPO = PPOConfig(epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)  # every minibatch steps: tests count optimizer steps
+TINY_RUN = dict(ppo=TINY_PPO)
 TINY_DATA = dict(num_envs=2, steps_per_batch=8, batches_per_epoch=1)
 
 
@@ -111,11 +118,12 @@ def test_each_strategy_trains_exactly_its_parameters(pretrained: pathlib.Path, t
 
 
 def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    run = dict(TINY_RUN, video_every_n_epochs=1, video_max_steps=12)
+    run = TINY_RUN
     data = dict(TINY_DATA, batches_per_epoch=2)
     module = PostTrainModule(str(pretrained), **run)
     frozen_before = {n: p.clone() for n, p in module.policy.named_parameters() if not p.requires_grad}
-    trainer = _trainer(tmp_path, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    video = RolloutVideo(every_n_epochs=1, max_steps=12)
+    trainer = _trainer(tmp_path, enable_checkpointing=True, callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), video])
     trainer.fit(module, datamodule=SimulatorRollouts(**data))
     for name, value in frozen_before.items():
         assert torch.equal(value, dict(module.policy.named_parameters())[name]), name
@@ -175,7 +183,7 @@ def test_a_checkpoint_that_does_not_match_the_experiment_is_a_clear_error(pretra
 
 def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
     overrides = {
-        "model": {"init_args": {"pretrained": str(pretrained), **TINY_RUN, "video_every_n_epochs": 0}},
+        "model": {"init_args": {"pretrained": str(pretrained), "ppo": {"epochs": 1, "minibatch_size": 8, "lr": 1e-3, "target_kl": None}}},
         "data": {"init_args": TINY_DATA},
         "trainer": {"accelerator": "cpu", "max_epochs": 1, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
                     "logger": {"init_args": {"save_dir": str(tmp_path)}}},
@@ -186,20 +194,49 @@ def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, 
     policy, _, _ = load_policy_from_checkpoint(last)
     assert isinstance(policy.cross_attention, ResidualAttentionModule)
 
+    # resuming merges the checkpoint's hyper-parameters (config dataclasses stored as plain dicts) back into the config
+    resumed = S2ECLI(args=["fit", "--config", str(ROOT / "experiments" / "posttrain.yaml"), "--config", json.dumps(overrides),
+                           "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
+    assert resumed.model.ppo == PPOConfig(epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)
+    assert resumed.trainer.global_step == 2 * cli.trainer.global_step
 
-def test_the_experiment_yaml_sets_only_what_differs_from_the_code_defaults() -> None:
-    """One source of defaults: PostTrainModule / SimulatorRollouts hold the shipped values (what
-    tools/bench_rl.py measures); the YAML restating one would let the two drift apart again."""
-    import inspect
 
-    import yaml
+def test_env_settings_given_on_the_command_line_reach_the_training_env(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Reward weights, scene generation and crowd are experiment knobs: a CLI override of one field
+    changes that field only, in the env the collector steps, and the checkpoint keeps plain values."""
+    cli = S2ECLI(args=["--config", str(ROOT / "experiments" / "posttrain.yaml"), "--model.init_args.pretrained", str(pretrained),
+                       "--model.init_args.rewards.collision", "5.0", "--model.init_args.rewards.progress", "2.0",
+                       "--model.init_args.scene.num_obstacles", "[7, 7]", "--model.init_args.crowd.robot_strength", "4.0",
+                       "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    model = cli.model
+    assert model.env_config.rewards == RewardConfig(collision=5.0, progress=2.0)
+    assert model.env_config.crowd == CrowdConfig(robot_strength=4.0)
+    assert model.hparams["rewards"]["collision"] == 5.0  # a plain dict: checkpoints load with weights_only=True
 
-    config = yaml.safe_load((ROOT / "experiments" / "posttrain.yaml").read_text())
-    for section, cls in (("model", PostTrainModule), ("data", SimulatorRollouts)):
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
-        for key, value in config[section].get("init_args", {}).items():
-            assert key in inspect.signature(cls.__init__).parameters, f"{section}.{key} is not an argument of {cls.__name__}"
-            assert key not in defaults or value != defaults[key], f"{section}.{key}: {value!r} is the code default; drop it from the YAML"
+    env = model.rollout_spec.env_factory(2, 0)()  # what SimulatorRollouts' collector steps
+    try:
+        assert env.base_env.scene_config.num_obstacles == (7, 7)  # the obstacle task keeps the configured count
+        td = env.reset()
+        for _ in range(3):
+            td = env.step(td.set("action", torch.tensor([[1.0, 0.0], [0.5, 0.3]])))
+            nxt = td["next"]
+            weights = RewardConfig(collision=5.0, progress=2.0).weights()
+            expected = sum(w * nxt["reward_terms", term] for term, w in weights.items())
+            torch.testing.assert_close(nxt["reward"], expected)
+            td = step_mdp(td)
+        assert float(nxt["reward_terms", "progress"].abs().sum()) > 0  # the weighted sum was not trivially zero
+    finally:
+        env.close()
+
+
+def test_the_data_module_collects_with_what_the_model_hands_it(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """SimulatorRollouts does not look the model up: the model attaches its RolloutSpec in setup."""
+    with pytest.raises(RuntimeError, match="nothing to collect with"):
+        SimulatorRollouts(**TINY_DATA).train_dataloader()
+    module = PostTrainModule(str(pretrained), **TINY_RUN)
+    assert module.rollout_spec.features is module.policy and module.rollout_spec.env is module.env_config
+    with pytest.raises(TypeError, match="learns from SimulatorRollouts"):
+        _trainer(tmp_path).fit(module, datamodule=BoringDataModule())
 
 
 def test_gae_bootstraps_from_the_next_row_and_re_encodes_only_episode_ends() -> None:
@@ -249,6 +286,7 @@ def test_multisync_collector_runs_workers_and_pushes_new_weights_before_each_bat
 DDP_SCRIPT = """
 import sys, torch, lightning.pytorch as pl
 from s2e.posttrain import PostTrainModule, SimulatorRollouts
+from s2e.rl.ppo import PPOConfig
 
 class Dump(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, index):
@@ -260,7 +298,7 @@ class Dump(pl.Callback):
         torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, f"{sys.argv[2]}/rank{trainer.global_rank}.pt")
 
 if __name__ == "__main__":
-    module = PostTrainModule(sys.argv[1], ppo_epochs=1, minibatch_size=16)
+    module = PostTrainModule(sys.argv[1], ppo=PPOConfig(epochs=1, minibatch_size=16))
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, callbacks=[Dump()])
     trainer.fit(module, datamodule=SimulatorRollouts(num_envs=2, steps_per_batch=8, batches_per_epoch=2))
@@ -286,11 +324,11 @@ def test_target_kl_stops_a_batchs_ppo_passes_once_the_policy_left_the_trust_regi
     the first minibatch (KL 0 to the collecting policy) steps and a later one, beyond the target, stops."""
     steps = {}
     for target in (None, 1e-4):
-        module = PostTrainModule(str(pretrained), strategy="full", ppo_epochs=3, minibatch_size=8, lr=1e-2, target_kl=target)
+        module = PostTrainModule(str(pretrained), strategy="full", ppo=PPOConfig(epochs=3, minibatch_size=8, lr=1e-2, target_kl=target))
         trainer = _trainer(tmp_path / str(target))
         trainer.fit(module, datamodule=SimulatorRollouts(**TINY_DATA))
         steps[target] = trainer.global_step
     assert steps[None] == 6
     assert 1 <= steps[1e-4] < 6
     with pytest.raises(ValueError, match="target_kl"):
-        PostTrainModule(str(pretrained), target_kl=0.0)
+        PPOConfig(target_kl=0.0)

@@ -22,7 +22,8 @@ from datamodules.nav_video import NavVideoDataModule
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
 from s2e.anchors import Anchors, fit_anchors
-from s2e.pretrain import PretrainModule, load_policy_from_checkpoint
+from s2e.checkpoint import load_policy_from_checkpoint
+from s2e.pretrain import PretrainModule
 from s2e.timing import TimingMismatchError, TimingSpec
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from s2e.anchors import Anchors
+from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.control import ControllerLimits
 from s2e.export import DeployablePolicy, export_policy
 from s2e.model.decoder import AnchorCrossAttention
 from s2e.model.ram import RAMConfig, ResidualAttentionModule, wrap_with_ram
-from s2e.pretrain import load_policy_from_checkpoint
 from s2e.timing import TimingSpec
 from test_rl_distribution import _observation, _tiny_policy
 

@@ -21,7 +21,7 @@ import reproduce_s2e  # noqa: E402
 METHODS = ["pretrained", "ram", "full", "decoder", "sft", "none"]
 TASKS = ["empty", "obstacle", "pedestrian", "both"]
 TINY_FIT = ["--data.init_args.num_envs", "2", "--data.init_args.steps_per_batch", "8", "--data.init_args.batches_per_epoch", "1",
-            "--model.init_args.minibatch_size", "8", "--model.init_args.video_every_n_epochs", "0"]
+            "--model.init_args.ppo.minibatch_size", "8", "--trainer.callbacks.init_args.every_n_epochs", "0"]
 
 
 def _argv(checkpoint: pathlib.Path, out: pathlib.Path, strategies: list[str], *fit_args: str) -> list[str]:
@@ -42,7 +42,7 @@ def test_budget_is_lightnings_max_time_and_the_control_trains_nothing(tmp_path: 
     args = reproduce_s2e.parse_args(["--pretrained", str(tmp_path / "p.ckpt"), "--out", str(tmp_path), "--fit-args", "--x", "1"])
     assert args.strategies == ["ram", "full", "decoder", "sft", "none"] and args.fit_args == ["--x", "1"]
     command = " ".join(reproduce_s2e.fit_command("none", args))
-    assert "--model.init_args.strategy ram --model.init_args.lr 0 --model.init_args.value_lr 0" in command
+    assert "--model.init_args.strategy ram --model.init_args.ppo.lr 0 --model.init_args.ppo.value_lr 0" in command
     assert command.endswith("--x 1") and "--model.init_args.task" not in command  # the yaml's task unless --task
     assert "--model.init_args.strategy full --trainer.max_time 00:00:30:00" in " ".join(reproduce_s2e.fit_command("full", args))
 

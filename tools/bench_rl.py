@@ -5,7 +5,8 @@
 
 Runs ``PostTrainModule`` + ``SimulatorRollouts`` under a Lightning ``Trainer`` exactly as
 ``python -m s2e fit`` does, with the module's own defaults (the shipped experiment, see
-``PostTrainModule``; ``--model KEY=VALUE`` overrides one), and times, from the second collected
+``PostTrainModule``; ``--model KEY=VALUE`` overrides one, ``--model ppo.epochs=2`` one field of
+a config such as :class:`s2e.rl.ppo.PPOConfig`), and times, from the second collected
 batch on (env creation, compilation and the first batch excluded):
 
 * ``render``: the renderer (``NavEnv.renderer.render``);
@@ -31,6 +32,8 @@ run, which compiles after ``COMPILE_AFTER_EAGER_S`` seconds). Last line: one JSO
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -50,6 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import s2e.posttrain as posttrain  # noqa: E402
+import s2e.rl.ppo as ppo  # noqa: E402
+from s2e.sim.compiled import PROCESS_POLICY, CompilePolicy  # noqa: E402
 from s2e.posttrain import PostTrainModule, SimulatorRollouts  # noqa: E402
 
 PARTS = ("render", "env_other", "encode", "policy", "gae", "update", "overhead")
@@ -103,11 +108,11 @@ class Instrument(pl.Callback):
             for transform in env.transform:
                 if hasattr(transform, "_features"):  # s2e.rl.features.FrameFeatures
                     transform._features = watch.wrap("encode", transform._features)
-            policy = module.rollout_policy()
+            policy = module.rollout_spec.policy
             policy.forward = watch.wrap("policy", policy.forward)
-            posttrain.add_gae = watch.wrap("gae", posttrain.add_gae)
-            module._ppo_update = watch.wrap("ppo", module._ppo_update)
-            module._step = watch.wrap("optimizer_step", module._step)
+            ppo.add_gae = watch.wrap("gae", ppo.add_gae)
+            posttrain.ppo_update = watch.wrap("ppo", posttrain.ppo_update)
+            module._optimizer_step = watch.wrap("optimizer_step", module._optimizer_step)
             self.started = time.perf_counter()
             return
         self.decisions += trainer.datamodule.hparams.num_envs * trainer.datamodule.hparams.steps_per_batch
@@ -134,13 +139,21 @@ def tiny_pretrained(directory: Path, preset: str = "small", num_anchors: int = 2
 
 
 def model_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (VALUE parsed as YAML, as on the ``s2e fit`` command line) -> kwargs."""
-    out = {}
+    """``KEY=VALUE`` pairs (VALUE parsed as YAML, as on the ``s2e fit`` command line) -> kwargs of
+    ``PostTrainModule``; ``NAME.FIELD=VALUE`` replaces one field of a config dataclass argument."""
+    defaults = {k: p.default for k, p in inspect.signature(PostTrainModule.__init__).parameters.items()}
+    out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--model expects KEY=VALUE, got {pair!r}")
-        out[key] = yaml.safe_load(value)
+        name, _, field = key.partition(".")
+        if not field:
+            out[key] = yaml.safe_load(value)
+        elif dataclasses.is_dataclass(defaults.get(name)):
+            out[name] = dataclasses.replace(out.get(name, defaults[name]), **{field: yaml.safe_load(value)})
+        else:
+            raise ValueError(f"--model {key}: PostTrainModule has no config argument {name!r}")
     return out
 
 
@@ -150,7 +163,7 @@ def main() -> dict[str, Any]:
     parser.add_argument("--preset", default="small", help="policy preset of the fresh checkpoint")
     parser.add_argument("--strategy", default="ram")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                        help="a PostTrainModule argument other than its default (repeatable), e.g. ppo_epochs=2")
+                        help="a PostTrainModule argument other than its default (repeatable), e.g. action_repeat=2 or ppo.epochs=2")
     parser.add_argument("--envs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None, help="control steps per env per batch (default: SimulatorRollouts')")
     parser.add_argument("--batches", type=int, default=3, help="timed batches (one more warms up)")
@@ -186,7 +199,7 @@ def main() -> dict[str, Any]:
     seconds["update"] = watch.seconds["ppo"] - seconds["gae"]
     seconds["overhead"] = wall - sum(seconds.values())
     seconds = {name: seconds[name] for name in PARTS}
-    hp, steps = module.hparams, data.hparams.steps_per_batch
+    steps = data.hparams.steps_per_batch
     env_steps = args.batches * steps
     repeat = module.env_config.action_repeat
     frames = instrument.decisions * repeat
@@ -205,13 +218,15 @@ def main() -> dict[str, Any]:
         "steps_per_batch": steps,
         "image_size": list(module.policy.config.image_size),
         "pretrained": str(args.pretrained) if args.pretrained else f"fresh {args.preset} policy",
-        "model": {k: hp[k] for k in ("ppo_epochs", "minibatch_size", "target_kl", "anchor_temperature", "std_scale", "lr")},
+        "ppo": dataclasses.asdict(module.ppo),
         "threads": args.threads,
         "compile": args.compile,
+        "compile_state": PROCESS_POLICY.report(),  # what ran (the rollout env's renderer uses the process policy)
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     print(f"{result['frames_per_s']} frames/s ({result['decisions_per_s']} decisions/s, action_repeat {repeat}) over {frames} frames "
           f"({args.envs} envs x {steps} steps x {args.batches} batches, {result['ppo_updates_per_batch']:.0f} PPO updates per batch)")
+    print(f"compile: asked {args.compile}, ran {CompilePolicy.describe(result['compile_state'])}")
     print("time split: " + ", ".join(f"{k} {100 * v:.1f} % ({result['ms_per_env_step'][k]} ms/step)" for k, v in result["share"].items()))
     print(json.dumps(result))
     return result

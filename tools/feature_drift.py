@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from s2e.bench.drift import check_comparable, feature_drift, plot_drift  # noqa: E402
-from s2e.pretrain import load_policy_from_checkpoint  # noqa: E402
+from s2e.checkpoint import load_policy_from_checkpoint  # noqa: E402
 from s2e.timing import TimingSpec  # noqa: E402
 
 

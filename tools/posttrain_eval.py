@@ -35,8 +35,8 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from s2e.checkpoint import load_policy_from_checkpoint  # noqa: E402
 from s2e.control import ControllerLimits  # noqa: E402
-from s2e.pretrain import load_policy_from_checkpoint  # noqa: E402
 from s2e.rl.actor import driving_policy  # noqa: E402
 from s2e.rl.collect import make_rollout_env  # noqa: E402
 from s2e.rl.evaluate import run_policy_episodes  # noqa: E402
@@ -53,7 +53,7 @@ def fit_command(strategy: str, args: argparse.Namespace) -> list[str]:
         "--model.init_args.pretrained", str(args.pretrained),
         "--model.init_args.strategy", strategy,
         "--model.init_args.task", args.task,
-        "--model.init_args.video_every_n_epochs", "0",
+        "--trainer.callbacks.init_args.every_n_epochs", "0",  # RolloutVideo, the yaml's last callback
         "--data.init_args.num_envs", str(args.envs),
         "--data.init_args.steps_per_batch", str(args.steps),
         "--trainer.max_epochs", str(args.max_epochs),

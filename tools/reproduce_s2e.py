@@ -27,7 +27,7 @@ JSON object. A rerun skips every finished step (a checkpoint, or a report of the
 than its checkpoint, exists); delete ``<method>/`` to retrain. A failed step (its command and exit
 code) is reported in ``summary.json`` and the run goes on with the other methods; the exit code is
 then 1. Every argument after ``--fit-args`` goes to every fit, e.g.
-``--fit-args --data.init_args.num_envs 16 --model.init_args.video_every_n_epochs 0``.
+``--fit-args --data.init_args.num_envs 16 --trainer.callbacks.init_args.every_n_epochs 0`` (no videos).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def max_time(minutes: float) -> str:
 
 def fit_command(name: str, args: argparse.Namespace) -> list[str]:
     root = str(args.out / name)
-    strategy = ["ram", "--model.init_args.lr", "0", "--model.init_args.value_lr", "0"] if name == CONTROL else [name]
+    strategy = ["ram", "--model.init_args.ppo.lr", "0", "--model.init_args.ppo.value_lr", "0"] if name == CONTROL else [name]
     task = ["--model.init_args.task", args.task] if args.task else []
     return [
         sys.executable, "-m", "s2e", "fit", "--config", str(REPO / "experiments" / "posttrain.yaml"),

@@ -24,11 +24,11 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
+from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.control import LOOKAHEAD_TIME, ControllerLimits, command_from_limits
 from s2e.export import TS_FILE, quiet_export_warnings, read_export_metadata
 from s2e.frame_ring import window_length
 from s2e.model.policy import best_trajectory_metres
-from s2e.pretrain import load_policy_from_checkpoint
 from s2e.sim.env import NavEnv
 from s2e.sim.expert import ExpertPlanner
 from s2e.sim.rollout import expert_controller

@@ -6,7 +6,7 @@ domain at a time. ``NavBenchModule`` is the driver: each ``test_step`` runs one 
 (``navbench/<domain>/<task>/<metric>``) and renders the traced episodes.
 
 The policy comes from ``--ckpt_path`` (Lightning calls ``on_load_checkpoint`` after ``setup``;
-the module rebuilds the policy there with ``s2e.pretrain.load_policy_from_checkpoint``, the one
+the module rebuilds the policy there with ``s2e.checkpoint.load_policy_from_checkpoint``, the one
 loader for every policy checkpoint, and owns no parameters of its own, so Lightning's state-dict
 restore has nothing to load), from ``model.init_args.policy_path`` (a checkpoint or an export
 folder with ``policy.ts``), is any ONNX navigation policy (``agent: onnx`` with an adapter ``spec``,
@@ -16,6 +16,15 @@ folder with ``policy.ts``), is any ONNX navigation policy (``agent: onnx`` with 
 sees uniform grey frames or another episode's frames, so a policy that ignores its camera scores
 as with ``real`` frames; the report records the mode and ``tools/navbench_compare.py`` sets the
 runs side by side.
+
+Env settings: a run chooses the appearance domains (``data.domains``) and the baselines' render
+size; everything else the env is made of is the suite's. The scenes (regenerated from the suite's
+seeds and SceneConfig: layout, obstacles, pedestrians), the robot, the TimingSpec, the arrival
+radius and the time limits are stored in the suite file (``tools/make_suite.py``), and the crowd's
+dynamics and the physics are the simulator's defaults, so the same agent, suite and ``data.num_envs`` give identical numbers in
+every run and reports stay comparable. Reward weights do not apply: NavBench scores episodes by
+success, route completion and collisions, not by the training reward. A benchmark with other
+scenes, robot or timing is a new suite, not a run setting.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from s2e.bench.plots import plot_topdown, write_video
 from s2e.bench.report import OVERALL, build_report, frames_suffix, write_report
 from s2e.bench.runner import EpisodeTrace, check_frames_mode, make_env, run_batch
 from s2e.bench.suite import EpisodeSpec, Suite, load_suite
+from s2e.control import LOOKAHEAD_TIME
 from s2e.sim.appearance import get_domain
 from s2e.timing import TimingSpec
 
@@ -118,7 +128,7 @@ class NavBenchModule(pl.LightningModule):
     reads_policy_checkpoints = True
 
     def __init__(self, agent: str = "policy", policy_path: Optional[str] = None, name: Optional[str] = None,
-                 out_dir: Optional[str] = None, image_size: tuple[int, int] = (96, 96), lookahead_time: float = 0.6,
+                 out_dir: Optional[str] = None, image_size: tuple[int, int] = (96, 96), lookahead_time: float = LOOKAHEAD_TIME,
                  frames: str = "real", videos: int = 2, plots: int = 4, bootstrap_resamples: int = 1000, ci_level: float = 0.95,
                  seed: int = 0, spec: Optional[str] = None) -> None:
         super().__init__()
@@ -126,7 +136,7 @@ class NavBenchModule(pl.LightningModule):
             raise ValueError(f"unknown agent {agent!r}; known agents: {list(AGENTS)}")
         check_frames_mode(frames)
         self.save_hyperparameters()
-        self.strict_loading = False  # the module owns no weights: a policy checkpoint is read by load_policy_from_checkpoint
+        self.strict_loading = False  # the module owns no weights: s2e.checkpoint reads the policy checkpoint
         self.agent: Optional[Agent] = None
         self._results: list[EpisodeResult] = []
         self._traces: list[tuple[str, EpisodeTrace]] = []

@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tensordict import TensorDictBase
 from tensordict.nn import InteractionType, TensorDictModule, TensorDictSequential
 from torch import Tensor, nn
 from torchrl.modules import ProbabilisticActor, ValueOperator
@@ -40,8 +41,8 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from s2e.control import ControllerLimits, command_from_limits
 from s2e.model.policy import S2EPolicy
 from s2e.model.ram import ResidualAttentionModule
-from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.rl.features import FEATURES_KEY
+from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 
 DIST_KEYS = ("scores", "mean", "log_std", "rho")
 FROZEN_KEY = "frozen_anchor_features"
@@ -252,6 +253,12 @@ class ActorCritic:
     feature_policy: TensorDictSequential | None = None
     action_key: str = TRAJECTORY_KEY
     log_prob_key: str = LOG_PROB_KEY
+
+    def value_of(self, observation: TensorDictBase) -> Tensor:
+        """V [K, 1] of K observations from the rollout env: from their frame features when the env
+        provides them (:mod:`s2e.rl.features`), else by encoding their frames (what GAE needs)."""
+        context = self.feature_context if FEATURES_KEY in observation.keys() else self.context
+        return self.critic(context(observation.select(*context.in_keys)))["state_value"]
 
 
 def build_actor_critic(

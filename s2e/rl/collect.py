@@ -1,4 +1,4 @@
-"""Environments and TorchRL collectors for post-training.
+"""Environments and TorchRL collectors for post-training, and what a learner hands its collector.
 
 Env factories are top-level functions of plain, picklable arguments, so the same factory serves the
 in-process :class:`torchrl.collectors.Collector` and worker processes of
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import copy
 import functools
+from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Optional
 
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
 from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
 
@@ -46,6 +48,29 @@ def env_factory(config: NavEnvConfig, num_envs: int, seed: int = 0, expert: bool
     if features is not None:
         features = copy.deepcopy(features).eval().requires_grad_(False)
     return functools.partial(make_rollout_env, config, num_envs, seed, expert, features)
+
+
+@dataclass
+class RolloutSpec:
+    """What experience is collected with, as the learner defines it: the training env and the policy
+    that drives it. ``PostTrainModule`` hands one to its data module, which owns how many envs,
+    steps, workers and which seeds (:class:`s2e.posttrain.SimulatorRollouts`).
+
+    Attributes:
+        env: the training env.
+        policy: the collector's policy (the stochastic actor with its value, or the noisy expert).
+        expert: add the privileged expert's command to the observations (``sft``).
+        features: a frozen-encoder policy whose frame features replace ``frames`` (``ram``, ``decoder``).
+    """
+
+    env: NavEnvConfig
+    policy: TensorDictModuleBase
+    expert: bool = False
+    features: Optional[S2EPolicy] = None
+
+    def env_factory(self, num_envs: int, seed: int) -> Callable[[], EnvBase]:
+        """A picklable factory of ``num_envs`` training envs seeded with ``seed`` (:func:`env_factory`)."""
+        return env_factory(self.env, num_envs, seed, self.expert, self.features)
 
 
 def make_collector(

@@ -1,24 +1,31 @@
-"""Expert labels for the ``sft`` strategy: the simulator's privileged planner, as an env transform.
+"""The ``sft`` strategy: expert labels from the simulator's privileged planner, and the supervised update.
 
 :class:`ExpertAction` asks :class:`s2e.sim.expert.ExpertPlanner` for the expert's (v, omega) at every
 reset and step and writes it as the observation ``expert_action``, so any TorchRL collector
 (in-process or in worker processes) can roll the expert out. The supervised target is the expert's
 chosen arc over the policy's horizon (:func:`arc_waypoints`): the trajectory the expert would drive
 if it held its command, sampled at the TimingSpec's waypoint times, normalized like the pretraining
-data (divided by its mean step length).
+data (divided by its mean step length). :func:`sft_update` fits the whole policy to those arcs with
+the pretraining loss (AGDM), in PPO's minibatch passes (:class:`s2e.rl.ppo.PPOConfig`).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Optional
 
+import numpy as np
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import Composite, Unbounded
 from torchrl.envs import Transform
 
+from s2e.distributions import agdm_loss
 from s2e.geometry import trajectory_scale
+from s2e.model.policy import S2EPolicy
+from s2e.rl.ppo import OptimizerStep, PPOConfig, minibatch_indices
 from s2e.sim.expert import ExpertPlanner
+from s2e.timing import TimingSpec
 
 EXPERT_KEY = "expert_action"
 
@@ -78,3 +85,19 @@ class NoisyExpert(torch.nn.Module):
 
     def forward(self, expert_action: torch.Tensor) -> torch.Tensor:
         return expert_action + torch.randn_like(expert_action) * self.noise_std
+
+
+def sft_update(batch: TensorDictBase, policy: S2EPolicy, timing: TimingSpec, config: PPOConfig, optimizer_step: OptimizerStep) -> dict[str, float]:
+    """One rollout batch of supervised fine-tuning: the AGDM loss of the policy's prediction from the
+    stored frames against the expert's arcs, over ``config.epochs`` shuffled minibatch passes;
+    returns the ``sft/*`` losses (means over minibatches)."""
+    flat = batch.reshape(-1)
+    target, scale = expert_targets(flat[EXPERT_KEY], timing.waypoint_dt, timing.num_waypoints)
+    logged: dict[str, list[float]] = defaultdict(list)
+    for index in minibatch_indices(flat.shape[0], config.epochs, config.minibatch_size):
+        out = policy(flat["frames"][index], flat["goal"][index])
+        losses = agdm_loss(policy.mixture(out), out["scale"], target[index], scale[index], policy.anchor_points)
+        optimizer_step(losses["loss"])
+        for key in ("loss", "nll", "cls", "scale"):
+            logged[key].append(float(losses[key].detach()))
+    return {f"sft/{k}": float(np.mean(v)) for k, v in logged.items()}
