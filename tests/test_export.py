@@ -17,9 +17,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.cli import main as cli_main
-from s2e.control import ControllerLimits
+from s2e.control import ControllerLimits, command_from_limits
 from s2e.export import DeployablePolicy, read_export_metadata, script_policy
 from s2e.export_meta import FORMAT_FILES, metadata_digest
+from s2e.geometry import goal_encoding
+from s2e.model.policy import best_trajectory_metres
 from test_pretrain import IMAGE, _module, _trainer, demo_datamodule, fit_demo_anchors, write_demo_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -66,6 +68,21 @@ def exported(checkpoint: pathlib.Path, tmp_path_factory: pytest.TempPathFactory)
 def _deployable(checkpoint: pathlib.Path, limits: ControllerLimits) -> DeployablePolicy:
     policy, timing, _ = load_policy_from_checkpoint(checkpoint)
     return DeployablePolicy(policy, timing, limits).eval()
+
+
+def test_the_export_drives_with_the_goal_encoding_best_mode_and_controller_of_the_benchmark(checkpoint: pathlib.Path) -> None:
+    """The robot-side contract reuses the shared pieces: the policy on ``goal_encoding`` of the goal, its
+    best mode (``best_trajectory_metres``) and the shared controller give the export's outputs."""
+    policy, timing, _ = load_policy_from_checkpoint(checkpoint)
+    limits = ControllerLimits(max_speed=0.9, max_yaw_rate=0.7)
+    deployable = DeployablePolicy(policy, timing, limits).eval()
+    frames = torch.randint(0, 256, (2, timing.context_frames, 3, IMAGE, IMAGE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    goal = torch.tensor([[4.0, 1.0], [-2.0, 3.0]])
+    with torch.no_grad():
+        best, _, _, command = deployable(frames, goal)
+        expected = best_trajectory_metres(policy(frames, goal_encoding(goal)))
+    torch.testing.assert_close(best, expected)
+    torch.testing.assert_close(command, command_from_limits(expected, timing.waypoint_dt, limits))
 
 
 def test_export_writes_hashed_files_and_metadata_from_the_checkpoint_alone(exported: pathlib.Path, tmp_path: pathlib.Path) -> None:
