@@ -1,40 +1,11 @@
 """Write a small synthetic splat street (an INRIA .ply) with known walls, for demos and checks.
 
-    python tools/make_splat_scene.py --out data/splat/street.ply
-    python tools/splat_layout.py --ply data/splat/street.ply --out data/splat/street.layout.json
-
-The street runs along x with facades at y = +-width/2 and a wall closing its +x end (see
-``s2e.splat.synthetic``). Generated, never committed; the last printed line is one JSON object.
+Entry point only: the code is s2e/scripts/make_splat_scene.py, and ``s2e-make-splat-scene`` is the same command.
 """
 
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from s2e.splat.ply import save_ply  # noqa: E402
-from s2e.splat.synthetic import synthetic_street  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("data/splat/street.ply"))
-    parser.add_argument("--length", type=float, default=30.0, help="metres along x")
-    parser.add_argument("--width", type=float, default=6.0, help="metres between the facades")
-    parser.add_argument("--wall-height", type=float, default=3.0)
-    parser.add_argument("--spacing", type=float, default=0.25, help="metres between neighbouring Gaussians")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    gaussians = synthetic_street(args.length, args.width, args.wall_height, args.spacing, args.seed)
-    path = save_ply(args.out, gaussians)
-    summary = {"ply": str(path), "gaussians": len(gaussians), "bytes": path.stat().st_size}
-    print(json.dumps(summary))
-    return summary
-
+from s2e.scripts.make_splat_scene import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
