@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import pathlib
-import sys
 
 import lightning.pytorch as pl
 import pytest
@@ -18,9 +17,7 @@ from s2e.bench.module import NavBenchDataModule, NavBenchModule
 from s2e.bench.report import build_report, compare_reports, load_report, write_report
 from s2e.bench.runner import GREY, make_env, run_batch
 from s2e.bench.suite import load_suite
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import navbench_compare  # noqa: E402
+from s2e.scripts import navbench_compare
 
 IMAGE = (16, 16)
 
@@ -141,7 +138,7 @@ def test_compare_reports_a_camera_ablation_section_with_the_drops(tmp_path: path
     }
     for key, report in reports.items():
         write_report(report, tmp_path / key)
-    summary = navbench_compare.main([str(tmp_path / k) for k in reports] + ["--out", str(tmp_path / "cmp.md")])
+    summary = navbench_compare.run([str(tmp_path / k) for k in reports] + ["--out", str(tmp_path / "cmp.md")])
     assert set(summary) == {"pol", "pol [grey frames]", "pol-shuf [shuffled frames]", "other"}
     assert summary["pol-shuf [shuffled frames]"]["sim"]["empty"]["success_rate"] == 0.25
     table = (tmp_path / "cmp.md").read_text()

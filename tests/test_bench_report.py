@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
-import sys
 from dataclasses import replace
 
 import pytest
@@ -13,9 +12,7 @@ import pytest
 from s2e.bench.metrics import EpisodeResult
 from s2e.bench.report import build_report, compare_reports, load_report, write_report
 from s2e.bench.suite import load_suite
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import navbench_compare  # noqa: E402
+from s2e.scripts import navbench_compare
 
 
 def _results(successes: dict[str, list[bool]], domain: str = "sim") -> list[EpisodeResult]:
@@ -46,7 +43,7 @@ def test_compare_puts_agents_side_by_side_and_refuses_different_suites(tmp_path:
     suite = load_suite("quick")
     for name, flags in (("expert", [True, True]), ("weak", [False, True])):
         write_report(build_report(name, suite, _results({"empty": flags, "both": [False, False]}), 100, 0.95, 0), tmp_path / name)
-    summary = navbench_compare.main([str(tmp_path / "expert"), str(tmp_path / "weak" / "report.json"), "--out", str(tmp_path / "cmp.md")])
+    summary = navbench_compare.run([str(tmp_path / "expert"), str(tmp_path / "weak" / "report.json"), "--out", str(tmp_path / "cmp.md")])
     assert summary["weak"]["sim"]["empty"]["success_rate"] == 0.5 and summary["expert"]["sim"]["overall"]["success_rate"] == 0.5
     table = (tmp_path / "cmp.md").read_text()
     assert "| method | empty | both | overall |" in table
@@ -59,5 +56,5 @@ def test_compare_puts_agents_side_by_side_and_refuses_different_suites(tmp_path:
         compare_reports([load_report(tmp_path / "expert"), different])
     assert "| else |" in compare_reports([load_report(tmp_path / "expert"), different], allow_different_suites=True)
     with pytest.raises(SystemExit):
-        navbench_compare.main([str(tmp_path / "missing")])
+        navbench_compare.run([str(tmp_path / "missing")])
     assert "report not found" in capsys.readouterr().err

@@ -1,11 +1,12 @@
-"""tools/compute_anchors.py on real shards: anchors separate straight/left/right and ignore speed."""
+"""compute_anchors (tools/compute_anchors.py) on real shards: anchors separate straight/left/right and ignore speed."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import pathlib
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -14,15 +15,13 @@ import pytest
 from conftest import curved_trajectory, encode_indexed_video
 from datamodules.episode import Trajectory
 from datamodules.shard_writer import EpisodeShardWriter
+from datamodules.windows import WindowConfig
 from s2e.anchors import Anchors
+from s2e.scripts import compute_anchors
 from s2e.timing import TimingSpec
 
 FPS = 10
 N = 60
-
-_spec = importlib.util.spec_from_file_location("compute_anchors", pathlib.Path(__file__).parents[1] / "tools" / "compute_anchors.py")
-compute_anchors = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(compute_anchors)
 
 
 def _straight(speed: float) -> Trajectory:
@@ -55,7 +54,7 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 def test_anchors_separate_turns_and_are_speed_invariant(shards: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
     out = tmp_path / "out" / "anchors.npz"
-    summary = compute_anchors.main(["--shards", str(shards / "shard-{000000..000002}.tar"), "--num-anchors", "3", "--out", str(out)])
+    summary = compute_anchors.run(["--shards", str(shards / "shard-{000000..000002}.tar"), "--num-anchors", "3", "--out", str(out)])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == summary
     assert summary["episodes"] == 6 and summary["skipped"] == {"bad_trajectory": 1}
     # 60 poses at 10 fps: now frames 8..29 of each episode
@@ -79,11 +78,20 @@ def test_anchors_separate_turns_and_are_speed_invariant(shards: pathlib.Path, tm
 
 def test_timing_flags_change_the_trajectory_length(shards: pathlib.Path, tmp_path: pathlib.Path) -> None:
     out = tmp_path / "anchors.npz"
-    compute_anchors.main(["--shards", str(shards / "shard-000000.tar"), "--num-anchors", "2", "--out", str(out), "--num-waypoints", "5"])
+    compute_anchors.run(["--shards", str(shards / "shard-000000.tar"), "--num-anchors", "2", "--out", str(out), "--num-waypoints", "5"])
     anchors = Anchors.load(out)
     assert anchors.trajectories.shape == (2, 5, 2) and anchors.timing.num_waypoints == 5
 
 
 def test_no_usable_episode_is_a_clear_error(shards: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """The library raises a ValueError; only the command line turns it into its message and exit status 1."""
+    unreadable = str(shards / "shard-000002.tar")
+    with pytest.raises(compute_anchors.NoTrainingWindowError, match=r"no training window in 1 shard\(s\); skips: \{'bad_trajectory': 1\}"):
+        compute_anchors.gather_trajectories([unreadable], WindowConfig())
+    assert issubclass(compute_anchors.NoTrainingWindowError, ValueError)
     with pytest.raises(SystemExit, match="no training window"):
-        compute_anchors.main(["--shards", str(shards / "shard-000002.tar"), "--num-anchors", "2", "--out", str(tmp_path / "a.npz")])
+        compute_anchors.main(["--shards", unreadable, "--num-anchors", "2", "--out", str(tmp_path / "a.npz")])
+    result = subprocess.run([sys.executable, "tools/compute_anchors.py", "--shards", unreadable, "--num-anchors", "2", "--out", str(tmp_path / "a.npz")],
+                            cwd=pathlib.Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "no training window in 1 shard(s); skips: {'bad_trajectory': 1}"

@@ -12,7 +12,6 @@ import math
 import pathlib
 import subprocess
 import sys
-from types import ModuleType
 
 import av
 import numpy as np
@@ -26,6 +25,7 @@ from s2e.control import ControllerLimits
 from s2e.deploy import DEFAULT_ARRIVAL_RADIUS, PolicyRuntime
 from s2e.export import DeployablePolicy, export_policy
 from s2e.model.policy import PolicyConfig, S2EPolicy
+from s2e.scripts import run_policy
 from s2e.timing import TimingSpec
 from test_pretrain import TINY_POLICY
 
@@ -54,15 +54,6 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 def _frame(i: int) -> np.ndarray:
     return frame_with_index(i, SIZE, SIZE)
-
-
-@pytest.fixture(scope="module")
-def run_policy() -> ModuleType:
-    """tools/run_policy.py as a module, so its main runs in this process."""
-    spec = importlib.util.spec_from_file_location("run_policy", ROOT / "tools" / "run_policy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -210,7 +201,7 @@ assert not leaked, f"torch was imported: {leaked[:5]}"
 
 
 @pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed")
-def test_run_policy_runs_an_onnx_export_without_importing_torch(export_dir: pathlib.Path, tmp_path: pathlib.Path, run_policy: ModuleType) -> None:
+def test_run_policy_runs_an_onnx_export_without_importing_torch(export_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     video = tmp_path / "clip.mp4"
     video.write_bytes(encode_indexed_video(40, 20, height=64, width=96))
     common = ["--policy", str(export_dir), "--video", str(video), "--goal", "5", "1", "--threads", "1"]
@@ -219,7 +210,7 @@ def test_run_policy_runs_an_onnx_export_without_importing_torch(export_dir: path
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["backend"] == "onnx" and summary["ticks"] == 21 and summary["moving_ticks"] == 13 and summary["faults"] == {}
-    scripted = run_policy.main([*common, "--backend", "torchscript", "--out", str(tmp_path / "ts.mp4"), "--commands", str(tmp_path / "ts.csv")])
+    scripted = run_policy.run([*common, "--backend", "torchscript", "--out", str(tmp_path / "ts.mp4"), "--commands", str(tmp_path / "ts.csv")])
     assert scripted["backend"] == "torchscript"
     onnx_rows, ts_rows = (list(csv.DictReader(open(tmp_path / f"{name}.csv"))) for name in ("onnx", "ts"))
     assert [r["status"] for r in onnx_rows] == [r["status"] for r in ts_rows]
@@ -228,7 +219,7 @@ def test_run_policy_runs_an_onnx_export_without_importing_torch(export_dir: path
 
 
 def test_run_policy_never_overwrites_its_input_or_an_existing_file_unasked(export_dir: pathlib.Path, tmp_path: pathlib.Path,
-                                                                           run_policy: ModuleType, capsys: pytest.CaptureFixture) -> None:
+                                                                           capsys: pytest.CaptureFixture) -> None:
     """Issue 16, item 2: ``--video X --out X`` overwrote its own input."""
     video = tmp_path / "clip.mp4"
     original = encode_indexed_video(12, 10, height=32, width=32)
@@ -236,19 +227,19 @@ def test_run_policy_never_overwrites_its_input_or_an_existing_file_unasked(expor
     common = ["--policy", str(export_dir), "--video", str(video), "--threads", "1"]
     for refused in (["--out", str(video)], ["--out", str(video), "--overwrite"], ["--out", str(tmp_path / "o.mp4"), "--commands", str(video), "--overwrite"]):
         with pytest.raises(SystemExit) as exit_info:
-            run_policy.main([*common, *refused])
+            run_policy.run([*common, *refused])
         assert exit_info.value.code == 2 and "is the input video" in capsys.readouterr().err
     assert video.read_bytes() == original
     out = tmp_path / "plan.mp4"
     out.write_bytes(b"an earlier run")
     with pytest.raises(SystemExit):
-        run_policy.main([*common, "--out", str(out)])
+        run_policy.run([*common, "--out", str(out)])
     assert "exists: pass --overwrite" in capsys.readouterr().err and out.read_bytes() == b"an earlier run"
-    assert run_policy.main([*common, "--out", str(out), "--overwrite"])["ticks"] == 12
+    assert run_policy.run([*common, "--out", str(out), "--overwrite"])["ticks"] == 12
     assert out.read_bytes() != b"an earlier run" and video.read_bytes() == original
 
 
-def test_run_policy_applies_the_rotation_metadata(export_dir: pathlib.Path, tmp_path: pathlib.Path, run_policy: ModuleType) -> None:
+def test_run_policy_applies_the_rotation_metadata(export_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """Issue 16, item 5: PyAV decodes the stored pixels; a phone video's display matrix was ignored."""
     video = tmp_path / "rotated.mp4"
     frame = np.zeros((64, 96, 3), np.uint8)
@@ -263,7 +254,7 @@ def test_run_policy_applies_the_rotation_metadata(export_dir: pathlib.Path, tmp_
         for packet in stream.encode():
             container.mux(packet)
     out = tmp_path / "plan.mp4"
-    run_policy.main(["--policy", str(export_dir), "--video", str(video), "--out", str(out), "--threads", "1"])
+    run_policy.run(["--policy", str(export_dir), "--video", str(video), "--out", str(out), "--threads", "1"])
     with av.open(str(out)) as container:
         shown = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][-1]
     assert shown.shape == (96, 64, 3)  # upright: taller than wide
@@ -271,7 +262,7 @@ def test_run_policy_applies_the_rotation_metadata(export_dir: pathlib.Path, tmp_
 
 
 def test_run_policy_on_a_video_without_frames_is_a_clear_error(export_dir: pathlib.Path, tmp_path: pathlib.Path,
-                                                               run_policy: ModuleType, capsys: pytest.CaptureFixture) -> None:
+                                                               capsys: pytest.CaptureFixture) -> None:
     """Issue 16, item 17: a 0-frame or audio-only video raised IndexError."""
     empty = tmp_path / "empty.avi"
     with av.open(str(empty), "w") as container:  # AVI keeps a video stream that holds no frame
@@ -291,7 +282,7 @@ def test_run_policy_on_a_video_without_frames_is_a_clear_error(export_dir: pathl
     for video, message in ((empty, "has a video stream but no decodable frame"), (audio, "has no video stream (audio only?)")):
         out = tmp_path / f"{video.stem}_plan.mp4"
         with pytest.raises(SystemExit) as exit_info:
-            run_policy.main(["--policy", str(export_dir), "--video", str(video), "--out", str(out)])
+            run_policy.run(["--policy", str(export_dir), "--video", str(video), "--out", str(out)])
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and f"{video} {message}" in err, err
         assert not out.exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import pytest
 import torch
@@ -14,10 +13,8 @@ from conftest import curved_trajectory, encode_indexed_video
 from datamodules.shard_writer import EpisodeShardWriter
 from s2e.bench.drift import check_comparable
 from s2e.model.policy import PolicyConfig, S2EPolicy
+from s2e.scripts import feature_drift
 from test_bench_cli import IMAGE, tiny_checkpoint
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-import feature_drift  # noqa: E402
 
 FPS = 10
 
@@ -52,7 +49,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _drift(setup, b: str, out: pathlib.Path) -> dict:
-    return feature_drift.main(["--ckpt-a", str(setup["base"]), "--ckpt-b", str(setup[b]), "--shards", setup["shards"],
+    return feature_drift.run(["--ckpt-a", str(setup["base"]), "--ckpt-b", str(setup[b]), "--shards", setup["shards"],
                                "--max-frames", "24", "--batch-size", "8", "--out", str(out)])
 
 
@@ -75,5 +72,5 @@ def test_incomparable_or_missing_checkpoints_are_clear_errors(setup, tmp_path: p
     with pytest.raises(ValueError, match="frame encoders are not comparable: image_size .* d_model 32 vs 64"):
         check_comparable(small, wide)
     with pytest.raises(SystemExit):
-        feature_drift.main(["--ckpt-a", str(tmp_path / "none.ckpt"), "--ckpt-b", str(setup["base"]), "--shards", setup["shards"], "--out", str(tmp_path)])
+        feature_drift.run(["--ckpt-a", str(tmp_path / "none.ckpt"), "--ckpt-b", str(setup["base"]), "--shards", setup["shards"], "--out", str(tmp_path)])
     assert "checkpoint not found" in capsys.readouterr().err

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import sys
 
 import lightning.pytorch as pl
 import numpy as np
@@ -24,10 +23,8 @@ from datamodules.windows import WindowConfig
 from s2e.anchors import Anchors, fit_anchors
 from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.pretrain import PretrainModule
+from s2e.scripts.compute_anchors import gather_trajectories
 from s2e.timing import TimingMismatchError, TimingSpec
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from tools.compute_anchors import gather_trajectories  # noqa: E402
 
 FPS = 10
 IMAGE = 32

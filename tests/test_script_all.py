@@ -3,17 +3,12 @@ scripted and exported modules match eager (the paper preset uses the CNN encoder
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 import torch
 
 from s2e.export import export_program, script_policy
 from s2e.model.policy import PRESETS
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from tools.bench_deploy import build  # noqa: E402
+from s2e.scripts.bench_deploy import build
 
 SLOW_PRESETS = {"paper"}  # 11 frames at 256x256: tracing and running it takes tens of seconds here
 

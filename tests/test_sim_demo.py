@@ -46,10 +46,11 @@ def test_demo_shards_load_back(tmp_path):
 
 
 def test_sim_preview_writes_views_and_a_decodable_episode_video(tmp_path):
-    import sim_preview
     from PIL import Image
 
-    summary = sim_preview.main(["--task", "obstacle", "--robot", "quadruped", "--out", str(tmp_path), "--size", "48x64", "--seed", "1"])
+    from s2e.scripts import sim_preview
+
+    summary = sim_preview.run(["--task", "obstacle", "--robot", "quadruped", "--out", str(tmp_path), "--size", "48x64", "--seed", "1"])
     assert Image.open(tmp_path / "ego.png").size == (64, 48)
     top = Image.open(tmp_path / "topdown.png")
     colours = np.unique(np.asarray(top.convert("RGB")).reshape(-1, 3), axis=0)

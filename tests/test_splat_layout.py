@@ -157,10 +157,10 @@ def test_malformed_layout_files_say_what_is_wrong(tmp_path, kind, message):
 
 
 def test_layout_tool_writes_a_loadable_layout_and_png(tmp_path):
-    from tools.splat_layout import main
+    from s2e.scripts.splat_layout import run
 
     ply = save_ply(tmp_path / "scene.ply", _scene())
-    summary = main(["--ply", str(ply), "--out", str(tmp_path / "scene.layout.json"), "--bounds", *map(str, BOUNDS)])
+    summary = run(["--ply", str(ply), "--out", str(tmp_path / "scene.layout.json"), "--bounds", *map(str, BOUNDS)])
     layout = load_layout(summary["layout"])
     assert layout.solid.sum() > 0 and summary["route_m"] > 6.0
     png = tmp_path / "scene.layout.png"
@@ -171,7 +171,7 @@ def test_layout_tool_writes_a_loadable_layout_and_png(tmp_path):
     assert ego.shape == (72, 128, 3) and ego.std() > 5  # the camera sees the scene, not just sky
     # A world transform moves the scene: rotating it 90 degrees about z turns the wall x = 1 into y = 1.
     rot = ["0", "-1", "0", "0", "1", "0", "0", "0", "0", "0", "1", "0", "0", "0", "0", "1"]
-    turned = main(["--ply", str(ply), "--out", str(tmp_path / "t.layout.json"), "--bounds", *map(str, BOUNDS), "--world-from-splat", *rot])
+    turned = run(["--ply", str(ply), "--out", str(tmp_path / "t.layout.json"), "--bounds", *map(str, BOUNDS), "--world-from-splat", *rot])
     solid_rows = np.argwhere(load_layout(turned["layout"]).solid)[:, 0]
     assert np.abs(BOUNDS[1] + (solid_rows + 0.5) * RES - 1.0).max() <= RES
     torch.testing.assert_close(torch.tensor(load_layout(turned["layout"]).world_from_splat).float(), torch.tensor([float(v) for v in rot]).reshape(4, 4))
@@ -179,7 +179,7 @@ def test_layout_tool_writes_a_loadable_layout_and_png(tmp_path):
     lifted = torch.eye(4)
     lifted[2, 3] = 1.5
     high = save_ply(tmp_path / "high.ply", _scene().transformed(lifted))
-    raised = main(["--ply", str(high), "--out", str(tmp_path / "h.layout.json"), "--bounds", *map(str, BOUNDS), "--ground-z", "1.5"])
+    raised = run(["--ply", str(high), "--out", str(tmp_path / "h.layout.json"), "--bounds", *map(str, BOUNDS), "--ground-z", "1.5"])
     layout = load_layout(raised["layout"])
     assert np.abs(_cells_x(layout.solid) - 1.0).max() <= RES and layout.world_from_splat[2, 3] == pytest.approx(-1.5)
 
