@@ -82,7 +82,8 @@ class Exploration:
     paper's form: PPO's ratio is that of a 2T-dimensional density); ``anchor`` samples only which
     anchor to follow and drives its mean trajectory (PPO's ratio is that of a categorical over M
     anchors, the choice the deployed policy's argmax makes). ``std_scale`` matters only for
-    ``trajectory``.
+    ``trajectory``. The defaults leave the policy's own distribution as it is; the shipped
+    exploration is :class:`s2e.rl.ppo.PPOConfig`'s.
     """
 
     anchor_temperature: float = 1.0
@@ -104,9 +105,9 @@ class PolicyDecoder(nn.Module):
 
     ``exploration``: the behaviour distribution of RL is the pretrained mixture with its anchor
     logits divided by ``anchor_temperature`` and its stds multiplied by ``std_scale``. A briefly
-    pretrained policy has near-uniform anchor scores (val anchor accuracy ~0.2 over 20 anchors), so
-    sampling it re-draws a random anchor every control step and drives far worse than its mode
-    (obstacle task: return -15 sampled vs +1.6 deterministic); PPO then starts from that bad policy.
+    pretrained policy has near-uniform anchor scores, so sampling it re-draws a random anchor every
+    control step and drives far worse than its mode (``docs/experiments.md``); PPO would then start
+    from that bad policy.
     Both collection and the PPO update run this module, so the stored log-probabilities and the
     ratio stay those of one distribution; the mode (highest score) is unchanged by either factor.
     """
