@@ -198,35 +198,70 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     ``.to(device)`` keep it, and ``.contiguous()`` gives classic NCHW memory where that is needed.
     ``key`` stays a list of strings and ``t`` a float64 tensor.
 
-    The copies are numpy's, one per frame: torch's gather kernels split work this small over
-    threads, and in a consumer sharing its cores with decoding workers that costs 100x.
+    The copy is :func:`datamodules.augment.gather_frames`: one call per batch that mirrors a
+    flipped window's frames and applies its colour jitter while it copies them (a compiled kernel;
+    numpy where none can be built). The small per-window arrays are gathered as one row of a
+    per-episode table per window (:func:`_window_table`), one fancy index per episode in the batch:
+    gathered field by field, they cost more than the pixels of a small window.
     """
-    first = windows[0].episode
-    height, width = first.frames.shape[1:3]
-    hwc = np.empty((len(windows), first.frame_indices.shape[1], height, width, 3), np.uint8)
-    for slot, (episode, row) in zip(hwc, windows):
-        frames = episode.frames.numpy()
-        if episode.flip[row]:
-            frames = frames[:, :, ::-1]  # mirrored while copied: still one copy per frame
-        for out, index in zip(slot, episode.frame_indices[row].tolist()):
-            out[...] = frames[index]
-        if episode.jitter is not None:
-            colour_jitter(slot, *episode.jitter[row].tolist())
-    flip = np.array([e.flip[r] for e, r in windows])
-    waypoints = np.stack([e.waypoints[r] for e, r in windows])
-    goal = np.stack([e.goal[r] for e, r in windows])
-    if flip.any():  # the mirrored image needs the mirrored future and goal
-        waypoints[flip] = mirror_lateral(waypoints[flip])
-        goal[flip, 2] = -goal[flip, 2]
+    from datamodules.augment import episode_grey_means, gather_frames  # augment builds on this module
+
+    groups: dict[int, tuple[EpisodeWindows, list[int], list[int]]] = {}
+    for slot, (episode, row) in enumerate(windows):
+        group = groups.get(id(episode))
+        if group is None:
+            group = groups[id(episode)] = (episode, [], [])
+        group[1].append(slot)
+        group[2].append(row)
+    episodes = [group[0] for group in groups.values()]
+    first = episodes[0]
+    n, k, num_waypoints = len(windows), first.frame_indices.shape[1], first.waypoints.shape[1]
+    if len(groups) == 1:
+        table = _window_table(first)[groups[id(first)][2]]
+        source = np.zeros(n, np.int64)
+    else:
+        table = np.empty((n, k + 2 * num_waypoints + 10), np.float64)
+        source = np.empty(n, np.int64)
+        for j, (episode, slots, rows) in enumerate(groups.values()):
+            table[slots] = _window_table(episode)[rows]
+            source[slots] = j
+    goal_at = k + 2 * num_waypoints  # then goal (3), scale, goal mask, t, flip, jitter (3)
+    jittered = [e.jitter is not None for e in episodes]
+    hwc = torch.empty((n, k, *first.frames.shape[1:]), dtype=torch.uint8)
+    gather_frames(hwc, [e.frames for e in episodes], source, table[:, :k], table[:, goal_at + 6], table[:, goal_at + 7 :] if any(jittered) else None,
+                  [episode_grey_means(e) if has else None for e, has in zip(episodes, jittered)])
     return {
-        "frames": torch.from_numpy(hwc).permute(0, 1, 4, 2, 3),
-        "goal": torch.from_numpy(goal.astype(np.float32)),
-        "waypoints": torch.from_numpy(waypoints.astype(np.float32)),
-        "scale": torch.tensor([float(e.scale[r]) for e, r in windows], dtype=torch.float32),
-        "goal_mask": torch.tensor([bool(e.goal_mask[r]) for e, r in windows], dtype=torch.bool),
+        "frames": hwc.permute(0, 1, 4, 2, 3),
+        "goal": torch.from_numpy(table[:, goal_at : goal_at + 3].astype(np.float32)),
+        "waypoints": torch.from_numpy(table[:, k:goal_at].astype(np.float32).reshape(n, num_waypoints, 2)),
+        "scale": torch.from_numpy(table[:, goal_at + 3].astype(np.float32)),
+        "goal_mask": torch.from_numpy(table[:, goal_at + 4] != 0),
         "key": [e.key for e, _ in windows],
-        "t": torch.tensor([float(e.t[r]) for e, r in windows], dtype=torch.float64),
+        "t": torch.from_numpy(table[:, goal_at + 5].copy()),
     }
+
+
+def _window_table(episode: EpisodeWindows) -> np.ndarray:
+    """float64 [n, k + 2*W + 10]: each window's frame indices, waypoints, goal, scale, goal mask, t,
+    flip and jitter factors (NaN: none) as one row, so a batch gathers them with one index per episode.
+
+    The waypoints and goal of a flipped window are stored mirrored (the mirrored image needs the
+    mirrored future and goal). Built on first use and kept on the object (every value is exact in
+    float64); the per-window arrays of an :class:`EpisodeWindows` are not changed once batched.
+    """
+    table = getattr(episode, "_window_table", None)
+    if table is None:
+        n = len(episode)
+        waypoints, goal = episode.waypoints.copy(), episode.goal.copy()
+        waypoints[episode.flip] = mirror_lateral(waypoints[episode.flip])
+        goal[episode.flip, 2] = -goal[episode.flip, 2]
+        jitter = episode.jitter if episode.jitter is not None else np.full((n, 3), np.nan)
+        table = np.concatenate([
+            episode.frame_indices, waypoints.reshape(n, -1), goal, episode.scale[:, None], episode.goal_mask[:, None],
+            episode.t[:, None], episode.flip[:, None], jitter,
+        ], axis=1, dtype=np.float64)
+        episode._window_table = table
+    return table
 
 
 #: ITU-R 601 luma weights: the grey that contrast and saturation blend towards (as torchvision).
@@ -236,12 +271,12 @@ LUMA = (0.299, 0.587, 0.114)
 def colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturation: float) -> None:
     """torchvision-style brightness, contrast, saturation jitter, in place on one window's uint8 [k, H, W, 3].
 
-    The same factors for all k frames keep the clip consistent. The three steps (x*b; blend with
-    the frame's mean grey by c; blend with the pixel's grey by s) are linear, so they are applied as
-    one affine map ``y = b*c*s*x + b*c*(1-s)*grey(x) + (1-c)*mean(grey(x*b))``, clamped once at the
-    end as the step-by-step version is: two float passes instead of six. Called per window, right
-    after its gather, so the clip is still in cache; numpy, single-threaded on purpose (see
-    :func:`collate_windows`).
+    The definition of the training jitter (the compiled gather of :mod:`datamodules.augment` runs
+    the same float32 operations; this numpy version is its reference and its fallback). The same
+    factors for all k frames keep the clip consistent. The three steps (x*b; blend with the frame's
+    mean grey by c; blend with the pixel's grey by s) are linear, so they are applied as one affine
+    map ``y = b*c*s*x + b*c*(1-s)*grey(x) + (1-c)*mean(grey(x*b))``, clamped once at the end as the
+    step-by-step version is: two float passes instead of six.
     """
     b, c, s = np.float32(brightness), np.float32(contrast), np.float32(saturation)
     x = clip.astype(np.float32)
@@ -355,16 +390,9 @@ def _nearest_index(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def _valid_run_end(t: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """For every pose, the time of the last pose of its run of valid poses (-inf for invalid poses)."""
-    end = np.full(len(t), -np.inf)
-    last = -np.inf
-    for i in range(len(t) - 1, -1, -1):  # one pass per episode, not per window
-        if not valid[i]:
-            last = -np.inf
-            continue
-        if last == -np.inf:
-            last = t[i]
-        end[i] = last
-    return end
+    invalid = np.append(np.flatnonzero(~valid), len(t))
+    next_invalid = invalid[np.searchsorted(invalid, np.arange(len(t)), side="right")]  # first invalid pose after each pose
+    return np.where(valid, t[np.maximum(next_invalid - 1, 0)], -np.inf)
 
 
 def _draw_goal_times(

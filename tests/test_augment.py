@@ -1,4 +1,4 @@
-"""Colour jitter placement: in the workers or on the batch's device, the same windows either way, never in the consumer."""
+"""Flips and colour jitter: the compiled gather against a float reference, and the three placements (loader, workers, batch)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import pytest
 import torch
 
 from conftest import curved_trajectory, encode_indexed_video
-from datamodules.augment import _jitter_tensor, apply_colour_jitter, batch_colour_jitter, defer_colour_jitter, jittered_clips
+import datamodules.augment as augment
+from datamodules.augment import (
+    _jitter_tensor,
+    _load_kernel,
+    apply_colour_jitter,
+    batch_colour_jitter,
+    defer_colour_jitter,
+    gather_frames,
+    gather_kernel,
+    jittered_clips,
+)
 from datamodules.nav_video import NavVideoDataModule
 from datamodules.pipeline import NavWindowLoader
 from datamodules.shard_writer import EpisodeShardWriter
@@ -77,26 +87,30 @@ def test_worker_clips_are_what_the_consumer_would_have_gathered_mirrored_and_jit
     assert batch_colour_jitter([w for c in chunks for w in c]) is None
 
 
-def test_both_placements_give_the_same_windows_and_the_consumer_receives_no_jitter_to_apply(shard: str) -> None:
-    plain = _by_window(_loader(shard, AugmentConfig(hflip=0.5), "workers"))  # same draws: jitter strengths only scale them
+def test_all_placements_give_the_same_windows(shard: str) -> None:
+    plain = _by_window(_loader(shard, AugmentConfig(hflip=0.5), "loader"))  # same draws: jitter strengths only scale them
+    in_loader = _by_window(_loader(shard, JITTER, "loader"))
     in_workers = _by_window(_loader(shard, JITTER, "workers"))
     on_batch = _by_window(_loader(shard, JITTER, "batch"), jitter_on_batch=True)
-    assert plain.keys() == in_workers.keys() == on_batch.keys() and len(plain) > 20
+    assert plain.keys() == in_loader.keys() == in_workers.keys() == on_batch.keys() and len(plain) > 20
     changed = 0
-    for key, (frames, waypoints, goal) in in_workers.items():
-        assert torch.equal(frames, on_batch[key][0])  # the same kernel, in the worker or on the batch
+    for key, (frames, waypoints, goal) in in_loader.items():
+        assert torch.equal(frames, in_workers[key][0]) and torch.equal(frames, on_batch[key][0])  # one kernel, wherever it runs
         assert torch.equal(waypoints, plain[key][1]) and torch.equal(goal, plain[key][2])  # flips as without jitter
         changed += not torch.equal(frames, plain[key][0])
     assert changed == len(plain)
-    records = list(_loader(shard, JITTER, "workers").episodes)
+    records = list(_loader(shard, JITTER, "workers").episodes)  # the workers send finished clips
     assert all(r.windows is None or r.windows.jitter is None for r in records)
+    records = list(_loader(shard, JITTER, "loader").episodes)  # the loader gets the episodes and the draws
+    assert any(r.windows is not None and r.windows.jitter is not None for r in records)
 
 
 def test_two_workers_send_the_jittered_clips_through_shared_memory(shard: str) -> None:
     alone = _by_window(_loader(shard, JITTER, "batch", workers=2), jitter_on_batch=True)
     workers = _by_window(_loader(shard, JITTER, "workers", workers=2))
-    assert workers.keys() == alone.keys()
-    assert all(torch.equal(workers[k][0], alone[k][0]) for k in alone)
+    loader = _by_window(_loader(shard, JITTER, "loader", workers=2))
+    assert workers.keys() == alone.keys() == loader.keys()
+    assert all(torch.equal(workers[k][0], alone[k][0]) and torch.equal(loader[k][0], alone[k][0]) for k in alone)
 
 
 def test_datamodule_places_the_jitter_by_where_batches_live_and_applies_it_after_transfer(shard: str) -> None:
@@ -106,8 +120,8 @@ def test_datamodule_places_the_jitter_by_where_batches_live_and_applies_it_after
         dm.setup("fit")
         return dm, dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
 
-    dm, batch = first_batch()  # no trainer, so the batches live on the CPU: jittered in the workers
-    assert "colour_jitter" not in batch
+    dm, batch = first_batch()  # no trainer, so the batches live on the CPU: jittered by the loader's gather
+    assert "colour_jitter" not in batch and dm.train_loader.stream.colour_jitter == "loader"
     jittered = batch["frames"]
     dm, batch = first_batch(colour_jitter_on="device")
     assert batch["colour_jitter"].shape == (4, 3)
@@ -117,3 +131,112 @@ def test_datamodule_places_the_jitter_by_where_batches_live_and_applies_it_after
     assert torch.equal(batch["frames"], jittered)
     with pytest.raises(ValueError, match="colour_jitter_on"):
         NavVideoDataModule(train_shards=shard, colour_jitter_on="gpu")
+
+
+# ------------------------------------------------------------------------------ the compiled gather
+
+
+def _reference_jitter(clip: np.ndarray, b: float, c: float, s: float) -> np.ndarray:
+    """The jitter step by step in float64, as torchvision defines it (brightness, contrast towards the
+    frame's mean grey, saturation towards each pixel's grey), clamped and rounded once at the end."""
+    luma = np.array([0.299, 0.587, 0.114])
+    x = clip.astype(np.float64) * b
+    mean = (x @ luma).mean(axis=(1, 2))[:, None, None, None]
+    x = (x - mean) * c + mean
+    grey = (x @ luma)[..., None]
+    return np.clip((x - grey) * s + grey, 0, 255).round()
+
+
+def _coloured_frames(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random pixels whose channels have different means (equal means would hide a channel mix-up)."""
+    x = rng.integers(0, 256, shape) * np.array([0.4, 1.0, 0.7]) + np.array([0, 0, 70])
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _gather(frames: np.ndarray, indices: np.ndarray, flip: np.ndarray, factors) -> np.ndarray:
+    out = torch.empty((*indices.shape, *frames.shape[1:]), dtype=torch.uint8)
+    gather_frames(out, [torch.from_numpy(frames)], np.zeros(len(indices), np.int64), indices, flip, factors)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("size", [(64, 64), (7, 37), (12, 16), (30, 50), (5, 1), (48, 64)])
+@pytest.mark.parametrize("strength", [0.2, 0.6])
+def test_the_gather_jitters_and_mirrors_like_the_float_reference(size: tuple[int, int], strength: float) -> None:
+    """Every row length (SIMD blocks of 16 and 32 pixels plus a plain-C tail), mirrored or not: within one grey level."""
+    rng = np.random.default_rng(size[0] * 100 + size[1])
+    frames = _coloured_frames(rng, (20, *size, 3))
+    indices = rng.integers(0, 20, (24, 5))
+    flip = rng.random(24) < 0.5
+    factors = (1 + rng.uniform(-strength, strength, (24, 3))).astype(np.float32)
+    out = _gather(frames, indices, flip, factors)
+    mirrored = np.zeros_like(out)  # without jitter: exactly the frames, mirrored where drawn
+    for i in range(24):
+        expected = frames[indices[i]][:, :, ::-1] if flip[i] else frames[indices[i]]
+        diff = np.abs(out[i].astype(np.float64) - _reference_jitter(expected, *factors[i].tolist()))
+        assert diff.max() <= 1, (i, diff.max())
+        assert (diff > 0).mean() < 2e-3  # float32 rounding only: a rounded value flips now and then
+        mirrored[i] = expected
+    assert np.array_equal(_gather(frames, indices, flip, None), mirrored)
+
+
+def test_one_draw_per_window_is_applied_alike_to_all_its_frames() -> None:
+    rng = np.random.default_rng(3)
+    frames = _coloured_frames(rng, (6, 16, 40, 3))
+    indices = np.array([[2, 2, 2, 2, 2], [2, 2, 2, 2, 2], [0, 1, 2, 3, 4]])
+    factors = np.array([[1.1, 0.9, 1.15], [0.85, 1.2, 0.8], [1.1, 0.9, 1.15]], np.float32)
+    out = _gather(frames, indices, np.zeros(3, bool), factors)
+    assert all(np.array_equal(out[0, 0], out[0, f]) for f in range(5))  # one window, one draw: its frames alike
+    assert not np.array_equal(out[0, 0], out[1, 0])  # another window, another draw
+    assert np.array_equal(out[2, 2], out[0, 0])  # the frame's own mean grey, not the window's
+    for f in range(5):
+        diff = np.abs(out[2, f].astype(np.float64) - _reference_jitter(frames[f : f + 1], 1.1, 0.9, 1.15)[0])
+        assert diff.max() <= 1
+
+
+def test_windows_draw_the_configured_jitter_ranges() -> None:
+    windows = _windows(AugmentConfig(hflip=0.5, brightness=0.2, contrast=0.2, saturation=0.2), seed=5)
+    factors = windows.jitter
+    assert factors.dtype == np.float32 and factors.shape == (len(windows), 3)
+    assert factors.min() >= 0.8 and factors.max() <= 1.2
+    assert np.all(np.abs(factors.mean(axis=0) - 1) < 0.06) and np.all(factors.std(axis=0) > 0.08)  # uniform on [0.8, 1.2]: std 0.115
+
+
+def test_numpy_gives_the_same_batches_where_no_kernel_can_be_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    windows = _windows(JITTER, seed=6)
+    fast = collate_windows(list(windows))
+    monkeypatch.setattr(augment, "gather_kernel", lambda: None)
+    slow = collate_windows(list(windows))
+    for name in ("waypoints", "goal", "scale", "t", "goal_mask"):
+        assert torch.equal(fast[name], slow[name]), name
+    diff = (fast["frames"].int() - slow["frames"].int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # fused multiply-adds vs numpy's: float32 rounding
+    assert torch.equal(collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"],
+                       collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"])
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_frame_index_outside_its_episode_is_an_error_not_a_stray_read(kernel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not kernel:
+        monkeypatch.setattr(augment, "gather_kernel", lambda: None)
+    frames = np.zeros((4, 8, 8, 3), np.uint8)
+    out = torch.zeros((1, 2, 8, 8, 3), dtype=torch.uint8)
+    for bad in ([0, 4], [-1, 0]):
+        with pytest.raises(IndexError):
+            gather_frames(out, [torch.from_numpy(frames)], np.zeros(1, np.int64), np.array([bad]), np.zeros(1, bool), None)
+    assert int(out.sum()) == 0
+
+
+def test_the_kernel_is_compiled_once_into_its_cache_and_a_missing_compiler_is_reported(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if gather_kernel() is None:
+        pytest.skip("no C compiler here: the numpy path is what runs")
+    monkeypatch.setenv("S2E_KERNEL_CACHE", str(tmp_path))
+    fn, info = _load_kernel()
+    assert fn is not None and info.startswith("s2e_gather_") and len(list(tmp_path.glob("*.so"))) == 1
+    built = next(tmp_path.glob("*.so")).stat().st_mtime_ns
+    assert _load_kernel()[0] is not None and next(tmp_path.glob("*.so")).stat().st_mtime_ns == built  # loaded, not rebuilt
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("S2E_KERNEL_CACHE", str(tmp_path / "other"))
+    fn, info = _load_kernel()
+    assert fn is None and "no-such-cc" in info
+    monkeypatch.setenv("S2E_GATHER_KERNEL", "0")
+    assert _load_kernel() == (None, "disabled by S2E_GATHER_KERNEL=0")

@@ -45,12 +45,13 @@ def test_one_run_compares_backends_at_the_shipped_settings_with_both_workers_dec
     backends = ["decord", "pyav"] + ([] if backend_unavailable("torchcodec") else ["torchcodec"])
     result = bench_data.main(["--shards", str(user_shard), "--repeats", "1", "--backend", *backends])
     assert result["config"].endswith("pretrain.yaml") and result["workers"] == 2 and result["decode_size"] == [64, 64]
-    assert result["augment"]["brightness"] == 0.2 and result["jitter_on"] == "workers"
+    assert result["augment"]["brightness"] == 0.2 and result["jitter_on"] == "loader"  # jittered in this process's gather
     assert result["shards"] == 1 and result["frames_decoded"] == 2 * 180 and result["windows"] > 100
     assert [r["backend"] for r in result["results"]] == backends
     for run in result["results"]:
         assert run["ratio"] > 0 and np.isfinite(run["cpu_ratio"])
-        assert len(run["pipeline_s"]) == len(run["ceiling_s"]) == 1
+        assert len(run["pipeline_s"]) == len(run["ceiling_s"]) == len(run["pipeline_consumer_cpu_s"]) == 1
+        assert 0 < run["pipeline_consumer_cpu_s"][0] <= run["pipeline_cpu_s"][0]
 
 
 def test_plain_settings_and_an_unknown_backend(user_shard: Path, capsys: pytest.CaptureFixture) -> None:
@@ -58,3 +59,11 @@ def test_plain_settings_and_an_unknown_backend(user_shard: Path, capsys: pytest.
     assert "backend nope skipped: unknown video backend" in capsys.readouterr().out
     assert [r["backend"] for r in result["results"]] == ["pyav"]
     assert result["augment"]["brightness"] == 0.0 and result["decode_size"] == [48, 64]
+
+
+def test_repeats_zero_only_writes_the_synthetic_data(tmp_path: Path) -> None:
+    out = tmp_path / "synthetic"
+    args = ["--make-synthetic", str(out), "--repeats", "0", "--synthetic-episodes", "1", "--synthetic-seconds", "1", "--synthetic-size", "48x64"]
+    assert bench_data.main(args) is None and len(list(out.glob("shard-*.tar"))) == 1
+    with pytest.raises(SystemExit):
+        bench_data.main(["--shards", str(next(out.glob("shard-*.tar"))), "--repeats", "0"])

@@ -9,10 +9,11 @@ batch size, workers, shuffle buffer, how windows and goals are cut, augmentation
 so the default run measures the pipeline as training ships it; flags override single settings, and
 ``--config none`` starts from the loader's plain defaults (224x224, no augmentation).
 
-Pipeline: NavWindowLoader with W persistent DataLoader workers (tar -> decode -> cut -> colour
-jitter in the workers; shuffle -> batches of gathered windows in this process; one pass over the
-shards per timed run). ``--jitter-on device`` instead moves each batch to ``--device`` and jitters
-it there, inside the timed loop (on a CPU-only machine that is this process's CPU time). Ceiling:
+Pipeline: NavWindowLoader with W persistent DataLoader workers (tar -> decode -> cut in the
+workers; shuffle -> batches in this process, whose gather mirrors and colour-jitters each frame as it
+copies it; one pass over the shards per timed run). ``--jitter-on workers`` jitters each window's
+clip in the workers instead; ``--jitter-on device`` moves each batch to ``--device`` and jitters it
+there, inside the timed loop (on a CPU-only machine that is this process's CPU time). Ceiling:
 the same episodes, read by the same tar reader and dealt to W pool processes exactly as to the
 workers (shards, or a shard's episodes when shards are fewer than workers), decoded at the same
 size and doing nothing else. Both get one untimed warm-up pass (process start-up is not
@@ -24,7 +25,8 @@ decoded-frames/s.
 Each run also records the CPU seconds its processes used (this process plus its worker
 processes, from /proc): ``cpu_ratio`` = ceiling CPU / pipeline CPU over all runs is the same
 comparison as ``ratio`` with the other users of a shared machine taken out; on an idle machine
-with every worker busy the two agree.
+with every worker busy the two agree. ``pipeline_consumer_cpu_s`` is the part of the pipeline's CPU
+spent in this process (shuffling, gathering, mirroring, jittering), the rest is the workers'.
 
 ``--make-synthetic DIR`` writes textured panning episodes (H.264 with B-frames). With
 ``--synthetic-pose-hz`` it writes them as a user's recordings instead (mp4 files and CSV poses at
@@ -168,9 +170,9 @@ def run_ceiling(pool, urls: list[str], workers: int, size: tuple[int, int], back
     return time.perf_counter() - start, process_tree_cpu_seconds() - cpu, frames
 
 
-def run_pipeline(loader: NavWindowLoader, device: Optional[torch.device]) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, windows) of one pipeline pass; with ``device``, batches are jittered there."""
-    start, cpu = time.perf_counter(), process_tree_cpu_seconds()
+def run_pipeline(loader: NavWindowLoader, device: Optional[torch.device]) -> tuple[float, float, float, int]:
+    """(wall seconds, CPU seconds, this process's CPU seconds, windows) of one pipeline pass; with ``device``, batches are jittered there."""
+    start, cpu, own = time.perf_counter(), process_tree_cpu_seconds(), time.process_time()
     samples = 0
     for batch in loader:
         samples += len(batch["key"])
@@ -179,7 +181,7 @@ def run_pipeline(loader: NavWindowLoader, device: Optional[torch.device]) -> tup
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             del frames
-    return time.perf_counter() - start, process_tree_cpu_seconds() - cpu, samples
+    return time.perf_counter() - start, process_tree_cpu_seconds() - cpu, time.process_time() - own, samples
 
 
 # -------------------------------------------------------------------------------------- settings
@@ -208,10 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window-stride", type=int)
     parser.add_argument("--shuffle-buffer", type=int)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, help="force the training augmentation on (hflip 0.5, jitter 0.2) or off")
-    parser.add_argument("--jitter-on", choices=("auto", "workers", "device"), help="where colour jitter runs; auto: device when --device is an accelerator")
+    parser.add_argument("--jitter-on", choices=("auto", "loader", "workers", "device"),
+                        help="where colour jitter runs; auto (the config's default): device when --device is an accelerator, else loader")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="the training device for --jitter-on device")
     parser.add_argument("--backend", nargs="+", help="video backends to compare (decord, pyav, torchcodec, auto); default: the config's")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each; the best is reported")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each; the best is reported (0: only write --make-synthetic data)")
     synthetic = parser.add_argument_group("synthetic data")
     synthetic.add_argument("--make-synthetic", type=Path, metavar="DIR", help="write synthetic shards to DIR (and bench them if --shards is not given)")
     synthetic.add_argument("--synthetic-episodes", type=int, default=8)
@@ -232,6 +235,8 @@ def _size(text: str) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> dict | None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.repeats < 0 or (args.repeats == 0 and args.make_synthetic is None):
+        parser.error("--repeats must be >= 1 (0 only with --make-synthetic: write the data, time nothing)")
     if args.make_synthetic is not None:
         start = time.perf_counter()
         paths = make_synthetic_shards(
@@ -241,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         print(f"wrote {len(paths)} synthetic shard(s) to {paths[0].parent} in {time.perf_counter() - start:.1f}s")
         if not args.shards:
             args.shards = [str(p) for p in paths]
+    if args.repeats == 0:
+        return None
     if not args.shards:
         parser.error("give --shards (or --make-synthetic DIR)")
     urls = expand_shards(args.shards)
@@ -260,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = torch.device(args.device)
     jitter_on = args.jitter_on or settings["colour_jitter_on"]
     if jitter_on == "auto":
-        jitter_on = "device" if device.type != "cpu" else "workers"
+        jitter_on = "device" if device.type != "cpu" else "loader"
 
     backends = []
     for backend in args.backend or [settings["video_backend"]]:
@@ -274,12 +281,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     loaders = {
         backend: NavWindowLoader(
             urls, window_config, size, batch_size, shuffle_buffer=shuffle, num_workers=workers, persistent_workers=True,
-            video_backend=backend, colour_jitter="batch" if jitter_on == "device" else "workers",
+            video_backend=backend, colour_jitter="batch" if jitter_on == "device" else jitter_on,
         )
         for backend in backends
     }
     batch_device = device if jitter_on == "device" else None
-    times: dict[str, dict[str, list[float]]] = {b: {"ceiling": [], "pipeline": [], "ceiling_cpu": [], "pipeline_cpu": []} for b in backends}
+    times: dict[str, dict[str, list[float]]] = {b: {"ceiling": [], "pipeline": [], "ceiling_cpu": [], "pipeline_cpu": [], "pipeline_consumer_cpu": []}
+                                                for b in backends}
     frames = samples = 0
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for backend in backends:  # untimed warm-up of both: process start-up and first imports are not throughput
@@ -291,10 +299,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                 times[backend]["ceiling"].append(seconds)
                 times[backend]["ceiling_cpu"].append(cpu)
                 print(f"{backend:10s} ceiling : {frames} frames in {seconds:.2f}s = {frames / seconds:.1f} frames/s ({cpu:.2f} CPU s)")
-                seconds, cpu, samples = run_pipeline(loaders[backend], batch_device)
+                seconds, cpu, own, samples = run_pipeline(loaders[backend], batch_device)
                 times[backend]["pipeline"].append(seconds)
                 times[backend]["pipeline_cpu"].append(cpu)
-                print(f"{backend:10s} pipeline: {samples} windows ({frames} frames decoded) in {seconds:.2f}s = {frames / seconds:.1f} frames/s ({cpu:.2f} CPU s)")
+                times[backend]["pipeline_consumer_cpu"].append(own)
+                print(f"{backend:10s} pipeline: {samples} windows ({frames} frames decoded) in {seconds:.2f}s = {frames / seconds:.1f} frames/s "
+                      f"({cpu:.2f} CPU s, {own:.2f} in this process)")
     results = []
     for backend in backends:
         t = times[backend]
