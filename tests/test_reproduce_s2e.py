@@ -1,6 +1,7 @@
-"""tools/reproduce_s2e.py: the fine-tuning ablation end to end on a tiny pretrained policy (every
-strategy trains for the same few seconds, then NavBench in both domains), its summary with CIs,
-curves, skipped steps on rerun, a failed fit reported while the others go on, and clear errors."""
+"""s2e.scripts.reproduce_s2e (tools/reproduce_s2e.py): the fine-tuning ablation end to end on a tiny
+pretrained policy (every strategy trains for the same few seconds, then NavBench in both domains),
+its summary with CIs, curves, skipped steps on rerun, a failed fit reported while the others go on,
+and clear errors."""
 
 from __future__ import annotations
 
@@ -8,15 +9,11 @@ import json
 import pathlib
 import re
 import shutil
-import sys
 
 import pytest
 
+from s2e.scripts import reproduce_s2e
 from test_posttrain import pretrained  # noqa: F401  (fixture: a tiny pretrained checkpoint written by a Trainer)
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
-
-import reproduce_s2e  # noqa: E402
 
 METHODS = ["pretrained", "ram", "full", "decoder", "sft", "none"]
 TASKS = ["empty", "obstacle", "pedestrian", "both"]
