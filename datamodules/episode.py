@@ -34,6 +34,10 @@ class Trajectory:
         yaw: [T] radians, counter-clockwise from world +x.
         speed: optional [T] m/s as measured by the platform.
         valid: optional [T] bool; False marks poses the tracker lost (windows touching them are skipped).
+        demonstrated: optional [T] bool; False marks poses from which the demonstrator was not
+            driving (in intervention recordings, where a learner drove and the demonstrator took
+            over). A window's future must be demonstrated, its context need not be: the states a
+            learner drives into, labelled with the demonstrator's way out (DAgger).
     """
 
     t: np.ndarray
@@ -41,6 +45,7 @@ class Trajectory:
     yaw: np.ndarray
     speed: Optional[np.ndarray] = None
     valid: Optional[np.ndarray] = None
+    demonstrated: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
@@ -54,7 +59,7 @@ class Trajectory:
             raise BadTrajectoryError(f"xy must be [{n}, 2] to match t, got {self.xy.shape}")
         if self.yaw.shape != (n,):
             raise BadTrajectoryError(f"yaw must be [{n}] to match t, got {self.yaw.shape}")
-        for name in ("speed", "valid"):
+        for name in ("speed", "valid", "demonstrated"):
             value = getattr(self, name)
             if value is not None and value.shape != (n,):
                 raise BadTrajectoryError(f"{name} must be [{n}] to match t, got {value.shape}")
@@ -75,8 +80,9 @@ class Trajectory:
         arrays = {"t": self.t.astype(np.float64), "xy": self.xy.astype(np.float64), "yaw": self.yaw.astype(np.float64)}
         if self.speed is not None:
             arrays["speed"] = self.speed.astype(np.float32)
-        if self.valid is not None:
-            arrays["valid"] = self.valid.astype(bool)
+        for name in ("valid", "demonstrated"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name).astype(bool)
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -98,4 +104,5 @@ class Trajectory:
             yaw=arrays["yaw"].astype(np.float64),
             speed=arrays["speed"].astype(np.float64) if "speed" in arrays else None,
             valid=arrays["valid"].astype(bool) if "valid" in arrays else None,
+            demonstrated=arrays["demonstrated"].astype(bool) if "demonstrated" in arrays else None,
         ).validate()

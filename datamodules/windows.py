@@ -141,7 +141,11 @@ class EpisodeWindows:
 
     def head(self, n: int) -> "EpisodeWindows":
         """The first ``n`` windows (a worker's last episode of an epoch, cut to its quota)."""
-        rows = slice(0, n)
+        return self.rows(0, n)
+
+    def rows(self, start: int, stop: int) -> "EpisodeWindows":
+        """Windows ``start`` to ``stop`` (exclusive), sharing the episode's frames."""
+        rows = slice(start, stop)
         return EpisodeWindows(
             frames=self.frames,
             frame_indices=self.frame_indices[rows],
@@ -331,6 +335,10 @@ def cut_windows(
     wp_times = t_now[:, None] + timing.waypoint_offsets()[None, :]
     extend = np.where(horizon_end >= traj.t[-1], config.extend_end_s, 0.0)  # only the recording's true end
     ok &= wp_times[:, -1] <= horizon_end + extend + 1e-9
+    if traj.demonstrated is not None:  # the future must be the demonstrator's (Trajectory.demonstrated)
+        undemonstrated_before = np.concatenate([[0], np.cumsum(~traj.demonstrated)])
+        last_wp = np.clip(np.searchsorted(traj.t, wp_times[:, -1], side="left"), 0, len(traj) - 1)
+        ok &= undemonstrated_before[last_wp + 1] - undemonstrated_before[hi_now] == 0
 
     goal_time = _draw_goal_times(traj, t_now, horizon_end, config, rng)
     ok &= np.isfinite(goal_time)

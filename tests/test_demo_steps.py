@@ -1,19 +1,14 @@
-"""tools/demo.py wires real commands together: the paths one step writes must be what the next reads."""
+"""The demo (s2e/scripts/demo.py) wires real commands together: the paths one step writes must be what the next reads."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pytest
 
 from datamodules.pipeline import expand_shards
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-import demo  # noqa: E402
-import render_demo_data  # noqa: E402
+from s2e.scripts import demo, render_demo_data
 
 
 def _args(episodes: int) -> argparse.Namespace:

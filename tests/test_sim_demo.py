@@ -1,26 +1,21 @@
-"""tools/render_demo_data.py writes shards whose members load back (trajectory, video, metadata)."""
+"""render_demo_data writes shards whose members load back (trajectory, video, metadata)."""
 
 from __future__ import annotations
 
 import io
 import json
-import sys
 import tarfile
-from pathlib import Path
 
 import av
 import numpy as np
 import torch
 
 from datamodules.episode import Trajectory
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-
-import render_demo_data  # noqa: E402
+from s2e.scripts import render_demo_data
 
 
 def test_demo_shards_load_back(tmp_path):
-    summary = render_demo_data.main(
+    summary = render_demo_data.run(
         ["--out", str(tmp_path), "--episodes", "3", "--envs", "2", "--size", "32x48", "--route-length", "5", "6", "--task", "both", "--seed", "3"]
     )
     assert summary["episodes"] == 3
@@ -63,7 +58,7 @@ def test_sim_preview_writes_views_and_a_decodable_episode_video(tmp_path):
 def test_demo_shards_stream_through_the_datamodule_unchanged(tmp_path):
     from datamodules.nav_video import NavVideoDataModule
 
-    render_demo_data.main(
+    render_demo_data.run(
         ["--out", str(tmp_path), "--episodes", "2", "--envs", "2", "--size", "32x32", "--route-length", "8", "9", "--task", "obstacle", "--seed", "5"]
     )
     shards = sorted(str(p) for p in tmp_path.glob("*.tar"))
@@ -101,3 +96,34 @@ def test_expert_drift_is_a_slow_offset_with_the_asked_spread():
     white = expert_controller(planner, ExpertStyle(base.speed_scale, base.side_bias, noise_std=(0.1, 0.3)), torch.Generator().manual_seed(1))
     white_omega = torch.stack([white(env) - plain for _ in range(100)])[..., 1]
     assert abs(float(torch.corrcoef(torch.stack([white_omega[:-1].flatten(), white_omega[1:].flatten()]))[0, 1])) < 0.3
+
+
+def test_takeover_alternates_drivers_and_marks_what_the_expert_drove():
+    """Intervention data: the command each step is the learner's or the expert's as the schedule
+    says, learner turns last learner_s, expert turns at least the policy's horizon, and the per-pose
+    mask says who drove (the final pose counts as demonstrated)."""
+    from s2e.sim.env import NavEnv, NavEnvConfig
+    from s2e.sim.rollout import TakeoverController
+
+    env = NavEnv(NavEnvConfig(task="empty", image_size=(16, 16)), num_envs=6, seed=3)
+    env.reset()
+    learner = lambda env: torch.full((6, 2), 0.25)  # noqa: E731
+    expert = lambda env: torch.full((6, 2), -0.5)  # noqa: E731
+    control = TakeoverController(learner, expert, 6, control_dt=0.1, generator=torch.Generator().manual_seed(0),
+                                 learner_s=(0.5, 1.0), expert_s=(0.2, 0.4), horizon_s=1.0)
+    commands = torch.stack([control(env) for _ in range(200)])  # [S, N, 2]
+    by_learner = (commands[..., 0] == 0.25)
+    assert torch.equal(by_learner, ~torch.stack(control.demonstrated))
+    for i in range(6):
+        flags = by_learner[:, i].int().tolist()
+        runs, value, length = [], flags[0], 0
+        for f in flags:
+            if f == value:
+                length += 1
+            else:
+                runs.append((value, length))
+                value, length = f, 1
+        inner = runs[1:]  # the first run started at a random point of its draw
+        assert inner and all(5 <= n <= 10 for v, n in inner if v) and all(12 <= n <= 14 for v, n in inner if not v), runs
+    mask = control.demonstrated_poses(0, 50)
+    assert mask.tolist() == (~by_learner[:49, 0]).tolist() + [True]

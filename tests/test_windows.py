@@ -140,6 +140,24 @@ def test_invalid_poses_are_never_inside_a_window() -> None:
         assert np.isfinite(w.waypoints).all() and np.isfinite(w.goal).all()
 
 
+def test_only_demonstrated_futures_are_labels_and_learner_states_are_context() -> None:
+    traj = curved_trajectory(N, FPS, SPEED, TURN)
+    traj.demonstrated = np.ones(N, bool)
+    traj.demonstrated[20:30] = False  # a learner drove from poses 20..29; the expert took over at 30
+    windows = _cut(WindowConfig(goal_horizon_s=(2.0, 2.0)), traj=traj)
+    nows = [round(w.t * FPS) for w in windows]
+    # a future (now .. now + 3 s) never starts at or runs through a learner-driven pose: the first
+    # windows (now 8..19) would reach into it, so the first now is the takeover itself ...
+    assert nows == list(range(30, 50)), nows
+    # ... and that window sees the learner's states (poses 22..28) as its context
+    assert windows[0].materialize()["frames"][:, 0, 0, 0].tolist() == [22, 24, 26, 28, 30]
+    # the mask travels in the shard member
+    from datamodules.episode import Trajectory
+
+    back = Trajectory.from_npz_bytes(traj.to_npz_bytes())
+    assert back.demonstrated is not None and back.demonstrated.tolist() == traj.demonstrated.tolist()
+
+
 def test_missing_frames_beyond_tolerance_are_not_used() -> None:
     keep = np.r_[0:30, 34:N]  # frames 30..33 dropped by the camera
     times = keep / FPS

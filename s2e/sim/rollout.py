@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tensordict import TensorDictBase
 
 from s2e.sim.env import NavEnv
 from s2e.sim.expert import ExpertPlan, ExpertPlanner
@@ -36,8 +37,10 @@ class EpisodeRecord:
     pedestrians: list[np.ndarray] = field(default_factory=list)  # per step [P, 6] real rows (if asked)
 
 
-def run_episodes(env: NavEnv, controller: Controller, record_frames: bool = True, record_pedestrians: bool = False) -> list[EpisodeRecord]:
-    """Reset every env, step ``controller`` until all episodes are done, return one record per env."""
+def run_episodes(env: NavEnv, controller: Controller, record_frames: bool = True, record_pedestrians: bool = False,
+                 observe: Optional[Callable[[TensorDictBase], None]] = None) -> list[EpisodeRecord]:
+    """Reset every env, step ``controller`` until all episodes are done, return one record per env.
+    ``observe`` sees every observation before the controller acts on it (a learned policy's input)."""
     td = env.reset()
     n = env.batch_size[0]
     dt = env.config.timing.control_dt
@@ -55,6 +58,8 @@ def run_episodes(env: NavEnv, controller: Controller, record_frames: bool = True
 
     snapshot(td)
     while live.any():
+        if observe is not None:
+            observe(td)
         action = controller(env)
         td = env.step(td.set("action", action)).get("next")
         xy.append(env.robot_xy.cpu().clone())
@@ -143,3 +148,48 @@ def expert_controller(planner: ExpertPlanner, style: Optional[ExpertStyle] = Non
         return action
 
     return control
+
+
+class TakeoverController:
+    """A learner drives, and the demonstrator takes over: intervention data for DAgger-style training.
+
+    Each env alternates between the learner (``learner_s`` seconds, drawn uniformly) and the
+    demonstrator (``horizon_s`` plus ``expert_s`` seconds, so every takeover leaves at least one
+    fully demonstrated future of the policy's horizon). Both controllers are asked every step, so
+    the demonstrator's own state (drift, plans) stays continuous. ``demonstrated`` collects, per
+    step, which envs the demonstrator drove: a learned policy reaches states no clean
+    demonstration visits (too close to an obstacle, pointed at a wall), and the demonstrator's
+    recovery from them is the label that teaches the way out.
+    """
+
+    def __init__(self, learner: Controller, expert: Controller, num_envs: int, control_dt: float, generator: torch.Generator,
+                 learner_s: tuple[float, float] = (1.0, 4.0), expert_s: tuple[float, float] = (1.0, 4.0), horizon_s: float = 3.0) -> None:
+        self.learner, self.expert = learner, expert
+        self.control_dt, self.generator = control_dt, generator
+        self.learner_s, self.expert_s, self.horizon_s = learner_s, expert_s, horizon_s
+        self.learner_drives = torch.rand(num_envs, generator=generator) < 0.5
+        self.steps_left = self._draw(self.learner_drives)
+        self.demonstrated: list[torch.Tensor] = []
+
+    def _draw(self, learner: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(learner.shape, generator=self.generator)
+        lo = torch.where(learner, self.learner_s[0], self.horizon_s + self.expert_s[0])
+        hi = torch.where(learner, self.learner_s[1], self.horizon_s + self.expert_s[1])
+        return torch.ceil((lo + u * (hi - lo)) / self.control_dt).long()
+
+    def __call__(self, env: NavEnv) -> torch.Tensor:
+        expert = self.expert(env)
+        learner = self.learner(env)
+        drives = self.learner_drives.to(expert.device)
+        self.demonstrated.append(~self.learner_drives.clone())
+        self.steps_left -= 1
+        switch = self.steps_left <= 0
+        self.learner_drives = torch.where(switch, ~self.learner_drives, self.learner_drives)
+        self.steps_left = torch.where(switch, self._draw(self.learner_drives), self.steps_left)
+        return torch.where(drives[:, None], learner.to(expert.device), expert)
+
+    def demonstrated_poses(self, env_index: int, length: int) -> np.ndarray:
+        """[length] bool per pose of one recorded episode: the demonstrator chose the command that
+        left it (the final pose, which no command leaves, counts as demonstrated)."""
+        steps = [bool(flags[env_index]) for flags in self.demonstrated[: length - 1]]
+        return np.array(steps + [True] * (length - len(steps)), dtype=bool)
