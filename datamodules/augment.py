@@ -5,13 +5,13 @@ saturation) factors in the worker; the pixels change when the window's k frames 
 batch. On the CPU that gather is :func:`gather_frames`: a small C kernel (:data:`GATHER_SOURCE`,
 compiled on first use with the system's C compiler and cached on disk, like ``torch.compile``'s
 C++ code) that copies each context frame from its decoded episode into the batch, mirrored and
-jittered in the same pass, 16 or 32 pixels at a time. Measured at 64x64 (5 frames per window,
-one core): about 3 µs per window to copy, 15 µs to copy, mirror and jitter, where numpy took
-190 µs to jitter and 130 µs to mirror (a negative-stride copy of 3-byte pixels). The jitter is
-:func:`datamodules.windows.colour_jitter`'s float32 map, so the results agree with it (bit for bit
-in tests, up to a rare last-bit rounding difference of the frame mean). Without a C compiler (or
-with ``S2E_GATHER_KERNEL=0``) the same batches come from numpy, 10-20x slower, and the loader says
-so once in the log.
+jittered in the same pass, 16 or 32 pixels at a time. Measured at 64x64 (5 frames per window, one
+core of this project's machine): about 3 µs per window to copy, 12-15 µs to copy, mirror and
+jitter, where numpy took 190 µs to jitter and 130 µs to mirror (a negative-stride copy of 3-byte
+pixels). The jitter is :func:`datamodules.windows.colour_jitter`'s float32 map, so the results
+agree with it up to float32 rounding (a value rounds the other way for a few pixels in a million).
+Without a C compiler (or with ``S2E_GATHER_KERNEL=0``) the same batches come from numpy, 10-20x
+slower, and the loader says so once in the log.
 
 Where the colour jitter runs (``NavWindowLoader(colour_jitter=...)``, the data module's
 ``colour_jitter_on``):
@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
+import itertools
 import logging
 import os
 import platform
@@ -71,8 +72,8 @@ WORKER_CLIP_CHUNK = 32
 #: pixels left over at a row's end; both paths do the same float operations, so a pixel does not
 #: depend on where in a row it falls. The map is ``colour_jitter``'s in float32 with the grey's
 #: weights folded into the saturation term and multiply-adds fused where the CPU has FMA: within a
-#: float32 rounding of numpy's result (a last-bit difference flips a rounded value for about one
-#: pixel in 10^5). ``-ffp-contract=off`` leaves only the explicit fusions.
+#: float32 rounding of numpy's result (a last-bit difference flips a rounded value for a few
+#: pixels in a million). ``-ffp-contract=off`` leaves only the explicit fusions.
 GATHER_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -322,12 +323,13 @@ _kernel_tried = False
 _kernel_info = "not loaded"
 
 
-def _cache_dir() -> Path:
+def _cache_dirs() -> list[Path]:
+    """Where compiled kernels are kept: ``S2E_KERNEL_CACHE``, else the user's cache, else the temp dir (read-only homes)."""
     configured = os.environ.get("S2E_KERNEL_CACHE")
     if configured:
-        return Path(configured)
+        return [Path(configured)]
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "s2e" / "kernels"
+    return [Path(base) / "s2e" / "kernels", Path(tempfile.gettempdir()) / f"s2e-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"]
 
 
 def _cpu_signature() -> str:
@@ -359,20 +361,19 @@ def _load_kernel() -> tuple[Optional[Callable[..., int]], str]:
     if compiler is None:
         return None, "no C compiler found (cc, gcc or clang; or set CC)"
     errors = []
-    for flags in _FLAG_SETS:
+    for flags, cache in itertools.product(_FLAG_SETS, _cache_dirs()):
         key = hashlib.sha256("\n".join([GATHER_SOURCE, compiler, *flags, *_COMMON_FLAGS, platform.machine(), _cpu_signature()]).encode()).hexdigest()[:20]
-        target = _cache_dir() / f"s2e_gather_{key}.so"
+        target = cache / f"s2e_gather_{key}.so"
         try:
             if not target.exists():
                 _compile(compiler, flags, target)
-            lib = ctypes.CDLL(str(target))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            fn = ctypes.CDLL(str(target)).s2e_gather_windows
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3
+            simd = _probe(fn)
+        except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as exc:
             errors.append(str(exc))
             continue
-        fn = lib.s2e_gather_windows
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3
-        simd = _probe(fn)
         return fn, f"{target.name} ({' '.join(flags)}, {'SIMD' if simd else 'no SIMD'})"
     return None, "; ".join(errors)
 
@@ -481,14 +482,15 @@ def _gather_numpy(out: np.ndarray, sources: Sequence[torch.Tensor], source: np.n
 def episode_grey_means(windows: EpisodeWindows) -> torch.Tensor:
     """The episode's per-frame mean-grey cache for :func:`gather_frames` (float32 [T], NaN until computed).
 
-    Kept on the windows object (not a dataclass field: it never travels between processes with
-    them) and renewed when its frames are replaced.
+    Kept on the frames tensor, so the slices an episode arrives in share it (an attribute, not a
+    dataclass field: it never travels between processes).
     """
-    cached = getattr(windows, "_grey_means", None)
-    if cached is None or cached[0] is not windows.frames:
-        cached = (windows.frames, torch.full((len(windows.frames),), float("nan"), dtype=torch.float32))
-        windows._grey_means = cached
-    return cached[1]
+    frames = windows.frames
+    cached = getattr(frames, "_s2e_grey_means", None)
+    if cached is None:
+        cached = torch.full((len(frames),), float("nan"), dtype=torch.float32)
+        frames._s2e_grey_means = cached
+    return cached
 
 
 # ------------------------------------------------------------------------------------- placements

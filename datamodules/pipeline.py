@@ -18,8 +18,9 @@ than ``wds.WebDataset(...)`` defaults, because every stage here has a decision t
   can hold a GiB member); a key that repeats within a shard is skipped, never paired with another
   episode's members.
 - **episode decode + windows** (in the workers): each episode is decoded once, into shared memory,
-  and cut into many windows as index rows (:class:`datamodules.windows.EpisodeWindows`); the
-  worker sends the episode once, with its skip-counter delta (:class:`EpisodeRecord`).
+  and cut into many windows as index rows (:class:`datamodules.windows.EpisodeWindows`) as soon as
+  its video is opened; the worker sends the windows in slices as their frames decode (the frames
+  travel once, as a shared-memory handle), with its skip-counter delta (:class:`EpisodeRecord`).
 - **colour jitter** (training): fused into the batch gather (a compiled kernel that copies, mirrors
   and jitters each frame in one pass), in the workers on each window's frames, or carried to
   wherever the batch lives (:mod:`datamodules.augment`).
@@ -49,11 +50,13 @@ instead of spinning.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import itertools
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import tarfile
@@ -70,7 +73,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from datamodules.augment import JITTER_PLACEMENTS, JitterPlacement, batch_colour_jitter, defer_colour_jitter, gather_kernel, jittered_clips
 from datamodules.episode import META_MEMBER, TRAJ_MEMBER, VIDEO_MEMBER, BadTrajectoryError, Trajectory
 from datamodules.episode_checks import video_problem
-from datamodules.video_decode import Backend, UndecodableVideoError, decode_video, require_backend
+from datamodules.video_decode import Backend, UndecodableVideoError, open_video, require_backend
 from datamodules.windows import EpisodeWindows, Window, WindowConfig, collate_windows, cut_windows
 
 log = logging.getLogger(__name__)
@@ -360,7 +363,11 @@ class _SharedFrames:
     """Frame allocator that decodes straight into shared memory and keeps the tensor that owns it.
 
     Inside a DataLoader worker the decoded episode then reaches the main process as a handle to the
-    same pages (torch's fd sharing): no copy, and no page faulted twice.
+    same pages (torch's fd sharing): no copy, and no page faulted twice. Every page is touched
+    when allocated (the decoder would fault each one in anyway): the consumer maps an episode
+    while later frames still decode, and the kernel maps only pages that exist already around a
+    fault, 16 at a time, so without this the consumer faulted once per page of not-yet-decoded
+    frames (7x the faults, a third of its CPU on one shard of small recordings).
     """
 
     def __init__(self) -> None:
@@ -368,7 +375,9 @@ class _SharedFrames:
 
     def __call__(self, shape: tuple[int, int, int, int]) -> np.ndarray:
         self.tensor = shared_frames(shape)
-        return self.tensor.numpy()
+        frames = self.tensor.numpy()
+        frames.reshape(-1)[:: mmap.PAGESIZE] = 0
+        return frames
 
 
 def shared_frames(shape: tuple[int, ...]) -> torch.Tensor:
@@ -384,6 +393,12 @@ def shared_frames(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
+#: Fewest windows an episode's record carries while the episode is still being decoded (its last
+#: record carries the rest): small enough that the consumer gathers an episode's windows while its
+#: later frames decode, large enough that records stay few (each one is pickled and received).
+RECORD_MIN_WINDOWS = 256
+
+
 def episode_windows(
     episodes: Iterable[dict[str, Any]],
     config: WindowConfig,
@@ -392,44 +407,75 @@ def episode_windows(
     counter: SkipCounter,
     video_backend: Backend = "auto",
     shared_memory: bool = False,
+    min_windows: Optional[int] = None,
 ) -> Iterator[EpisodeWindows]:
     """Validate, decode and cut each raw episode; bad ones are counted and skipped.
 
     With ``shared_memory`` (inside a DataLoader worker) frames are decoded into shared memory.
+    An episode's windows are cut as soon as its video is opened (decord knows every frame's time
+    before decoding) and come out in slices, each as soon as the frames its windows use are
+    decoded (at least ``min_windows`` per slice, default :data:`RECORD_MIN_WINDOWS`, except the last): the consumer starts gathering an
+    episode's windows while its later frames decode, instead of all at once after the last frame,
+    which left one core idle at the end of every pass over few, long recordings. When decord fails
+    before an episode's first window left (with ``video_backend`` "auto"), PyAV decodes the episode
+    instead, as :func:`datamodules.video_decode.decode_video` does; a video that fails later is
+    counted (``undecodable_video``) and its windows already sent stay.
     """
+    min_windows = RECORD_MIN_WINDOWS if min_windows is None else min_windows
     for raw in episodes:
         traj = parse_episode(raw, counter)
         if traj is None:
             continue
         where = f"{raw['__url__']}:{raw['__key__']}"
-        allocate = _SharedFrames() if shared_memory else None
-        try:
-            video = decode_video(raw[VIDEO_MEMBER], image_size, video_backend, allocate)
-        except UndecodableVideoError as exc:
-            counter.add("undecodable_video", f"{where}: {exc}")
-            continue
-        problem = video_problem(video.times, traj, config.tolerance)
-        if problem is not None:
-            counter.add(problem[0], f"{where}: {problem[1]}")
-            continue
-        frames = allocate.tensor if allocate is not None else video.frames
-        windows = cut_windows(frames, video.times, traj, config, rng, key=raw["__key__"])
-        if not windows:
-            counter.add("too_short", f"{where}: {len(traj)} poses over {traj.t[-1] - traj.t[0]:.2f}s")
-            continue
-        counter.windows += len(windows)
-        yield windows
+        backend = video_backend
+        while True:  # once, or twice when decord fails before the episode's first window left: then PyAV
+            allocate = _SharedFrames() if shared_memory else None
+            try:
+                video = open_video(raw[VIDEO_MEMBER], image_size, backend, allocate)
+            except UndecodableVideoError as exc:
+                counter.add("undecodable_video", f"{where}: {exc}")
+                break
+            problem = video_problem(video.times, traj, config.tolerance)
+            if problem is not None:
+                counter.add(problem[0], f"{where}: {problem[1]}")
+                break
+            frames = allocate.tensor if allocate is not None else video.frames
+            windows = cut_windows(frames, video.times, traj, config, rng, key=raw["__key__"])
+            if not windows:
+                counter.add("too_short", f"{where}: {len(traj)} poses over {traj.t[-1] - traj.t[0]:.2f}s")
+                break
+            needed = np.maximum.accumulate(windows.frame_indices.max(axis=1))  # the first i windows use frames < needed[i - 1] + 1
+            sent = 0
+            try:
+                for decoded in video.chunks():
+                    ready = len(windows) if decoded >= len(video) else int(np.searchsorted(needed, decoded, side="left"))
+                    if ready - sent >= min_windows or (ready == len(windows) and ready > sent):
+                        counter.windows += ready - sent
+                        yield windows.rows(sent, ready)
+                        sent = ready
+            except UndecodableVideoError as exc:
+                if sent == 0 and backend == "auto" and video.backend == "decord":
+                    backend = "pyav"  # as decode_video does: PyAV decodes the whole file instead
+                    continue
+                counter.add("undecodable_video", f"{where}: {exc} (after {sent} of its {len(windows)} windows)")
+            break
 
 
 @dataclass
 class EpisodeRecord:
-    """What a worker sends per decoded episode: its windows and the skips counted since the last record.
+    """What a worker sends per slice of a decoded episode: its windows and the skips counted since the last record.
 
-    A worker's last record has ``windows=None`` and carries the counts of its stream's tail.
+    A worker's last record has ``windows=None`` and carries the counts of its stream's tail. Between
+    processes, a record whose windows use the same frames as the worker's previous record carries
+    ``windows.frames=None`` and ``same_frames=True`` (:func:`send_frames_once`): handing a
+    shared-memory tensor to another process again costs milliseconds (a socket connection to fetch
+    its file descriptor), as much as gathering a hundred small windows.
     """
 
     windows: Optional[EpisodeWindows]
     skip_counts: dict[str, int]
+    worker: int = 0
+    same_frames: bool = False
 
 
 def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter: SkipCounter) -> Iterator[EpisodeRecord]:
@@ -465,11 +511,33 @@ def place_colour_jitter(records: Iterable[EpisodeRecord], placement: JitterPlace
                 counts = {}
 
 
+def send_frames_once(records: Iterable[EpisodeRecord], worker: int) -> Iterator[EpisodeRecord]:
+    """Records as a DataLoader worker sends them: stamped with the worker, frames left out when the previous record sent them."""
+    previous = None
+    for record in records:
+        record.worker = worker
+        if record.windows is not None:
+            if record.windows.frames is previous:
+                record.windows = dataclasses.replace(record.windows, frames=None)
+                record.same_frames = True
+            else:
+                previous = record.windows.frames
+        yield record
+
+
 def records_to_windows(records: Iterable[EpisodeRecord], skip_counts: Counter[str]) -> Iterator[Window]:
-    """The windows of every record, one by one; each record's skip counts are added to ``skip_counts``."""
+    """The windows of every record, one by one; each record's skip counts are added to ``skip_counts``.
+
+    A record sent without its frames (:func:`send_frames_once`) gets those of its worker's previous record.
+    """
+    frames: dict[int, torch.Tensor] = {}
     for record in records:
         skip_counts.update(record.skip_counts)
         if record.windows is not None:
+            if record.same_frames:
+                record.windows.frames = frames[record.worker]
+            else:
+                frames[record.worker] = record.windows.frames
             yield from record.windows
 
 
@@ -593,7 +661,7 @@ class EpisodeStream(IterableDataset):
             functools.partial(with_quota, quota=quota, counter=counter),
             functools.partial(place_colour_jitter, placement=self.colour_jitter, shared_memory=info is not None),
         )
-        return iter(pipeline)
+        return iter(pipeline) if info is None else send_frames_once(pipeline, worker_id)
 
 
 class NavWindowLoader:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import io
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import av
 import numpy as np
@@ -98,14 +98,38 @@ class DecodedVideo:
         return int(self.frames.shape[0])
 
 
-def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", allocate: Optional[FrameAllocator] = None) -> DecodedVideo:
-    """Decode all frames of ``data`` resized to ``size`` = (height, width).
+@dataclass
+class VideoStream:
+    """A video opened for decoding: every frame's time is known, the frames are decoded in chunks.
 
-    ``backend="auto"`` tries decord and falls back to PyAV when decord is not installed or fails on
-    this file; naming a backend uses only that one (tests, benchmarks; an unavailable
-    "torchcodec" raises :class:`BackendUnavailableError`). ``allocate`` makes the frame array
-    (default ``np.empty``); the returned ``frames`` is the array it made last. Rotated videos come
-    out as displayed (see the module docstring).
+    ``frames`` (uint8 [T, H, W, 3], made by the allocator up front) fills as :meth:`chunks` is
+    iterated: each step decodes the next frames and yields how many are decoded so far, the last
+    step ``T``. decord decodes chunk by chunk (its index gives every frame's time before any is
+    decoded); PyAV and TorchCodec decode everything when the video is opened and yield once. A
+    chunk that fails raises :class:`UndecodableVideoError`; the frames before it stay good.
+
+    The streaming pipeline cuts an episode's windows as soon as it is opened and sends each batch
+    of windows as soon as its frames are decoded, so the consuming process gathers an episode's
+    first windows while its last frames are still being decoded.
+    """
+
+    frames: np.ndarray
+    times: np.ndarray
+    backend: str
+    _chunks: Iterator[int]
+
+    def chunks(self) -> Iterator[int]:
+        return self._chunks
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+def open_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", allocate: Optional[FrameAllocator] = None) -> VideoStream:
+    """Open ``data`` for decoding at ``size`` = (height, width); backends as in :func:`decode_video`.
+
+    With ``"auto"`` a file decord cannot open goes to PyAV; a decord chunk that fails later raises
+    from :meth:`VideoStream.chunks` (:func:`decode_video` then decodes the file with PyAV).
     """
     allocate = allocate if allocate is not None else _empty
     height, width = int(size[0]), int(size[1])
@@ -117,15 +141,40 @@ def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", 
         raise ValueError(f"unknown video backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if backend == "torchcodec":
         require_backend(backend)
-        return _decode_torchcodec(data, height, width, allocate)
+        return _decoded(_decode_torchcodec(data, height, width, allocate))
     if backend in ("auto", "decord"):
         _probe(data)
         try:
-            return _decode_decord(data, height, width, allocate)
+            return _open_decord(data, height, width, allocate)
         except Exception as exc:  # decord raises its own DECORDError / RuntimeError types
             if backend == "decord":
                 raise UndecodableVideoError(f"decord could not decode the video: {exc}") from exc
-    return _decode_pyav(data, height, width, allocate)
+    return _decoded(_decode_pyav(data, height, width, allocate))
+
+
+def decode_video(data: bytes, size: tuple[int, int], backend: Backend = "auto", allocate: Optional[FrameAllocator] = None) -> DecodedVideo:
+    """Decode all frames of ``data`` resized to ``size`` = (height, width).
+
+    ``backend="auto"`` tries decord and falls back to PyAV when decord is not installed or fails on
+    this file; naming a backend uses only that one (tests, benchmarks; an unavailable
+    "torchcodec" raises :class:`BackendUnavailableError`). ``allocate`` makes the frame array
+    (default ``np.empty``); the returned ``frames`` is the array it made last. Rotated videos come
+    out as displayed (see the module docstring).
+    """
+    stream = open_video(data, size, backend, allocate)
+    try:
+        for _ in stream.chunks():
+            pass
+    except UndecodableVideoError:
+        if backend != "auto" or stream.backend != "decord":
+            raise
+        return _decode_pyav(data, int(size[0]), int(size[1]), allocate if allocate is not None else _empty)
+    return DecodedVideo(frames=stream.frames, times=stream.times, backend=stream.backend)
+
+
+def _decoded(video: DecodedVideo) -> VideoStream:
+    """A stream over an already decoded video: one step."""
+    return VideoStream(frames=video.frames, times=video.times, backend=video.backend, _chunks=iter([len(video)]))
 
 
 def _empty(shape: tuple[int, int, int, int]) -> np.ndarray:
@@ -146,19 +195,26 @@ def _probe(data: bytes) -> None:
         raise UndecodableVideoError(f"not a readable video container: {exc}") from exc
 
 
-def _decode_decord(data: bytes, height: int, width: int, allocate: FrameAllocator) -> DecodedVideo:
+def _open_decord(data: bytes, height: int, width: int, allocate: FrameAllocator) -> VideoStream:
     if decord is None:
         raise UndecodableVideoError("decord is not installed")
     reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     count = len(reader)
     if count == 0:
         raise UndecodableVideoError("video has no frames")
-    frames = allocate((count, height, width, 3))
-    for start in range(0, count, DECORD_CHUNK):
-        stop = min(start + DECORD_CHUNK, count)
-        frames[start:stop] = reader.get_batch(list(range(start, stop))).asnumpy()
     times = reader.get_frame_timestamp(np.arange(count))[:, 0].astype(np.float64)
-    return DecodedVideo(frames=frames, times=times - times[0], backend="decord")
+    frames = allocate((count, height, width, 3))
+
+    def chunks() -> Iterator[int]:
+        for start in range(0, count, DECORD_CHUNK):
+            stop = min(start + DECORD_CHUNK, count)
+            try:
+                frames[start:stop] = reader.get_batch(list(range(start, stop))).asnumpy()
+            except Exception as exc:  # decord's own error types
+                raise UndecodableVideoError(f"decord failed at frame {start} of {count}: {exc}") from exc
+            yield stop
+
+    return VideoStream(frames=frames, times=times - times[0], backend="decord", _chunks=chunks())
 
 
 def _decode_pyav(data: bytes, height: int, width: int, allocate: FrameAllocator) -> DecodedVideo:

@@ -205,30 +205,27 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     The copy is :func:`datamodules.augment.gather_frames`: one call per batch that mirrors a
     flipped window's frames and applies its colour jitter while it copies them (a compiled kernel;
     numpy where none can be built). The small per-window arrays are gathered as one row of a
-    per-episode table per window (:func:`_window_table`), one fancy index per episode in the batch:
-    gathered field by field, they cost more than the pixels of a small window.
+    per-episode table per window (:func:`_window_table`): gathered field by field, they cost more
+    than the pixels of a small window.
     """
     from datamodules.augment import episode_grey_means, gather_frames  # augment builds on this module
 
-    groups: dict[int, tuple[EpisodeWindows, list[int], list[int]]] = {}
-    for slot, (episode, row) in enumerate(windows):
-        group = groups.get(id(episode))
-        if group is None:
-            group = groups[id(episode)] = (episode, [], [])
-        group[1].append(slot)
-        group[2].append(row)
-    episodes = [group[0] for group in groups.values()]
+    where: dict[int, int] = {}
+    episodes: list[EpisodeWindows] = []
+    tables: list[np.ndarray] = []
+    sources: list[int] = []
+    rows: list[np.ndarray] = []
+    for episode, row in windows:
+        j = where.get(id(episode))
+        if j is None:
+            j = where[id(episode)] = len(episodes)
+            episodes.append(episode)
+            tables.append(_window_table(episode))
+        sources.append(j)
+        rows.append(tables[j][row])
+    table, source = np.stack(rows), np.array(sources, np.int64)
     first = episodes[0]
     n, k, num_waypoints = len(windows), first.frame_indices.shape[1], first.waypoints.shape[1]
-    if len(groups) == 1:
-        table = _window_table(first)[groups[id(first)][2]]
-        source = np.zeros(n, np.int64)
-    else:
-        table = np.empty((n, k + 2 * num_waypoints + 10), np.float64)
-        source = np.empty(n, np.int64)
-        for j, (episode, slots, rows) in enumerate(groups.values()):
-            table[slots] = _window_table(episode)[rows]
-            source[slots] = j
     goal_at = k + 2 * num_waypoints  # then goal (3), scale, goal mask, t, flip, jitter (3)
     jittered = [e.jitter is not None for e in episodes]
     hwc = torch.empty((n, k, *first.frames.shape[1:]), dtype=torch.uint8)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import curved_trajectory, encode_indexed_video, read_frame_index
+from datamodules import pipeline
 from datamodules.pipeline import (
     NavWindowLoader,
     NoUsableDataError,
@@ -30,9 +31,10 @@ from datamodules.pipeline import (
     worker_shard_parts,
     with_quota,
 )
+from datamodules import video_decode
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
-from test_video_decode import raw_h264_stream
+from test_video_decode import _BreakingReader, raw_h264_stream
 
 NTSC = Fraction(30000, 1001)
 FPS = float(NTSC)
@@ -373,3 +375,54 @@ def test_one_shard_is_split_between_two_workers_episode_by_episode(shards: dict,
     with caplog.at_level("WARNING", logger="datamodules.pipeline"):
         assert list(read_tar_episodes([ShardPart(lonely, 1, 2)], SkipCounter())) == []
     assert "1 episode(s) for 2 workers: this worker has none and idles" in caplog.text and "--max-episode-seconds" in caplog.text
+
+
+def test_windows_leave_the_worker_as_soon_as_their_frames_are_decoded(shards: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An episode's windows come out in slices while it decodes; every frame a slice uses is decoded when it leaves."""
+    monkeypatch.setattr(video_decode, "DECORD_CHUNK", 16)
+    counter = SkipCounter()
+    slices = []
+    raw = read_tar_episodes(shards["good"][:1], counter)
+    for windows in episode_windows(raw, CONFIG, SIZE, np.random.default_rng(0), counter, shared_memory=True, min_windows=8):
+        frames = windows.frames.numpy()  # shared memory starts zeroed: a frame not decoded yet reads as frame 0
+        assert all([read_frame_index(frames[i]) for i in row] == row.tolist() for row in windows.frame_indices)
+        slices.append(len(windows))
+    assert len(slices) >= 3 and sum(slices) == 36 and not counter.total
+
+
+def test_an_episode_that_breaks_part_way_keeps_the_windows_already_sent(shards: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video_decode, "DECORD_CHUNK", 16)
+    monkeypatch.setattr(video_decode.decord, "VideoReader", type("Breaking", (_BreakingReader,), {"BREAK_AT": 48}))
+    counter = SkipCounter()
+    raw = read_tar_episodes(shards["good"][:1], counter)
+    slices = list(episode_windows(raw, CONFIG, SIZE, np.random.default_rng(0), counter, shared_memory=True, min_windows=4))
+    assert sum(len(w) for w in slices) == 24  # "now" frames 24..47: their frames decoded before the chunk from 48 failed
+    assert max(int(w.frame_indices.max()) for w in slices) == 47
+    assert dict(counter.total) == {"undecodable_video": 1}
+
+
+def test_decord_failing_before_the_first_window_left_hands_the_episode_to_pyav(shards: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video_decode.decord, "VideoReader", type("Breaking", (_BreakingReader,), {"BREAK_AT": 0}))
+    counter = SkipCounter()
+    raw = read_tar_episodes(shards["good"][:1], counter)
+    slices = list(episode_windows(raw, CONFIG, SIZE, np.random.default_rng(0), counter, shared_memory=True))
+    assert sum(len(w) for w in slices) == 36 and not counter.total
+    frames = slices[0].frames.numpy()
+    assert [read_frame_index(f) for f in frames] == list(range(FRAMES))  # PyAV's frames
+
+
+def test_workers_send_an_episode_in_slices_and_its_frames_once(shards: dict, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices after an episode's first arrive without frames and get them from the record before: same windows, same pixels."""
+    one = tmp_path / "one.tar"
+    _write_tar(one, [m for key in SPEEDS for m in _members(key, *_episode(FRAMES, SPEEDS[key]))])
+    monkeypatch.setattr(video_decode, "DECORD_CHUNK", 16)  # the workers are forked with these
+    monkeypatch.setattr(pipeline, "RECORD_MIN_WINDOWS", 6)
+    loader = NavWindowLoader([str(one)], CONFIG, SIZE, batch_size=8, shuffle_buffer=32, num_workers=2)
+    records = list(loader.episodes)
+    sliced = [r for r in records if r.windows is not None]
+    assert len(sliced) > 8 and any(r.same_frames for r in sliced) and {r.worker for r in records} == {0, 1}
+    assert all((r.windows.frames is None) == r.same_frames for r in sliced)
+    reference = {(s["key"], round(float(s["t"]), 4)): s["frames"] for s in _samples(NavWindowLoader([str(one)], CONFIG, SIZE, batch_size=8, shuffle_buffer=0))}
+    got = {(s["key"], round(float(s["t"]), 4)): s["frames"] for s in _samples(loader)}
+    assert got.keys() == reference.keys() and len(got) == 4 * 36
+    assert all(torch.equal(got[k], reference[k]) for k in reference)

@@ -1,4 +1,4 @@
-"""Whole-video decoding: right frames at the right times, decord and the PyAV fallback agree."""
+"""Whole-video decoding: right frames at the right times, decord and the PyAV fallback agree; decoding in chunks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from conftest import encode_indexed_video, frame_with_index, read_frame_index
 from datamodules import video_decode
-from datamodules.video_decode import UndecodableVideoError, backend_unavailable, decode_video, require_backend
+from datamodules.video_decode import UndecodableVideoError, backend_unavailable, decode_video, open_video, require_backend
 
 NTSC = Fraction(30000, 1001)
 #: Every backend that can run here; TorchCodec is optional and needs FFmpeg's shared libraries.
@@ -138,3 +138,56 @@ def test_an_unavailable_backend_is_named_with_what_to_install() -> None:
     reason = backend_unavailable("torchcodec")
     if reason is not None:  # where it cannot load, the message says how to get it
         assert "pip install torchcodec==0.13.0" in reason and "libavcodec" in reason
+
+
+class _BreakingReader:
+    """decord's reader, failing from frame ``BREAK_AT`` on (a stream corrupt part-way)."""
+
+    BREAK_AT = 30
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.reader = _REAL_READER(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def get_frame_timestamp(self, indices):
+        return self.reader.get_frame_timestamp(indices)
+
+    def get_batch(self, indices):
+        if indices[-1] >= self.BREAK_AT:
+            raise RuntimeError("corrupt packet")
+        return self.reader.get_batch(indices)
+
+
+_REAL_READER = video_decode.decord.VideoReader if video_decode.decord is not None else None
+
+
+@pytest.mark.skipif(video_decode.decord is None, reason="decord is not installed")
+def test_decord_opens_with_every_time_known_and_decodes_in_chunks(bframe_video: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video_decode, "DECORD_CHUNK", 16)
+    stream = open_video(bframe_video, (48, 64), allocate=lambda shape: np.zeros(shape, np.uint8))
+    whole = decode_video(bframe_video, (48, 64))
+    assert stream.backend == "decord" and len(stream) == 45 and np.array_equal(stream.times, whole.times)
+    steps = []
+    for decoded in stream.chunks():  # each step: its frames are there, the later ones not yet
+        assert [read_frame_index(f) for f in stream.frames[:decoded]] == list(range(decoded))
+        assert not stream.frames[decoded:].any()
+        steps.append(decoded)
+    assert steps == [16, 32, 45] and np.array_equal(stream.frames, whole.frames)
+    assert list(open_video(bframe_video, (48, 64), "pyav").chunks()) == [45]  # PyAV decodes when opened
+
+
+@pytest.mark.skipif(video_decode.decord is None, reason="decord is not installed")
+def test_a_stream_decord_fails_part_way_is_decoded_by_pyav_or_reported(bframe_video: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(video_decode, "DECORD_CHUNK", 16)
+    monkeypatch.setattr(video_decode.decord, "VideoReader", _BreakingReader)
+    video = decode_video(bframe_video, (48, 64))  # auto: PyAV decodes the whole file instead
+    assert video.backend == "pyav" and [read_frame_index(f) for f in video.frames] == list(range(45))
+    with pytest.raises(UndecodableVideoError, match="decord failed at frame 16"):
+        decode_video(bframe_video, (48, 64), "decord")
+    stream = open_video(bframe_video, (48, 64))
+    chunks = stream.chunks()
+    assert next(chunks) == 16
+    with pytest.raises(UndecodableVideoError):
+        next(chunks)
