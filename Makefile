@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # see s2e/__init__.py.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install test test-fast demo clean
+.PHONY: install lint test test-fast demo clean
 
 # The stamp depends on the pinned requirements and the project metadata: a rerun with nothing
 # changed does nothing.
@@ -23,11 +23,16 @@ $(STAMP): requirements/cpu.txt pyproject.toml
 
 install: $(STAMP)
 
-test: install
+# Lint and format check first: a red lint fails `make test` (and CI) in seconds, before the suite.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Everything except tests marked slow.
-test-fast: install
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install

@@ -466,8 +466,9 @@ def gather_frames(
         raise IndexError(f"window {-1 - result} has a frame index outside its episode")
 
 
-def _gather_numpy(out: np.ndarray, sources: Sequence[torch.Tensor], source: np.ndarray, indices: np.ndarray, flip: np.ndarray,
-                  factors: Optional[np.ndarray]) -> None:
+def _gather_numpy(
+    out: np.ndarray, sources: Sequence[torch.Tensor], source: np.ndarray, indices: np.ndarray, flip: np.ndarray, factors: Optional[np.ndarray]
+) -> None:
     """:func:`gather_frames` without the compiled kernel: one numpy copy per frame, then :func:`colour_jitter` per window."""
     arrays = [s.numpy() for s in sources]
     indices = np.asarray(indices, np.int64)
@@ -538,8 +539,9 @@ def jittered_clips(
         n = rows.stop - start
         shape = (n * k, *windows.frames.shape[1:])
         clips = allocate(shape) if allocate is not None else torch.empty(shape, dtype=torch.uint8)
-        gather_frames(clips.view(n, k, *shape[1:]), [windows.frames], np.zeros(n, np.int64), windows.frame_indices[rows],
-                      np.zeros(n, bool), windows.jitter[rows], means)
+        gather_frames(
+            clips.view(n, k, *shape[1:]), [windows.frames], np.zeros(n, np.int64), windows.frame_indices[rows], np.zeros(n, bool), windows.jitter[rows], means
+        )
         values = {name: getattr(windows, name)[rows] for name in per_row}
         values["frame_indices"] = np.arange(n * k, dtype=np.int64).reshape(n, k)
         yield EpisodeWindows(frames=clips, jitter=None, key=windows.key, **values)
@@ -574,8 +576,14 @@ def apply_colour_jitter(frames: torch.Tensor, factors: torch.Tensor) -> torch.Te
     batch, k = clips.shape[:2]
     out = torch.empty_like(clips)
     source = clips.reshape(batch * k, *clips.shape[2:])
-    gather_frames(out, [source], np.zeros(batch, np.int64), np.arange(batch * k, dtype=np.int64).reshape(batch, k),
-                  np.zeros(batch, bool), factors.to(torch.float32).numpy())
+    gather_frames(
+        out,
+        [source],
+        np.zeros(batch, np.int64),
+        np.arange(batch * k, dtype=np.int64).reshape(batch, k),
+        np.zeros(batch, bool),
+        factors.to(torch.float32).numpy(),
+    )
     return out.permute(0, 1, 4, 2, 3)
 
 

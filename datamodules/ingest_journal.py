@@ -141,8 +141,7 @@ class IngestJournal:
         if header.get("journal") != JOURNAL_VERSION or earlier != self.identity:
             differ = sorted(k for k in set(self.identity) | set(earlier) if self.identity.get(k) != earlier.get(k))
             raise OutputStateError(
-                f"--resume: the earlier run in {self.path.parent} used other inputs or options ({', '.join(differ) or 'journal version'}); "
-                "use --overwrite"
+                f"--resume: the earlier run in {self.path.parent} used other inputs or options ({', '.join(differ) or 'journal version'}); use --overwrite"
             )
         present = {p.name for p in state.shards}
         valid = [r for r in records if r["shard"] is None or r["shard"] in present]

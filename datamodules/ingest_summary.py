@@ -99,10 +99,7 @@ class IngestSummary:
 
     def table(self) -> str:
         """A human-readable summary for the terminal."""
-        lines = [
-            f"clips kept: {self.clips_kept} ({len(self.kept)} episodes)   clips skipped: {len(self.skipped)}   "
-            f"hours kept: {self.hours_kept:.4f}"
-        ]
+        lines = [f"clips kept: {self.clips_kept} ({len(self.kept)} episodes)   clips skipped: {len(self.skipped)}   hours kept: {self.hours_kept:.4f}"]
         for reason, count in sorted(self.skipped_by_reason().items()):
             lines.append(f"  skipped clips     {reason:<24} {count:>6}")
         for reason, hours in sorted(self.hours_dropped.items()):

@@ -220,7 +220,9 @@ class LeRobotDataset:
         names = [str(n) for n in names] if isinstance(names, list) else []
         if ref.element is None:
             if size != 1:
-                raise LeRobotFormatError(f"{ref.column} has {size} elements: name one as {ref.column}[index]" + (f" or {ref.column}[{names[0]}]" if names else ""))
+                raise LeRobotFormatError(
+                    f"{ref.column} has {size} elements: name one as {ref.column}[index]" + (f" or {ref.column}[{names[0]}]" if names else "")
+                )
             return None
         if ref.element.isdigit() and int(ref.element) < size:
             return int(ref.element)

@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
+
 from datamodules.augment import JitterPlacement, apply_colour_jitter
 from datamodules.pipeline import DEFAULT_MAX_MEMBER_MB, SKIP_REASONS, NavWindowLoader, expand_shards
 from datamodules.video_decode import Backend
@@ -197,9 +198,7 @@ class NavVideoDataModule(pl.LightningDataModule):
         if stage in ("test", "predict") and self.test_loader is None:
             if self.test_urls is None:
                 raise ValueError(f"{stage} needs shards: pass data.test_shards (or data.val_shards)")
-            self.test_loader = NavWindowLoader(
-                self.test_urls, self.val_windows, shuffle_buffer=0, seed=self.seed + 2, split="val/", **common
-            )
+            self.test_loader = NavWindowLoader(self.test_urls, self.val_windows, shuffle_buffer=0, seed=self.seed + 2, split="val/", **common)
         if self.trainer is not None and not any(isinstance(cb, StreamingDataCallback) for cb in self.trainer.callbacks):
             self.trainer.callbacks.append(StreamingDataCallback())
 

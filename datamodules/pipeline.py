@@ -158,10 +158,7 @@ def split_by_rank(urls: Sequence[str], rank: int, world_size: int) -> list[str]:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world of size {world_size}")
     if len(urls) < world_size:
-        raise ValueError(
-            f"{len(urls)} shard(s) for {world_size} ranks: every rank needs at least one shard of its own; "
-            "write the data as more, smaller shards"
-        )
+        raise ValueError(f"{len(urls)} shard(s) for {world_size} ranks: every rank needs at least one shard of its own; write the data as more, smaller shards")
     return list(urls[rank::world_size])
 
 
@@ -231,9 +228,7 @@ def shard_source(
             log.warning("%s gave no usable window; this worker now reads all of its rank's shards", [p.url for p in parts])
             parts = fallback
             continue
-        raise NoUsableDataError(
-            f"shards {[p.url for p in parts]} gave no usable training window in a whole pass; skips so far: {dict(counter.total)}"
-        )
+        raise NoUsableDataError(f"shards {[p.url for p in parts]} gave no usable training window in a whole pass; skips so far: {dict(counter.total)}")
 
 
 @dataclass
@@ -246,9 +241,7 @@ class _Sample:
     rejected: bool = False
 
 
-def read_tar_episodes(
-    parts: Iterable[ShardPart | str], counter: SkipCounter, max_member_mb: float = DEFAULT_MAX_MEMBER_MB
-) -> Iterator[dict[str, Any]]:
+def read_tar_episodes(parts: Iterable[ShardPart | str], counter: SkipCounter, max_member_mb: float = DEFAULT_MAX_MEMBER_MB) -> Iterator[dict[str, Any]]:
     """Group tar members by key into raw episodes; only :data:`EPISODE_MEMBERS` are ever read.
 
     A worker reads only the samples its :class:`ShardPart` owns (the others' members are skipped
@@ -293,7 +286,10 @@ def read_tar_episodes(
                         _reject(sample, part, counter, "duplicate_key", f"{part.url}:{key} has two {member} members")
                     elif info.size > limit:
                         _reject(
-                            sample, part, counter, "oversize_member",
+                            sample,
+                            part,
+                            counter,
+                            "oversize_member",
                             f"{part.url}:{info.name} is {info.size / 2**20:.0f} MiB, over max_member_mb={max_member_mb:g}; "
                             "raise it, or cut recordings into shorter episodes (make_shards.py --max-episode-seconds)",
                         )
@@ -310,7 +306,9 @@ def read_tar_episodes(
             log.warning(
                 "%s holds %d episode(s) for %d workers: this worker has none and idles. Write at least as many "
                 "shards as workers, or cut long recordings into more episodes (make_shards.py --max-episode-seconds 60)",
-                part.url, total, part.parts,
+                part.url,
+                total,
+                part.parts,
             )
 
 
@@ -742,7 +740,9 @@ class NavWindowLoader:
             log.info(
                 "%d shard(s) for %d workers on rank %d: the workers split each shard's episodes; a shard with fewer "
                 "episodes than its workers leaves some idle (make_shards.py --max-episode-seconds cuts long recordings)",
-                len(rank_urls), num_workers, rank,
+                len(rank_urls),
+                num_workers,
+                rank,
             )
         self.stream = EpisodeStream(
             rank_urls,

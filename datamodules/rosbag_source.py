@@ -52,7 +52,9 @@ MESSAGE_SKIP_REASONS = (
     "undecodable_image",  # JPEG/PNG that does not decode, or raw data shorter than height x step
     "image_size_changed",  # frame size differs from the bag's first image
 )
-REINDEX_HINT = " (a bag cut short when recording stopped must be repaired first: `rosbag reindex` for ROS 1, `ros2 bag reindex` for sqlite3, `mcap recover` for MCAP)"
+REINDEX_HINT = (
+    " (a bag cut short when recording stopped must be repaired first: `rosbag reindex` for ROS 1, `ros2 bag reindex` for sqlite3, `mcap recover` for MCAP)"
+)
 
 
 class FrameSkipped(Exception):

@@ -229,8 +229,15 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
     goal_at = k + 2 * num_waypoints  # then goal (3), scale, goal mask, t, flip, jitter (3)
     jittered = [e.jitter is not None for e in episodes]
     hwc = torch.empty((n, k, *first.frames.shape[1:]), dtype=torch.uint8)
-    gather_frames(hwc, [e.frames for e in episodes], source, table[:, :k], table[:, goal_at + 6], table[:, goal_at + 7 :] if any(jittered) else None,
-                  [episode_grey_means(e) if has else None for e, has in zip(episodes, jittered)])
+    gather_frames(
+        hwc,
+        [e.frames for e in episodes],
+        source,
+        table[:, :k],
+        table[:, goal_at + 6],
+        table[:, goal_at + 7 :] if any(jittered) else None,
+        [episode_grey_means(e) if has else None for e, has in zip(episodes, jittered)],
+    )
     return {
         "frames": hwc.permute(0, 1, 4, 2, 3),
         "goal": torch.from_numpy(table[:, goal_at : goal_at + 3].astype(np.float32)),
@@ -257,10 +264,20 @@ def _window_table(episode: EpisodeWindows) -> np.ndarray:
         waypoints[episode.flip] = mirror_lateral(waypoints[episode.flip])
         goal[episode.flip, 2] = -goal[episode.flip, 2]
         jitter = episode.jitter if episode.jitter is not None else np.full((n, 3), np.nan)
-        table = np.concatenate([
-            episode.frame_indices, waypoints.reshape(n, -1), goal, episode.scale[:, None], episode.goal_mask[:, None],
-            episode.t[:, None], episode.flip[:, None], jitter,
-        ], axis=1, dtype=np.float64)
+        table = np.concatenate(
+            [
+                episode.frame_indices,
+                waypoints.reshape(n, -1),
+                goal,
+                episode.scale[:, None],
+                episode.goal_mask[:, None],
+                episode.t[:, None],
+                episode.flip[:, None],
+                jitter,
+            ],
+            axis=1,
+            dtype=np.float64,
+        )
         episode._window_table = table
     return table
 
@@ -382,8 +399,7 @@ def _continued_past_end(traj: Trajectory, seconds: float) -> tuple[np.ndarray, n
     extra_t = traj.t[-1] + step * np.arange(1, int(np.ceil(seconds / step)) + 1)
     heading = np.array([np.cos(traj.yaw[-1]), np.sin(traj.yaw[-1])])
     extra_xy = traj.xy[-1] + (extra_t - traj.t[-1])[:, None] * speed * heading
-    return (np.concatenate([traj.t, extra_t]), np.concatenate([traj.xy, extra_xy]),
-            np.concatenate([traj.yaw, np.full(len(extra_t), traj.yaw[-1])]))
+    return (np.concatenate([traj.t, extra_t]), np.concatenate([traj.xy, extra_xy]), np.concatenate([traj.yaw, np.full(len(extra_t), traj.yaw[-1])]))
 
 
 def _nearest_index(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -400,9 +416,7 @@ def _valid_run_end(t: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.where(valid, t[np.maximum(next_invalid - 1, 0)], -np.inf)
 
 
-def _draw_goal_times(
-    traj: Trajectory, t_now: np.ndarray, horizon_end: np.ndarray, config: WindowConfig, rng: np.random.Generator
-) -> np.ndarray:
+def _draw_goal_times(traj: Trajectory, t_now: np.ndarray, horizon_end: np.ndarray, config: WindowConfig, rng: np.random.Generator) -> np.ndarray:
     """A goal time per window: the run's end with probability ``goal_at_end`` (when it lies beyond the
     horizon's minimum), otherwise uniform within the horizon (seconds or travelled metres); NaN when none fits."""
     u = rng.random(len(t_now))

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -162,7 +161,9 @@ def export_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ckpt_path", required=True, help="PretrainModule or PostTrainModule checkpoint; it alone rebuilds the policy")
     parser.add_argument(
-        "--formats", nargs="+", choices=list(FORMAT_FILES),
+        "--formats",
+        nargs="+",
+        choices=list(FORMAT_FILES),
         help="formats to write (default: ts pt2, and onnx when the onnx extra is installed: pip install 's2e[onnx]')",
     )
     parser.add_argument("--out", required=True, help="output folder")

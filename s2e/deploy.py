@@ -81,14 +81,11 @@ class RuntimeOutput:
 class StreamingPolicy(Protocol):
     """What the runtime needs of a backend: numpy in, numpy out, one frame per call."""
 
-    def step(self, frame: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, ...]:
-        ...
+    def step(self, frame: np.ndarray, goal: np.ndarray) -> tuple[np.ndarray, ...]: ...
 
-    def window_full(self) -> bool:
-        ...
+    def window_full(self) -> bool: ...
 
-    def reset(self) -> None:
-        ...
+    def reset(self) -> None: ...
 
 
 class TorchScriptStreamingPolicy:
@@ -142,8 +139,14 @@ class PolicyRuntime:
         arrival_radius: metres from the goal within which the robot stops (see the module docstring).
     """
 
-    def __init__(self, folder: Union[str, Path], max_frame_age: Optional[float] = None, threads: Optional[int] = None,
-                 backend: str = "auto", arrival_radius: float = DEFAULT_ARRIVAL_RADIUS) -> None:
+    def __init__(
+        self,
+        folder: Union[str, Path],
+        max_frame_age: Optional[float] = None,
+        threads: Optional[int] = None,
+        backend: str = "auto",
+        arrival_radius: float = DEFAULT_ARRIVAL_RADIUS,
+    ) -> None:
         folder = Path(folder)
         if not math.isfinite(arrival_radius) or arrival_radius < 0:
             raise ValueError(f"arrival_radius must be a finite number >= 0 (metres), got {arrival_radius!r}")
@@ -155,7 +158,8 @@ class PolicyRuntime:
         self.max_frame_age = self.timing.control_dt if max_frame_age is None else float(max_frame_age)
         self.arrival_radius = float(arrival_radius)
         self.policy: StreamingPolicy = (
-            TorchScriptStreamingPolicy(folder, threads) if self.backend == "torchscript"
+            TorchScriptStreamingPolicy(folder, threads)
+            if self.backend == "torchscript"
             else OnnxStreamingPolicy(folder, self.meta["streaming"]["stride"], self.meta["streaming"]["cache_length"], threads)
         )
         self.faults: Counter[str] = Counter()

@@ -60,8 +60,7 @@ class AnchorMixture:
         b, m = logits.shape
         if mean.shape[:2] != (b, m) or mean.shape[-1] != 2 or log_std.shape != mean.shape or rho.shape != mean.shape[:-1]:
             raise ValueError(
-                f"inconsistent mixture shapes: logits {tuple(logits.shape)}, mean {tuple(mean.shape)}, "
-                f"log_std {tuple(log_std.shape)}, rho {tuple(rho.shape)}"
+                f"inconsistent mixture shapes: logits {tuple(logits.shape)}, mean {tuple(mean.shape)}, log_std {tuple(log_std.shape)}, rho {tuple(rho.shape)}"
             )
         self.logits = logits
         self.mean = mean
@@ -128,9 +127,7 @@ def select_modes(values: Tensor, index: Tensor) -> Tensor:
     return values[torch.arange(values.shape[0], device=values.device), index]
 
 
-def assign_modes(
-    mixture: AnchorMixture, target: Tensor, anchor_points: Tensor, assignment: Assignment = "nearest_anchor"
-) -> Tensor:
+def assign_modes(mixture: AnchorMixture, target: Tensor, anchor_points: Tensor, assignment: Assignment = "nearest_anchor") -> Tensor:
     """[B] the component h each ground-truth trajectory is attributed to.
 
     ``nearest_anchor``: the anchor whose intent point is closest to the target's endpoint (AGDM's

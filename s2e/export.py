@@ -84,10 +84,7 @@ class DeployablePolicy(nn.Module):
         if frames.dtype != torch.uint8:
             raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
         if frames.dim() != expected_dim or frames.shape[-3] != 3 or frames.shape[-2] != self.image_height or frames.shape[-1] != self.image_width:
-            raise ValueError(
-                f"frames must be [B{', k' if expected_dim == 5 else ''}, 3, {self.image_height}, {self.image_width}], "
-                f"got {list(frames.shape)}"
-            )
+            raise ValueError(f"frames must be [B{', k' if expected_dim == 5 else ''}, 3, {self.image_height}, {self.image_width}], got {list(frames.shape)}")
 
     def _goal_inputs(self, goal: Tensor, batch: int) -> Tuple[Tensor, Tensor]:
         if goal.dim() != 2 or goal.shape[0] != batch or goal.shape[1] != 2:
@@ -219,8 +216,13 @@ def export_policy(
         },
         "outputs": list(OUTPUTS),
         "streaming": {
-            "entry_points": {TS_FILE: ["forward", "step", "reset", "window_full"], PT2_FILE: ["forward"], ONNX_FILE: ["forward"],
-                             ONNX_ENCODER_FILE: ["newest frame of a step"], ONNX_DECODER_FILE: ["cached features of a step"]},
+            "entry_points": {
+                TS_FILE: ["forward", "step", "reset", "window_full"],
+                PT2_FILE: ["forward"],
+                ONNX_FILE: ["forward"],
+                ONNX_ENCODER_FILE: ["newest frame of a step"],
+                ONNX_DECODER_FILE: ["cached features of a step"],
+            },
             "note": "step() is stateful and exists only in policy.ts; policy.pt2 and policy.onnx hold the full-window forward; "
             "the ONNX encoder + decoder are the stateless halves of step() (the caller keeps the feature cache).",
             "step_period_s": timing.control_dt,

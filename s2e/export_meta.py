@@ -78,15 +78,19 @@ def check_files(meta: Mapping[str, Any], directory: Union[str, Path], require: I
     missing = [name for name in require if name not in exported_files(meta)]
     if missing:
         formats = sorted(meta.get("formats") or {})
-        raise ValueError(f"{directory} has no {', '.join(missing)} (it holds the formats {formats}); "
-                         "export it again with `python -m s2e export --formats ...` naming the format you need")
+        raise ValueError(
+            f"{directory} has no {', '.join(missing)} (it holds the formats {formats}); "
+            "export it again with `python -m s2e export --formats ...` naming the format you need"
+        )
 
 
 def _verify(directory: Path, path: Path, meta: dict[str, Any], files: set[str]) -> None:
     stored = meta.get(METADATA_HASH_KEY)
     if stored is None:
-        raise ValueError(f"{path} has no {METADATA_HASH_KEY!r}: it was written before export format {FORMAT_VERSION} or edited; "
-                         "export the checkpoint again with `python -m s2e export`")
+        raise ValueError(
+            f"{path} has no {METADATA_HASH_KEY!r}: it was written before export format {FORMAT_VERSION} or edited; "
+            "export the checkpoint again with `python -m s2e export`"
+        )
     if stored != metadata_digest(meta):
         raise ValueError(f"{path} does not match its {METADATA_HASH_KEY}: the metadata (timing, limits, file table, ...) was edited or is corrupt")
     table = meta.get("sha256")

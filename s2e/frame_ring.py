@@ -40,8 +40,7 @@ class FrameRing:
         dtype, device: of the stored frames.
     """
 
-    def __init__(self, num_envs: int, context_frames: int, stride: int, frame_shape: tuple[int, ...],
-                 dtype: torch.dtype, device: torch.device | str) -> None:
+    def __init__(self, num_envs: int, context_frames: int, stride: int, frame_shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str) -> None:
         self.context_frames, self.stride = int(context_frames), int(stride)
         length = window_length(self.context_frames, self.stride)
         self.frames = torch.zeros(num_envs, length, *frame_shape, dtype=dtype, device=device)

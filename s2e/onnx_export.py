@@ -92,8 +92,16 @@ def _export_graph(module: nn.Module, args: tuple[Tensor, ...], inputs: tuple[str
     batch = torch.export.Dim("batch", min=1, max=4096)
     with _quiet_exporter(), torch.no_grad():
         torch.onnx.export(
-            module, args, str(path), dynamo=True, opset_version=OPSET, input_names=list(inputs), output_names=list(outputs),
-            dynamic_shapes={name: {0: batch} for name in inputs}, external_data=False, verbose=False,
+            module,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_shapes={name: {0: batch} for name in inputs},
+            external_data=False,
+            verbose=False,
         )
 
 

@@ -125,8 +125,17 @@ class PostTrainModule(pl.LightningModule):
         self._trainable_policy_params = trainable
         profile = get_robot(robot)
         self.limits = ControllerLimits(max_speed=profile.max_speed, max_yaw_rate=profile.max_omega, lookahead_time=lookahead_time)
-        self.env_config = NavEnvConfig(task=task, robot=robot, timing=self.timing, image_size=policy.config.image_size, domain=domain,
-                                      scene=scene, rewards=rewards, crowd=crowd, action_repeat=action_repeat)
+        self.env_config = NavEnvConfig(
+            task=task,
+            robot=robot,
+            timing=self.timing,
+            image_size=policy.config.image_size,
+            domain=domain,
+            scene=scene,
+            rewards=rewards,
+            crowd=crowd,
+            action_repeat=action_repeat,
+        )
         modules = build_actor_critic(
             policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=ppo.exploration()
         )
@@ -252,8 +261,12 @@ class SimulatorRollouts(pl.LightningDataModule):
         seed = hp.seed + 1000 * self.trainer.global_rank
         workers = hp.collector_workers if hp.collector == "multisync" else 1
         collector = make_collector(
-            self._spec.env_factory(hp.num_envs, seed), self._spec.policy, workers * hp.num_envs * hp.steps_per_batch,
-            kind=hp.collector, workers=workers, seed=seed,
+            self._spec.env_factory(hp.num_envs, seed),
+            self._spec.policy,
+            workers * hp.num_envs * hp.steps_per_batch,
+            kind=hp.collector,
+            workers=workers,
+            seed=seed,
         )
         self.teardown("fit")
         self._rollouts = RolloutBatches(collector, hp.batches_per_epoch)

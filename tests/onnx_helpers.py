@@ -46,8 +46,7 @@ def random_policy(preset: str, seed: int = 0, ram: bool = False, **overrides: An
         with torch.no_grad():
             for param in [*block.gate_in.parameters(), *block.gate_out.parameters(), *block.residual.parameters()]:
                 param.add_(torch.randn_like(param) * 0.1)
-    anchors = Anchors(points=trajectories[:, -1].numpy(), trajectories=trajectories.numpy(), timing=timing,
-                      counts=np.ones(config.num_anchors, np.int64))
+    anchors = Anchors(points=trajectories[:, -1].numpy(), trajectories=trajectories.numpy(), timing=timing, counts=np.ones(config.num_anchors, np.int64))
     return policy.eval(), timing, anchors
 
 
@@ -57,8 +56,14 @@ def write_policy_checkpoint(path: pathlib.Path, policy: S2EPolicy, timing: Timin
     post = policy_ram(policy) is not None
     stored = policy_entry(policy, timing, strategy="ram" if post else None)
     class_path = POSTTRAIN_CLASS if post else PRETRAIN_CLASS
-    torch.save({"state_dict": {f"{POLICY_PREFIX}{k}": v for k, v in policy.state_dict().items()}, CHECKPOINT_KEY: stored,
-                "hyper_parameters": {"_class_path": class_path}}, path)
+    torch.save(
+        {
+            "state_dict": {f"{POLICY_PREFIX}{k}": v for k, v in policy.state_dict().items()},
+            CHECKPOINT_KEY: stored,
+            "hyper_parameters": {"_class_path": class_path},
+        },
+        path,
+    )
     return path
 
 
@@ -88,8 +93,7 @@ def _assert_outputs_close(got: list[np.ndarray], want: tuple[torch.Tensor, ...],
     np.testing.assert_allclose(got[3][clear], command[clear], atol=COMMAND_ATOL, rtol=0, err_msg=f"command {where}")
 
 
-def assert_onnx_matches(folder: pathlib.Path, deployable: DeployablePolicy, sequence: torch.Tensor, goal: torch.Tensor,
-                        threads: Optional[int] = 1) -> None:
+def assert_onnx_matches(folder: pathlib.Path, deployable: DeployablePolicy, sequence: torch.Tensor, goal: torch.Tensor, threads: Optional[int] = 1) -> None:
     """ONNX Runtime on ``folder``'s graphs equals ``deployable`` within the stated tolerances: the full
     window at every step of ``sequence`` [B, T, 3, H, W] (one frame per control step) and the
     streaming encoder + decoder over the whole sequence, warm-up included."""

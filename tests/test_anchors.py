@@ -66,8 +66,10 @@ BAD_FILES: dict[str, tuple[Callable[[pathlib.Path], None], str]] = {
     "bare .npy": (_npy, "a single .npy array of dtype float32 shape [3, 2], not an .npz archive"),
     "missing member": (lambda p: _write_npz(p, {k: v for k, v in _members().items() if k != "counts"}), "it lacks ['counts']"),
     "integer points": (lambda p: _write_npz(p, _members(points=np.zeros((3, 2), np.int64))), "points has dtype int64 shape [3, 2]"),
-    "wrong trajectory length": (lambda p: _write_npz(p, _members(trajectories=np.zeros((3, 4, 2), np.float32))),
-                                "anchor trajectories must be (3, 10, 2) for this TimingSpec, got (3, 4, 2)"),
+    "wrong trajectory length": (
+        lambda p: _write_npz(p, _members(trajectories=np.zeros((3, 4, 2), np.float32))),
+        "anchor trajectories must be (3, 10, 2) for this TimingSpec, got (3, 4, 2)",
+    ),
     "scalar points": (lambda p: _write_npz(p, _members(points=np.float32(1.0))), "anchor points must be [M, 2] with M >= 1, got ()"),
     "NaN": (lambda p: _write_npz(p, _members(points=np.full((3, 2), np.nan, np.float32))), "anchors contain NaN or inf"),
     "bad timing": (lambda p: _write_npz(p, _members(timing=np.array('{"fps": 5}'))), "timing is not a TimingSpec as JSON: unknown TimingSpec fields ['fps']"),
@@ -117,8 +119,18 @@ def test_the_cli_reports_a_random_bytes_anchors_file_without_pickle_advice(tmp_p
     """The real ``python -m s2e fit`` path: the model fails while it is built, before any data is read."""
     bad = tmp_path / "anchors.npz"
     _random_bytes(bad)
-    command = [sys.executable, "-m", "s2e", "fit", "--config", str(ROOT / "experiments" / "pretrain.yaml"),
-               "--model.init_args.anchors_path", str(bad), "--trainer.default_root_dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "s2e",
+        "fit",
+        "--config",
+        str(ROOT / "experiments" / "pretrain.yaml"),
+        "--model.init_args.anchors_path",
+        str(bad),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"not an anchors file: {bad} (not a readable .npz archive)" in result.stderr

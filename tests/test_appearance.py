@@ -44,8 +44,7 @@ def test_every_domain_renders_a_distinct_picture_of_the_same_scene():
     yaw = torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
     images = {}
     for name in DOMAINS:
-        rgb, _ = Raycaster(64, 36, domain=name).render(scene, start, yaw, robot.camera_height, robot.hfov_deg,
-                                                       noise_generator=torch.Generator().manual_seed(0))
+        rgb, _ = Raycaster(64, 36, domain=name).render(scene, start, yaw, robot.camera_height, robot.hfov_deg, noise_generator=torch.Generator().manual_seed(0))
         assert rgb.shape == (2, 3, 36, 64) and rgb.dtype == torch.uint8
         assert rgb.float().std() > 10, name
         images[name] = rgb.float()

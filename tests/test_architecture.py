@@ -17,16 +17,23 @@ LIGHTNING = ("lightning", "pytorch_lightning")
 TORCHRL = ("torchrl", "tensordict")
 TRAINING = ("s2e.pretrain", "s2e.posttrain", "s2e.cli")
 #: The policy and what ships it to a robot: a checkpoint must load, export and run without a trainer.
-POLICY_SIDE = ("s2e/model", "s2e/checkpoint.py", "s2e/control.py", "s2e/export.py", "s2e/export_meta.py",
-               "s2e/onnx_export.py", "s2e/onnx_runtime.py", "s2e/deploy.py")
+POLICY_SIDE = (
+    "s2e/model",
+    "s2e/checkpoint.py",
+    "s2e/control.py",
+    "s2e/export.py",
+    "s2e/export_meta.py",
+    "s2e/onnx_export.py",
+    "s2e/onnx_runtime.py",
+    "s2e/deploy.py",
+)
 #: The only files that may import Lightning: the LightningModules / DataModules and the CLI.
 LIGHTNING_FILES = ("s2e/cli.py", "s2e/pretrain.py", "s2e/posttrain.py", "s2e/bench/module.py", "datamodules/nav_video.py")
 
 #: (what may not import, the modules it may not import). A name forbids itself and its submodules.
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "policy side": (POLICY_SIDE, (*LIGHTNING, *TORCHRL, "s2e.rl", "s2e.sim", "s2e.bench", "s2e.splat", "datamodules", *TRAINING)),
-    "simulator": (("s2e/sim",), (*LIGHTNING, "s2e.rl", "s2e.bench", "s2e.model", "s2e.checkpoint", "s2e.splat",
-                                 "s2e.external", "datamodules", *TRAINING)),
+    "simulator": (("s2e/sim",), (*LIGHTNING, "s2e.rl", "s2e.bench", "s2e.model", "s2e.checkpoint", "s2e.splat", "s2e.external", "datamodules", *TRAINING)),
     "RL parts": (("s2e/rl",), (*LIGHTNING, "s2e.bench", "datamodules", *TRAINING)),
     "NavBench": (("s2e/bench",), ("torchrl", "s2e.rl", "datamodules", *TRAINING)),
     "splat scenes": (("s2e/splat",), (*LIGHTNING, *TORCHRL, "s2e.rl", "s2e.bench", "s2e.model", *TRAINING)),
@@ -79,10 +86,20 @@ def offending(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
 def test_imports_are_read_absolute_lazy_ones_included(tmp_path: Path) -> None:
     probe = tmp_path / "s2e" / "sim" / "probe.py"
     probe.parent.mkdir(parents=True)
-    probe.write_text("import torch\nfrom . import env\nfrom .render import Raycaster\nfrom ..rl import ppo\n"
-                     "def f():\n    from lightning.pytorch import Trainer\n")
-    assert imported(probe, tmp_path) == {"torch", "s2e.sim", "s2e.sim.env", "s2e.sim.render", "s2e.sim.render.Raycaster",
-                                         "s2e.rl", "s2e.rl.ppo", "lightning.pytorch", "lightning.pytorch.Trainer"}
+    probe.write_text(
+        "import torch\nfrom . import env\nfrom .render import Raycaster\nfrom ..rl import ppo\ndef f():\n    from lightning.pytorch import Trainer\n"
+    )
+    assert imported(probe, tmp_path) == {
+        "torch",
+        "s2e.sim",
+        "s2e.sim.env",
+        "s2e.sim.render",
+        "s2e.sim.render.Raycaster",
+        "s2e.rl",
+        "s2e.rl.ppo",
+        "lightning.pytorch",
+        "lightning.pytorch.Trainer",
+    }
     assert within("s2e.rl.ppo", ("s2e.rl",)) and within("s2e.rl", ("s2e.rl",)) and not within("s2e.rlx", ("s2e.rl",))
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import curved_trajectory, encode_indexed_video
 import datamodules.augment as augment
+from conftest import curved_trajectory, encode_indexed_video
 from datamodules.augment import (
     _jitter_tensor,
     _load_kernel,
@@ -32,8 +32,9 @@ def _windows(augment: AugmentConfig, seed: int = 0):
     """An episode of random pixels (left/right distinguishable), cut with the given augmentation."""
     n = 80
     frames = np.random.default_rng(seed).integers(0, 256, (n, 12, 16, 3), dtype=np.uint8)
-    return cut_windows(frames, np.arange(n) / FPS, curved_trajectory(n, FPS), WindowConfig(goal_horizon_s=(2.0, 3.0), augment=augment),
-                       np.random.default_rng(seed), key="ep")
+    return cut_windows(
+        frames, np.arange(n) / FPS, curved_trajectory(n, FPS), WindowConfig(goal_horizon_s=(2.0, 3.0), augment=augment), np.random.default_rng(seed), key="ep"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +116,19 @@ def test_two_workers_send_the_jittered_clips_through_shared_memory(shard: str) -
 
 def test_datamodule_places_the_jitter_by_where_batches_live_and_applies_it_after_transfer(shard: str) -> None:
     def first_batch(**kwargs):
-        dm = NavVideoDataModule(train_shards=shard, image_size=SIZE, batch_size=4, num_workers=0, samples_per_epoch=8,
-                                shuffle_buffer=0, goal_horizon_s=(1.0, 2.0), brightness=0.4, contrast=0.4, saturation=0.4, **kwargs)
+        dm = NavVideoDataModule(
+            train_shards=shard,
+            image_size=SIZE,
+            batch_size=4,
+            num_workers=0,
+            samples_per_epoch=8,
+            shuffle_buffer=0,
+            goal_horizon_s=(1.0, 2.0),
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.4,
+            **kwargs,
+        )
         dm.setup("fit")
         return dm, dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
 
@@ -210,8 +222,9 @@ def test_numpy_gives_the_same_batches_where_no_kernel_can_be_built(monkeypatch: 
         assert torch.equal(fast[name], slow[name]), name
     diff = (fast["frames"].int() - slow["frames"].int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # fused multiply-adds vs numpy's: float32 rounding
-    assert torch.equal(collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"],
-                       collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"])
+    assert torch.equal(
+        collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"], collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"]
+    )
 
 
 @pytest.mark.parametrize("kernel", [True, False])

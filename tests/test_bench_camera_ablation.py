@@ -64,7 +64,10 @@ def test_grey_frames_reach_the_agent_as_mid_grey_and_change_nothing_else(runs) -
     assert grey["agent"] == "straight [grey frames]" and real["agent"] == "straight"
     assert load_report(folder)["run"]["frames"] == "grey"
     md = (folder / "report.md").read_text().splitlines()
-    assert md[0] == "# NavBench: straight [grey frames]" and "Frames: **grey**: camera ablation, the agent saw uniform mid-grey (128) frames (videos show its camera)." in md
+    assert (
+        md[0] == "# NavBench: straight [grey frames]"
+        and "Frames: **grey**: camera ablation, the agent saw uniform mid-grey (128) frames (videos show its camera)." in md
+    )
     rows = list(csv.DictReader(open(folder / "report.csv")))
     assert rows and {r["frames"] for r in rows} == {"grey"} and {r["agent"] for r in rows} == {"straight [grey frames]"}
 
@@ -86,7 +89,7 @@ def test_shuffled_frames_are_another_episodes_real_frames(runs) -> None:
 def test_compare_flags_a_frame_blind_baseline_as_camera_blind_on_every_row(runs) -> None:
     table = compare_reports([runs[m][0] for m in ("real", "grey", "shuffled")])
     assert "| straight [grey frames] |" in table and "| straight [shuffled frames] |" in table
-    section = table[table.index("# Camera ablation"):]
+    section = table[table.index("# Camera ablation") :]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| task")]
     assert len(rows) == 5  # 4 tasks + overall
     assert all(row.endswith("| **camera-blind** (grey: unchanged, shuffled: unchanged) |") for row in rows)
@@ -122,8 +125,9 @@ def test_shuffled_frames_need_two_episodes_in_every_batch(tmp_path: pathlib.Path
 
 
 def _report(name: str, frames: str, successes: dict[str, list[bool]], source: str = "ckpt/pol.ckpt") -> dict:
-    results = [EpisodeResult(f"{task}/{i}", task, "sim", ok, 1.0 if ok else 0.3, 0, 10.0, 9.0, 10.0)
-               for task, flags in successes.items() for i, ok in enumerate(flags)]
+    results = [
+        EpisodeResult(f"{task}/{i}", task, "sim", ok, 1.0 if ok else 0.3, 0, 10.0, 9.0, 10.0) for task, flags in successes.items() for i, ok in enumerate(flags)
+    ]
     report = build_report(name, load_suite("quick"), results, resamples=100, level=0.95, seed=0)
     report["run"] = {"num_envs": 4, "image_size": [32, 32], "lookahead_time": 0.6, "source": source, "frames": frames}
     return report
@@ -144,7 +148,7 @@ def test_compare_reports_a_camera_ablation_section_with_the_drops(tmp_path: path
     table = (tmp_path / "cmp.md").read_text()
     assert "| pol [grey frames] | 0.00 | 0.50 | 0.25 |" in table  # labels carry the mode, never twice
     assert "| pol-shuf [shuffled frames] | 0.25 | 0.75 | 0.50 |" in table
-    section = table[table.index("# Camera ablation"):]
+    section = table[table.index("# Camera ablation") :]
     assert section.count("## ") == 1 and "## pol (`ckpt/pol.ckpt`), domain `sim`" in section  # "other" has no ablated run
     assert "| task | real | ± | grey | drop | shuffled | drop | camera |" in section
     # empty: SR 1 with a zero-width CI; both ablations cost SR. both: the real CI of [1, 1, 0, 0] is [0, 1] (±0.5).

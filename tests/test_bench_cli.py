@@ -31,12 +31,15 @@ TINY_POLICY = {"image_size": [IMAGE, IMAGE], "d_model": 32, "cnn_channels": [8, 
 def _random_batches(timing: TimingSpec, image: int, count: int = 2, batch: int = 4) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
     k, t = timing.context_frames, timing.num_waypoints
-    return [{
-        "frames": torch.randint(0, 256, (batch, k, 3, image, image), dtype=torch.uint8, generator=g),
-        "goal": torch.cat([torch.rand(batch, 1, generator=g) * 10, torch.ones(batch, 1), torch.zeros(batch, 1)], 1),
-        "waypoints": torch.cumsum(torch.ones(batch, t, 2) * torch.tensor([1.0, 0.0]), 1),
-        "scale": torch.full((batch,), 0.4),
-    } for _ in range(count)]
+    return [
+        {
+            "frames": torch.randint(0, 256, (batch, k, 3, image, image), dtype=torch.uint8, generator=g),
+            "goal": torch.cat([torch.rand(batch, 1, generator=g) * 10, torch.ones(batch, 1), torch.zeros(batch, 1)], 1),
+            "waypoints": torch.cumsum(torch.ones(batch, t, 2) * torch.tensor([1.0, 0.0]), 1),
+            "scale": torch.full((batch,), 0.4),
+        }
+        for _ in range(count)
+    ]
 
 
 def tiny_checkpoint(root: pathlib.Path, timing: TimingSpec = TimingSpec(), name: str = "tiny.ckpt") -> pathlib.Path:
@@ -47,8 +50,16 @@ def tiny_checkpoint(root: pathlib.Path, timing: TimingSpec = TimingSpec(), name:
     anchors_path = root / f"{pathlib.Path(name).stem}_anchors.npz"
     Anchors(points=trajectories[:, -1].copy(), trajectories=trajectories, timing=timing, counts=np.ones(3, np.int64)).save(anchors_path)
     module = PretrainModule(anchors_path=str(anchors_path), policy=dict(TINY_POLICY), warmup_steps=1, image_every_n_steps=0)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, default_root_dir=root, max_steps=1)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=root,
+        max_steps=1,
+    )
     trainer.fit(module, train_dataloaders=DataLoader(_random_batches(timing, IMAGE), batch_size=None))
     path = root / name
     trainer.save_checkpoint(path)
@@ -61,8 +72,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 def _run_cli(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "s2e", "test", "--config", str(CONFIG), "--config", str(QUICK), *args,
-               "--trainer.enable_progress_bar", "false"]
+    command = [sys.executable, "-m", "s2e", "test", "--config", str(CONFIG), "--config", str(QUICK), *args, "--trainer.enable_progress_bar", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as conftest does in-process: tiny ops, a shared 2-core machine
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
@@ -108,9 +118,23 @@ def test_cli_ckpt_path_runs_the_policy_it_names(checkpoint: pathlib.Path, tmp_pa
 
 
 def test_cli_camera_ablation_runs_the_policy_on_grey_frames_and_says_so(checkpoint: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    result = _run_cli("--model.init_args.policy_path", str(checkpoint), "--model.init_args.frames", "grey", "--data.init_args.max_episodes_per_task", "1",
-                      "--model.init_args.videos", "0", "--model.init_args.plots", "0", "--trainer.logger", "false",
-                      "--model.init_args.out_dir", str(tmp_path), cwd=tmp_path)
+    result = _run_cli(
+        "--model.init_args.policy_path",
+        str(checkpoint),
+        "--model.init_args.frames",
+        "grey",
+        "--data.init_args.max_episodes_per_task",
+        "1",
+        "--model.init_args.videos",
+        "0",
+        "--model.init_args.plots",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--model.init_args.out_dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["agent"] == "tiny [grey frames]" and report["run"]["frames"] == "grey" and len(report["episodes"]) == 4

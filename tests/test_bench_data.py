@@ -23,9 +23,7 @@ NTSC = Fraction(30000, 1001)
 @pytest.fixture(scope="module")
 def user_shard(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two 6 s recordings, 160x120 at 29.97 fps with B-frames, poses at 10 Hz in CSV, sharded by make_shards.py into one shard."""
-    paths = bench_data.make_synthetic_shards(
-        tmp_path_factory.mktemp("bench"), 2, 6.0, NTSC, (120, 160), bframes=2, episodes_per_shard=2, pose_hz=10.0
-    )
+    paths = bench_data.make_synthetic_shards(tmp_path_factory.mktemp("bench"), 2, 6.0, NTSC, (120, 160), bframes=2, episodes_per_shard=2, pose_hz=10.0)
     assert len(paths) == 1
     return paths[0]
 

@@ -39,8 +39,7 @@ class ScriptedAgent:
 def scripted():
     """Four straight sidewalk episodes: full drive, standing still, half way, into a barrier across the route."""
     scene = replace(SceneConfig(), layouts=("straight",), route_length=(8.0, 9.0))
-    suite = make_suite("scripted", seed=3, scenes_per_task=4, episodes_per_scene=1, tasks=["empty"], scene=scene,
-                       time_limit_factor=1.2, time_limit_slack=2.0)
+    suite = make_suite("scripted", seed=3, scenes_per_task=4, episodes_per_scene=1, tasks=["empty"], scene=scene, time_limit_factor=1.2, time_limit_slack=2.0)
     episodes = list(suite.episodes)
     wall = episodes[3]
     (a, b) = wall.route[0].astype(np.float64), wall.route[-1].astype(np.float64)

@@ -16,8 +16,11 @@ from s2e.scripts import navbench_compare
 
 
 def _results(successes: dict[str, list[bool]], domain: str = "sim") -> list[EpisodeResult]:
-    return [EpisodeResult(f"{task}/{i}", task, domain, ok, 1.0 if ok else 0.4, 0 if ok else 2, 10.0, 9.0, 10.0)
-            for task, flags in successes.items() for i, ok in enumerate(flags)]
+    return [
+        EpisodeResult(f"{task}/{i}", task, domain, ok, 1.0 if ok else 0.4, 0 if ok else 2, 10.0, 9.0, 10.0)
+        for task, flags in successes.items()
+        for i, ok in enumerate(flags)
+    ]
 
 
 def test_report_files_agree_with_the_episodes(tmp_path: pathlib.Path) -> None:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import lightning.pytorch as pl
 import pytest
+from test_bench_cli import tiny_checkpoint
 
 from s2e.bench.agents import build_agent
 from s2e.bench.metrics import summarize
@@ -16,7 +17,6 @@ from s2e.bench.runner import make_env, run_batch
 from s2e.bench.suite import make_suite
 from s2e.sim.generator import SceneConfig
 from s2e.timing import TimingMismatchError, TimingSpec
-from test_bench_cli import tiny_checkpoint
 
 
 def _run(suite, kind: str):
@@ -52,8 +52,9 @@ def _trainer() -> pl.Trainer:
 def short_suite(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Two short episodes with a tight time limit: enough to compare runs, quick to run."""
     scene = replace(SceneConfig(), route_length=(7.0, 8.0))
-    suite = make_suite("short", seed=4, scenes_per_task=1, episodes_per_scene=1, tasks=["obstacle", "both"], scene=scene,
-                       time_limit_factor=1.0, time_limit_slack=1.0)
+    suite = make_suite(
+        "short", seed=4, scenes_per_task=1, episodes_per_scene=1, tasks=["obstacle", "both"], scene=scene, time_limit_factor=1.0, time_limit_slack=1.0
+    )
     return suite.save(tmp_path_factory.mktemp("suite") / "short.json")
 
 
@@ -75,8 +76,8 @@ def test_reruns_are_identical_and_every_way_to_load_the_policy_agrees(checkpoint
 
 @pytest.mark.slow
 def test_the_torchscript_export_scores_like_its_checkpoint(checkpoint: pathlib.Path, short_suite: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    from s2e.export import export_policy
     from s2e.checkpoint import load_policy_from_checkpoint
+    from s2e.export import export_policy
 
     policy, timing, anchors = load_policy_from_checkpoint(checkpoint)
     export_policy(policy, timing, anchors, tmp_path / "export")

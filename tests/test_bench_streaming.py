@@ -20,8 +20,9 @@ M, T, S, N = 6, 10, 32, 4
 TIMING = TimingSpec()  # 5 frames 0.2 s apart at a 0.1 s control period: stride 2, a ring of 9 steps
 # Routes of 6-12 m with a time limit of 0.15 * route / max speed + 0.3 s: episodes of ~10-13 steps
 # that end (and reset) at different steps in different envs, each longer than the frame ring.
-SHORT = NavEnvConfig(task="both", timing=TIMING, image_size=(S, S), scene=replace(SceneConfig(), route_length=(6.0, 12.0)),
-                     time_limit_factor=0.15, time_limit_slack=0.3)
+SHORT = NavEnvConfig(
+    task="both", timing=TIMING, image_size=(S, S), scene=replace(SceneConfig(), route_length=(6.0, 12.0)), time_limit_factor=0.15, time_limit_slack=0.3
+)
 
 
 def _policy() -> S2EPolicy:

@@ -45,7 +45,9 @@ def test_committed_suites_are_what_the_tool_writes(tmp_path: pathlib.Path) -> No
     import sys
 
     out = tmp_path / "quick.json"
-    result = subprocess.run([sys.executable, "tools/make_suite.py", "--preset", "quick", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "tools/make_suite.py", "--preset", "quick", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes() == (SUITES_DIR / "quick.json").read_bytes()
     assert json.loads(result.stdout.strip().splitlines()[-1])[0]["episodes"] == 8

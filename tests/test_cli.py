@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
+from test_pretrain import IMAGE, TINY_POLICY, fit_demo_anchors, write_demo_shards
 
 from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.cli import S2ECLI
 from s2e.pretrain import PretrainModule
-from test_pretrain import IMAGE, TINY_POLICY, fit_demo_anchors, write_demo_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -134,10 +134,16 @@ def test_a_checkpoint_of_another_stage_or_no_checkpoint_at_all_is_refused_by_nam
     pretrain = ["--config", str(ROOT / "experiments" / "pretrain.yaml"), "--model.init_args.anchors_path", str(tmp_path / "a.npz")]
     posttrain = ["--config", str(ROOT / "experiments" / "posttrain.yaml"), "--model.init_args.pretrained", str(pre)]
     cases = [
-        (pretrain, post, "was written by s2e.posttrain.PostTrainModule (RL post-training), but this `fit` configures "
-                         "s2e.pretrain.PretrainModule (pretraining)"),
-        (posttrain, pre, "was written by s2e.pretrain.PretrainModule (pretraining), but this `fit` configures "
-                         "s2e.posttrain.PostTrainModule (RL post-training)"),
+        (
+            pretrain,
+            post,
+            "was written by s2e.posttrain.PostTrainModule (RL post-training), but this `fit` configures s2e.pretrain.PretrainModule (pretraining)",
+        ),
+        (
+            posttrain,
+            pre,
+            "was written by s2e.pretrain.PretrainModule (pretraining), but this `fit` configures s2e.posttrain.PostTrainModule (RL post-training)",
+        ),
         (pretrain, noise, f"{noise} is not a PyTorch checkpoint"),
     ]
     for config, checkpoint, message in cases:

@@ -91,7 +91,12 @@ def test_no_usable_episode_is_a_clear_error(shards: pathlib.Path, tmp_path: path
     assert issubclass(compute_anchors.NoTrainingWindowError, ValueError)
     with pytest.raises(SystemExit, match="no training window"):
         compute_anchors.main(["--shards", unreadable, "--num-anchors", "2", "--out", str(tmp_path / "a.npz")])
-    result = subprocess.run([sys.executable, "tools/compute_anchors.py", "--shards", unreadable, "--num-anchors", "2", "--out", str(tmp_path / "a.npz")],
-                            cwd=pathlib.Path(__file__).parents[1], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "tools/compute_anchors.py", "--shards", unreadable, "--num-anchors", "2", "--out", str(tmp_path / "a.npz")],
+        cwd=pathlib.Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "no training window in 1 shard(s); skips: {'bad_trajectory': 1}"

@@ -75,7 +75,11 @@ def test_smooth_clamp_is_identity_below_the_knee_and_monotone_above() -> None:
 def test_gradcheck_through_the_controller() -> None:
     torch.manual_seed(0)
     limits = (1.0, 0.8, 0.75)  # some of these samples saturate, some do not
-    waypoints = (torch.cumsum(torch.rand(4, 10, 2, dtype=torch.float64) * torch.tensor([0.4, 0.2], dtype=torch.float64) - torch.tensor([0.0, 0.1], dtype=torch.float64), 1)).requires_grad_()
+    waypoints = (
+        torch.cumsum(
+            torch.rand(4, 10, 2, dtype=torch.float64) * torch.tensor([0.4, 0.2], dtype=torch.float64) - torch.tensor([0.0, 0.1], dtype=torch.float64), 1
+        )
+    ).requires_grad_()
     assert torch.autograd.gradcheck(lambda w: waypoints_to_command(w, DT, *limits), (waypoints,))
 
 

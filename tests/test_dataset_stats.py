@@ -68,8 +68,9 @@ def test_stats_tool_counts_hours_skips_and_writes_histograms(shards, tmp_path):
 
 
 def test_missing_shards_are_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "tools/dataset_stats.py", "--shards", str(tmp_path / "none-*.tar")],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "tools/dataset_stats.py", "--shards", str(tmp_path / "none-*.tar")], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "no shard matches" in result.stderr
 
 
@@ -84,7 +85,9 @@ def test_stats_skip_what_training_skips_for_drifting_frame_times(tmp_path):
     config = WindowConfig(goal_horizon_s=(1.0, 2.0))
     trained = [w.key for w in episode_windows(read_tar_episodes(urls, counter), config, (32, 32), np.random.default_rng(0), counter)]
     assert trained == ["good"] and dict(counter.total) == {"frame_times_mismatch": 1}
-    result = subprocess.run([sys.executable, "tools/dataset_stats.py", "--shards", str(out / "shard-*.tar")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "tools/dataset_stats.py", "--shards", str(out / "shard-*.tar")], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     stats = json.loads(result.stdout.strip().splitlines()[-1])
     assert stats["skipped"] == {"frame_times_mismatch": 1} and stats["episodes"] == 1
     assert stats["valid_hours"] == pytest.approx(60 * 0.1 / 3600)  # only the episode training uses

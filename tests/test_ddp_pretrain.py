@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import lightning.pytorch as pl
-
 from test_cli import ROOT, _tiny_args
 from test_pretrain import fit_demo_anchors, write_demo_shards
 

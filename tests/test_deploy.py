@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_pretrain import TINY_POLICY
 
 from conftest import encode_indexed_video, frame_with_index
 from s2e.anchors import Anchors
@@ -27,7 +28,6 @@ from s2e.export import DeployablePolicy, export_policy
 from s2e.model.policy import PolicyConfig, S2EPolicy
 from s2e.scripts import run_policy
 from s2e.timing import TimingSpec
-from test_pretrain import TINY_POLICY
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -78,8 +78,9 @@ def test_runtime_waits_for_a_full_window_then_matches_the_full_window_policy(exp
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_stale_missing_and_out_of_order_frames_stop_the_robot_and_refill_the_window(export_dir: pathlib.Path, caplog: pytest.LogCaptureFixture,
-                                                                                    backend: str) -> None:
+def test_stale_missing_and_out_of_order_frames_stop_the_robot_and_refill_the_window(
+    export_dir: pathlib.Path, caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
     runtime = PolicyRuntime(export_dir, backend=backend)
     for t in range(9):
         assert runtime.step(t * DT, _frame(t), t * DT, None).status == ("ok" if t == 8 else "warming_up")
@@ -129,8 +130,25 @@ def test_run_policy_tool_on_a_real_video(export_dir: pathlib.Path, tmp_path: pat
     video.write_bytes(encode_indexed_video(40, 20, height=64, width=96))  # 2 s at 20 fps: ticks take every 2nd frame
     out, commands = tmp_path / "plan.mp4", tmp_path / "commands.csv"
     result = subprocess.run(
-        [sys.executable, "tools/run_policy.py", "--policy", str(export_dir), "--video", str(video), "--goal", "5", "1", "--out", str(out), "--commands", str(commands)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "tools/run_policy.py",
+            "--policy",
+            str(export_dir),
+            "--video",
+            str(video),
+            "--goal",
+            "5",
+            "1",
+            "--out",
+            str(out),
+            "--commands",
+            str(commands),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -166,6 +184,7 @@ def test_a_camera_latency_of_exactly_one_control_period_is_fresh(export_dir: pat
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_robot_stops_within_the_arrival_radius(export_dir: pathlib.Path, backend: str) -> None:
     """Issue 16, item 18: with the goal at distance 0 the runtime kept driving at 0.93 m/s."""
+
     def last(radius: float, goal: tuple[float, float]) -> object:
         runtime = PolicyRuntime(export_dir, backend=backend, arrival_radius=radius)
         return [runtime.step(t * DT, _frame(t), t * DT, goal) for t in range(10)][-1]
@@ -205,8 +224,13 @@ def test_run_policy_runs_an_onnx_export_without_importing_torch(export_dir: path
     video = tmp_path / "clip.mp4"
     video.write_bytes(encode_indexed_video(40, 20, height=64, width=96))
     common = ["--policy", str(export_dir), "--video", str(video), "--goal", "5", "1", "--threads", "1"]
-    result = subprocess.run([sys.executable, "-c", NO_TORCH, *common, "--backend", "onnx", "--out", str(tmp_path / "onnx.mp4"),
-                             "--commands", str(tmp_path / "onnx.csv")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, *common, "--backend", "onnx", "--out", str(tmp_path / "onnx.mp4"), "--commands", str(tmp_path / "onnx.csv")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["backend"] == "onnx" and summary["ticks"] == 21 and summary["moving_ticks"] == 13 and summary["faults"] == {}
@@ -218,8 +242,9 @@ def test_run_policy_runs_an_onnx_export_without_importing_torch(export_dir: path
         assert float(a["v"]) == pytest.approx(float(b["v"]), abs=2e-4) and float(a["omega"]) == pytest.approx(float(b["omega"]), abs=2e-4)
 
 
-def test_run_policy_never_overwrites_its_input_or_an_existing_file_unasked(export_dir: pathlib.Path, tmp_path: pathlib.Path,
-                                                                           capsys: pytest.CaptureFixture) -> None:
+def test_run_policy_never_overwrites_its_input_or_an_existing_file_unasked(
+    export_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 16, item 2: ``--video X --out X`` overwrote its own input."""
     video = tmp_path / "clip.mp4"
     original = encode_indexed_video(12, 10, height=32, width=32)
@@ -261,8 +286,7 @@ def test_run_policy_applies_the_rotation_metadata(export_dir: pathlib.Path, tmp_
     assert shown[84:94].mean() > 200 and shown[66:78].mean() < 60  # the band is at the bottom, below the plan inset
 
 
-def test_run_policy_on_a_video_without_frames_is_a_clear_error(export_dir: pathlib.Path, tmp_path: pathlib.Path,
-                                                               capsys: pytest.CaptureFixture) -> None:
+def test_run_policy_on_a_video_without_frames_is_a_clear_error(export_dir: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
     """Issue 16, item 17: a 0-frame or audio-only video raised IndexError."""
     empty = tmp_path / "empty.avi"
     with av.open(str(empty), "w") as container:  # AVI keeps a video stream that holds no frame

@@ -95,9 +95,7 @@ def test_agdm_loss_is_component_nll_plus_cross_entropy_plus_scale_l2() -> None:
     out = agdm_loss(mix, pred_scale, target, target_scale, anchor_points, scale_weight=2.0)
     h = torch.cdist(target[:, -1], anchor_points).argmin(-1)
     rows = torch.arange(B)
-    expected = (
-        -mix.component_log_prob(target)[rows, h] - mix.log_weights[rows, h] + 2.0 * (pred_scale[rows, h] - target_scale) ** 2
-    ).mean()
+    expected = (-mix.component_log_prob(target)[rows, h] - mix.log_weights[rows, h] + 2.0 * (pred_scale[rows, h] - target_scale) ** 2).mean()
     torch.testing.assert_close(out["loss"], expected)
     assert torch.equal(out["assigned"], h)
 

@@ -14,6 +14,7 @@ from fractions import Fraction
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from test_pretrain import IMAGE, _module, _trainer, demo_datamodule, fit_demo_anchors, write_demo_shards
 
 from s2e.checkpoint import load_policy_from_checkpoint
 from s2e.cli import main as cli_main
@@ -22,7 +23,6 @@ from s2e.export import DeployablePolicy, read_export_metadata, script_policy
 from s2e.export_meta import FORMAT_FILES, metadata_digest
 from s2e.geometry import goal_encoding
 from s2e.model.policy import best_trajectory_metres
-from test_pretrain import IMAGE, _module, _trainer, demo_datamodule, fit_demo_anchors, write_demo_shards
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HAS_ONNX = all(importlib.util.find_spec(name) for name in ("onnx", "onnxscript", "onnxruntime"))
@@ -113,7 +113,10 @@ def test_eager_torchscript_and_pt2_agree_in_a_torch_only_process(checkpoint: pat
     torch.save({"frames": frames, "goal": goal, "stream": stream}, tmp_path / "inputs.pt")
     result = subprocess.run(
         [sys.executable, "-I", "-c", TORCH_ONLY_SCRIPT, str(out), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     loaded = torch.load(tmp_path / "out.pt", weights_only=True)
@@ -263,8 +266,9 @@ def test_a_file_that_is_no_checkpoint_is_named_without_suggesting_unsafe_loading
     assert not (tmp_path / "o").exists()
 
 
-def test_onnx_export_without_its_extra_says_what_to_install(checkpoint: pathlib.Path, tmp_path: pathlib.Path,
-                                                            capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onnx_export_without_its_extra_says_what_to_install(
+    checkpoint: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from s2e.export import default_formats
 
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed

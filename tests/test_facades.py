@@ -23,18 +23,13 @@ def _segments(grid: list[list[float]]) -> set[tuple]:
 
 
 def test_one_building_block_has_its_four_outer_faces_only():
-    grid = [[0, 0, 0, 0, 0],
-            [0, 5, 5, 5, 0],
-            [0, 5, 5, 5, 0],
-            [0, 0, 0, 0, 0]]
+    grid = [[0, 0, 0, 0, 0], [0, 5, 5, 5, 0], [0, 5, 5, 5, 0], [0, 0, 0, 0, 0]]
     # (line, lo, hi, axis, facing, height): x = 1 faces -x, x = 4 faces +x, y = 1 faces -y, y = 3 faces +y
     assert _segments(grid) == {(1, 1, 3, 0, -1, 5), (4, 1, 3, 0, 1, 5), (1, 1, 4, 1, -1, 5), (3, 1, 4, 1, 1, 5)}
 
 
 def test_a_facade_splits_where_the_building_height_changes_and_inner_walls_are_not_faces():
-    grid = [[0, 0, 0, 0],
-            [0, 5, 9, 0],
-            [0, 0, 0, 0]]
+    grid = [[0, 0, 0, 0], [0, 5, 9, 0], [0, 0, 0, 0]]
     segs = _segments(grid)
     assert (1, 1, 2, 1, -1, 5) in segs and (1, 2, 3, 1, -1, 9) in segs  # the south face, in two heights
     assert not any(s[3] == 0 and s[0] == 2 for s in segs)  # no face between the two buildings
@@ -92,9 +87,9 @@ def test_grid_cache_redoes_only_scenes_changed_in_place(monkeypatch):
         getattr(scene, name)[2] = getattr(other, name)[2]
     updated = cache.get(scene)
     assert derived == [1]  # one scene changed
-    fresh = scene_grids.SceneGridCache(lane_offset=0.5).get(SceneBatch(**{
-        f: (getattr(scene, f).clone() if isinstance(getattr(scene, f), torch.Tensor) else getattr(scene, f))
-        for f in scene.__dataclass_fields__}))
+    fresh = scene_grids.SceneGridCache(lane_offset=0.5).get(
+        SceneBatch(**{f: (getattr(scene, f).clone() if isinstance(getattr(scene, f), torch.Tensor) else getattr(scene, f)) for f in scene.__dataclass_fields__})
+    )
     for name in ("wall", "coarse", "material"):
         assert torch.equal(getattr(updated, name), getattr(fresh, name)), name
     key = lambda t: sorted(map(tuple, t[t[..., -1] > 0].tolist()))  # noqa: E731 - facade rows, order-free
@@ -107,8 +102,9 @@ def test_rendering_under_inference_mode_sees_in_place_scene_changes():
     other, *_ = _street_batch(2, seed=40)
     caster = Raycaster(64, 36, compiled=False)
     with torch.inference_mode():
-        scene = SceneBatch(**{f: (getattr(scene, f).clone() if isinstance(getattr(scene, f), torch.Tensor)
-                                  else getattr(scene, f)) for f in scene.__dataclass_fields__})
+        scene = SceneBatch(
+            **{f: (getattr(scene, f).clone() if isinstance(getattr(scene, f), torch.Tensor) else getattr(scene, f)) for f in scene.__dataclass_fields__}
+        )
         before, _ = caster.render(scene, start, yaw, robot.camera_height, robot.hfov_deg)
         for name in ("surface", "height", "distance", "origin"):
             getattr(scene, name)[1] = getattr(other, name)[1]

@@ -8,13 +8,13 @@ import pathlib
 
 import pytest
 import torch
+from test_bench_cli import IMAGE, tiny_checkpoint
 
 from conftest import curved_trajectory, encode_indexed_video
 from datamodules.shard_writer import EpisodeShardWriter
 from s2e.bench.drift import check_comparable
 from s2e.model.policy import PolicyConfig, S2EPolicy
 from s2e.scripts import feature_drift
-from test_bench_cli import IMAGE, tiny_checkpoint
 
 FPS = 10
 
@@ -49,8 +49,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _drift(setup, b: str, out: pathlib.Path) -> dict:
-    return feature_drift.run(["--ckpt-a", str(setup["base"]), "--ckpt-b", str(setup[b]), "--shards", setup["shards"],
-                               "--max-frames", "24", "--batch-size", "8", "--out", str(out)])
+    return feature_drift.run(
+        ["--ckpt-a", str(setup["base"]), "--ckpt-b", str(setup[b]), "--shards", setup["shards"], "--max-frames", "24", "--batch-size", "8", "--out", str(out)]
+    )
 
 
 def test_drift_is_zero_when_only_the_decoder_changed_and_positive_when_the_encoder_did(setup, tmp_path: pathlib.Path, capsys) -> None:

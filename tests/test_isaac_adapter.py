@@ -29,8 +29,7 @@ class StandInIsaacNavEnv(EnvBase):
 
     def __init__(self, policy_width: int = 10):
         super().__init__(batch_size=torch.Size([N]))
-        self.observation_spec = Composite(
-            policy=Unbounded(shape=(N, policy_width)), pixels=Bounded(0, 255, shape=(N, H, W, 3), dtype=torch.uint8), shape=(N,))
+        self.observation_spec = Composite(policy=Unbounded(shape=(N, policy_width)), pixels=Bounded(0, 255, shape=(N, H, W, 3), dtype=torch.uint8), shape=(N,))
         self.action_spec = Bounded(-2.0, 2.0, shape=(N, 3))
         self.reward_spec = Unbounded(shape=(N, 1))
         self.goal = torch.tensor([[4.0, 3.0], [-2.0, 5.0]])

@@ -64,34 +64,53 @@ def frames_table(episode: int, start_index: int, length: int, fixed: bool, veloc
     state = pose_fn(t, episode).astype(np.float32)
     action = np.tile(np.asarray(velocity, np.float32), (length, 1))
     list_type = pa.list_(pa.float32(), 3) if fixed else pa.list_(pa.float32())
-    return pa.table({
-        "observation.state": pa.array(state.tolist(), type=list_type),
-        "action": pa.array(action.tolist(), type=pa.list_(pa.float32(), 2) if fixed else pa.list_(pa.float32())),
-        "timestamp": pa.array(t.astype(np.float32)),
-        "frame_index": pa.array(np.arange(length)),
-        "episode_index": pa.array(np.full(length, episode)),
-        "index": pa.array(start_index + np.arange(length)),
-        "task_index": pa.array(np.zeros(length, np.int64)),
-    })
+    return pa.table(
+        {
+            "observation.state": pa.array(state.tolist(), type=list_type),
+            "action": pa.array(action.tolist(), type=pa.list_(pa.float32(), 2) if fixed else pa.list_(pa.float32())),
+            "timestamp": pa.array(t.astype(np.float32)),
+            "frame_index": pa.array(np.arange(length)),
+            "episode_index": pa.array(np.full(length, episode)),
+            "index": pa.array(start_index + np.arange(length)),
+            "task_index": pa.array(np.zeros(length, np.int64)),
+        }
+    )
 
 
 def info(version: str, episodes: int, frames: int) -> dict:
     layout = {
-        "v2.1": {"data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
-                 "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"},
-        "v3.0": {"data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-                 "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-                 "data_files_size_in_mb": 100, "video_files_size_in_mb": 500},
+        "v2.1": {
+            "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
+            "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
+        },
+        "v3.0": {
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 500,
+        },
     }[version]
-    return {"codebase_version": version, "robot_type": "wheeled", "total_episodes": episodes, "total_frames": frames, "total_tasks": 1,
-            "chunks_size": 1000, "fps": FPS, "splits": {"train": f"0:{episodes}"}, "features": FEATURES, **layout}
+    return {
+        "codebase_version": version,
+        "robot_type": "wheeled",
+        "total_episodes": episodes,
+        "total_frames": frames,
+        "total_tasks": 1,
+        "chunks_size": 1000,
+        "fps": FPS,
+        "splits": {"train": f"0:{episodes}"},
+        "features": FEATURES,
+        **layout,
+    }
 
 
 def write_v21(root: Path, lengths: list[int], video_lengths: list[int]) -> None:
     """v2.1: one parquet and one mp4 per episode, episodes listed in meta/episodes.jsonl."""
     (root / "meta").mkdir(parents=True)
     (root / "meta" / "info.json").write_text(json.dumps(info("v2.1", len(lengths), sum(lengths))))
-    (root / "meta" / "episodes.jsonl").write_text("".join(json.dumps({"episode_index": e, "tasks": ["drive"], "length": n}) + "\n" for e, n in enumerate(lengths)))
+    (root / "meta" / "episodes.jsonl").write_text(
+        "".join(json.dumps({"episode_index": e, "tasks": ["drive"], "length": n}) + "\n" for e, n in enumerate(lengths))
+    )
     (root / "meta" / "tasks.jsonl").write_text(json.dumps({"task_index": 0, "task": "drive"}) + "\n")
     start = 0
     for episode, (length, shown) in enumerate(zip(lengths, video_lengths)):
@@ -107,13 +126,23 @@ def write_v30(root: Path, lengths: list[int], velocities: list[tuple[float, floa
     tables, rows, start = [], [], 0
     for episode, (length, velocity) in enumerate(zip(lengths, velocities)):
         tables.append(frames_table(episode, start, length, fixed=True, velocity=velocity))
-        rows.append({
-            "episode_index": episode, "tasks": ["drive"], "length": length, "data/chunk_index": 0, "data/file_index": 0,
-            "dataset_from_index": start, "dataset_to_index": start + length,
-            f"videos/{CAMERA}/chunk_index": 0, f"videos/{CAMERA}/file_index": 0,
-            f"videos/{CAMERA}/from_timestamp": start / FPS, f"videos/{CAMERA}/to_timestamp": (start + length) / FPS,
-            "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
-        })
+        rows.append(
+            {
+                "episode_index": episode,
+                "tasks": ["drive"],
+                "length": length,
+                "data/chunk_index": 0,
+                "data/file_index": 0,
+                "dataset_from_index": start,
+                "dataset_to_index": start + length,
+                f"videos/{CAMERA}/chunk_index": 0,
+                f"videos/{CAMERA}/file_index": 0,
+                f"videos/{CAMERA}/from_timestamp": start / FPS,
+                f"videos/{CAMERA}/to_timestamp": (start + length) / FPS,
+                "meta/episodes/chunk_index": 0,
+                "meta/episodes/file_index": 0,
+            }
+        )
         start += length
     (root / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
     (root / "meta" / "info.json").write_text(json.dumps(info("v3.0", len(lengths), start)))
@@ -137,7 +166,11 @@ def read_shards(out: Path) -> dict[str, tuple[Trajectory, np.ndarray, dict]]:
                 with av.open(io.BytesIO(members[name])) as container:
                     assert container.streams.video[0].codec_context.name == "h264"
                 frames = decode_video(members[name], (96, 128), backend="pyav").frames
-                episodes[key] = (Trajectory.from_npz_bytes(members[key + ".traj.npz"]), np.asarray([read_frame_index(f) for f in frames]), json.loads(members[key + ".json"]))
+                episodes[key] = (
+                    Trajectory.from_npz_bytes(members[key + ".traj.npz"]),
+                    np.asarray([read_frame_index(f) for f in frames]),
+                    json.loads(members[key + ".json"]),
+                )
     return episodes
 
 
@@ -212,6 +245,9 @@ def test_dataset_errors_name_what_exists(tmp_path):
         PoseFields.parse("a,b,c", "v,w")
     result = subprocess.run(
         [sys.executable, "tools/make_shards.py", "--from", "lerobot", "--dataset", str(tmp_path), "--pose-fields", "a,b,c", "--out", str(tmp_path / "out")],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "is not a LeRobot dataset: meta/info.json unreadable" in result.stderr

@@ -243,8 +243,24 @@ def test_tool_end_to_end_tum(tmp_path):
         # camera drives forward along its optical axis (+z), camera y points down: up = -y
         lines = [f"{1e9 + ti:.3f} 0 0 {1.5 * ti:.6f} 0 0 0 1" for ti in t]
         (poses / f"run{n}.txt").write_text("# t tx ty tz qx qy qz qw\n" + "\n".join(lines) + "\n")
-    cmd = [sys.executable, "tools/make_shards.py", "--videos", str(videos), "--poses", str(poses), "--pose-format", "tum",
-           "--out", str(out), "--min-seconds", "1", "--shard-max-count", "2", "--intrinsics", "90,90,64,48"]
+    cmd = [
+        sys.executable,
+        "tools/make_shards.py",
+        "--videos",
+        str(videos),
+        "--poses",
+        str(poses),
+        "--pose-format",
+        "tum",
+        "--out",
+        str(out),
+        "--min-seconds",
+        "1",
+        "--shard-max-count",
+        "2",
+        "--intrinsics",
+        "90,90,64,48",
+    ]
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     totals = json.loads(result.stdout.strip().splitlines()[-1])
@@ -260,8 +276,12 @@ def test_tool_end_to_end_tum(tmp_path):
 def test_tool_help_and_argument_errors(tmp_path):
     help_text = subprocess.run([sys.executable, "tools/make_shards.py", "--help"], cwd=REPO, capture_output=True, text=True).stdout
     assert "restricted unpickler" in help_text and "numpy arrays" in help_text
-    result = subprocess.run([sys.executable, "tools/make_shards.py", "--videos", str(tmp_path), "--pose-format", "gnm", "--out", str(tmp_path / "o")],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "tools/make_shards.py", "--videos", str(tmp_path), "--pose-format", "gnm", "--out", str(tmp_path / "o")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "--fps" in result.stderr
 
 

@@ -8,9 +8,9 @@ import pathlib
 import tarfile
 from datetime import timedelta
 
+import lightning.pytorch as pl
 import pytest
 import torch
-import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -153,9 +153,7 @@ def test_fit_logs_skips_to_tensorboard_and_reshuffles_each_epoch(shard_dir: path
 
 
 def _rank_main(rank: int, shard_dir: str, out_dir: str) -> None:
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2, timeout=timedelta(seconds=60)
-    )
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2, timeout=timedelta(seconds=60))
     try:
         # 3 shards over 2 ranks: rank 0 holds two episodes, rank 1 one; both must yield the same batch count.
         # 44 windows per rank: more than ep2's 42, so rank 0 reads both of its shards whatever their order

@@ -26,8 +26,9 @@ from s2e.control import ControllerLimits
 from s2e.export import DeployablePolicy, export_policy
 from s2e.sim.generator import SceneConfig
 
-pytestmark = pytest.mark.skipif(not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
-                                reason="the onnx extra is not installed (pip install 's2e[onnx]')")
+pytestmark = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")), reason="the onnx extra is not installed (pip install 's2e[onnx]')"
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPECS = ROOT / "experiments" / "onnx_specs"
@@ -50,8 +51,9 @@ def ram_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, 
 def short_suite(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Two short straight-street episodes (empty, obstacle) with a tight time limit."""
     scene = replace(SceneConfig(), layouts=("straight",), route_length=(6.0, 7.0))
-    suite = make_suite("onnx-short", seed=5, scenes_per_task=1, episodes_per_scene=1, tasks=["empty", "obstacle"], scene=scene,
-                       time_limit_factor=1.5, time_limit_slack=2.0)
+    suite = make_suite(
+        "onnx-short", seed=5, scenes_per_task=1, episodes_per_scene=1, tasks=["empty", "obstacle"], scene=scene, time_limit_factor=1.5, time_limit_slack=2.0
+    )
     return suite.save(tmp_path_factory.mktemp("suite") / "short.json")
 
 
@@ -105,8 +107,12 @@ def test_our_spec_runs_our_onnx_export_closed_loop_like_the_pytorch_policy(ram_e
     onnx = _navbench(tmp_path / "onnx", short_suite, agent="onnx", spec=str(spec), policy_path=str(folder / "policy.onnx"))
     torch_run = _navbench(tmp_path / "torch", short_suite, policy_path=str(checkpoint))
     assert onnx["agent"] == "s2e-export-small"
-    assert onnx["run"]["adapter"] == {"spec": str(spec), "spec_sha256": hashlib.sha256(spec.read_bytes()).hexdigest(),
-                                      "model": str(folder / "policy.onnx"), "model_sha256": onnx["run"]["adapter"]["model_sha256"]}
+    assert onnx["run"]["adapter"] == {
+        "spec": str(spec),
+        "spec_sha256": hashlib.sha256(spec.read_bytes()).hexdigest(),
+        "model": str(folder / "policy.onnx"),
+        "model_sha256": onnx["run"]["adapter"]["model_sha256"],
+    }
     assert (tmp_path / "onnx" / "report.json").is_file()
     for a, b in zip(onnx["episodes"], torch_run["episodes"], strict=True):
         assert (a["episode_id"], a["success"], a["collisions"]) == (b["episode_id"], b["success"], b["collisions"])
@@ -130,13 +136,22 @@ def authors_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     path = tmp_path_factory.mktemp("authors") / "s2e_bc.onnx"
     images, goal = torch.zeros(2, 11, 3, 256, 256), torch.tensor([[0.05, 1.0, 0.0]] * 2)
     batch = torch.export.Dim("batch", min=1, max=64)
-    torch.onnx.export(StraightBC(), (images, goal), str(path), dynamo=True, input_names=["images", "goal"], output_names=["waypoints"],
-                      dynamic_shapes={"images": {0: batch}, "goal": {0: batch}}, external_data=False)
+    torch.onnx.export(
+        StraightBC(),
+        (images, goal),
+        str(path),
+        dynamo=True,
+        input_names=["images", "goal"],
+        output_names=["waypoints"],
+        dynamic_shapes={"images": {0: batch}, "goal": {0: batch}},
+        external_data=False,
+    )
     return path
 
 
-def test_the_authors_bc_format_runs_closed_loop_through_its_documented_spec(authors_model: pathlib.Path, short_suite: pathlib.Path,
-                                                                             tmp_path: pathlib.Path) -> None:
+def test_the_authors_bc_format_runs_closed_loop_through_its_documented_spec(
+    authors_model: pathlib.Path, short_suite: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
     spec = SPECS / "s2e_authors_bc.yaml"
     parsed = AdapterSpec.load(spec)
     assert (parsed.frames.count, parsed.frames.size, parsed.goal.encoding, parsed.output.layout) == (11, (256, 256), "polar", "waypoints")
@@ -158,11 +173,33 @@ def test_frames_reach_the_graph_normalised_in_the_spec_layout(tmp_path: pathlib.
             return torch.stack([stacked[:, 0].mean((1, 2)), stacked[:, -1].mean((1, 2))], -1)[:, None] + 0.0 * goal[:, :1, None]
 
     path = tmp_path / "probe.onnx"
-    torch.onnx.export(Probe().eval(), (torch.zeros(1, 9, 8, 8), torch.zeros(1, 2)), str(path), dynamo=True, input_names=["context", "goal"],
-                      output_names=["out"], external_data=False)
-    spec = AdapterSpec.from_dict({"name": "probe", "frames": {"input": "context", "layout": "BCHW_STACKED", "size": [8, 8], "count": 3, "spacing_s": 0.2,
-                                                              "dtype": "float32", "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.5]},
-                                  "goal": {"input": "goal"}, "output": {"name": "out", "waypoint_spacing_s": 0.3}}, tmp_path)
+    torch.onnx.export(
+        Probe().eval(),
+        (torch.zeros(1, 9, 8, 8), torch.zeros(1, 2)),
+        str(path),
+        dynamo=True,
+        input_names=["context", "goal"],
+        output_names=["out"],
+        external_data=False,
+    )
+    spec = AdapterSpec.from_dict(
+        {
+            "name": "probe",
+            "frames": {
+                "input": "context",
+                "layout": "BCHW_STACKED",
+                "size": [8, 8],
+                "count": 3,
+                "spacing_s": 0.2,
+                "dtype": "float32",
+                "mean": [0.5, 0.4, 0.3],
+                "std": [0.2, 0.25, 0.5],
+            },
+            "goal": {"input": "goal"},
+            "output": {"name": "out", "waypoint_spacing_s": 0.3},
+        },
+        tmp_path,
+    )
     agent = OnnxAgent(spec, path)
     assert agent.chunk == 1  # a graph exported for batch 1 runs env by env
     context = torch.zeros(2, 3, 3, 8, 8, dtype=torch.uint8)
@@ -183,7 +220,12 @@ def test_a_spec_that_does_not_fit_its_graph_is_a_clear_error(ram_export, authors
         (ours, model, {"frames__size": [IMAGE, IMAGE], "frames__dtype": "float32"}, r"input 'frames' is tensor\(uint8\), the spec says tensor\(float\)"),
         (ours, model, {"frames__size": [IMAGE, IMAGE], "goal__encoding": "polar"}, r"input 'goal' has shape \['batch', 2\], the spec needs \['B', 3\]"),
         (ours, model, {"frames__size": [IMAGE, IMAGE], "output__name": "waypoints"}, r"has no output 'waypoints'; its outputs are \['best_trajectory_m'"),
-        (ours, model, {"frames__size": [IMAGE, IMAGE], "output__layout": "command"}, r"output 'best_trajectory_m' has shape \['batch', 10, 2\], the spec needs \['B', 2\]"),
+        (
+            ours,
+            model,
+            {"frames__size": [IMAGE, IMAGE], "output__layout": "command"},
+            r"output 'best_trajectory_m' has shape \['batch', 10, 2\], the spec needs \['B', 2\]",
+        ),
         (authors, authors_model, {"goal__input": "target"}, r"has no input 'target'; its inputs are \['goal', 'images'\]"),
     ]
     for i, (source, onnx, changes, message) in enumerate(cases):

@@ -15,9 +15,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from test_video_decode import _BreakingReader, raw_h264_stream
 
 from conftest import curved_trajectory, encode_indexed_video, read_frame_index
-from datamodules import pipeline
+from datamodules import pipeline, video_decode
 from datamodules.pipeline import (
     NavWindowLoader,
     NoUsableDataError,
@@ -28,13 +29,11 @@ from datamodules.pipeline import (
     expand_shards,
     read_tar_episodes,
     split_by_rank,
-    worker_shard_parts,
     with_quota,
+    worker_shard_parts,
 )
-from datamodules import video_decode
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
-from test_video_decode import _BreakingReader, raw_h264_stream
 
 NTSC = Fraction(30000, 1001)
 FPS = float(NTSC)
@@ -103,7 +102,14 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> dict:
     bad += _members("bad_json", ok_video, ok_traj, meta=b'{"fps": 29.97')
     bad += _members("raw_stream", raw_h264_stream(FRAMES), ok_traj)  # decodes, but its clock is not the poses' clock
     _write_tar(root / "bad.tar", bad)
-    return {"good": good, "pickle": str(root / "pickle.tar"), "marker": marker, "truncated": str(root / "truncated.tar"), "bad": str(root / "bad.tar"), "root": root}
+    return {
+        "good": good,
+        "pickle": str(root / "pickle.tar"),
+        "marker": marker,
+        "truncated": str(root / "truncated.tar"),
+        "bad": str(root / "bad.tar"),
+        "root": root,
+    }
 
 
 def _arc(t, speed):

@@ -16,6 +16,8 @@ from lightning.pytorch.demos.boring_classes import BoringDataModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensordict import TensorDict
+from test_pretrain import TINY_POLICY
+from test_rl_distribution import _tiny_policy
 from torchrl.envs.utils import step_mdp
 
 from s2e.anchors import Anchors
@@ -31,8 +33,6 @@ from s2e.sim.crowd import CrowdConfig
 from s2e.sim.env import NavEnvConfig
 from s2e.sim.rewards import RewardConfig
 from s2e.timing import TimingMismatchError, TimingSpec
-from test_pretrain import TINY_POLICY
-from test_rl_distribution import _tiny_policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_PPO = PPOConfig(epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)  # every minibatch steps: tests count optimizer steps
@@ -132,7 +132,15 @@ def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained
     log_dir = pathlib.Path(trainer.logger.log_dir)
     events = EventAccumulator(str(log_dir), size_guidance={"images": 0}).Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ("train/reward_terms/progress", "train/reward_terms/collision", "train/reward/step", "ppo/kl_approx", "ppo/clip_fraction", "ppo/entropy", "ppo/explained_variance"):
+    for tag in (
+        "train/reward_terms/progress",
+        "train/reward_terms/collision",
+        "train/reward/step",
+        "ppo/kl_approx",
+        "ppo/clip_fraction",
+        "ppo/entropy",
+        "ppo/explained_variance",
+    ):
         assert tag in scalars, tag
     assert "rollout/frames" in events.Tags()["images"]
     assert (log_dir / "videos" / "epoch_0000.mp4").stat().st_size > 0
@@ -160,7 +168,9 @@ def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained
     old["s2e_policy"]["ram"] = {"gate_bias": True}
     torch.save(old, tmp_path / "old.ckpt")
     with pytest.raises(ValueError, match="branch_input 'gated'"):
-        _trainer(tmp_path / "old", max_epochs=3).fit(PostTrainModule(str(pretrained), **run), datamodule=SimulatorRollouts(**data), ckpt_path=str(tmp_path / "old.ckpt"))
+        _trainer(tmp_path / "old", max_epochs=3).fit(
+            PostTrainModule(str(pretrained), **run), datamodule=SimulatorRollouts(**data), ckpt_path=str(tmp_path / "old.ckpt")
+        )
     gated = PostTrainModule(str(pretrained), ram={"branch_input": "gated"}, **run)
     _trainer(tmp_path / "old", max_epochs=3).fit(gated, datamodule=SimulatorRollouts(**data), ckpt_path=str(tmp_path / "old.ckpt"))
 
@@ -185,8 +195,13 @@ def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, 
     overrides = {
         "model": {"init_args": {"pretrained": str(pretrained), "ppo": {"epochs": 1, "minibatch_size": 8, "lr": 1e-3, "target_kl": None}}},
         "data": {"init_args": TINY_DATA},
-        "trainer": {"accelerator": "cpu", "max_epochs": 1, "default_root_dir": str(tmp_path), "enable_progress_bar": False,
-                    "logger": {"init_args": {"save_dir": str(tmp_path)}}},
+        "trainer": {
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "default_root_dir": str(tmp_path),
+            "enable_progress_bar": False,
+            "logger": {"init_args": {"save_dir": str(tmp_path)}},
+        },
     }
     cli = S2ECLI(args=["fit", "--config", str(ROOT / "experiments" / "posttrain.yaml"), "--config", json.dumps(overrides)])
     assert isinstance(cli.model, PostTrainModule) and cli.model.strategy == "ram" and cli.trainer.global_step >= 1
@@ -195,8 +210,19 @@ def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, 
     assert isinstance(policy.cross_attention, ResidualAttentionModule)
 
     # resuming merges the checkpoint's hyper-parameters (config dataclasses stored as plain dicts) back into the config
-    resumed = S2ECLI(args=["fit", "--config", str(ROOT / "experiments" / "posttrain.yaml"), "--config", json.dumps(overrides),
-                           "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
+    resumed = S2ECLI(
+        args=[
+            "fit",
+            "--config",
+            str(ROOT / "experiments" / "posttrain.yaml"),
+            "--config",
+            json.dumps(overrides),
+            "--trainer.max_epochs",
+            "2",
+            "--ckpt_path",
+            str(last),
+        ]
+    )
     assert resumed.model.ppo == PPOConfig(epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)
     assert resumed.trainer.global_step == 2 * cli.trainer.global_step
 
@@ -204,10 +230,27 @@ def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, 
 def test_env_settings_given_on_the_command_line_reach_the_training_env(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """Reward weights, scene generation and crowd are experiment knobs: a CLI override of one field
     changes that field only, in the env the collector steps, and the checkpoint keeps plain values."""
-    cli = S2ECLI(args=["--config", str(ROOT / "experiments" / "posttrain.yaml"), "--model.init_args.pretrained", str(pretrained),
-                       "--model.init_args.rewards.collision", "5.0", "--model.init_args.rewards.progress", "2.0",
-                       "--model.init_args.scene.num_obstacles", "[7, 7]", "--model.init_args.crowd.robot_strength", "4.0",
-                       "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"], run=False)
+    cli = S2ECLI(
+        args=[
+            "--config",
+            str(ROOT / "experiments" / "posttrain.yaml"),
+            "--model.init_args.pretrained",
+            str(pretrained),
+            "--model.init_args.rewards.collision",
+            "5.0",
+            "--model.init_args.rewards.progress",
+            "2.0",
+            "--model.init_args.scene.num_obstacles",
+            "[7, 7]",
+            "--model.init_args.crowd.robot_strength",
+            "4.0",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+        ],
+        run=False,
+    )
     model = cli.model
     assert model.env_config.rewards == RewardConfig(collision=5.0, progress=2.0)
     assert model.env_config.crowd == CrowdConfig(robot_strength=4.0)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from test_rl_distribution import _observation, _tiny_policy
 
 from s2e.anchors import Anchors
 from s2e.checkpoint import load_policy_from_checkpoint
@@ -19,7 +20,6 @@ from s2e.export import DeployablePolicy, export_policy
 from s2e.model.decoder import AnchorCrossAttention
 from s2e.model.ram import RAMConfig, ResidualAttentionModule, wrap_with_ram
 from s2e.timing import TimingSpec
-from test_rl_distribution import _observation, _tiny_policy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -32,18 +32,24 @@ def _corridor(obstacles: list[list[float]] = (), pedestrians: list[list[float]] 
     obs = torch.tensor(list(obstacles) or [[0.0] * 8], dtype=torch.float32).view(1, -1, 8)
     peds = torch.tensor(list(pedestrians) or [[0.0] * 6], dtype=torch.float32).view(1, -1, 6)
     return SceneBatch(
-        surface=surface.unsqueeze(0), height=height.unsqueeze(0), distance=torch.ones(1, CELLS, CELLS),
-        origin=torch.tensor([[-CELLS * RES / 2, -CELLS * RES / 2]]), resolution=RES,
-        obstacles=obs, obstacle_mask=torch.tensor([[len(obstacles) > 0] * obs.shape[1]]),
-        pedestrians=peds, pedestrian_mask=torch.tensor([[len(pedestrians) > 0] * peds.shape[1]]),
-        route=torch.tensor([[[0.0, 0.0], [5.0, 0.0]]]), route_length=torch.tensor([2]), style_seed=torch.tensor([seed]),
+        surface=surface.unsqueeze(0),
+        height=height.unsqueeze(0),
+        distance=torch.ones(1, CELLS, CELLS),
+        origin=torch.tensor([[-CELLS * RES / 2, -CELLS * RES / 2]]),
+        resolution=RES,
+        obstacles=obs,
+        obstacle_mask=torch.tensor([[len(obstacles) > 0] * obs.shape[1]]),
+        pedestrians=peds,
+        pedestrian_mask=torch.tensor([[len(pedestrians) > 0] * peds.shape[1]]),
+        route=torch.tensor([[[0.0, 0.0], [5.0, 0.0]]]),
+        route_length=torch.tensor([2]),
+        style_seed=torch.tensor([seed]),
     )
 
 
 def _render(scene: SceneBatch, yaw: float = 0.0, domain: str = "sim", generator=None):
     caster = Raycaster(W, H, domain=domain, max_distance=MAX_DISTANCE)
-    return caster.render(scene, torch.zeros(1, 2), torch.tensor([yaw]), CAM_H, HFOV, with_depth=True,
-                         noise_generator=generator)
+    return caster.render(scene, torch.zeros(1, 2), torch.tensor([yaw]), CAM_H, HFOV, with_depth=True, noise_generator=generator)
 
 
 def _row_at_height(z: float, distance: float) -> int:
@@ -165,8 +171,9 @@ def test_domains_look_different_and_style_seed_varies_textures_not_geometry():
 
 def test_batch_renders_each_scene_like_alone():
     a, b = _corridor([_box(3.0, 0.0, 2.0)], seed=1), _corridor(pedestrians=[[4.0, 1.0, 0.0, 0.0, 0.3, 1.7]], seed=2)
-    both = SceneBatch(**{f: (torch.cat([getattr(a, f), getattr(b, f)]) if isinstance(getattr(a, f), torch.Tensor)
-                             else getattr(a, f)) for f in a.__dataclass_fields__})
+    both = SceneBatch(
+        **{f: (torch.cat([getattr(a, f), getattr(b, f)]) if isinstance(getattr(a, f), torch.Tensor) else getattr(a, f)) for f in a.__dataclass_fields__}
+    )
     caster = Raycaster(W, H, domain="sim")
     yaw = torch.tensor([0.0, 0.3])
     rgb, depth = caster.render(both, torch.zeros(2, 2), yaw, torch.tensor([1.0, 0.7]), torch.tensor([90.0, 70.0]), True)
@@ -187,8 +194,7 @@ def test_generated_scenes_render_identically_for_the_same_seed():
         scene = generate_world(seeds, SceneConfig(), robot).scene
         start, ahead = scene.route[:, 0], scene.route[:, 1]
         yaw = torch.atan2(ahead[:, 1] - start[:, 1], ahead[:, 0] - start[:, 0])
-        rgb, _ = caster.render(scene, start, yaw, robot.camera_height, robot.hfov_deg,
-                               noise_generator=torch.Generator().manual_seed(0))
+        rgb, _ = caster.render(scene, start, yaw, robot.camera_height, robot.hfov_deg, noise_generator=torch.Generator().manual_seed(0))
         images.append(rgb)
     assert torch.equal(images[0], images[1])
     assert not torch.equal(images[0], images[2])
@@ -215,8 +221,13 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_scene_without_obstacle_or_pedestrian_rows_renders_the_walls():
-    empty = replace(_corridor(), obstacles=torch.zeros(1, 0, 8), obstacle_mask=torch.zeros(1, 0, dtype=torch.bool),
-                    pedestrians=torch.zeros(1, 0, 6), pedestrian_mask=torch.zeros(1, 0, dtype=torch.bool))
+    empty = replace(
+        _corridor(),
+        obstacles=torch.zeros(1, 0, 8),
+        obstacle_mask=torch.zeros(1, 0, dtype=torch.bool),
+        pedestrians=torch.zeros(1, 0, 6),
+        pedestrian_mask=torch.zeros(1, 0, dtype=torch.bool),
+    )
     rgb, depth = _render(empty)
     padded, padded_depth = _render(_corridor())  # same geometry with masked-out padding rows
     assert torch.equal(depth, padded_depth) and torch.equal(rgb, padded)
@@ -245,8 +256,9 @@ def test_failed_compilation_falls_back_to_eager_once_and_auto_compiles_only_larg
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one frame is below COMPILE_MIN_PIXELS: no compilation tried
         small = auto.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV, True)
-    pair = SceneBatch(**{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor)
-                             else getattr(scene, f)) for f in scene.__dataclass_fields__})
+    pair = SceneBatch(
+        **{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor) else getattr(scene, f)) for f in scene.__dataclass_fields__}
+    )
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         large = auto.render(pair, torch.zeros(2, 2), torch.zeros(2), CAM_H, HFOV, True)
     with warnings.catch_warnings():
@@ -311,8 +323,9 @@ def test_auto_compiles_large_batches_only_after_enough_eager_rendering(monkeypat
     monkeypatch.setattr(torch, "compile", record)
     policy = CompilePolicy(min_pixels=2 * W * H, after_eager_s=3600.0)
     scene = _corridor([_box(3.0, 0.0, 0.4)])
-    pair = SceneBatch(**{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor)
-                             else getattr(scene, f)) for f in scene.__dataclass_fields__})
+    pair = SceneBatch(
+        **{f: (torch.cat([getattr(scene, f)] * 2) if isinstance(getattr(scene, f), torch.Tensor) else getattr(scene, f)) for f in scene.__dataclass_fields__}
+    )
     caster = Raycaster(W, H, compile_policy=policy)
     caster.render(scene, torch.zeros(1, 2), torch.zeros(1), CAM_H, HFOV)
     assert policy.eager_large_s == 0.0  # small calls do not count
@@ -334,6 +347,7 @@ def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(monkeypatc
         def run(*args):
             calls.append((fn.__name__, kwargs["dynamic"], args[1].shape[0] if fn.__name__ == "_object_spans" else None))
             return fn(*args)
+
         return run
 
     monkeypatch.setattr(torch, "compile", traced)
@@ -358,8 +372,11 @@ def test_compiled_stages_render_like_eager():
         caster = Raycaster(64, 36, domain="recorded", compiled=compiled, compile_policy=policy)
         for count in (3, 2):  # a second batch size: fixed-shape stages compile for it too
             part = scene.index(slice(0, count))
-            pictures.append(caster.render(part, start[:count], yaw[:count], robot.camera_height, robot.hfov_deg,
-                                          with_depth=True, noise_generator=torch.Generator().manual_seed(0)))
+            pictures.append(
+                caster.render(
+                    part, start[:count], yaw[:count], robot.camera_height, robot.hfov_deg, with_depth=True, noise_generator=torch.Generator().manual_seed(0)
+                )
+            )
     assert all(stage["error"] is None for stage in policy.report()["stages"].values())
     for (eager_rgb, eager_depth), (fast_rgb, fast_depth) in zip(pictures[:2], pictures[2:]):
         diff = (eager_rgb.int() - fast_rgb.int()).abs()
@@ -388,7 +405,6 @@ def test_pedestrians_and_obstacles_change_the_sparse_eager_picture():
     scene, start, yaw, robot = _street_batch(4)
     caster = Raycaster(64, 36, domain="recorded", compiled=False)
     with_objects, _ = caster.render(scene, start, yaw, robot.camera_height, robot.hfov_deg)
-    empty = replace(scene, obstacle_mask=torch.zeros_like(scene.obstacle_mask),
-                    pedestrian_mask=torch.zeros_like(scene.pedestrian_mask))
+    empty = replace(scene, obstacle_mask=torch.zeros_like(scene.obstacle_mask), pedestrian_mask=torch.zeros_like(scene.pedestrian_mask))
     without, _ = caster.render(empty, start, yaw, robot.camera_height, robot.hfov_deg)
     assert (with_objects != without).any(1).float().mean() > 0.005

@@ -12,11 +12,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_sim_prints_one_json_summary_per_configuration():
-    out = subprocess.run(
-        [sys.executable, "tools/bench_sim.py", "--envs", "1", "2", "--sizes", "32x24", "--threads", "1",
-         "--repeats", "1", "--min-seconds", "0"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            [sys.executable, "tools/bench_sim.py", "--envs", "1", "2", "--sizes", "32x24", "--threads", "1", "--repeats", "1", "--min-seconds", "0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     summary = json.loads(out[-1])
     assert [(r["envs"], r["width"], r["height"]) for r in summary["results"]] == [(1, 32, 24), (2, 32, 24)]
     for row in summary["results"]:
@@ -30,15 +37,18 @@ def test_bench_sim_prints_one_json_summary_per_configuration():
 
 
 def test_bench_sim_rejects_a_malformed_size():
-    result = subprocess.run([sys.executable, "tools/bench_sim.py", "--sizes", "128by72"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "tools/bench_sim.py", "--sizes", "128by72"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "128x72" in result.stderr
 
 
 def test_profile_env_step_splits_a_step_into_parts_that_add_up():
     result = subprocess.run(
-        [sys.executable, "tools/profile_env_step.py", "--envs", "2", "--size", "32x24", "--steps", "4", "--warmup", "1",
-         "--threads", "1", "--compile", "off"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [sys.executable, "tools/profile_env_step.py", "--envs", "2", "--size", "32x24", "--steps", "4", "--warmup", "1", "--threads", "1", "--compile", "off"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     parts = summary["parts_mean_ms"]

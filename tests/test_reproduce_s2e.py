@@ -11,19 +11,44 @@ import re
 import shutil
 
 import pytest
+from test_posttrain import pretrained  # noqa: F401  (fixture: a tiny pretrained checkpoint written by a Trainer)
 
 from s2e.scripts import reproduce_s2e
-from test_posttrain import pretrained  # noqa: F401  (fixture: a tiny pretrained checkpoint written by a Trainer)
 
 METHODS = ["pretrained", "ram", "full", "decoder", "sft", "none"]
 TASKS = ["empty", "obstacle", "pedestrian", "both"]
-TINY_FIT = ["--data.init_args.num_envs", "2", "--data.init_args.steps_per_batch", "8", "--data.init_args.batches_per_epoch", "1",
-            "--model.init_args.ppo.minibatch_size", "8", "--trainer.callbacks.init_args.every_n_epochs", "0"]
+TINY_FIT = [
+    "--data.init_args.num_envs",
+    "2",
+    "--data.init_args.steps_per_batch",
+    "8",
+    "--data.init_args.batches_per_epoch",
+    "1",
+    "--model.init_args.ppo.minibatch_size",
+    "8",
+    "--trainer.callbacks.init_args.every_n_epochs",
+    "0",
+]
 
 
 def _argv(checkpoint: pathlib.Path, out: pathlib.Path, strategies: list[str], *fit_args: str) -> list[str]:
-    return ["--pretrained", str(checkpoint), "--out", str(out), "--strategies", *strategies, "--minutes", "0.1",
-            "--suite", "quick", "--bench-episodes", "2", "--fit-args", *TINY_FIT, *fit_args]
+    return [
+        "--pretrained",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--strategies",
+        *strategies,
+        "--minutes",
+        "0.1",
+        "--suite",
+        "quick",
+        "--bench-episodes",
+        "2",
+        "--fit-args",
+        *TINY_FIT,
+        *fit_args,
+    ]
 
 
 def _outputs(out: pathlib.Path) -> dict[pathlib.Path, int]:
@@ -53,7 +78,9 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path: pathlib.Path, capsys: p
 
 @pytest.mark.slow
 def test_ablation_end_to_end_then_rerun_skips_and_a_failed_fit_is_reported(
-    pretrained: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture  # noqa: F811
+    pretrained: pathlib.Path,  # noqa: F811 (the imported fixture)
+    tmp_path: pathlib.Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     out = tmp_path / "ablation"
     assert reproduce_s2e.main(_argv(pretrained, out, METHODS[1:])) == 0

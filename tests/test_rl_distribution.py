@@ -10,13 +10,13 @@ import pytest
 import torch
 from tensordict import TensorDict
 from tensordict.nn import InteractionType, set_interaction_type
+from test_pretrain import TINY_POLICY
 
 from s2e.control import ControllerLimits, command_from_limits
 from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres
 from s2e.rl.actor import LOG_PROB_KEY, TRAJECTORY_KEY, Exploration, ValueHead, build_actor_critic
 from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.timing import TimingSpec
-from test_pretrain import TINY_POLICY
 
 SAMPLES = 40_000
 
@@ -84,7 +84,9 @@ def test_shapes_mode_and_sample_moments() -> None:
     expected = (dist.mixture.log_weights.exp()[..., None, None] * dist.mixture.mean).sum(1)
     torch.testing.assert_close(samples.mean(0), expected, atol=0.05, rtol=0)
 
-    nested = AnchorTrajectoryDistribution(*(v.reshape(1, 2, *v.shape[1:]) for v in (dist.mixture.logits, dist.mixture.mean, dist.mixture.log_std, dist.mixture.rho)))
+    nested = AnchorTrajectoryDistribution(
+        *(v.reshape(1, 2, *v.shape[1:]) for v in (dist.mixture.logits, dist.mixture.mean, dist.mixture.log_std, dist.mixture.rho))
+    )
     x = dist.sample()
     torch.testing.assert_close(nested.log_prob(x[None]), dist.log_prob(x)[None])
     torch.testing.assert_close(nested.entropy(), dist.entropy()[None])

@@ -9,17 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 from tensordict import TensorDict
+from test_rl_distribution import _tiny_policy
 from torchrl.envs import Compose, RenameTransform, RewardSum, TransformedEnv
 
 from s2e.control import ControllerLimits
 from s2e.rl.actor import DIST_KEYS, FROZEN_KEY, LOG_PROB_KEY, TRAJECTORY_KEY, Exploration, PolicyDecoder, TrajectoryController, ValueHead, build_actor_critic
 from s2e.rl.collect import make_collector, make_rollout_env
-from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.rl.features import FEATURES_KEY, FrameFeatures
 from s2e.rl.strategy import apply_strategy
+from s2e.rl.trajectory_distribution import AnchorTrajectoryDistribution
 from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.timing import TimingSpec
-from test_rl_distribution import _tiny_policy
 
 ENVS, STEPS = 4, 24
 
@@ -69,7 +69,9 @@ def test_cached_collection_equals_the_full_window_path_over_partial_resets(frame
         torch.testing.assert_close(modules.actor.get_dist(flat.select("context", FROZEN_KEY)).log_prob(flat[TRAJECTORY_KEY]), flat[LOG_PROB_KEY])
         action = TrajectoryController(timing.waypoint_dt, limits)(flat[TRAJECTORY_KEY], *params)
         torch.testing.assert_close(flat["action"], action, atol=1e-5, rtol=0)
-        torch.testing.assert_close(flat["state_value"], modules.critic(TensorDict(context=full, goal=flat["goal"], batch_size=flat.shape))["state_value"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            flat["state_value"], modules.critic(TensorDict(context=full, goal=flat["goal"], batch_size=flat.shape))["state_value"], atol=1e-5, rtol=0
+        )
 
     # one new frame per env and step, plus each episode start's stack and the in-between ring slots
     # that enter the stack over its next stride - 1 steps (the full window: k frames per env and step)

@@ -16,12 +16,12 @@ import pathlib
 import lightning.pytorch as pl
 import numpy as np
 import pytest
+from test_posttrain import write_tiny_pretrained
 
 from s2e.anchors import Anchors
 from s2e.posttrain import PostTrainModule, SimulatorRollouts
 from s2e.rl.ppo import PPOConfig
 from s2e.timing import TimingSpec
-from test_posttrain import write_tiny_pretrained
 
 BATCHES = 24
 LAST = 8
@@ -47,13 +47,13 @@ def heading_anchors_policy(tmp_path_factory: pytest.TempPathFactory) -> pathlib.
 
 def _progress(checkpoint: pathlib.Path, lr: float) -> list[float]:
     pl.seed_everything(0, verbose=False)
-    ppo = PPOConfig(lr=lr, value_lr=1e-3 if lr else 0.0, exploration_space="anchor", anchor_temperature=1.0, epochs=4, minibatch_size=64,
-                    target_kl=None)
+    ppo = PPOConfig(lr=lr, value_lr=1e-3 if lr else 0.0, exploration_space="anchor", anchor_temperature=1.0, epochs=4, minibatch_size=64, target_kl=None)
     module = PostTrainModule(str(checkpoint), task="empty", action_repeat=2, ppo=ppo)
     data = SimulatorRollouts(num_envs=16, steps_per_batch=32, batches_per_epoch=BATCHES)
     progress = ProgressPerBatch()
-    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[progress])
+    trainer = pl.Trainer(
+        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[progress]
+    )
     trainer.fit(module, datamodule=data)
     assert len(progress.values) == BATCHES
     return progress.values

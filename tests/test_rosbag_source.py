@@ -25,7 +25,8 @@ from s2e.geometry import wrap_angle
 
 rosbags = pytest.importorskip("rosbags")
 from rosbags.rosbag1 import Writer as Ros1Writer  # noqa: E402
-from rosbags.rosbag2 import StoragePlugin, Writer as Ros2Writer  # noqa: E402
+from rosbags.rosbag2 import StoragePlugin  # noqa: E402
+from rosbags.rosbag2 import Writer as Ros2Writer  # noqa: E402
 from rosbags.typesys import Stores, get_typestore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,9 @@ class Msgs:
 
     def odometry(self, stamp: float, xy: np.ndarray, yaw: float) -> Any:
         vec = self.ts.types["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0)
-        twist = self.ts.types["geometry_msgs/msg/TwistWithCovariance"](twist=self.ts.types["geometry_msgs/msg/Twist"](linear=vec, angular=vec), covariance=np.zeros(36))
+        twist = self.ts.types["geometry_msgs/msg/TwistWithCovariance"](
+            twist=self.ts.types["geometry_msgs/msg/Twist"](linear=vec, angular=vec), covariance=np.zeros(36)
+        )
         pose = self.ts.types["geometry_msgs/msg/PoseWithCovariance"](pose=self.pose(xy, yaw), covariance=np.zeros(36))
         return self.ts.types["nav_msgs/msg/Odometry"](header=self.header(stamp), child_frame_id="base", pose=pose, twist=twist)
 
@@ -188,16 +191,37 @@ def test_bad_bags_are_counted_skips_with_reasons_and_the_good_one_is_kept(tmp_pa
         target.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
     os.mkfifo(bags / "pipe.bag")
     result = subprocess.run(
-        [sys.executable, "tools/make_shards.py", "--from", "rosbag", "--bags", str(bags), "--image-topic", "/cam", "--odom-topic", "/odom",
-         "--out", str(tmp_path / "out"), "--min-seconds", "0.5"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "tools/make_shards.py",
+            "--from",
+            "rosbag",
+            "--bags",
+            str(bags),
+            "--image-topic",
+            "/cam",
+            "--odom-topic",
+            "/odom",
+            "--out",
+            str(tmp_path / "out"),
+            "--min-seconds",
+            "0.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert [k["key"] for k in summary["kept"]] == ["good"]
     reasons = {s["clip"]: (s["reason"], s["detail"]) for s in summary["skipped"]}
     assert {clip: reason for clip, (reason, _) in reasons.items()} == {
-        "cut.bag": "unreadable_bag", "cut.mcap": "unreadable_bag", "no_odom": "missing_topic", "pipe": "not_regular_file", "wrong_type": "unknown_message_type",
+        "cut.bag": "unreadable_bag",
+        "cut.mcap": "unreadable_bag",
+        "no_odom": "missing_topic",
+        "pipe": "not_regular_file",
+        "wrong_type": "unknown_message_type",
     }
     assert "/odom is not in the bag; it has /cam (sensor_msgs/msg/CompressedImage, 15 msgs)" in reasons["no_odom"][1]
     assert "std_msgs/msg/String" in reasons["wrong_type"][1] and "reindex" in reasons["cut.bag"][1]

@@ -121,7 +121,9 @@ def test_training_and_benchmark_seed_streams_are_disjoint_over_many_draws() -> N
     for draw in (source.draw_seeds, _pre_split_draws):
         assert not any(set(draw(64, np.random.default_rng(s))) & suite_seeds for s in range(5000)), draw
     # A suite drawn with any seed only has benchmark scene seeds.
-    assert {purpose_of(e.scene_seed) for s in range(3) for e in make_suite("x", s, 3, 1, tasks=["empty"], scene=SceneConfig(route_length=(8.0, 10.0))).episodes} == {"benchmark"}
+    assert {
+        purpose_of(e.scene_seed) for s in range(3) for e in make_suite("x", s, 3, 1, tasks=["empty"], scene=SceneConfig(route_length=(8.0, 10.0))).episodes
+    } == {"benchmark"}
 
 
 def test_purpose_of_accepts_every_valid_seed_and_rejects_the_rest() -> None:

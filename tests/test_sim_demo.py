@@ -62,7 +62,9 @@ def test_demo_shards_stream_through_the_datamodule_unchanged(tmp_path):
         ["--out", str(tmp_path), "--episodes", "2", "--envs", "2", "--size", "32x32", "--route-length", "8", "9", "--task", "obstacle", "--seed", "5"]
     )
     shards = sorted(str(p) for p in tmp_path.glob("*.tar"))
-    dm = NavVideoDataModule(train_shards=shards, image_size=(32, 32), batch_size=4, num_workers=0, shuffle_buffer=0, goal_horizon_s=(1.0, 3.0), samples_per_epoch=24)
+    dm = NavVideoDataModule(
+        train_shards=shards, image_size=(32, 32), batch_size=4, num_workers=0, shuffle_buffer=0, goal_horizon_s=(1.0, 3.0), samples_per_epoch=24
+    )
     dm.setup("fit")
     batches = [dm.consume_skip_counts(b) for b in dm.train_dataloader()]
     assert sum(b["frames"].shape[0] for b in batches) == 24
@@ -109,10 +111,11 @@ def test_takeover_alternates_drivers_and_marks_what_the_expert_drove():
     env.reset()
     learner = lambda env: torch.full((6, 2), 0.25)  # noqa: E731
     expert = lambda env: torch.full((6, 2), -0.5)  # noqa: E731
-    control = TakeoverController(learner, expert, 6, control_dt=0.1, generator=torch.Generator().manual_seed(0),
-                                 learner_s=(0.5, 1.0), expert_s=(0.2, 0.4), horizon_s=1.0)
+    control = TakeoverController(
+        learner, expert, 6, control_dt=0.1, generator=torch.Generator().manual_seed(0), learner_s=(0.5, 1.0), expert_s=(0.2, 0.4), horizon_s=1.0
+    )
     commands = torch.stack([control(env) for _ in range(200)])  # [S, N, 2]
-    by_learner = (commands[..., 0] == 0.25)
+    by_learner = commands[..., 0] == 0.25
     assert torch.equal(by_learner, ~torch.stack(control.demonstrated))
     for i in range(6):
         flags = by_learner[:, i].int().tolist()

@@ -103,6 +103,7 @@ def test_a_compiling_renderer_draws_partial_resets_as_whole_batches(monkeypatch)
             if fn.__name__ == "_object_spans":
                 batches.append(args[1].shape[0])  # scene.obstacles [B, O, 8]
             return fn(*args)
+
         return run
 
     monkeypatch.setattr(torch, "compile", traced)

@@ -105,9 +105,13 @@ def _drive(world, xy, yaw, v, omega, steps, tracker=None):
 def test_robot_cannot_drive_through_a_wall_and_counts_one_collision():
     world = _straight(seed=1)
     xy = world.scene.start.clone()
-    grad = torch.stack(
-        [sample_field(world.solid_distance, world.scene.origin, 0.2, xy[:, None] + d)[:, 0] for d in (torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.5]))], -1
-    ) - sample_field(world.solid_distance, world.scene.origin, 0.2, xy[:, None])[:, 0, None]
+    grad = (
+        torch.stack(
+            [sample_field(world.solid_distance, world.scene.origin, 0.2, xy[:, None] + d)[:, 0] for d in (torch.tensor([0.5, 0.0]), torch.tensor([0.0, 0.5]))],
+            -1,
+        )
+        - sample_field(world.solid_distance, world.scene.origin, 0.2, xy[:, None])[:, 0, None]
+    )
     yaw = torch.atan2(-grad[:, 1], -grad[:, 0])  # face the facade
     xy, yaw, tracker, clearances = _drive(world, xy, yaw, 1.5, 0.0, steps=60)
     assert clearances.min() >= -1e-4  # never inside the wall

@@ -30,8 +30,7 @@ def street():
 
 
 def _env(street, task: str, num_envs: int = 2, with_depth: bool = False):
-    config = NavEnvConfig(task=task, image_size=(16, 24), with_depth=with_depth,
-                          timing=TimingSpec(context_frames=2, frame_dt=0.2, control_dt=0.1))
+    config = NavEnvConfig(task=task, image_size=(16, 24), with_depth=with_depth, timing=TimingSpec(context_frames=2, frame_dt=0.2, control_dt=0.1))
     return make_splat_env(config, *street, num_envs=num_envs, seed=3, backend="reference")
 
 

@@ -68,8 +68,15 @@ def _layout() -> SplatLayout:
     walkable[5:15, 2:28] = True
     solid = np.zeros_like(walkable)
     solid[4, :] = True
-    return SplatLayout(walkable=walkable, solid=solid, height=solid * 4.0, origin=np.array([-3.0, -2.0]), resolution=0.2,
-                       routes=[np.array([[-2.2, 0.0], [2.2, 0.0]])], spawn_regions=[np.array([[-1.0, -1.0], [1.0, -1.0], [0.0, 1.0]])])
+    return SplatLayout(
+        walkable=walkable,
+        solid=solid,
+        height=solid * 4.0,
+        origin=np.array([-3.0, -2.0]),
+        resolution=0.2,
+        routes=[np.array([[-2.2, 0.0], [2.2, 0.0]])],
+        spawn_regions=[np.array([[-1.0, -1.0], [1.0, -1.0], [0.0, 1.0]])],
+    )
 
 
 def test_layout_file_round_trips(tmp_path):
@@ -84,9 +91,16 @@ def test_layout_file_round_trips(tmp_path):
 
 
 def test_polygon_layout_is_rasterised_at_cell_centres(tmp_path):
-    doc = {"format": "s2e-splat-layout", "version": 1, "bounds": [0, 0, 4, 2], "resolution": 0.5,
-           "walkable_polygons": [[[0, 0], [4, 0], [4, 1], [0, 1]]], "solid_polygons": [[[0, 1], [4, 1], [4, 2], [0, 2]]],
-           "routes": [[[0.25, 0.25], [3.75, 0.75]]], "wall_height": 2.5}
+    doc = {
+        "format": "s2e-splat-layout",
+        "version": 1,
+        "bounds": [0, 0, 4, 2],
+        "resolution": 0.5,
+        "walkable_polygons": [[[0, 0], [4, 0], [4, 1], [0, 1]]],
+        "solid_polygons": [[[0, 1], [4, 1], [4, 2], [0, 2]]],
+        "routes": [[[0.25, 0.25], [3.75, 0.75]]],
+        "wall_height": 2.5,
+    }
     path = tmp_path / "poly.json"
     path.write_text(json.dumps(doc))
     layout = load_layout(path)
@@ -135,22 +149,25 @@ def _broken(tmp_path, kind: str):
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("json", r"not valid JSON"),
-    ("unknown_key", r"unknown keys \['walls'\]"),
-    ("version", r"expected \"format\": \"s2e-splat-layout\" and \"version\": 1"),
-    ("no_routes", r"missing 'routes'"),
-    ("route_on_wall", r"route 0 vertex 1 at \[0.0, -1.1\] is on a solid cell"),
-    ("route_outside", r"route 0 vertex 1 at \[9.0, 0.0\] is outside the grid"),
-    ("route_through_wall", r"route 0 segment 0 crosses a solid cell at \[-2.2, -1.0"),
-    ("route_point", r"routes\[0\] must have shape Nx2, got \[2, 3\]"),
-    ("transform", r"world_from_splat's last row must be \[0, 0, 0, 1\]"),
-    ("grid_missing", r"grid file .* not found"),
-    ("grid_array", r"lacks the array 'solid'"),
-    ("grid_both", r"cells are both walkable and solid \(first: row 0, column 0\)"),
-    ("two_sources", r"exactly one of 'grid'"),
-    ("nan_origin", r"grid.origin has non-finite values"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("json", r"not valid JSON"),
+        ("unknown_key", r"unknown keys \['walls'\]"),
+        ("version", r"expected \"format\": \"s2e-splat-layout\" and \"version\": 1"),
+        ("no_routes", r"missing 'routes'"),
+        ("route_on_wall", r"route 0 vertex 1 at \[0.0, -1.1\] is on a solid cell"),
+        ("route_outside", r"route 0 vertex 1 at \[9.0, 0.0\] is outside the grid"),
+        ("route_through_wall", r"route 0 segment 0 crosses a solid cell at \[-2.2, -1.0"),
+        ("route_point", r"routes\[0\] must have shape Nx2, got \[2, 3\]"),
+        ("transform", r"world_from_splat's last row must be \[0, 0, 0, 1\]"),
+        ("grid_missing", r"grid file .* not found"),
+        ("grid_array", r"lacks the array 'solid'"),
+        ("grid_both", r"cells are both walkable and solid \(first: row 0, column 0\)"),
+        ("two_sources", r"exactly one of 'grid'"),
+        ("nan_origin", r"grid.origin has non-finite values"),
+    ],
+)
 def test_malformed_layout_files_say_what_is_wrong(tmp_path, kind, message):
     with pytest.raises(SplatFileError, match=message):
         load_layout(_broken(tmp_path, kind))

@@ -15,9 +15,12 @@ def _random_splats(n: int, degree: int, seed: int = 0) -> dict[str, torch.Tensor
     gen = torch.Generator().manual_seed(seed)
     k = (degree + 1) ** 2
     return {
-        "means": torch.randn(n, 3, generator=gen) * 5, "scales": torch.randn(n, 3, generator=gen) - 2,
-        "quats": torch.randn(n, 4, generator=gen) * 3, "opacities": torch.randn(n, generator=gen),
-        "sh0": torch.randn(n, 1, 3, generator=gen), "shN": torch.randn(n, k - 1, 3, generator=gen),
+        "means": torch.randn(n, 3, generator=gen) * 5,
+        "scales": torch.randn(n, 3, generator=gen) - 2,
+        "quats": torch.randn(n, 4, generator=gen) * 3,
+        "opacities": torch.randn(n, generator=gen),
+        "sh0": torch.randn(n, 1, 3, generator=gen),
+        "shN": torch.randn(n, k - 1, 3, generator=gen),
     }
 
 
@@ -36,8 +39,26 @@ def _write_inria(path, columns: dict[str, np.ndarray], list_props: dict[str, tup
 
 def _inria_columns(n: int, rest: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *[f"f_rest_{i}" for i in range(rest)], "opacity",
-             "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    names = [
+        "x",
+        "y",
+        "z",
+        "nx",
+        "ny",
+        "nz",
+        "f_dc_0",
+        "f_dc_1",
+        "f_dc_2",
+        *[f"f_rest_{i}" for i in range(rest)],
+        "opacity",
+        "scale_0",
+        "scale_1",
+        "scale_2",
+        "rot_0",
+        "rot_1",
+        "rot_2",
+        "rot_3",
+    ]
     return {name: rng.normal(size=n).astype(np.float32) for name in names}
 
 
@@ -121,16 +142,19 @@ def _broken(tmp_path, kind: str):
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("missing_rot", r"missing rotation property \['rot_3'\]"),
-    ("bad_rest_count", r"8 f_rest_\* properties is not a valid SH degree"),
-    ("nan_position", r"property 'x' has 1 non-finite values \(first: vertex 2 is NaN\)"),
-    ("inf_scale", r"property 'scale_1' has 1 non-finite values \(first: vertex 4 is infinite\)"),
-    ("zero_quat", r"1 rotations are zero quaternions \(first: vertex 1\)"),
-    ("no_colour", r"missing colour properties \['red', 'green', 'blue'\]"),
-    ("not_a_ply", r"not a readable PLY file"),
-    ("no_vertices", r"holds no Gaussians"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing_rot", r"missing rotation property \['rot_3'\]"),
+        ("bad_rest_count", r"8 f_rest_\* properties is not a valid SH degree"),
+        ("nan_position", r"property 'x' has 1 non-finite values \(first: vertex 2 is NaN\)"),
+        ("inf_scale", r"property 'scale_1' has 1 non-finite values \(first: vertex 4 is infinite\)"),
+        ("zero_quat", r"1 rotations are zero quaternions \(first: vertex 1\)"),
+        ("no_colour", r"missing colour properties \['red', 'green', 'blue'\]"),
+        ("not_a_ply", r"not a readable PLY file"),
+        ("no_vertices", r"holds no Gaussians"),
+    ],
+)
 def test_malformed_ply_files_say_what_is_wrong(tmp_path, kind, message):
     with pytest.raises(SplatFileError, match=message):
         load_ply(_broken(tmp_path, kind))

@@ -19,9 +19,13 @@ def _gaussians(means, rgb, scales, opacity=0.999, sh_rest=None) -> Gaussians:
     sh = rgb_to_sh0(torch.tensor(rgb, dtype=torch.float32))[:, None]
     if sh_rest is not None:
         sh = torch.cat([sh, torch.as_tensor(sh_rest, dtype=torch.float32)], 1)
-    return Gaussians(means=torch.tensor(means, dtype=torch.float32), quats=torch.tensor([[1.0, 0, 0, 0]] * n),
-                     log_scales=torch.tensor(scales, dtype=torch.float32).log(),
-                     opacity_logits=torch.logit(torch.as_tensor(opacity, dtype=torch.float32).expand(n).clone()), sh=sh)
+    return Gaussians(
+        means=torch.tensor(means, dtype=torch.float32),
+        quats=torch.tensor([[1.0, 0, 0, 0]] * n),
+        log_scales=torch.tensor(scales, dtype=torch.float32).log(),
+        opacity_logits=torch.logit(torch.as_tensor(opacity, dtype=torch.float32).expand(n).clone()),
+        sh=sh,
+    )
 
 
 def _cameras(yaws, height=1.0, hfov=90.0, xy=None):
@@ -81,8 +85,7 @@ def test_result_does_not_depend_on_the_order_gaussians_are_stored_in():
 
 
 def test_half_transparent_gaussian_blends_over_the_one_behind():
-    scene = _gaussians([[5.0, 0.0, 1.0], [10.0, 0.0, 1.0]], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],
-                       [[0.05, 3.0, 3.0], [0.05, 6.0, 6.0]], opacity=0.5)
+    scene = _gaussians([[5.0, 0.0, 1.0], [10.0, 0.0, 1.0]], [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], [[0.05, 3.0, 3.0], [0.05, 6.0, 6.0]], opacity=0.5)
     views, k = _cameras([0.0])
     rgb, depth, alpha = rasterize(scene, views, k, W, H, background=torch.zeros(3))
     # At the centre pixel each Gaussian's alpha is its opacity 0.5: red 0.5, blue 0.5 * 0.5, depth (0.5*5 + 0.25*10) / 0.75.
@@ -95,8 +98,9 @@ def test_moving_scene_and_camera_together_changes_nothing_even_with_view_depende
     """``Gaussians.transformed`` moves means, rotations, scales and the SH frame consistently."""
     rest = torch.zeros(3, 3, 3)
     rest[:, 0] = torch.tensor([0.6, -0.4, 0.3])  # first-order SH: colour changes with the view direction
-    scene = _gaussians(SCENE.means.tolist(), [[0.8, 0.2, 0.1], [0.1, 0.3, 0.9], [0.2, 0.8, 0.2]],
-                       [[0.05, 0.6, 0.3], [0.05, 4.0, 1.5], [0.3, 0.5, 0.2]], sh_rest=rest)
+    scene = _gaussians(
+        SCENE.means.tolist(), [[0.8, 0.2, 0.1], [0.1, 0.3, 0.9], [0.2, 0.8, 0.2]], [[0.05, 0.6, 0.3], [0.05, 4.0, 1.5], [0.3, 0.5, 0.2]], sh_rest=rest
+    )
     scene.quats = torch.nn.functional.normalize(torch.tensor([[0.9, 0.1, 0.2, 0.3], [1.0, 0, 0, 0], [0.7, -0.3, 0.1, 0.5]]), dim=-1)
     views, k = _cameras([0.05], xy=[[0.3, -0.2]])
     angle, scale, shift = 0.7, 2.0, torch.tensor([3.0, -1.0, 0.0])
@@ -142,11 +146,15 @@ def test_projection_matches_gsplats_own_pytorch_projection():
 
     gen = torch.Generator().manual_seed(0)
     n = 60
-    means = torch.stack([4 + 6 * torch.rand(n, generator=gen), 3 * (torch.rand(n, generator=gen) - 0.5),
-                         1 + 1.2 * (torch.rand(n, generator=gen) - 0.5)], -1)
+    means = torch.stack([4 + 6 * torch.rand(n, generator=gen), 3 * (torch.rand(n, generator=gen) - 0.5), 1 + 1.2 * (torch.rand(n, generator=gen) - 0.5)], -1)
     means[:5, 0] = -3.0  # behind the camera: both drop them
-    g = Gaussians(means=means, quats=torch.randn(n, 4, generator=gen), log_scales=-1.5 + 0.5 * torch.randn(n, 3, generator=gen),
-                  opacity_logits=torch.randn(n, generator=gen), sh=torch.zeros(n, 1, 3))
+    g = Gaussians(
+        means=means,
+        quats=torch.randn(n, 4, generator=gen),
+        log_scales=-1.5 + 0.5 * torch.randn(n, 3, generator=gen),
+        opacity_logits=torch.randn(n, generator=gen),
+        sh=torch.zeros(n, 1, 3),
+    )
     views, k = _cameras([0.1])
     ours = project(g, views[0], k[0], torch.zeros(n, 3), W, H)
     radii, means2d, depths, conics, _ = _fully_fused_projection(g.means, g.covariances(), views, k, W, H, eps2d=0.3, near_plane=0.05)

@@ -50,11 +50,13 @@ def _route(doc: Document) -> list[list[float]]:
 
 def _episode(*keys: Any, value: Callable[[Document, list[float]], Any]) -> Mutation:
     """Set ``episodes[0][keys[0]][keys[1]]...`` to ``value(document, building point)``."""
+
     def mutate(doc: Document, building: list[float]) -> None:
         target = doc["episodes"][0]
         for key in keys[:-1]:
             target = target[key]
         target[keys[-1]] = value(doc, building)
+
     return mutate
 
 
@@ -67,22 +69,37 @@ XY = r"\(-?\d+\.\d, -?\d+\.\d\)"
 CASES: dict[str, tuple[Mutation, str, str]] = {
     "start inside a building": (_episode("route", 0, value=lambda d, b: b), "episode", rf"start {XY} is inside a building"),
     "goal inside a building": (_episode("route", -1, value=lambda d, b: b), "episode", rf"goal {XY} is inside a building"),
-    "start outside the scene": (_episode("route", 0, value=lambda d, b: [1000.0, 0.0]), "episode",
-                                r"start \(1000\.0, 0\.0\) is outside the scene, the 40\.0 m square"),
+    "start outside the scene": (
+        _episode("route", 0, value=lambda d, b: [1000.0, 0.0]),
+        "episode",
+        r"start \(1000\.0, 0\.0\) is outside the scene, the 40\.0 m square",
+    ),
     "start on an obstacle": (_episode("obstacles", 0, slice(0, 2), value=lambda d, b: _route(d)[0]), "episode", rf"start {XY} overlaps an obstacle"),
     "start on a pedestrian": (_episode("pedestrians", 0, slice(0, 2), value=lambda d, b: _route(d)[0]), "episode", rf"start {XY} overlaps a pedestrian"),
-    "start == goal": (_episode("route", slice(None), value=lambda d, b: [_route(d)[0], _route(d)[-1], _route(d)[0]]), "episode",
-                      rf"start {XY} is 0\.00 m from the goal {XY}, within arrival_radius 1\.0 m"),
+    "start == goal": (
+        _episode("route", slice(None), value=lambda d, b: [_route(d)[0], _route(d)[-1], _route(d)[0]]),
+        "episode",
+        rf"start {XY} is 0\.00 m from the goal {XY}, within arrival_radius 1\.0 m",
+    ),
     "zero-length segment": (_episode("route", 1, value=lambda d, b: _route(d)[0]), "episode", r"route vertices 0 and 1 coincide"),
     "non-finite route": (_episode("route", 0, value=lambda d, b: [float("nan"), 0.0]), "episode", r"route must be a finite \[n, 2\] list"),
-    "non-finite pedestrian speed": (_episode("pedestrian_speeds", 0, value=lambda d, b: float("inf")), "episode",
-                                    r"pedestrian_speeds must be a finite \[n\] list"),
+    "non-finite pedestrian speed": (
+        _episode("pedestrian_speeds", 0, value=lambda d, b: float("inf")),
+        "episode",
+        r"pedestrian_speeds must be a finite \[n\] list",
+    ),
     "unknown task": (_episode("task", value=lambda d, b: "stairs"), "episode", r"unknown task 'stairs'; known tasks"),
-    "training scene seed": (_episode("scene_seed", value=lambda d, b: scene_seed("train", 7)), "episode",
-                            r"scene_seed 7 belongs to the 'train' scene-seed stream, not 'benchmark'"),
+    "training scene seed": (
+        _episode("scene_seed", value=lambda d, b: scene_seed("train", 7)),
+        "episode",
+        r"scene_seed 7 belongs to the 'train' scene-seed stream, not 'benchmark'",
+    ),
     "float episode seed": (_episode("seed", value=lambda d, b: 1.5), "episode", r"seed must be an integer in \[0, 2147483647\), got 1\.5"),
-    "zero time limit": (_suite(time_limit_factor=0.0, time_limit_slack=0.0), "episode",
-                        r"time limit 0\.0 s \(time_limit_factor 0\.0 and time_limit_slack 0\.0 s\) is shorter than the \d+\.\d s its"),
+    "zero time limit": (
+        _suite(time_limit_factor=0.0, time_limit_slack=0.0),
+        "episode",
+        r"time limit 0\.0 s \(time_limit_factor 0\.0 and time_limit_slack 0\.0 s\) is shorter than the \d+\.\d s its",
+    ),
     "arrival radius 1000": (_suite(arrival_radius=1000.0), "suite", r"arrival_radius must be a number in \[0\.1, 2\.0\] m, got 1000\.0"),
     "negative arrival radius": (_suite(arrival_radius=-1.0), "suite", r"arrival_radius must be a number in \[0\.1, 2\.0\] m, got -1\.0"),
     "NaN arrival radius": (_suite(arrival_radius=float("nan")), "suite", r"arrival_radius must be a number in \[0\.1, 2\.0\] m, got nan"),
@@ -97,8 +114,7 @@ def test_the_valid_document_loads(small: Suite, tmp_path: pathlib.Path) -> None:
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_an_impossible_suite_is_refused_naming_suite_episode_and_field(small: Suite, building_point: list[float], tmp_path: pathlib.Path,
-                                                                        name: str) -> None:
+def test_an_impossible_suite_is_refused_naming_suite_episode_and_field(small: Suite, building_point: list[float], tmp_path: pathlib.Path, name: str) -> None:
     mutate, level, problem = CASES[name]
     document = small.to_dict()
     mutate(document, building_point)

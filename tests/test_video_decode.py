@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import io
+from fractions import Fraction
 
 import av
 import numpy as np

@@ -133,8 +133,18 @@ def make_synthetic_shards(
         rows = np.stack([t, x, y, np.interp(t, traj.t, traj.yaw)], -1)
         np.savetxt(recordings / "poses" / f"walk{e:04d}.csv", rows, fmt="%.6f", delimiter=",", header="t,x,y,yaw", comments="")
     command = [
-        sys.executable, str(REPO / "tools" / "make_shards.py"), "--videos", str(recordings / "videos"), "--poses", str(recordings / "poses"),
-        "--pose-format", "csv", "--out", str(out_dir / "shards"), "--shard-max-count", str(episodes_per_shard),
+        sys.executable,
+        str(REPO / "tools" / "make_shards.py"),
+        "--videos",
+        str(recordings / "videos"),
+        "--poses",
+        str(recordings / "poses"),
+        "--pose-format",
+        "csv",
+        "--out",
+        str(out_dir / "shards"),
+        "--shard-max-count",
+        str(episodes_per_shard),
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return sorted((out_dir / "shards").glob("shard-*.tar"))
@@ -190,14 +200,27 @@ def run_pipeline(loader: NavWindowLoader, device: Optional[torch.device]) -> tup
 def load_settings(config: Optional[Path], urls: list[str]) -> dict[str, Any]:
     """Loader settings from a training config's data section (through NavVideoDataModule, so they mean what training means)."""
     if config is None:
-        return {"window_config": WindowConfig(), "image_size": (224, 224), "batch_size": 32, "num_workers": 2,
-                "shuffle_buffer": 256, "video_backend": "auto", "colour_jitter_on": "auto"}
+        return {
+            "window_config": WindowConfig(),
+            "image_size": (224, 224),
+            "batch_size": 32,
+            "num_workers": 2,
+            "shuffle_buffer": 256,
+            "video_backend": "auto",
+            "colour_jitter_on": "auto",
+        }
     data = yaml.safe_load(config.read_text())["data"]["init_args"]
     args = {k: v for k, v in data.items() if k not in ("train_shards", "val_shards", "test_shards")}
     module = NavVideoDataModule(train_shards=urls, **args)
-    return {"window_config": module.train_windows, "image_size": module.image_size, "batch_size": module.batch_size,
-            "num_workers": module.num_workers, "shuffle_buffer": module.shuffle_buffer, "video_backend": module.video_backend,
-            "colour_jitter_on": module.colour_jitter_on}
+    return {
+        "window_config": module.train_windows,
+        "image_size": module.image_size,
+        "batch_size": module.batch_size,
+        "num_workers": module.num_workers,
+        "shuffle_buffer": module.shuffle_buffer,
+        "video_backend": module.video_backend,
+        "colour_jitter_on": module.colour_jitter_on,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window-stride", type=int)
     parser.add_argument("--shuffle-buffer", type=int)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, help="force the training augmentation on (hflip 0.5, jitter 0.2) or off")
-    parser.add_argument("--jitter-on", choices=("auto", "loader", "workers", "device"),
-                        help="where colour jitter runs; auto (the config's default): device when --device is an accelerator, else loader")
+    parser.add_argument(
+        "--jitter-on",
+        choices=("auto", "loader", "workers", "device"),
+        help="where colour jitter runs; auto (the config's default): device when --device is an accelerator, else loader",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="the training device for --jitter-on device")
     parser.add_argument("--backend", nargs="+", help="video backends to compare (decord, pyav, torchcodec, auto); default: the config's")
     parser.add_argument("--repeats", type=int, default=2, help="alternating timed runs of each; the best is reported (0: only write --make-synthetic data)")
@@ -240,8 +266,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.make_synthetic is not None:
         start = time.perf_counter()
         paths = make_synthetic_shards(
-            args.make_synthetic, args.synthetic_episodes, args.synthetic_seconds, Fraction(args.synthetic_fps), _size(args.synthetic_size),
-            bframes=args.synthetic_bframes, episodes_per_shard=args.synthetic_episodes_per_shard, pose_hz=args.synthetic_pose_hz,
+            args.make_synthetic,
+            args.synthetic_episodes,
+            args.synthetic_seconds,
+            Fraction(args.synthetic_fps),
+            _size(args.synthetic_size),
+            bframes=args.synthetic_bframes,
+            episodes_per_shard=args.synthetic_episodes_per_shard,
+            pose_hz=args.synthetic_pose_hz,
         )
         print(f"wrote {len(paths)} synthetic shard(s) to {paths[0].parent} in {time.perf_counter() - start:.1f}s")
         if not args.shards:
@@ -280,14 +312,22 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("no usable video backend")
     loaders = {
         backend: NavWindowLoader(
-            urls, window_config, size, batch_size, shuffle_buffer=shuffle, num_workers=workers, persistent_workers=True,
-            video_backend=backend, colour_jitter="batch" if jitter_on == "device" else jitter_on,
+            urls,
+            window_config,
+            size,
+            batch_size,
+            shuffle_buffer=shuffle,
+            num_workers=workers,
+            persistent_workers=True,
+            video_backend=backend,
+            colour_jitter="batch" if jitter_on == "device" else jitter_on,
         )
         for backend in backends
     }
     batch_device = device if jitter_on == "device" else None
-    times: dict[str, dict[str, list[float]]] = {b: {"ceiling": [], "pipeline": [], "ceiling_cpu": [], "pipeline_cpu": [], "pipeline_consumer_cpu": []}
-                                                for b in backends}
+    times: dict[str, dict[str, list[float]]] = {
+        b: {"ceiling": [], "pipeline": [], "ceiling_cpu": [], "pipeline_cpu": [], "pipeline_consumer_cpu": []} for b in backends
+    }
     frames = samples = 0
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for backend in backends:  # untimed warm-up of both: process start-up and first imports are not throughput
@@ -303,21 +343,25 @@ def main(argv: list[str] | None = None) -> dict | None:
                 times[backend]["pipeline"].append(seconds)
                 times[backend]["pipeline_cpu"].append(cpu)
                 times[backend]["pipeline_consumer_cpu"].append(own)
-                print(f"{backend:10s} pipeline: {samples} windows ({frames} frames decoded) in {seconds:.2f}s = {frames / seconds:.1f} frames/s "
-                      f"({cpu:.2f} CPU s, {own:.2f} in this process)")
+                print(
+                    f"{backend:10s} pipeline: {samples} windows ({frames} frames decoded) in {seconds:.2f}s = {frames / seconds:.1f} frames/s "
+                    f"({cpu:.2f} CPU s, {own:.2f} in this process)"
+                )
     results = []
     for backend in backends:
         t = times[backend]
         best_ceiling, best_pipeline = min(t["ceiling"]), min(t["pipeline"])
-        results.append({
-            "backend": backend,
-            "ratio": round(best_ceiling / best_pipeline, 3),
-            "cpu_ratio": round(sum(t["ceiling_cpu"]) / sum(t["pipeline_cpu"]), 3),
-            "pipeline_samples_per_s": round(samples / best_pipeline, 1),
-            "pipeline_frames_per_s": round(frames / best_pipeline, 1),
-            "ceiling_frames_per_s": round(frames / best_ceiling, 1),
-            **{f"{k}_s": [round(v, 3) for v in values] for k, values in t.items()},
-        })
+        results.append(
+            {
+                "backend": backend,
+                "ratio": round(best_ceiling / best_pipeline, 3),
+                "cpu_ratio": round(sum(t["ceiling_cpu"]) / sum(t["pipeline_cpu"]), 3),
+                "pipeline_samples_per_s": round(samples / best_pipeline, 1),
+                "pipeline_frames_per_s": round(frames / best_pipeline, 1),
+                "ceiling_frames_per_s": round(frames / best_ceiling, 1),
+                **{f"{k}_s": [round(v, 3) for v in values] for k, values in t.items()},
+            }
+        )
     augment = window_config.augment
     result = {
         "workers": workers,

@@ -46,8 +46,7 @@ class Agent(Protocol):
     timing: Optional[TimingSpec]
     image_size: Optional[tuple[int, int]]
 
-    def act(self, obs: TensorDictBase, env: NavEnv) -> Tensor:
-        ...
+    def act(self, obs: TensorDictBase, env: NavEnv) -> Tensor: ...
 
 
 def robot_limits(env: NavEnv, lookahead_time: float) -> ControllerLimits:
@@ -178,7 +177,7 @@ class FrameFeatureCache:
         if self.features is None:
             self.features = torch.zeros(n, length, encoded.shape[-1], dtype=encoded.dtype, device=device)
         self.features[good, newest[good]] = encoded[: len(good)]
-        whole = encoded[len(good):].view(len(bad), k, encoded.shape[-1])
+        whole = encoded[len(good) :].view(len(bad), k, encoded.shape[-1])
         # Refill a missed env's slots; of frames clamped to the episode start (one slot) keep the last.
         keep = torch.ones(len(bad), k, dtype=torch.bool, device=device)
         keep[:, :-1] = need[bad, :-1] != need[bad, 1:]
@@ -197,8 +196,7 @@ class PolicyAgent:
     in metres -> pure pursuit with the robot's limits. ``streaming`` (default) encodes only each
     env's newest frame per step (:class:`FrameFeatureCache`); off, every step is the full forward."""
 
-    def __init__(self, policy: torch.nn.Module, timing: TimingSpec, name: str, lookahead_time: float = LOOKAHEAD_TIME,
-                 streaming: bool = True) -> None:
+    def __init__(self, policy: torch.nn.Module, timing: TimingSpec, name: str, lookahead_time: float = LOOKAHEAD_TIME, streaming: bool = True) -> None:
         self.policy = policy.eval()
         self.timing = timing
         self.image_size = tuple(policy.config.image_size)
@@ -246,8 +244,7 @@ class TorchScriptAgent:
             return self.module(obs["frames"], goal_xy(obs["goal"].float()))[3]
 
 
-def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, lookahead_time: float = LOOKAHEAD_TIME,
-                spec: Optional[str] = None) -> Agent:
+def build_agent(kind: str, policy_path: Optional[str] = None, seed: int = 0, lookahead_time: float = LOOKAHEAD_TIME, spec: Optional[str] = None) -> Agent:
     """``kind`` is ``policy`` (``policy_path``: a .ckpt file or an export folder), ``onnx`` (``spec``: an
     adapter spec; ``policy_path``: the .onnx file, if not the spec's) or a baseline name."""
     if kind == "onnx":

@@ -23,8 +23,7 @@ def check_comparable(policy_a: nn.Module, policy_b: nn.Module) -> None:
     a, b = policy_a.config, policy_b.config
     if tuple(a.image_size) != tuple(b.image_size) or a.d_model != b.d_model:
         raise ValueError(
-            f"the checkpoints' frame encoders are not comparable: image_size {tuple(a.image_size)} vs {tuple(b.image_size)}, "
-            f"d_model {a.d_model} vs {b.d_model}"
+            f"the checkpoints' frame encoders are not comparable: image_size {tuple(a.image_size)} vs {tuple(b.image_size)}, d_model {a.d_model} vs {b.d_model}"
         )
 
 

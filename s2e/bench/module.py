@@ -47,6 +47,7 @@ from s2e.control import LOOKAHEAD_TIME
 from s2e.sim.appearance import get_domain
 from s2e.timing import TimingSpec
 
+
 class EpisodeBatch:
     """Episodes that run side by side in one env, in one appearance domain (a plain object, so
     Lightning's batch transfer leaves it alone)."""
@@ -72,8 +73,14 @@ class NavBenchDataModule(pl.LightningDataModule):
         num_envs: episodes simulated side by side.
     """
 
-    def __init__(self, suite: str = "quick", domains: Optional[list[str]] = None, tasks: Optional[list[str]] = None,
-                 max_episodes_per_task: Optional[int] = None, num_envs: int = 16) -> None:
+    def __init__(
+        self,
+        suite: str = "quick",
+        domains: Optional[list[str]] = None,
+        tasks: Optional[list[str]] = None,
+        max_episodes_per_task: Optional[int] = None,
+        num_envs: int = 16,
+    ) -> None:
         super().__init__()
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
@@ -127,10 +134,22 @@ class NavBenchModule(pl.LightningModule):
     #: this module's, so the CLI must not merge them into the model config (see ``s2e.cli``).
     reads_policy_checkpoints = True
 
-    def __init__(self, agent: str = "policy", policy_path: Optional[str] = None, name: Optional[str] = None,
-                 out_dir: Optional[str] = None, image_size: tuple[int, int] = (96, 96), lookahead_time: float = LOOKAHEAD_TIME,
-                 frames: str = "real", videos: int = 2, plots: int = 4, bootstrap_resamples: int = 1000, ci_level: float = 0.95,
-                 seed: int = 0, spec: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        agent: str = "policy",
+        policy_path: Optional[str] = None,
+        name: Optional[str] = None,
+        out_dir: Optional[str] = None,
+        image_size: tuple[int, int] = (96, 96),
+        lookahead_time: float = LOOKAHEAD_TIME,
+        frames: str = "real",
+        videos: int = 2,
+        plots: int = 4,
+        bootstrap_resamples: int = 1000,
+        ci_level: float = 0.95,
+        seed: int = 0,
+        spec: Optional[str] = None,
+    ) -> None:
         super().__init__()
         if agent not in AGENTS:
             raise ValueError(f"unknown agent {agent!r}; known agents: {list(AGENTS)}")
@@ -191,9 +210,13 @@ class NavBenchModule(pl.LightningModule):
         report = build_report(name, datamodule.suite, self._results, hp.bootstrap_resamples, hp.ci_level, hp.seed)
         out = Path(hp.out_dir) if hp.out_dir else Path(self.trainer.log_dir or "artifacts/navbench")
         out.mkdir(parents=True, exist_ok=True)
-        report["run"] = {"num_envs": datamodule.num_envs, "image_size": list(self.agent.image_size or hp.image_size),
-                         "lookahead_time": hp.lookahead_time, "source": hp.policy_path or (str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None),
-                         "frames": hp.frames}
+        report["run"] = {
+            "num_envs": datamodule.num_envs,
+            "image_size": list(self.agent.image_size or hp.image_size),
+            "lookahead_time": hp.lookahead_time,
+            "source": hp.policy_path or (str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None),
+            "frames": hp.frames,
+        }
         if getattr(self.agent, "run_info", None):  # an ONNX agent: its spec and model, by path and sha256
             report["run"]["adapter"] = self.agent.run_info
         report["files"] = self._render_traces(out, datamodule)

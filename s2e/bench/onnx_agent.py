@@ -213,8 +213,7 @@ class OnnxAgent:
             raise ValueError(f"{path} also needs the inputs {extra}, which the spec does not feed (it feeds {spec.frames.input!r} and {spec.goal.input!r})")
         batch = inputs[spec.frames.input].shape[0]
         self.chunk = batch if isinstance(batch, int) and batch > 0 else None  # a graph with a fixed batch runs in pieces
-        self.run_info = {"spec": str(spec.path) if spec.path else None, "spec_sha256": spec.sha256, "model": str(path),
-                         "model_sha256": sha256_file(path)}
+        self.run_info = {"spec": str(spec.path) if spec.path else None, "spec_sha256": spec.sha256, "model": str(path), "model_sha256": sha256_file(path)}
         self._history: Optional[Tensor] = None  # [N, L, 3, H, W] newest frame per control step, oldest first
         self._steps: Optional[Tensor] = None  # [N] episode step of the newest frame in the history
 
@@ -224,8 +223,9 @@ class OnnxAgent:
 
     def _context(self, frames: Tensor, env: NavEnv) -> Tensor:
         """[N, k, 3, H, W] uint8: the spec's context from the history of each env's newest frame."""
-        stride = whole_multiple(self.spec.frames.spacing_s, env.config.timing.control_dt,
-                                f"adapter spec {self.name!r}: frames.spacing_s", "the suite's control period")
+        stride = whole_multiple(
+            self.spec.frames.spacing_s, env.config.timing.control_dt, f"adapter spec {self.name!r}: frames.spacing_s", "the suite's control period"
+        )
         length = window_length(self.spec.frames.count, stride)
         newest = frames[:, -1]
         steps = torch.round(env.time / env.config.timing.control_dt).long().to(newest.device)

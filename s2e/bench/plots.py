@@ -16,8 +16,12 @@ from s2e.video_io import write_mp4
 
 #: One colour per ``Surface`` value, in enum order.
 SURFACE_COLOURS = {
-    Surface.SIDEWALK: "#d9d3c7", Surface.ROAD: "#55555a", Surface.CURB: "#a0a0a0",
-    Surface.GRASS: "#8cbf6e", Surface.BUILDING: "#7d5543", Surface.PLAZA: "#eadfc4",
+    Surface.SIDEWALK: "#d9d3c7",
+    Surface.ROAD: "#55555a",
+    Surface.CURB: "#a0a0a0",
+    Surface.GRASS: "#8cbf6e",
+    Surface.BUILDING: "#7d5543",
+    Surface.PLAZA: "#eadfc4",
 }
 
 

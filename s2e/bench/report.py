@@ -48,8 +48,14 @@ def build_report(agent: str, suite: Suite, results: Sequence[EpisodeResult], res
     return {
         "format": REPORT_FORMAT,
         "agent": agent,
-        "suite": {"name": suite.name, "fingerprint": suite.fingerprint(), "robot": suite.robot, "timing": suite.timing.to_dict(),
-                  "arrival_radius": suite.arrival_radius, "suite_domain": suite.domain},
+        "suite": {
+            "name": suite.name,
+            "fingerprint": suite.fingerprint(),
+            "robot": suite.robot,
+            "timing": suite.timing.to_dict(),
+            "arrival_radius": suite.arrival_radius,
+            "suite_domain": suite.domain,
+        },
         "bootstrap": {"resamples": resamples, "level": level, "seed": seed},
         "domains": domains,
         "results": {d: summarize([r for r in results if r.domain == d], suite.arrival_radius, resamples, level, seed) for d in domains},
@@ -65,16 +71,28 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def markdown_report(report: dict[str, Any]) -> str:
     level = int(round(report["bootstrap"]["level"] * 100))
     frames = frames_mode(report)
-    camera = f"real (the agent saw {FRAME_MODES['real']})" if frames == "real" else \
-        f"**{frames}**: camera ablation, the agent saw {FRAME_MODES[frames]} (videos show its camera)"
-    lines = [f"# NavBench: {method_label(report)}", "",
-             f"Suite `{report['suite']['name']}` ({report['suite']['robot']} robot, sha256 {report['suite']['fingerprint'][:12]}); "
-             f"mean [{level} % bootstrap CI, {report['bootstrap']['resamples']} resamples]. Definitions: `s2e/bench/metrics.py`.", "",
-             f"Frames: {camera}.", ""]
+    camera = (
+        f"real (the agent saw {FRAME_MODES['real']})"
+        if frames == "real"
+        else f"**{frames}**: camera ablation, the agent saw {FRAME_MODES[frames]} (videos show its camera)"
+    )
+    lines = [
+        f"# NavBench: {method_label(report)}",
+        "",
+        f"Suite `{report['suite']['name']}` ({report['suite']['robot']} robot, sha256 {report['suite']['fingerprint'][:12]}); "
+        f"mean [{level} % bootstrap CI, {report['bootstrap']['resamples']} resamples]. Definitions: `s2e/bench/metrics.py`.",
+        "",
+        f"Frames: {camera}.",
+        "",
+    ]
     for domain in report["domains"]:
         summary = report["results"][domain]
-        lines += [f"## domain `{domain}` ({summary['episodes']} episodes)", "",
-                  "| task | " + " | ".join(METRICS.values()) + " | episodes |", "|---" * (len(METRICS) + 2) + "|"]
+        lines += [
+            f"## domain `{domain}` ({summary['episodes']} episodes)",
+            "",
+            "| task | " + " | ".join(METRICS.values()) + " | episodes |",
+            "|---" * (len(METRICS) + 2) + "|",
+        ]
         for task, metrics in _rows(summary):
             lines.append(f"| {task} | " + " | ".join(format_metric(metrics[m]) for m in METRICS) + f" | {metrics['success_rate']['n']} |")
         lines.append("")
@@ -124,8 +142,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
     return report
 
 
-def compare_reports(reports: Sequence[dict[str, Any]], metrics: Sequence[str] = ("success_rate", "route_completion", "collisions"),
-                    allow_different_suites: bool = False) -> str:
+def compare_reports(
+    reports: Sequence[dict[str, Any]], metrics: Sequence[str] = ("success_rate", "route_completion", "collisions"), allow_different_suites: bool = False
+) -> str:
     """One markdown table per domain and metric: a row per agent, a column per task, then overall
     (means; the per-report files hold the intervals). Reports of different suites are refused
     unless allowed: their numbers are not comparable."""
@@ -143,8 +162,7 @@ def compare_reports(reports: Sequence[dict[str, Any]], metrics: Sequence[str] = 
     for domain in domains:
         tasks = list(dict.fromkeys(t for r in reports if domain in r["results"] for t in r["results"][domain]["tasks"]))
         for metric in metrics:
-            lines += [f"## {METRICS[metric]}, domain `{domain}`", "", "| method | " + " | ".join([*tasks, OVERALL]) + " |",
-                      "|---" * (len(tasks) + 2) + "|"]
+            lines += [f"## {METRICS[metric]}, domain `{domain}`", "", "| method | " + " | ".join([*tasks, OVERALL]) + " |", "|---" * (len(tasks) + 2) + "|"]
             for r in reports:
                 summary = r["results"].get(domain)
                 if summary is None:
@@ -179,15 +197,23 @@ def camera_ablation(reports: Sequence[dict[str, Any]]) -> list[str]:
         if real is None or not modes:
             continue
         if not lines:
-            lines += ["# Camera ablation", "",
-                      "SR with the true camera (real) and with it taken away: grey = uniform grey frames, shuffled = another "
-                      "episode's frames; drop = real - ablated. ± is the half-width of the real run's CI. A row whose SR an "
-                      "ablation moved by less than that is flagged **camera-blind**: the policy may not be using its camera.", ""]
+            lines += [
+                "# Camera ablation",
+                "",
+                "SR with the true camera (real) and with it taken away: grey = uniform grey frames, shuffled = another "
+                "episode's frames; drop = real - ablated. ± is the half-width of the real run's CI. A row whose SR an "
+                "ablation moved by less than that is flagged **camera-blind**: the policy may not be using its camera.",
+                "",
+            ]
         for domain in real["domains"]:
             if not all(domain in runs[m]["results"] for m in modes):
                 continue
-            lines += [f"## {real['agent']} (`{source}`), domain `{domain}`", "",
-                      "| task | real | ± | " + " | ".join(f"{m} | drop" for m in modes) + " | camera |", "|---" * (3 + 2 * len(modes) + 1) + "|"]
+            lines += [
+                f"## {real['agent']} (`{source}`), domain `{domain}`",
+                "",
+                "| task | real | ± | " + " | ".join(f"{m} | drop" for m in modes) + " | camera |",
+                "|---" * (3 + 2 * len(modes) + 1) + "|",
+            ]
             summary = real["results"][domain]
             for task, metrics in _rows(summary):
                 sr = metrics["success_rate"]

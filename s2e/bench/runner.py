@@ -26,7 +26,6 @@ from s2e.bench.report import FRAME_MODES
 from s2e.bench.suite import EpisodeSpec, Suite, SuiteScenes
 from s2e.sim.env import NavEnv, NavEnvConfig
 
-
 GREY = 128  # the value of every pixel under frames="grey"
 
 
@@ -36,8 +35,7 @@ def check_frames_mode(frames: str, smallest_batch: Optional[int] = None, fix: st
     if frames not in FRAME_MODES:
         raise ValueError(f"unknown frames mode {frames!r}; known modes: {list(FRAME_MODES)}")
     if frames == "shuffled" and smallest_batch is not None and smallest_batch < 2:
-        raise ValueError(f"frames='shuffled' shows each episode the frames of another episode of its batch, "
-                         f"but a batch holds a single episode; {fix}")
+        raise ValueError(f"frames='shuffled' shows each episode the frames of another episode of its batch, but a batch holds a single episode; {fix}")
 
 
 def ablate_frames(obs: TensorDictBase, frames: str) -> TensorDictBase:
@@ -73,8 +71,15 @@ def make_env(suite: Suite, episodes: Sequence[EpisodeSpec], domain: str, image_s
     every distractor kind. Render noise is seeded from the batch's first episode.
     """
     config = NavEnvConfig(
-        task="both", robot=suite.robot, timing=suite.timing, image_size=tuple(image_size), domain=domain, scene=suite.scene,
-        arrival_radius=suite.arrival_radius, time_limit_factor=suite.time_limit_factor, time_limit_slack=suite.time_limit_slack,
+        task="both",
+        robot=suite.robot,
+        timing=suite.timing,
+        image_size=tuple(image_size),
+        domain=domain,
+        scene=suite.scene,
+        arrival_radius=suite.arrival_radius,
+        time_limit_factor=suite.time_limit_factor,
+        time_limit_slack=suite.time_limit_slack,
     )
     return NavEnv(config, num_envs=len(episodes), device=device, seed=episodes[0].seed, scenes=SuiteScenes(suite, episodes))
 
@@ -82,8 +87,11 @@ def make_env(suite: Suite, episodes: Sequence[EpisodeSpec], domain: str, image_s
 def _trace_start(env: NavEnv, i: int) -> EpisodeTrace:
     scene = env.world.scene
     return EpisodeTrace(
-        surface=scene.surface[i].cpu().numpy(), origin=scene.origin[i].cpu().numpy(), resolution=float(scene.resolution),
-        obstacles=scene.obstacles[i][scene.obstacle_mask[i]].cpu().numpy(), route=scene.route[i, : int(scene.route_length[i])].cpu().numpy(),
+        surface=scene.surface[i].cpu().numpy(),
+        origin=scene.origin[i].cpu().numpy(),
+        resolution=float(scene.resolution),
+        obstacles=scene.obstacles[i][scene.obstacle_mask[i]].cpu().numpy(),
+        route=scene.route[i, : int(scene.route_length[i])].cpu().numpy(),
         robot_radius=env.robot.radius,
     )
 
@@ -95,8 +103,9 @@ def _trace_step(env: NavEnv, obs, trace: EpisodeTrace, i: int) -> None:
     trace.frames.append(obs["frames"][i, -1].permute(1, 2, 0).cpu().numpy())
 
 
-def run_batch(env: NavEnv, agent: Agent, episodes: Sequence[EpisodeSpec], domain: str, trace: Sequence[int] = (),
-              frames: str = "real") -> tuple[list[EpisodeResult], dict[int, EpisodeTrace]]:
+def run_batch(
+    env: NavEnv, agent: Agent, episodes: Sequence[EpisodeSpec], domain: str, trace: Sequence[int] = (), frames: str = "real"
+) -> tuple[list[EpisodeResult], dict[int, EpisodeTrace]]:
     """Run every episode of ``env`` (built by :func:`make_env` for ``episodes``) to its end, the
     agent seeing its frames as ``frames`` says (``FRAME_MODES``).
 
@@ -126,9 +135,15 @@ def run_batch(env: NavEnv, agent: Agent, episodes: Sequence[EpisodeSpec], domain
         for i in done.nonzero()[:, 0].tolist():
             spec = episodes[i]
             results[i] = EpisodeResult(
-                episode_id=spec.id, task=spec.task, domain=domain, success=bool(obs["success"][i, 0]),
-                route_completion=float(obs["route_completion"][i, 0]), collisions=int(obs["collisions"][i, 0]),
-                time_s=round(float(seconds[i]), 6), path_length=float(driven[i]), route_length=float(env.world.route_total[i]),
+                episode_id=spec.id,
+                task=spec.task,
+                domain=domain,
+                success=bool(obs["success"][i, 0]),
+                route_completion=float(obs["route_completion"][i, 0]),
+                collisions=int(obs["collisions"][i, 0]),
+                time_s=round(float(seconds[i]), 6),
+                path_length=float(driven[i]),
+                route_length=float(env.world.route_total[i]),
             )
             if i in traces:
                 traces[i].result = results[i]

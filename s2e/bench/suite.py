@@ -252,11 +252,15 @@ def suite_from_dict(data: dict[str, Any], where: str = "suite") -> Suite:
     try:
         robot = get_robot(data["robot"])
         suite = Suite(
-            name=str(data["name"]), domain=str(data["domain"]), robot=robot.name, timing=TimingSpec.from_dict(data["timing"]),
+            name=str(data["name"]),
+            domain=str(data["domain"]),
+            robot=robot.name,
+            timing=TimingSpec.from_dict(data["timing"]),
             scene=scene_config_from_dict(data["scene"]).validate(robot),
             arrival_radius=_number(data, "arrival_radius", ARRIVAL_RADIUS_RANGE, " m"),
             time_limit_factor=_number(data, "time_limit_factor", TIME_LIMIT_FACTOR_RANGE, ""),
-            time_limit_slack=_number(data, "time_limit_slack", TIME_LIMIT_SLACK_RANGE, " s"), seed=_seed(data["seed"], "seed"),
+            time_limit_slack=_number(data, "time_limit_slack", TIME_LIMIT_SLACK_RANGE, " s"),
+            seed=_seed(data["seed"], "seed"),
         )
         documents = data["episodes"]
         if not isinstance(documents, list) or not documents:
@@ -290,13 +294,17 @@ def _check_episode(suite: Suite, episode: EpisodeSpec, scenes: SuiteScenes) -> N
     start, goal = episode.route[0], episode.route[-1]
     gap = float(np.linalg.norm(goal.astype(np.float64) - start))
     if gap <= suite.arrival_radius:
-        raise ValueError(f"start {_xy(start)} is {gap:.2f} m from the goal {_xy(goal)}, within arrival_radius {suite.arrival_radius} m: "
-                         "the episode succeeds before the robot moves")
+        raise ValueError(
+            f"start {_xy(start)} is {gap:.2f} m from the goal {_xy(goal)}, within arrival_radius {suite.arrival_radius} m: "
+            "the episode succeeds before the robot moves"
+        )
     drive = episode.route_length / robot.max_speed
     limit = suite.time_limit_factor * drive + suite.time_limit_slack
     if limit < drive:
-        raise ValueError(f"time limit {limit:.1f} s (time_limit_factor {suite.time_limit_factor} and time_limit_slack {suite.time_limit_slack} s) "
-                         f"is shorter than the {drive:.1f} s its {episode.route_length:.1f} m route takes at the {robot.name} robot's top speed")
+        raise ValueError(
+            f"time limit {limit:.1f} s (time_limit_factor {suite.time_limit_factor} and time_limit_slack {suite.time_limit_slack} s) "
+            f"is shorter than the {drive:.1f} s its {episode.route_length:.1f} m route takes at the {robot.name} robot's top speed"
+        )
     world = stack_scenes([scenes.arrays(episode)], scene, "cpu")
     low = world.scene.origin[0].numpy()
     clearance = footprint_clearance(world, torch.as_tensor(np.stack([start, goal]))[None], robot.radius)
@@ -388,12 +396,21 @@ def make_suite(
             arrays = generate_scene_arrays(scene_seed, config, profile)
             for variant in VARIANTS[:episodes_per_scene]:
                 a = arrays if variant == "forward" else _reverse(arrays, profile.radius)
-                episodes.append(EpisodeSpec(
-                    id=f"{task.name}/s{i:02d}/{variant}", task=task.name, scene_seed=scene_seed, variant=variant,
-                    seed=int(rng.integers(2**31 - 1)), style_seed=int(a["style_seed"]), route=a["route"],
-                    obstacles=a["obstacles"], pedestrians=a["pedestrians"],
-                    pedestrian_goals=np.concatenate([a["goal_a"], a["goal_b"]], axis=1).reshape(-1, 4), pedestrian_speeds=a["speeds"],
-                ))
+                episodes.append(
+                    EpisodeSpec(
+                        id=f"{task.name}/s{i:02d}/{variant}",
+                        task=task.name,
+                        scene_seed=scene_seed,
+                        variant=variant,
+                        seed=int(rng.integers(2**31 - 1)),
+                        style_seed=int(a["style_seed"]),
+                        route=a["route"],
+                        obstacles=a["obstacles"],
+                        pedestrians=a["pedestrians"],
+                        pedestrian_goals=np.concatenate([a["goal_a"], a["goal_b"]], axis=1).reshape(-1, 4),
+                        pedestrian_speeds=a["speeds"],
+                    )
+                )
     suite = Suite(name, domain, profile.name, timing, scene, arrival_radius, time_limit_factor, time_limit_slack, seed, tuple(episodes))
     return suite_from_dict(json.loads(json.dumps(suite.to_dict())), f"suite {name!r}")  # what a reload gives: rounded, checked
 
@@ -423,9 +440,14 @@ class SuiteScenes:
         cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(route.astype(np.float64), axis=0), axis=1))])
         return {
             **{k: layout[k] for k in ("surface", "height", "distance", "solid_distance", "origin", "half_width")},
-            "route": route, "cum": cum.astype(np.float32), "obstacles": episode.obstacles, "pedestrians": episode.pedestrians,
-            "goal_a": episode.pedestrian_goals[:, :2].copy(), "goal_b": episode.pedestrian_goals[:, 2:].copy(),
-            "speeds": episode.pedestrian_speeds, "style_seed": episode.style_seed,
+            "route": route,
+            "cum": cum.astype(np.float32),
+            "obstacles": episode.obstacles,
+            "pedestrians": episode.pedestrians,
+            "goal_a": episode.pedestrian_goals[:, :2].copy(),
+            "goal_b": episode.pedestrian_goals[:, 2:].copy(),
+            "speeds": episode.pedestrian_speeds,
+            "style_seed": episode.style_seed,
         }
 
     def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:

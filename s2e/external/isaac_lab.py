@@ -30,8 +30,8 @@ from s2e.timing import TimingMismatchError, TimingSpec
 
 ISAAC_INSTALL = (
     "Isaac Lab is not installed (needed: isaacsim, isaaclab, isaaclab_tasks, gymnasium; Linux, an NVIDIA RTX GPU, Python 3.11). "
-    "Install from NVIDIA's index: pip install \"isaaclab[isaacsim,all]\" --extra-index-url https://pypi.nvidia.com "
-    "(or pip install \"isaacsim[all,extscache]\" --extra-index-url https://pypi.nvidia.com and Isaac Lab from source); "
+    'Install from NVIDIA\'s index: pip install "isaaclab[isaacsim,all]" --extra-index-url https://pypi.nvidia.com '
+    '(or pip install "isaacsim[all,extscache]" --extra-index-url https://pypi.nvidia.com and Isaac Lab from source); '
     "see https://isaac-sim.github.io/IsaacLab/main/source/setup/installation/pip_installation.html. "
     "URBAN-SIM tasks additionally need their own package installed so their task ids are registered."
 )
@@ -59,8 +59,9 @@ class IsaacNavMapping:
 
     def __post_init__(self) -> None:
         if not (0 <= self.v_index < self.action_dim and 0 <= self.omega_index < self.action_dim) or self.v_index == self.omega_index:
-            raise ValueError(f"v_index and omega_index must be two different slots of the {self.action_dim}-long action, "
-                             f"got {self.v_index} and {self.omega_index}")
+            raise ValueError(
+                f"v_index and omega_index must be two different slots of the {self.action_dim}-long action, got {self.v_index} and {self.omega_index}"
+            )
         if self.goal_start < 0:
             raise ValueError(f"goal_start must be >= 0, got {self.goal_start}")
 
@@ -76,8 +77,9 @@ class IsaacNavAdapter(EnvBase):
         robot: the embodiment whose (v, omega) limits bound the action spec.
     """
 
-    def __init__(self, base: EnvBase, timing: TimingSpec, control_dt: float, mapping: IsaacNavMapping = IsaacNavMapping(),
-                 robot: str | RobotProfile = "quadruped") -> None:
+    def __init__(
+        self, base: EnvBase, timing: TimingSpec, control_dt: float, mapping: IsaacNavMapping = IsaacNavMapping(), robot: str | RobotProfile = "quadruped"
+    ) -> None:
         if not math.isclose(control_dt, timing.control_dt, rel_tol=1e-6, abs_tol=1e-9):
             raise TimingMismatchError(
                 f"the Isaac Lab task steps every {control_dt} s but the policy's TimingSpec.control_dt is {timing.control_dt} s; "
@@ -90,8 +92,10 @@ class IsaacNavAdapter(EnvBase):
         keys = set(obs_spec.keys(True, True))
         for key, what in ((mapping.pixels_key, "camera pixels"), (mapping.observation_key, "goal observation")):
             if key not in keys:
-                raise ValueError(f"the wrapped env has no {what} key {key!r}; its observation keys are {sorted(map(str, keys))}. "
-                                 "Add a tiled camera (IsaacLabWrapper(from_tiled_camera=True)) or fix IsaacNavMapping.")
+                raise ValueError(
+                    f"the wrapped env has no {what} key {key!r}; its observation keys are {sorted(map(str, keys))}. "
+                    "Add a tiled camera (IsaacLabWrapper(from_tiled_camera=True)) or fix IsaacNavMapping."
+                )
         pixels = obs_spec[mapping.pixels_key].shape
         if len(pixels) != len(self.batch_size) + 3 or pixels[-1] < 3:
             raise ValueError(f"camera pixels must be [N, H, W, C>=3], got {tuple(pixels)}")
@@ -111,7 +115,8 @@ class IsaacNavAdapter(EnvBase):
         self.observation_spec = Composite(
             frames=Bounded(0, 255, shape=(*n, k, 3, self._height, self._width), dtype=torch.uint8, device=dev),
             goal=Unbounded(shape=(*n, 3), dtype=torch.float32, device=dev),
-            shape=n, device=dev,
+            shape=n,
+            device=dev,
         )
         low = torch.tensor([robot.min_speed, -robot.max_omega], device=dev).expand(*n, 2).clone()
         high = torch.tensor([robot.max_speed, robot.max_omega], device=dev).expand(*n, 2).clone()
@@ -132,7 +137,7 @@ class IsaacNavAdapter(EnvBase):
 
     def _goal(self, td: TensorDictBase) -> torch.Tensor:
         start = self.mapping.goal_start
-        return goal_encoding(td.get(self.mapping.observation_key)[..., start:start + 2].float())
+        return goal_encoding(td.get(self.mapping.observation_key)[..., start : start + 2].float())
 
     def isaac_action(self, action: torch.Tensor) -> torch.Tensor:
         """The task's action vector [N, action_dim] for (v, omega) commands [N, 2], clipped to the robot's limits."""
@@ -177,9 +182,17 @@ def require_isaac_lab() -> None:
         raise ImportError(f"missing {missing}. {ISAAC_INSTALL}")
 
 
-def make_isaac_nav_env(task: str, num_envs: int, timing: TimingSpec = TimingSpec(), mapping: IsaacNavMapping = IsaacNavMapping(),
-                       robot: str | RobotProfile = "quadruped", image_size: tuple[int, int] = (96, 96),
-                       camera_link: str = "Robot/base", device: str = "cuda:0", headless: bool = True) -> IsaacNavAdapter:
+def make_isaac_nav_env(
+    task: str,
+    num_envs: int,
+    timing: TimingSpec = TimingSpec(),
+    mapping: IsaacNavMapping = IsaacNavMapping(),
+    robot: str | RobotProfile = "quadruped",
+    image_size: tuple[int, int] = (96, 96),
+    camera_link: str = "Robot/base",
+    device: str = "cuda:0",
+    headless: bool = True,
+) -> IsaacNavAdapter:
     """Launch Isaac Sim, build the registered ``task`` with a robot-mounted tiled camera and wrap it.
 
     The camera sits ``robot.camera_forward`` ahead of and ``robot.camera_height`` above the
@@ -205,9 +218,11 @@ def make_isaac_nav_env(task: str, num_envs: int, timing: TimingSpec = TimingSpec
         prim_path="{ENV_REGEX_NS}/" + camera_link + "/s2e_camera",
         offset=TiledCameraCfg.OffsetCfg(pos=(profile.camera_forward, 0.0, profile.camera_height), rot=(1.0, 0.0, 0.0, 0.0), convention="world"),
         data_types=["rgb"],
-        spawn=sim_utils.PinholeCameraCfg(focal_length=aperture / (2 * math.tan(math.radians(profile.hfov_deg) / 2)),
-                                         horizontal_aperture=aperture, clipping_range=(0.05, 100.0)),
-        width=width, height=height,
+        spawn=sim_utils.PinholeCameraCfg(
+            focal_length=aperture / (2 * math.tan(math.radians(profile.hfov_deg) / 2)), horizontal_aperture=aperture, clipping_range=(0.05, 100.0)
+        ),
+        width=width,
+        height=height,
     )
     env = gym.make(task, cfg=cfg)
     base = IsaacLabWrapper(env, from_tiled_camera=True, device=torch.device(device))

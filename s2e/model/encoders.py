@@ -29,8 +29,9 @@ class ConvFrameEncoder(nn.Module):
     Both work for any input size and export to TorchScript and torch.export.
     """
 
-    def __init__(self, d_model: int, channels: Sequence[int] = (16, 32, 64, 128), pool: str = "grid",
-                 grid: Sequence[int] = (4, 4), grid_channels: int = 32) -> None:
+    def __init__(
+        self, d_model: int, channels: Sequence[int] = (16, 32, 64, 128), pool: str = "grid", grid: Sequence[int] = (4, 4), grid_channels: int = 32
+    ) -> None:
         super().__init__()
         if pool not in ("grid", "mean"):
             raise ValueError(f"ConvFrameEncoder pool must be 'grid' or 'mean', got {pool!r}")

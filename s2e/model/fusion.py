@@ -19,9 +19,7 @@ class ContextFusion(nn.Module):
         self.goal_embedding = nn.Parameter(torch.zeros(d_model))
         nn.init.normal_(self.time_embedding, std=0.02)
         nn.init.normal_(self.goal_embedding, std=0.02)
-        layer = nn.TransformerEncoderLayer(
-            d_model, heads, d_model * ff_mult, dropout, activation="gelu", batch_first=True, norm_first=True
-        )
+        layer = nn.TransformerEncoderLayer(d_model, heads, d_model * ff_mult, dropout, activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, depth, norm=nn.LayerNorm(d_model), enable_nested_tensor=False)
 
     def forward(self, frame_tokens: Tensor, goal_token: Tensor) -> Tensor:

@@ -89,8 +89,19 @@ class PolicyConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # small: sized for CPU pretraining; of the image and channel sizes compared (docs/experiments.md),
     # the one that reached standard-suite goals after the same short pretraining.
-    "small": dict(image_size=(64, 64), context_frames=5, num_anchors=20, d_model=128, encoder="cnn", cnn_channels=(16, 32, 64, 128),
-                  cnn_pool="grid", cnn_grid=(4, 4), goal_log_distance=True, fusion_depth=2, fusion_heads=4),
+    "small": dict(
+        image_size=(64, 64),
+        context_frames=5,
+        num_anchors=20,
+        d_model=128,
+        encoder="cnn",
+        cnn_channels=(16, 32, 64, 128),
+        cnn_pool="grid",
+        cnn_grid=(4, 4),
+        goal_log_distance=True,
+        fusion_depth=2,
+        fusion_heads=4,
+    ),
     "paper": dict(
         image_size=(256, 256),
         context_frames=11,

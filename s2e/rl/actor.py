@@ -284,8 +284,13 @@ def build_actor_critic(
     if exploration.space == "anchor":
         action_key, log_prob_key = ANCHOR_KEY, ANCHOR_LOG_PROB_KEY
         actor = ProbabilisticActor(
-            parameters, in_keys={"logits": "scores"}, out_keys=[action_key], distribution_class=AnchorChoice,
-            return_log_prob=True, log_prob_key=log_prob_key, default_interaction_type=InteractionType.RANDOM,
+            parameters,
+            in_keys={"logits": "scores"},
+            out_keys=[action_key],
+            distribution_class=AnchorChoice,
+            return_log_prob=True,
+            log_prob_key=log_prob_key,
+            default_interaction_type=InteractionType.RANDOM,
         )
         controller = TensorDictModule(AnchorCommand(waypoint_dt, limits), in_keys=[action_key, "mean", "scale"], out_keys=["action"])
     else:
@@ -299,17 +304,20 @@ def build_actor_critic(
             log_prob_key=log_prob_key,
             default_interaction_type=InteractionType.RANDOM,
         )
-        controller = TensorDictModule(
-            TrajectoryController(waypoint_dt, limits), in_keys=[action_key, *DIST_KEYS, "scale"], out_keys=["action"]
-        )
+        controller = TensorDictModule(TrajectoryController(waypoint_dt, limits), in_keys=[action_key, *DIST_KEYS, "scale"], out_keys=["action"])
     critic = ValueOperator(value_head, in_keys=["context", "goal"], out_keys=["state_value"])
     # ``context`` must be in every rollout: a trainable-encoder actor writes it itself, a
     # frozen-encoder one reads it, so the context module runs first
     head = [actor] if encoder_trainable else [context, *before_actor, actor]
     drive = TensorDictSequential(*head, controller)
     modules = ActorCritic(
-        context=context, actor=actor, critic=critic, drive=drive, collect_policy=TensorDictSequential(drive, critic),
-        action_key=action_key, log_prob_key=log_prob_key,
+        context=context,
+        actor=actor,
+        critic=critic,
+        drive=drive,
+        collect_policy=TensorDictSequential(drive, critic),
+        action_key=action_key,
+        log_prob_key=log_prob_key,
     )
     if not encoder_trainable:
         modules.feature_context = TensorDictModule(FeatureContext(policy), in_keys=[FEATURES_KEY, "goal"], out_keys=["context"])

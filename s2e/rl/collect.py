@@ -20,8 +20,8 @@ from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import Compose, EnvBase, RewardSum, TransformedEnv
 
 from s2e.model.policy import S2EPolicy
-from s2e.rl.sft import ExpertAction
 from s2e.rl.features import FrameFeatures
+from s2e.rl.sft import ExpertAction
 from s2e.sim.env import NavEnv, NavEnvConfig, decision_stride
 
 CollectorKind = Literal["sync", "multisync"]

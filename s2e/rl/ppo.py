@@ -102,9 +102,7 @@ def minibatch_indices(size: int, epochs: int, minibatch_size: int) -> Iterator[T
         yield from torch.randperm(size).split(minibatch_size)
 
 
-def ppo_update(
-    batch: TensorDictBase, loss: ClipPPOLoss, value_of: ValueOfObservation, config: PPOConfig, optimizer_step: OptimizerStep
-) -> dict[str, float]:
+def ppo_update(batch: TensorDictBase, loss: ClipPPOLoss, value_of: ValueOfObservation, config: PPOConfig, optimizer_step: OptimizerStep) -> dict[str, float]:
     """One rollout batch [envs, time] of PPO; returns the ``ppo/*`` diagnostics (means over minibatches)."""
     # 1. advantages and value targets; V(s_t) was stored by the collector, V(s_t+1) is re-evaluated only where a row ends
     add_gae(batch, value_of, config.gamma, config.gae_lambda)

@@ -129,7 +129,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     missing = onnx_missing()
-    report: dict[str, Any] = {"threads": args.threads, "load_average_1min": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "configs": {}}
+    report: dict[str, Any] = {
+        "threads": args.threads,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "configs": {},
+    }
     if missing:
         report["onnxruntime"] = f"skipped: {', '.join(missing)} not installed (pip install 's2e[onnx]')"
         print(report["onnxruntime"])
@@ -141,10 +148,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
         iters = args.iters if preset == "small" else args.paper_iters
         result = bench_config(preset, iters, min(args.warmup, iters), args.threads, onnx=not missing)
         report["configs"][preset] = result
-        print(f"== {preset}: {result['note']}, {result['context_frames']} frames at {result['image_size'][0]}x{result['image_size'][1]}, batch 1, {args.threads} threads, {iters} calls")
+        print(
+            f"== {preset}: {result['note']}, {result['context_frames']} frames at {result['image_size'][0]}x{result['image_size'][1]}, batch 1, {args.threads} threads, {iters} calls"
+        )
         for mode in (f"{name}_{kind}" for name in MODES for kind in ("full", "stream")):
             if mode in result:
-                print(f"   {mode:20s} p50 {result[mode]['p50_ms']:8.2f} ms   p99 {result[mode]['p99_ms']:8.2f} ms   (cpu p50 {result[mode]['cpu_p50_ms']:.2f} ms)")
+                print(
+                    f"   {mode:20s} p50 {result[mode]['p50_ms']:8.2f} ms   p99 {result[mode]['p99_ms']:8.2f} ms   (cpu p50 {result[mode]['cpu_p50_ms']:.2f} ms)"
+                )
         speedups = ", ".join(f"{name} x{result[f'{name}_stream_speedup_p50']}" for name in MODES if f"{name}_stream_speedup_p50" in result)
         print(f"   streaming speed-up (p50): {speedups}")
     if "small" in report["configs"]:

@@ -156,14 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", type=Path, default=None, help="a pretraining checkpoint (default: a fresh --preset policy)")
     parser.add_argument("--preset", default="small", help="policy preset of the fresh checkpoint")
     parser.add_argument("--strategy", default="ram")
-    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                        help="a PostTrainModule argument other than its default (repeatable), e.g. action_repeat=2 or ppo.epochs=2")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a PostTrainModule argument other than its default (repeatable), e.g. action_repeat=2 or ppo.epochs=2",
+    )
     parser.add_argument("--envs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None, help="control steps per env per batch (default: SimulatorRollouts')")
     parser.add_argument("--batches", type=int, default=3, help="timed batches (one more warms up)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="on",
-                        help="the renderer's torch.compile (auto: as a training run, after COMPILE_AFTER_EAGER_S eager seconds)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="on",
+        help="the renderer's torch.compile (auto: as a training run, after COMPILE_AFTER_EAGER_S eager seconds)",
+    )
     return parser
 
 
@@ -188,8 +197,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     watch = Stopwatch()
     instrument = Instrument(watch, {"auto": None, "on": True, "off": False}[args.compile])
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[instrument],
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[instrument],
     )
     trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - instrument.started
@@ -224,13 +238,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "compile_state": PROCESS_POLICY.report(),  # what ran (the rollout env's renderer uses the process policy)
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
-    print(f"{result['frames_per_s']} frames/s ({result['decisions_per_s']} decisions/s, action_repeat {repeat}) over {frames} frames "
-          f"({args.envs} envs x {steps} steps x {args.batches} batches, {result['ppo_updates_per_batch']:.0f} PPO updates per batch)")
+    print(
+        f"{result['frames_per_s']} frames/s ({result['decisions_per_s']} decisions/s, action_repeat {repeat}) over {frames} frames "
+        f"({args.envs} envs x {steps} steps x {args.batches} batches, {result['ppo_updates_per_batch']:.0f} PPO updates per batch)"
+    )
     print(f"compile: asked {args.compile}, ran {CompilePolicy.describe(result['compile_state'])}")
     print("time split: " + ", ".join(f"{k} {100 * v:.1f} % ({result['ms_per_env_step'][k]} ms/step)" for k, v in result["share"].items()))
     print(json.dumps(result))
     return result
-
 
 
 def main(argv: list[str] | None = None) -> None:

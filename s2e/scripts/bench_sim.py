@@ -63,7 +63,7 @@ class CrudeColumnRaycaster:
         dist = (steps[first] * torch.cos(angle - yaw.view(b, 1))).view(b, 1, self.width)  # z-depth
         half = focal * cam_h / dist  # wall foot, pixels below the horizon
         row = torch.arange(self.height).view(1, -1, 1) + 0.5 - 0.5 * self.height
-        top = (focal * (scene.height.reshape(-1)[cell.gather(-1, first.unsqueeze(-1))].view(b, 1, self.width) - cam_h) / dist)
+        top = focal * (scene.height.reshape(-1)[cell.gather(-1, first.unsqueeze(-1))].view(b, 1, self.width) - cam_h) / dist
         label = torch.where(row > half, 1, torch.where(-row <= top, 2, 0))
         return self.palette[label].permute(0, 3, 1, 2)
 
@@ -119,14 +119,20 @@ def bench_render(envs: int, size: tuple[int, int], args: argparse.Namespace) -> 
         crude.render(scene, *pose(i), robot.camera_height, robot.hfov_deg)
 
     [(t_ours, cpu_ours), (t_ref, cpu_ref)], (first, _) = _time([ours, reference], args.repeats, args.min_seconds)
-    return {"render_first_call_s": first, "render_fps": envs / t_ours, "baseline_fps": envs / t_ref,
-            "ratio": t_ref / t_ours, "render_frames_per_cpu_s": envs / cpu_ours, "baseline_frames_per_cpu_s": envs / cpu_ref, "cpu_ratio": cpu_ref / cpu_ours}
+    return {
+        "render_first_call_s": first,
+        "render_fps": envs / t_ours,
+        "baseline_fps": envs / t_ref,
+        "ratio": t_ref / t_ours,
+        "render_frames_per_cpu_s": envs / cpu_ours,
+        "baseline_frames_per_cpu_s": envs / cpu_ref,
+        "cpu_ratio": cpu_ref / cpu_ours,
+    }
 
 
 def bench_env(envs: int, size: tuple[int, int], args: argparse.Namespace) -> dict[str, float]:
     w, h = size
-    env = NavEnv(NavEnvConfig(task=args.task, robot=args.robot, image_size=(h, w), domain=args.domain,
-                              with_depth=args.depth), num_envs=envs, seed=args.seed)
+    env = NavEnv(NavEnvConfig(task=args.task, robot=args.robot, image_size=(h, w), domain=args.domain, with_depth=args.depth), num_envs=envs, seed=args.seed)
     env.renderer.compiled = args.compiled
     td = env.reset()
     state = {"td": td}
@@ -152,8 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="minimum timed calls per measurement")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per measurement")
     parser.add_argument("--no-env", action="store_true", help="renderer only (skip full env steps)")
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                        help="Raycaster compiled= (auto: large batches compile after COMPILE_AFTER_EAGER_S eager seconds)")
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Raycaster compiled= (auto: large batches compile after COMPILE_AFTER_EAGER_S eager seconds)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -172,15 +182,25 @@ def run(argv: list[str] | None = None) -> dict:
                 row.update(bench_env(envs, size, args))
             row["compile_state"] = CompilePolicy.describe(PROCESS_POLICY.report(since=before))
             results.append(row)
-            env_part = "" if args.no_env else (f"  | full env steps {row['env_steps_per_s']:7.0f}/s "
-                                               f"({row['env_steps_per_cpu_s']:7.0f} per CPU-s)")
-            print(f"{size[0]}x{size[1]} envs={envs:3d}  render {row['render_fps']:7.0f} frames/s "
-                  f"({row['render_frames_per_cpu_s']:7.0f} per CPU-s)  crude baseline {row['baseline_fps']:7.0f} frames/s "
-                  f"({row['baseline_frames_per_cpu_s']:7.0f} per CPU-s)  ratio {row['ratio']:.2f} (CPU {row['cpu_ratio']:.2f}), "
-                  f"first call {row['render_first_call_s']:.1f} s"
-                  f"{env_part}  | ran {row['compile_state']}", flush=True)
-    summary = {"threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "compile": args.compile,
-               "compile_state": PROCESS_POLICY.report(), "domain": args.domain, "robot": args.robot, "task": args.task, "results": results}
+            env_part = "" if args.no_env else (f"  | full env steps {row['env_steps_per_s']:7.0f}/s ({row['env_steps_per_cpu_s']:7.0f} per CPU-s)")
+            print(
+                f"{size[0]}x{size[1]} envs={envs:3d}  render {row['render_fps']:7.0f} frames/s "
+                f"({row['render_frames_per_cpu_s']:7.0f} per CPU-s)  crude baseline {row['baseline_fps']:7.0f} frames/s "
+                f"({row['baseline_frames_per_cpu_s']:7.0f} per CPU-s)  ratio {row['ratio']:.2f} (CPU {row['cpu_ratio']:.2f}), "
+                f"first call {row['render_first_call_s']:.1f} s"
+                f"{env_part}  | ran {row['compile_state']}",
+                flush=True,
+            )
+    summary = {
+        "threads": args.threads,
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "compile": args.compile,
+        "compile_state": PROCESS_POLICY.report(),
+        "domain": args.domain,
+        "robot": args.robot,
+        "task": args.task,
+        "results": results,
+    }
     print(json.dumps(summary))
     return summary
 

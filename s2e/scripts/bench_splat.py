@@ -39,8 +39,10 @@ def bench_scene(count: int, seed: int = 0) -> Gaussians:
     gen = torch.Generator().manual_seed(seed)
     low, high = torch.tensor([-LENGTH / 2, -WIDTH / 2, 0.0]), torch.tensor([LENGTH / 2, WIDTH / 2, WALL])
     clutter = Gaussians(
-        means=low + (high - low) * torch.rand(extra, 3, generator=gen), quats=torch.randn(extra, 4, generator=gen),
-        log_scales=-2.5 + 0.5 * torch.randn(extra, 3, generator=gen), opacity_logits=torch.randn(extra, generator=gen),
+        means=low + (high - low) * torch.rand(extra, 3, generator=gen),
+        quats=torch.randn(extra, 4, generator=gen),
+        log_scales=-2.5 + 0.5 * torch.randn(extra, 3, generator=gen),
+        opacity_logits=torch.randn(extra, generator=gen),
         sh=rgb_to_sh0(0.2 + 0.6 * torch.rand(extra, 3, generator=gen))[:, None],
     )
     return Gaussians.cat([street, clutter])
@@ -89,8 +91,7 @@ def run(argv: list[str] | None = None) -> dict:
         wall, cpu = timed(lambda: rasterize(scene, views, intrinsics, width, height), args.repeats)
         fps = {"frames_per_s": round(args.cameras / wall, 2), "frames_per_cpu_s": round(args.cameras / max(cpu, 1e-9), 2)}
         results["reference"][str(count)] = fps
-        print(f"reference  {count:>7} Gaussians  {width}x{height}  {args.cameras} cams: {fps['frames_per_s']} frames/s "
-              f"({fps['frames_per_cpu_s']} per CPU s)")
+        print(f"reference  {count:>7} Gaussians  {width}x{height}  {args.cameras} cams: {fps['frames_per_s']} frames/s ({fps['frames_per_cpu_s']} per CPU s)")
     if torch.cuda.is_available():
         from s2e.splat.gsplat_backend import rasterize_gsplat
 

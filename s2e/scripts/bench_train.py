@@ -57,8 +57,13 @@ def write_synthetic_shards(out_dir: Path, episodes: int, frames: int, size: int,
 
 def load_batches(shards: str, size: int, batch_size: int, count: int) -> list[dict]:
     dm = NavVideoDataModule(
-        train_shards=shards, image_size=(size, size), batch_size=batch_size, num_workers=0,
-        samples_per_epoch=batch_size * count, shuffle_buffer=4 * batch_size, goal_horizon_s=(1.0, 3.0),
+        train_shards=shards,
+        image_size=(size, size),
+        batch_size=batch_size,
+        num_workers=0,
+        samples_per_epoch=batch_size * count,
+        shuffle_buffer=4 * batch_size,
+        goal_horizon_s=(1.0, 3.0),
     )
     dm.setup("fit")
     batches = [dm.consume_skip_counts(b) for b in dm.train_dataloader()]
@@ -105,9 +110,18 @@ def lightning_seconds(module: PretrainModule, batches: list[dict], warmup: int, 
     """Wall time of batches[warmup:] through Trainer.fit (metrics logged as in a real run, no disk logger)."""
     clock = _StepClock(warmup)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, gradient_clip_val=GRAD_CLIP, callbacks=[clock], log_every_n_steps=log_every,
-        num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=GRAD_CLIP,
+        callbacks=[clock],
+        log_every_n_steps=log_every,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
     return clock.end - clock.start
@@ -167,4 +181,3 @@ def main(argv: list[str] | None = None) -> None:
         "target_overhead_pct": 5.0,
     }
     print(json.dumps(result))
-

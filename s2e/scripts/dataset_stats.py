@@ -158,9 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="glob (out/shard-*.tar), brace pattern or '::'-joined list")
     parser.add_argument("--out", type=Path, help="folder for stats.json and the histogram PNGs")
-    parser.add_argument("--frame-tolerance", type=float, default=WindowConfig().tolerance,
-                        help="seconds frame times may drift from pose times before training skips an episode "
-                             "(the training config's frame_tolerance_s; default: a quarter of the default frame_dt)")
+    parser.add_argument(
+        "--frame-tolerance",
+        type=float,
+        default=WindowConfig().tolerance,
+        help="seconds frame times may drift from pose times before training skips an episode "
+        "(the training config's frame_tolerance_s; default: a quarter of the default frame_dt)",
+    )
     return parser
 
 
@@ -179,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         save_histogram(stats.all_speeds(), args.out / "speed_hist.png", "speed (m/s)", "speed between valid frames")
         save_histogram(stats.all_turn_rates(), args.out / "turn_rate_hist.png", "turn rate (deg/s, + = left)", "turn rate between valid frames")
         (args.out / "stats.json").write_text(json.dumps(result, indent=2))
-    print(f"{result['episodes']} episodes, {result['hours']:.4f} h ({result['valid_fraction']:.1%} valid), "
-          f"{result['frames']} frames, skipped: {result['skipped'] or 'none'}")
+    print(
+        f"{result['episodes']} episodes, {result['hours']:.4f} h ({result['valid_fraction']:.1%} valid), "
+        f"{result['frames']} frames, skipped: {result['skipped'] or 'none'}"
+    )
     print(json.dumps(result))
     return 0
-

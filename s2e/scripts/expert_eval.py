@@ -57,7 +57,9 @@ def run(argv: list[str] | None = None) -> dict:
     for task in args.tasks:
         results[task] = evaluate(task, args.robot, args.episodes, args.envs, args.seed)
         r = results[task]
-        print(f"{task:>10}: SR {r['success_rate']:.2f}  RC {r['route_completion']:.2f}  CT {r['collisions_per_episode']:.2f}  ({r['episodes']} episodes, {r['seconds']} s)")
+        print(
+            f"{task:>10}: SR {r['success_rate']:.2f}  RC {r['route_completion']:.2f}  CT {r['collisions_per_episode']:.2f}  ({r['episodes']} episodes, {r['seconds']} s)"
+        )
     summary = {"robot": args.robot, "seed": args.seed, "results": results}
     print(json.dumps(summary))
     return summary

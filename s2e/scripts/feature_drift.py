@@ -27,8 +27,9 @@ def shard_frames(shards: str, timing: TimingSpec, image_size: tuple[int, int], b
     """Newest frame [B, 3, H, W] of each window of the shards, read by the training datamodule (one pass)."""
     from datamodules.nav_video import NavVideoDataModule
 
-    data = NavVideoDataModule(train_shards=shards, test_shards=shards, timing=timing, image_size=image_size, batch_size=batch_size,
-                              num_workers=0, goal_horizon_s=(1.0, 2.0))
+    data = NavVideoDataModule(
+        train_shards=shards, test_shards=shards, timing=timing, image_size=image_size, batch_size=batch_size, num_workers=0, goal_horizon_s=(1.0, 2.0)
+    )
     data.setup("test")
     for batch in data.test_dataloader():
         yield batch["frames"][:, -1]
@@ -61,8 +62,10 @@ def run(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     plot_drift(arrays, summary, (args.ckpt_a.stem, args.ckpt_b.stem), args.out / "drift.png")
     (args.out / "drift.json").write_text(json.dumps(summary, indent=1))
-    print(f"Delta_feat {summary['delta_feat']:.6g} (relative {summary['relative_delta_feat']:.4g}) over {summary['frames']} frames; "
-          f"per-frame distance mean {summary['per_frame_distance_mean']:.4g}, cosine {summary['cosine_similarity_mean']:.4f}")
+    print(
+        f"Delta_feat {summary['delta_feat']:.6g} (relative {summary['relative_delta_feat']:.4g}) over {summary['frames']} frames; "
+        f"per-frame distance mean {summary['per_frame_distance_mean']:.4g}, cosine {summary['cosine_similarity_mean']:.4f}"
+    )
     print(json.dumps(summary))
     return summary
 

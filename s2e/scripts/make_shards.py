@@ -62,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--videos", type=Path, help="folder of videos (gnm: folder of trajectory folders)")
     files.add_argument("--poses", type=Path, help="folder of pose files paired with videos by relative name (not used for gnm)")
     files.add_argument("--pose-format", choices=POSE_FORMATS)
-    files.add_argument("--pose-time", choices=("relative", "absolute"), default="relative",
-                       help="relative: the first pose is video time 0; absolute: pose times are video seconds")
+    files.add_argument(
+        "--pose-time",
+        choices=("relative", "absolute"),
+        default="relative",
+        help="relative: the first pose is video time 0; absolute: pose times are video seconds",
+    )
     files.add_argument("--fps", type=float, help="frame rate of gnm folders (required for gnm)")
 
     bags = parser.add_argument_group("--from rosbag")
@@ -88,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--license", help="license of the recordings, stored in the metadata")
     common.add_argument("--intrinsics", type=parse_intrinsics, help="camera intrinsics fx,fy,cx,cy in pixels")
     common.add_argument("--crf", type=int, default=23, help="H.264 quality for videos that must be (re-)encoded")
-    common.add_argument("--max-episode-seconds", type=float,
-                        help="cut longer clips into episodes of at most this length at keyframes (stream copy); "
-                             "the training reader decodes an episode whole, so use e.g. 300 for hour-long walks")
+    common.add_argument(
+        "--max-episode-seconds",
+        type=float,
+        help="cut longer clips into episodes of at most this length at keyframes (stream copy); "
+        "the training reader decodes an episode whole, so use e.g. 300 for hour-long walks",
+    )
     common.add_argument("--shard-max-count", type=int, default=1000, help="episodes per shard (one recording never spans two)")
     common.add_argument("--shard-max-mb", type=float, default=1000.0, help="megabytes per shard")
     return parser
@@ -151,9 +158,19 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--out {args.out} holds an earlier run ({state.describe()}): {hint}")
         listing, pose_format, inputs = find_recordings(args)
         options = IngestOptions(
-            pose_format=pose_format, pose_time=args.pose_time, max_gap=args.max_gap, min_seconds=args.min_seconds,
-            fps=args.fps, up=args.up or up, forward=args.forward or forward, embodiment=args.embodiment, scene=args.scene,
-            license=args.license, intrinsics=args.intrinsics, crf=args.crf, max_episode_seconds=args.max_episode_seconds,
+            pose_format=pose_format,
+            pose_time=args.pose_time,
+            max_gap=args.max_gap,
+            min_seconds=args.min_seconds,
+            fps=args.fps,
+            up=args.up or up,
+            forward=args.forward or forward,
+            embodiment=args.embodiment,
+            scene=args.scene,
+            license=args.license,
+            intrinsics=args.intrinsics,
+            crf=args.crf,
+            max_episode_seconds=args.max_episode_seconds,
         )
     except (UsageError, ValueError, ImportError, OSError) as exc:  # AmbiguousClipsError and LeRobotFormatError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
@@ -162,8 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         clear_output(state)
     signal.signal(signal.SIGTERM, interrupt)
     try:
-        summary = ingest_clips(listing, args.out, options, inputs=inputs, resume=args.resume, shard_max_count=args.shard_max_count,
-                               shard_max_mb=args.shard_max_mb, progress=print)
+        summary = ingest_clips(
+            listing, args.out, options, inputs=inputs, resume=args.resume, shard_max_count=args.shard_max_count, shard_max_mb=args.shard_max_mb, progress=print
+        )
     except OutputStateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -179,4 +197,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no episode was written ({result['clips']} clip(s), all skipped; reasons above)", file=sys.stderr)
         return 1
     return 0
-

@@ -57,8 +57,15 @@ def run(argv: list[str] | None = None) -> list[dict]:
         suite = make_suite(name, tasks=args.tasks, robot=args.robot, domain=args.domain, **kwargs)
         path = suite.save(args.out or SUITES_DIR / f"{name}.json")
         lengths = [e.route_length for e in suite.episodes]
-        info = {"suite": name, "path": str(path), "episodes": len(suite.episodes), "tasks": suite.tasks, "bytes": path.stat().st_size,
-                "route_m": [round(min(lengths), 1), round(max(lengths), 1)], "fingerprint": suite.fingerprint()[:12]}
+        info = {
+            "suite": name,
+            "path": str(path),
+            "episodes": len(suite.episodes),
+            "tasks": suite.tasks,
+            "bytes": path.stat().st_size,
+            "route_m": [round(min(lengths), 1), round(max(lengths), 1)],
+            "fingerprint": suite.fingerprint()[:12],
+        }
         print(f"{name}: {info['episodes']} episodes, routes {info['route_m'][0]}-{info['route_m'][1]} m, {info['bytes']} bytes -> {path}")
         written.append(info)
     print(json.dumps(written))

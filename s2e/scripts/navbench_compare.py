@@ -48,8 +48,10 @@ def run(argv: list[str] | None = None) -> dict:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
     summary = {
-        method_label(r): {d: {t: {m: s[m]["mean"] for m in args.metrics} for t, s in [*r["results"][d]["tasks"].items(), ("overall", r["results"][d]["overall"])]}
-                     for d in r["domains"]}
+        method_label(r): {
+            d: {t: {m: s[m]["mean"] for m in args.metrics} for t, s in [*r["results"][d]["tasks"].items(), ("overall", r["results"][d]["overall"])]}
+            for d in r["domains"]
+        }
         for r in reports
     }
     print(json.dumps(summary))

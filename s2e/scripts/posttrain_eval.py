@@ -44,17 +44,32 @@ CURVE_TAGS = ("train/episode/return", "train/episode/success")
 def fit_command(strategy: str, args: argparse.Namespace) -> list[str]:
     root = args.out / strategy
     return [
-        sys.executable, "-m", "s2e", "fit", "--config", str(REPO_ROOT / "experiments" / "posttrain.yaml"),
-        "--model.init_args.pretrained", str(args.pretrained),
-        "--model.init_args.strategy", strategy,
-        "--model.init_args.task", args.task,
-        "--trainer.callbacks.init_args.every_n_epochs", "0",  # RolloutVideo, the yaml's last callback
-        "--data.init_args.num_envs", str(args.envs),
-        "--data.init_args.steps_per_batch", str(args.steps),
-        "--trainer.max_epochs", str(args.max_epochs),
-        "--trainer.max_time", f"00:00:{args.minutes:02d}:00",
-        "--trainer.default_root_dir", str(root),
-        "--trainer.logger.init_args.save_dir", str(root),
+        sys.executable,
+        "-m",
+        "s2e",
+        "fit",
+        "--config",
+        str(REPO_ROOT / "experiments" / "posttrain.yaml"),
+        "--model.init_args.pretrained",
+        str(args.pretrained),
+        "--model.init_args.strategy",
+        strategy,
+        "--model.init_args.task",
+        args.task,
+        "--trainer.callbacks.init_args.every_n_epochs",
+        "0",  # RolloutVideo, the yaml's last callback
+        "--data.init_args.num_envs",
+        str(args.envs),
+        "--data.init_args.steps_per_batch",
+        str(args.steps),
+        "--trainer.max_epochs",
+        str(args.max_epochs),
+        "--trainer.max_time",
+        f"00:00:{args.minutes:02d}:00",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
         *args.fit_args,
     ]
 
@@ -186,5 +201,14 @@ def main(argv: list[str] | None = None) -> None:
         for domain, m in domains.items():
             print(f"{name:10s} {domain:9s} {m['return']:8.2f} {m['success']:8.2f} {m['route_completion']:7.2f} {m['collisions']:8.2f}")
     print(f"curves: {args.out / 'curves.png'}")
-    print(json.dumps({"task": args.task, "episodes": args.episodes, "results": table, "checkpoints": {k: str(v) for k, v in checkpoints.items()}, "png": str(args.out / "curves.png")}))
-
+    print(
+        json.dumps(
+            {
+                "task": args.task,
+                "episodes": args.episodes,
+                "results": table,
+                "checkpoints": {k: str(v) for k, v in checkpoints.items()},
+                "png": str(args.out / "curves.png"),
+            }
+        )
+    )

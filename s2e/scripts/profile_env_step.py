@@ -27,10 +27,9 @@ from typing import Callable, Iterator
 import torch
 
 import s2e.sim.env as env_module
-from s2e.sim.compiled import CompilePolicy
 from s2e.scripts import frame_size
+from s2e.sim.compiled import CompilePolicy
 from s2e.sim.env import NavEnv, NavEnvConfig
-
 
 #: Part of a step -> the names of the callables (in ``s2e.sim.env`` or on the env) it is made of.
 PARTS = {
@@ -123,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=60, help="timed steps")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--compile", choices=("auto", "on", "off"), default="off",
-                        help="Raycaster compiled= (default off: this tool is about the parts around the renderer)")
+    parser.add_argument(
+        "--compile", choices=("auto", "on", "off"), default="off", help="Raycaster compiled= (default off: this tool is about the parts around the renderer)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -148,12 +148,28 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"{part:12s} {ms:8.3f} ms/step  {ms / step_ms:6.1%}   (mean {mean_ms[part]:.3f})")
     outside = step_ms - median_ms["render"]
     compile_state = env.compile_policy.report()  # what ran, which may differ from what --compile asked for
-    print(f"{'step':12s} {step_ms:8.3f} ms/step (median)   outside the renderer {outside:.3f} ms; "
-          f"{args.envs / step_ms * 1e3:.0f} env steps/s; ran {CompilePolicy.describe(compile_state)}")
-    summary = {"envs": args.envs, "width": w, "height": h, "task": args.task, "robot": args.robot, "steps": args.steps,
-               "threads": args.threads, "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "compile": args.compile,
-               "compile_state": compile_state, "step_ms": step_ms, "outside_render_ms": outside, "env_steps_per_s": args.envs / step_ms * 1e3,
-               "parts_ms": median_ms, "parts_share": {part: ms / step_ms for part, ms in median_ms.items()}, "parts_mean_ms": mean_ms}
+    print(
+        f"{'step':12s} {step_ms:8.3f} ms/step (median)   outside the renderer {outside:.3f} ms; "
+        f"{args.envs / step_ms * 1e3:.0f} env steps/s; ran {CompilePolicy.describe(compile_state)}"
+    )
+    summary = {
+        "envs": args.envs,
+        "width": w,
+        "height": h,
+        "task": args.task,
+        "robot": args.robot,
+        "steps": args.steps,
+        "threads": args.threads,
+        "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+        "compile": args.compile,
+        "compile_state": compile_state,
+        "step_ms": step_ms,
+        "outside_render_ms": outside,
+        "env_steps_per_s": args.envs / step_ms * 1e3,
+        "parts_ms": median_ms,
+        "parts_share": {part: ms / step_ms for part, ms in median_ms.items()},
+        "parts_mean_ms": mean_ms,
+    }
     print(json.dumps(summary))
     return summary
 

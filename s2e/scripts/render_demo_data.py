@@ -96,14 +96,23 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
         while written < args.episodes:
             n = min(args.envs, args.episodes - written)
             env = NavEnv(config, num_envs=n, seed=args.seed * 100_003 + batch)
-            style = ExpertStyle.sample(n, noise, noise_std=(args.noise_v, args.noise_omega),
-                                       drift_std=(args.drift_v, args.drift_omega), drift_tau=args.drift_tau)
+            style = ExpertStyle.sample(
+                n, noise, noise_std=(args.noise_v, args.noise_omega), drift_std=(args.drift_v, args.drift_omega), drift_tau=args.drift_tau
+            )
             expert = expert_controller(ExpertPlanner(env.robot), style, noise)
             takeover = observe = None
             if learner is not None:
                 observe, drive = learner
-                takeover = TakeoverController(drive, expert, n, config.timing.control_dt, noise, learner_s=tuple(args.learner_seconds),
-                                              expert_s=tuple(args.expert_seconds), horizon_s=config.timing.horizon)
+                takeover = TakeoverController(
+                    drive,
+                    expert,
+                    n,
+                    config.timing.control_dt,
+                    noise,
+                    learner_s=tuple(args.learner_seconds),
+                    expert_s=tuple(args.expert_seconds),
+                    horizon_s=config.timing.horizon,
+                )
             records = run_episodes(env, takeover or expert, observe=observe)
             for i, record in enumerate(records):
                 if not record.success or len(record.t) < 2:
@@ -113,8 +122,13 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
                 write_mp4(buf, record.frames, fps=1.0 / config.timing.control_dt)
                 demonstrated = takeover.demonstrated_poses(i, len(record.t)) if takeover is not None else None
                 traj = Trajectory(t=record.t, xy=record.xy, yaw=record.yaw, speed=record.speed, demonstrated=demonstrated)
-                styled = {"speed_scale": float(style.speed_scale[i]), "side_bias": float(style.side_bias[i]), "noise_std": list(style.noise_std),
-                          "drift_std": list(style.drift_std), "drift_tau": style.drift_tau}
+                styled = {
+                    "speed_scale": float(style.speed_scale[i]),
+                    "side_bias": float(style.side_bias[i]),
+                    "noise_std": list(style.noise_std),
+                    "drift_std": list(style.drift_std),
+                    "drift_tau": style.drift_tau,
+                }
                 key = f"{args.prefix}_{args.task}_{args.robot}_s{args.seed}_b{batch:04d}_e{i:03d}"
                 writer.write(key, buf.getvalue(), traj, episode_meta(env, record, styled, args))
                 written += 1
@@ -124,8 +138,14 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
                 raise RuntimeError(f"the expert failed too often: {skipped} failed episodes, {written} written")
     shards = [str(p) for p in writer.shard_paths]  # after the writer closed: the last shard counts too
     seconds = time.perf_counter() - start
-    return {"episodes": written, "skipped_failed": skipped, "frames": frames, "seconds": round(seconds, 2),
-            "frames_per_s": round(frames / max(seconds, 1e-9), 1), "shards": shards}
+    return {
+        "episodes": written,
+        "skipped_failed": skipped,
+        "frames": frames,
+        "seconds": round(seconds, 2),
+        "frames_per_s": round(frames / max(seconds, 1e-9), 1),
+        "shards": shards,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,18 +159,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--envs", type=int, default=20, help="episodes simulated side by side")
     parser.add_argument("--route-length", type=float, nargs=2, default=(15.0, 25.0), metavar=("MIN", "MAX"), help="route length range, metres")
-    parser.add_argument("--num-obstacles", type=int, nargs=2, default=SceneConfig.num_obstacles, metavar=("MIN", "MAX"),
-                        help="static obstacles per scene (tasks with obstacles)")
+    parser.add_argument(
+        "--num-obstacles",
+        type=int,
+        nargs=2,
+        default=SceneConfig.num_obstacles,
+        metavar=("MIN", "MAX"),
+        help="static obstacles per scene (tasks with obstacles)",
+    )
     parser.add_argument("--noise-v", type=float, default=0.05, help="speed noise std as a fraction of the limit")
     parser.add_argument("--noise-omega", type=float, default=0.1, help="yaw-rate noise std as a fraction of the limit")
     parser.add_argument("--drift-v", type=float, default=0.0, help="std of a slow speed drift (fraction of the limit): recovery demonstrations")
     parser.add_argument("--drift-omega", type=float, default=0.0, help="std of a slow yaw-rate drift (fraction of the limit): recovery demonstrations")
     parser.add_argument("--drift-tau", type=float, default=1.0, help="correlation time of the drift, seconds")
-    parser.add_argument("--learner", type=Path, default=None,
-                        help="policy checkpoint that drives between takeovers: intervention (DAgger) data whose futures are the expert's")
+    parser.add_argument(
+        "--learner", type=Path, default=None, help="policy checkpoint that drives between takeovers: intervention (DAgger) data whose futures are the expert's"
+    )
     parser.add_argument("--learner-seconds", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"), help="how long the learner drives at a time")
-    parser.add_argument("--expert-seconds", type=float, nargs=2, default=(1.0, 4.0), metavar=("MIN", "MAX"),
-                        help="how long the expert drives after a takeover, beyond the policy's horizon")
+    parser.add_argument(
+        "--expert-seconds",
+        type=float,
+        nargs=2,
+        default=(1.0, 4.0),
+        metavar=("MIN", "MAX"),
+        help="how long the expert drives after a takeover, beyond the policy's horizon",
+    )
     parser.add_argument("--prefix", default="sim", help="shard file and episode key prefix")
     parser.add_argument("--shard-episodes", type=int, default=200, help="episodes per shard")
     return parser

@@ -95,21 +95,61 @@ def fit_command(name: str, args: argparse.Namespace) -> list[str]:
     strategy = ["ram", "--model.init_args.ppo.lr", "0", "--model.init_args.ppo.value_lr", "0"] if name == CONTROL else [name]
     task = ["--model.init_args.task", args.task] if args.task else []
     return [
-        sys.executable, "-m", "s2e", "fit", "--config", str(REPO_ROOT / "experiments" / "posttrain.yaml"),
-        "--model.init_args.pretrained", str(args.pretrained), "--model.init_args.strategy", *strategy, *task,
-        "--trainer.max_time", max_time(args.minutes), "--trainer.max_epochs", "-1", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", root, "--trainer.logger.init_args.save_dir", root, *args.fit_args,
+        sys.executable,
+        "-m",
+        "s2e",
+        "fit",
+        "--config",
+        str(REPO_ROOT / "experiments" / "posttrain.yaml"),
+        "--model.init_args.pretrained",
+        str(args.pretrained),
+        "--model.init_args.strategy",
+        *strategy,
+        *task,
+        "--trainer.max_time",
+        max_time(args.minutes),
+        "--trainer.max_epochs",
+        "-1",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        root,
+        "--trainer.logger.init_args.save_dir",
+        root,
+        *args.fit_args,
     ]
 
 
 def bench_command(name: str, checkpoint: Path, args: argparse.Namespace) -> list[str]:
     episodes = ["--data.init_args.max_episodes_per_task", str(args.bench_episodes)] if args.bench_episodes else []
     return [
-        sys.executable, "-m", "s2e", "test", "--config", str(REPO_ROOT / "experiments" / "navbench.yaml"), "--ckpt_path", str(checkpoint),
-        "--data.init_args.suite", args.suite, "--data.init_args.domains", f"[{', '.join(DOMAINS)}]", "--data.init_args.num_envs", "48",
-        *episodes, "--model.init_args.name", name, "--model.init_args.out_dir", str(args.out / name / "navbench"),
-        "--model.init_args.videos", "0", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(args.out / name / "navbench"),  # where the CLI saves its config.yaml
+        sys.executable,
+        "-m",
+        "s2e",
+        "test",
+        "--config",
+        str(REPO_ROOT / "experiments" / "navbench.yaml"),
+        "--ckpt_path",
+        str(checkpoint),
+        "--data.init_args.suite",
+        args.suite,
+        "--data.init_args.domains",
+        f"[{', '.join(DOMAINS)}]",
+        "--data.init_args.num_envs",
+        "48",
+        *episodes,
+        "--model.init_args.name",
+        name,
+        "--model.init_args.out_dir",
+        str(args.out / name / "navbench"),
+        "--model.init_args.videos",
+        "0",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(args.out / name / "navbench"),  # where the CLI saves its config.yaml
     ]
 
 
@@ -145,8 +185,12 @@ def train(method: Method, args: argparse.Namespace) -> None:
     failure = run_step(f"fit {method.name}", command, args.out / method.name / "fit.log")
     run = newest_run(args.out / method.name) if failure is None else None
     if failure is None and run is None:
-        failure = {"step": f"fit {method.name}", "command": shlex.join(command), "exit_code": 0,
-                   "error": f"the fit finished but wrote no checkpoints/last.ckpt under {args.out / method.name}"}
+        failure = {
+            "step": f"fit {method.name}",
+            "command": shlex.join(command),
+            "exit_code": 0,
+            "error": f"the fit finished but wrote no checkpoints/last.ckpt under {args.out / method.name}",
+        }
     if failure is not None:
         method.failures.append(failure)
         return
@@ -189,8 +233,10 @@ def compare(methods: list[Method], args: argparse.Namespace) -> Optional[dict[st
 def ci_results(report: dict[str, Any]) -> dict[str, dict[str, dict[str, dict[str, Any]]]]:
     """{domain: {task (and overall): {SR / RC / CT: {mean, ci_low, ci_high, n}}}} of a report."""
     return {
-        domain: {task: {METRICS[m]: entry[m] for m in TABLE_METRICS}
-                 for task, entry in [*report["results"][domain]["tasks"].items(), (OVERALL, report["results"][domain]["overall"])]}
+        domain: {
+            task: {METRICS[m]: entry[m] for m in TABLE_METRICS}
+            for task, entry in [*report["results"][domain]["tasks"].items(), (OVERALL, report["results"][domain]["overall"])]
+        }
         for domain in report["domains"]
     }
 
@@ -218,8 +264,14 @@ def run_facts(root: Path) -> dict[str, Any]:
     batches = len(next((v for tag, v in scalars.items() if tag.endswith(BATCH_TAG)), []))
     frames = frames_per_batch(hparams)
     budget = (config.get("trainer") or {}).get("max_time")
-    return {"run_dir": str(run), "task": hparams.get("task"), "max_time": budget, "budget_minutes": budget_minutes(budget),
-            "rollout_batches": batches, "env_frames": batches * frames if frames else None}
+    return {
+        "run_dir": str(run),
+        "task": hparams.get("task"),
+        "max_time": budget,
+        "budget_minutes": budget_minutes(budget),
+        "rollout_batches": batches,
+        "env_frames": batches * frames if frames else None,
+    }
 
 
 def budget_minutes(max_time: Any) -> Optional[float]:
@@ -286,7 +338,7 @@ def plot_curves(roots: dict[str, Path], path: Path, smooth: int = 10) -> dict[st
         ax.set_xlabel("env frames")
         if ax.lines:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(PANELS):]:
+    for ax in list(axes.flat)[len(PANELS) :]:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,9 +409,16 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     tags = plot_curves({s: args.out / s for s in args.strategies}, curves)
     summary = {
         "argv": sys.argv[1:] if argv is None else argv,
-        "pretrained": str(args.pretrained), "minutes": args.minutes, "task": args.task, "suite": args.suite,
-        "bench_episodes_per_task": args.bench_episodes, "domains": list(DOMAINS),
-        "compare": str(args.out / "compare.md"), "results_md": str(args.out / "results.md"), "curves": str(curves), "curve_tags": tags,
+        "pretrained": str(args.pretrained),
+        "minutes": args.minutes,
+        "task": args.task,
+        "suite": args.suite,
+        "bench_episodes_per_task": args.bench_episodes,
+        "domains": list(DOMAINS),
+        "compare": str(args.out / "compare.md"),
+        "results_md": str(args.out / "results.md"),
+        "curves": str(curves),
+        "curve_tags": tags,
         "failures": [f for m in methods for f in m.failures] + ([compare_failure] if compare_failure else []),
         "methods": {m.name: method_summary(m, args) for m in methods},
     }
@@ -367,10 +426,14 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
     (args.out / "results.md").write_text(tables + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{tables}\ncurves: {curves}\nsummary: {args.out / 'summary.json'} ({time.monotonic() - started:.0f} s)")
-    overall = {name: {d: {k: v[OVERALL][k]["mean"] for k in ("SR", "RC", "CT")} for d, v in m.get("results", {}).items()}
-               for name, m in summary["methods"].items()}
-    print(json.dumps({"summary": str(args.out / "summary.json"), "curves": str(curves), "overall": overall,
-                      "failed": sorted({f["step"] for f in summary["failures"]})}))
+    overall = {
+        name: {d: {k: v[OVERALL][k]["mean"] for k in ("SR", "RC", "CT")} for d, v in m.get("results", {}).items()} for name, m in summary["methods"].items()
+    }
+    print(
+        json.dumps(
+            {"summary": str(args.out / "summary.json"), "curves": str(curves), "overall": overall, "failed": sorted({f["step"] for f in summary["failures"]})}
+        )
+    )
     return summary
 
 

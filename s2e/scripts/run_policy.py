@@ -142,8 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="inspection mp4 (default: artifacts/run_policy/<video stem>.mp4)")
     parser.add_argument("--commands", type=Path, help="CSV of (t, v, omega, status) per control tick")
     parser.add_argument("--max-frame-age", type=float, help="seconds before a frame counts as stale (default: control_dt)")
-    parser.add_argument("--arrival-radius", type=float, default=DEFAULT_ARRIVAL_RADIUS, help="metres from the goal within which the robot stops (default: NavBench's)")
-    parser.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="auto: TorchScript if the export has it and torch is installed, else ONNX")
+    parser.add_argument(
+        "--arrival-radius", type=float, default=DEFAULT_ARRIVAL_RADIUS, help="metres from the goal within which the robot stops (default: NavBench's)"
+    )
+    parser.add_argument(
+        "--backend", choices=["auto", *BACKENDS], default="auto", help="auto: TorchScript if the export has it and torch is installed, else ONNX"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of the backend")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (never the input video)")
     return parser
@@ -162,8 +166,7 @@ def run(argv: Optional[list[str]] = None) -> dict:
         parser.error(refused)
     try:
         frames = first_frame_checked(args.video)
-        runtime = PolicyRuntime(args.policy, max_frame_age=args.max_frame_age, threads=args.threads, backend=args.backend,
-                                arrival_radius=args.arrival_radius)
+        runtime = PolicyRuntime(args.policy, max_frame_age=args.max_frame_age, threads=args.threads, backend=args.backend, arrival_radius=args.arrival_radius)
     except (OSError, ValueError, ImportError) as err:  # an unreadable video or export, a missing extra: usage errors
         parser.error(str(err))
     timing = runtime.timing

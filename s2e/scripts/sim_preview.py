@@ -92,9 +92,16 @@ def run(argv: list[str] | None = None) -> dict:
     Image.fromarray(record.frames[len(record.frames) // 2]).save(args.out / "ego.png")
     draw_topdown(env, record, args.out / "topdown.png")
     write_mp4(args.out / "episode.mp4", record.frames, fps=1.0 / env.config.timing.control_dt)
-    summary = {"task": args.task, "robot": args.robot, "success": record.success, "collisions": record.collisions,
-               "route_completion": record.route_completion, "seconds": float(record.t[-1]), "frames": len(record.frames),
-               "files": [str(args.out / n) for n in ("ego.png", "topdown.png", "episode.mp4")]}
+    summary = {
+        "task": args.task,
+        "robot": args.robot,
+        "success": record.success,
+        "collisions": record.collisions,
+        "route_completion": record.route_completion,
+        "seconds": float(record.t[-1]),
+        "frames": len(record.frames),
+        "files": [str(args.out / n) for n in ("ego.png", "topdown.png", "episode.mp4")],
+    }
     print(json.dumps(summary))
     return summary
 

@@ -46,8 +46,9 @@ def ego_preview(gaussians, route: np.ndarray, robot: RobotProfile, size: str, pa
     xy = torch.tensor(route[:1], dtype=torch.float32)
     yaw = torch.tensor([float(np.arctan2(heading[1], heading[0]))])
     views = level_viewmats(xy, yaw, torch.tensor([robot.camera_height]))
-    rgb, _, _ = rasterize(gaussians, views, pinhole_intrinsics(torch.tensor([robot.hfov_deg]), width, height), width, height,
-                          background=torch.tensor([0.62, 0.72, 0.86]))
+    rgb, _, _ = rasterize(
+        gaussians, views, pinhole_intrinsics(torch.tensor([robot.hfov_deg]), width, height), width, height, background=torch.tensor([0.62, 0.72, 0.86])
+    )
     Image.fromarray((rgb[0].clamp(0, 1) * 255).round().byte().numpy()).save(path)
     return path
 
@@ -61,8 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--world-from-splat", type=float, nargs=16, help="row-major 4x4 similarity .ply -> world (z up, metres)")
     parser.add_argument("--resolution", type=float, default=0.2, help="metres per grid cell")
     parser.add_argument("--z-range", type=float, nargs=2, default=(0.3, 1.6), help="slab of heights above the ground that blocks the robot")
-    parser.add_argument("--ground-z", type=float, default=0.0,
-                        help="height of the ground after --world-from-splat; the layout's transform lowers it to z = 0, where cameras expect it")
+    parser.add_argument(
+        "--ground-z",
+        type=float,
+        default=0.0,
+        help="height of the ground after --world-from-splat; the layout's transform lowers it to z = 0, where cameras expect it",
+    )
     parser.add_argument("--no-ground-check", action="store_true", help="treat every free cell as ground")
     parser.add_argument("--min-opacity", type=float, default=0.3, help="fainter Gaussians (floaters) are ignored")
     parser.add_argument("--bounds", type=float, nargs=4, help="xmin ymin xmax ymax (default: the scene's extent + 1 m)")
@@ -91,22 +96,38 @@ def run(argv: list[str] | None = None) -> dict:
     if len(points) == 0:
         parser.error("nothing to slice: no Gaussian reaches --min-opacity and no mesh was given")
     bounds = tuple(args.bounds) if args.bounds else bounds_of(points)
-    layout = layout_from_points(points, bounds, args.resolution, tuple(args.z_range), None if args.no_ground_check else 0.0,
-                                get_robot(args.robot).radius, [np.stack(args.route)] if args.route else None, args.wall_height)
+    layout = layout_from_points(
+        points,
+        bounds,
+        args.resolution,
+        tuple(args.z_range),
+        None if args.no_ground_check else 0.0,
+        get_robot(args.robot).radius,
+        [np.stack(args.route)] if args.route else None,
+        args.wall_height,
+    )
     layout.world_from_splat = world
     out = save_layout(args.out, layout)
     png = draw_top_down(layout, args.png or out.with_suffix(".png"), points)
     route = layout.routes[0]
     ego = None if args.ego_size == "0" else ego_preview(gaussians, route, get_robot(args.robot), args.ego_size, out.with_suffix(".ego.png"))
     summary = {
-        "gaussians": len(gaussians), "samples": int(len(points)), "grid": list(layout.shape), "resolution": layout.resolution,
+        "gaussians": len(gaussians),
+        "samples": int(len(points)),
+        "grid": list(layout.shape),
+        "resolution": layout.resolution,
         "walkable_m2": round(float(layout.walkable.sum()) * layout.resolution**2, 2),
         "solid_m2": round(float(layout.solid.sum()) * layout.resolution**2, 2),
-        "route_m": round(float(np.linalg.norm(np.diff(route, axis=0), axis=1).sum()), 2), "route_vertices": len(route),
-        "layout": str(out), "png": str(png), "ego_png": str(ego) if ego else None,
+        "route_m": round(float(np.linalg.norm(np.diff(route, axis=0), axis=1).sum()), 2),
+        "route_vertices": len(route),
+        "layout": str(out),
+        "png": str(png),
+        "ego_png": str(ego) if ego else None,
     }
-    print(f"{summary['gaussians']} Gaussians -> {layout.shape[0]}x{layout.shape[1]} cells at {layout.resolution} m: "
-          f"{summary['walkable_m2']} m2 walkable, {summary['solid_m2']} m2 solid, route {summary['route_m']} m")
+    print(
+        f"{summary['gaussians']} Gaussians -> {layout.shape[0]}x{layout.shape[1]} cells at {layout.resolution} m: "
+        f"{summary['walkable_m2']} m2 walkable, {summary['solid_m2']} m2 solid, route {summary['route_m']} m"
+    )
     print(json.dumps(summary))
     return summary
 

@@ -103,15 +103,27 @@ class AppearanceDomain:
         return (math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el))
 
 
-_OBSTACLES_WARM = {"bench": (0.45, 0.30, 0.18), "pole": (0.35, 0.36, 0.38), "bin": (0.20, 0.35, 0.22),
-                   "box": (0.62, 0.48, 0.30), "scooter": (0.10, 0.55, 0.45), "planter": (0.55, 0.52, 0.48)}
+_OBSTACLES_WARM = {
+    "bench": (0.45, 0.30, 0.18),
+    "pole": (0.35, 0.36, 0.38),
+    "bin": (0.20, 0.35, 0.22),
+    "box": (0.62, 0.48, 0.30),
+    "scooter": (0.10, 0.55, 0.45),
+    "planter": (0.55, 0.52, 0.48),
+}
 
 #: "recorded": the stand-in for real street video — warm sunlight, muted brick and concrete, paving
 #: joints, grainy camera with slight blur and a warm white balance.
 RECORDED = AppearanceDomain(
     name="recorded",
-    ground={"sidewalk": (0.55, 0.53, 0.50), "road": (0.22, 0.22, 0.23), "curb": (0.68, 0.66, 0.62),
-            "grass": (0.25, 0.40, 0.16), "building": (0.40, 0.38, 0.36), "plaza": (0.62, 0.55, 0.45)},
+    ground={
+        "sidewalk": (0.55, 0.53, 0.50),
+        "road": (0.22, 0.22, 0.23),
+        "curb": (0.68, 0.66, 0.62),
+        "grass": (0.25, 0.40, 0.16),
+        "building": (0.40, 0.38, 0.36),
+        "plaza": (0.62, 0.55, 0.45),
+    },
     ground_tile={"sidewalk": 0.6, "road": 2.0, "curb": 1.0, "grass": 1.5, "building": 1.0, "plaza": 0.8},
     tile_grout=0.35,
     texture_noise=0.10,
@@ -147,8 +159,14 @@ RECORDED = AppearanceDomain(
 #: cool hard light from another direction, a clean noiseless camera.
 SIM = AppearanceDomain(
     name="sim",
-    ground={"sidewalk": (0.70, 0.70, 0.72), "road": (0.30, 0.30, 0.35), "curb": (0.85, 0.85, 0.85),
-            "grass": (0.20, 0.62, 0.20), "building": (0.50, 0.50, 0.55), "plaza": (0.80, 0.75, 0.62)},
+    ground={
+        "sidewalk": (0.70, 0.70, 0.72),
+        "road": (0.30, 0.30, 0.35),
+        "curb": (0.85, 0.85, 0.85),
+        "grass": (0.20, 0.62, 0.20),
+        "building": (0.50, 0.50, 0.55),
+        "plaza": (0.80, 0.75, 0.62),
+    },
     ground_tile={"sidewalk": 1.0, "road": 4.0, "curb": 2.0, "grass": 2.0, "building": 1.0, "plaza": 1.5},
     tile_grout=0.12,
     texture_noise=0.03,
@@ -160,8 +178,14 @@ SIM = AppearanceDomain(
     window_fraction=(0.60, 0.55),
     facade_bay=(4.0, 3.5),
     brick_contrast=0.0,
-    obstacle={"bench": (0.70, 0.20, 0.15), "pole": (0.85, 0.85, 0.20), "bin": (0.15, 0.30, 0.75),
-              "box": (0.90, 0.55, 0.10), "scooter": (0.85, 0.10, 0.60), "planter": (0.40, 0.75, 0.40)},
+    obstacle={
+        "bench": (0.70, 0.20, 0.15),
+        "pole": (0.85, 0.85, 0.20),
+        "bin": (0.15, 0.30, 0.75),
+        "box": (0.90, 0.55, 0.10),
+        "scooter": (0.85, 0.10, 0.60),
+        "planter": (0.40, 0.75, 0.40),
+    },
     shirt=((0.90, 0.20, 0.20), (0.20, 0.70, 0.25), (0.20, 0.35, 0.90), (0.90, 0.80, 0.15), (0.70, 0.25, 0.80)),
     trousers=((0.20, 0.20, 0.60), (0.25, 0.25, 0.25), (0.55, 0.45, 0.30)),
     skin=((0.90, 0.72, 0.60), (0.65, 0.48, 0.35)),
@@ -183,16 +207,35 @@ SIM = AppearanceDomain(
 
 #: "overcast": the recorded look under a flat grey sky — soft light, short fog, heavier noise.
 OVERCAST = replace(
-    RECORDED, name="overcast", sky_top=(0.62, 0.64, 0.67), sky_horizon=(0.80, 0.80, 0.80), sun_intensity=0.15,
-    ambient=0.80, fog_colour=(0.78, 0.78, 0.79), fog_distance=30.0, exposure=0.95, colour_cast=(0.98, 1.0, 1.03),
+    RECORDED,
+    name="overcast",
+    sky_top=(0.62, 0.64, 0.67),
+    sky_horizon=(0.80, 0.80, 0.80),
+    sun_intensity=0.15,
+    ambient=0.80,
+    fog_colour=(0.78, 0.78, 0.79),
+    fog_distance=30.0,
+    exposure=0.95,
+    colour_cast=(0.98, 1.0, 1.03),
     noise_std=6.0,
 )
 
 #: "dusk": low orange sun, dark ambient light, orange cast, strong noise and blur.
 DUSK = replace(
-    RECORDED, name="dusk", sky_top=(0.20, 0.22, 0.45), sky_horizon=(0.95, 0.55, 0.30), sun_azimuth_deg=200.0,
-    sun_elevation_deg=8.0, sun_intensity=0.70, ambient=0.28, fog_colour=(0.55, 0.40, 0.38), fog_distance=45.0,
-    exposure=1.15, colour_cast=(1.15, 0.95, 0.80), noise_std=8.0, blur_sigma=0.9,
+    RECORDED,
+    name="dusk",
+    sky_top=(0.20, 0.22, 0.45),
+    sky_horizon=(0.95, 0.55, 0.30),
+    sun_azimuth_deg=200.0,
+    sun_elevation_deg=8.0,
+    sun_intensity=0.70,
+    ambient=0.28,
+    fog_colour=(0.55, 0.40, 0.38),
+    fog_distance=45.0,
+    exposure=1.15,
+    colour_cast=(1.15, 0.95, 0.80),
+    noise_std=8.0,
+    blur_sigma=0.9,
 )
 
 DOMAINS: dict[str, AppearanceDomain] = {d.name: d for d in (RECORDED, SIM, OVERCAST, DUSK)}

@@ -74,8 +74,13 @@ class CompilePolicy:
         backend: ``torch.compile``'s backend (``"inductor"`` generates the fused loops).
     """
 
-    def __init__(self, min_pixels: int = COMPILE_MIN_PIXELS, after_eager_s: float = COMPILE_AFTER_EAGER_S,
-                 static_shapes: int = STATIC_SHAPES, backend: str | Callable = "inductor") -> None:
+    def __init__(
+        self,
+        min_pixels: int = COMPILE_MIN_PIXELS,
+        after_eager_s: float = COMPILE_AFTER_EAGER_S,
+        static_shapes: int = STATIC_SHAPES,
+        backend: str | Callable = "inductor",
+    ) -> None:
         self.min_pixels = int(min_pixels)
         self.after_eager_s = float(after_eager_s)
         self.static_shapes = int(static_shapes)
@@ -119,8 +124,7 @@ class CompilePolicy:
                 out = state.compiled_fn(*args)
             except Exception as error:  # noqa: BLE001 - any toolchain failure: fall back, never fail a render
                 state.error = " ".join(f"{type(error).__name__}: {error}".split())  # one line, for reports
-                warnings.warn(f"s2e.sim: torch.compile of {stage_name(fn)} failed, running it eagerly from now on ({state.error})",
-                              RuntimeWarning)
+                warnings.warn(f"s2e.sim: torch.compile of {stage_name(fn)} failed, running it eagerly from now on ({state.error})", RuntimeWarning)
             else:
                 if fixed_shapes:
                     state.shapes.add(key)

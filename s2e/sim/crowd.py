@@ -51,15 +51,15 @@ class CrowdConfig:
 _PROBES = ((0.0, 0.0), (1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0))
 
 
-def _static_distance(field: torch.Tensor, origin: torch.Tensor, resolution: float, xy: torch.Tensor,
-                     obstacles: ObstacleSet) -> torch.Tensor:
+def _static_distance(field: torch.Tensor, origin: torch.Tensor, resolution: float, xy: torch.Tensor, obstacles: ObstacleSet) -> torch.Tensor:
     """Distance to the nearest static thing: the edge of ``field`` (the walkable area, soft, or solid
     walls) and the obstacles (prepared once per step)."""
     return torch.minimum(sample_field(field, origin, resolution, xy), obstacles.nearest(xy))
 
 
-def static_distance_and_normal(field: torch.Tensor, origin: torch.Tensor, resolution: float, xy: torch.Tensor,
-                               obstacles: ObstacleSet, eps: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
+def static_distance_and_normal(
+    field: torch.Tensor, origin: torch.Tensor, resolution: float, xy: torch.Tensor, obstacles: ObstacleSet, eps: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``_static_distance`` at xy [B, K, 2] -> [B, K] and its unit central-difference gradient -> [B, K, 2].
 
     The point and its four +-eps probes go through ONE ``_static_distance`` call on [B, 5K, 2]: the
@@ -91,8 +91,15 @@ def _pairs(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def crowd_step(
-    world, robot_xy: torch.Tensor, robot_vel: torch.Tensor, robot_radius: float, dt: float, config: CrowdConfig = CrowdConfig(),
-    obstacles: ObstacleSet | None = None, compiled: bool = False, compile_policy: CompilePolicy = PROCESS_POLICY,
+    world,
+    robot_xy: torch.Tensor,
+    robot_vel: torch.Tensor,
+    robot_radius: float,
+    dt: float,
+    config: CrowdConfig = CrowdConfig(),
+    obstacles: ObstacleSet | None = None,
+    compiled: bool = False,
+    compile_policy: CompilePolicy = PROCESS_POLICY,
 ) -> None:
     """Advance ``world.scene.pedestrians`` by ``dt`` seconds in place, reacting to the robot disc.
 
@@ -108,17 +115,39 @@ def crowd_step(
         return
     obstacles = obstacles if obstacles is not None else ObstacleSet.of(scene.obstacles, scene.obstacle_mask)
     peds, toward_b = compile_policy.run(
-        _advance, True, compiled, scene.pedestrians, scene.pedestrian_mask, state, robot_xy, robot_vel,
-        (scene.distance, world.solid_distance, scene.origin), scene.resolution, obstacles, robot_radius, dt, config,
+        _advance,
+        True,
+        compiled,
+        scene.pedestrians,
+        scene.pedestrian_mask,
+        state,
+        robot_xy,
+        robot_vel,
+        (scene.distance, world.solid_distance, scene.origin),
+        scene.resolution,
+        obstacles,
+        robot_radius,
+        dt,
+        config,
         single_thread=True,
     )
     state.toward_b.copy_(toward_b)
     scene.pedestrians = peds
 
 
-def _advance(peds: torch.Tensor, mask: torch.Tensor, state: CrowdState, robot_xy: torch.Tensor, robot_vel: torch.Tensor,
-             fields: tuple[torch.Tensor, torch.Tensor, torch.Tensor], resolution: float, obstacles: ObstacleSet,
-             robot_radius: float, dt: float, config: CrowdConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def _advance(
+    peds: torch.Tensor,
+    mask: torch.Tensor,
+    state: CrowdState,
+    robot_xy: torch.Tensor,
+    robot_vel: torch.Tensor,
+    fields: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    resolution: float,
+    obstacles: ObstacleSet,
+    robot_radius: float,
+    dt: float,
+    config: CrowdConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One crowd step as a pure function: (new pedestrians [B, P, 6], new toward_b [B, P]).
     ``fields``: (walkable distance, solid distance, origin) of the scenes."""
     walkable, solid, origin = fields
@@ -166,8 +195,7 @@ def _advance(peds: torch.Tensor, mask: torch.Tensor, state: CrowdState, robot_xy
         vel = vel * (cap / vel.norm(dim=-1, keepdim=True).clamp_min(1e-6)).clamp(max=1.0)
         vel = vel.masked_fill(~mask[..., None], 0.0)
         xy = xy + vel * h
-    separated = _separate((solid, origin, resolution), obstacles, xy, radius, contact, no_pair, robot_xy, robot_radius,
-                          config.projection_passes)
+    separated = _separate((solid, origin, resolution), obstacles, xy, radius, contact, no_pair, robot_xy, robot_radius, config.projection_passes)
     xy = torch.where(mask[..., None], separated, peds[..., 0:2])  # padding stays put
     return torch.cat([xy, vel, peds[..., 4:]], -1), toward_b
 

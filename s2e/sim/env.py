@@ -98,8 +98,15 @@ class NavEnv(EnvBase):
     ``("reward_terms", name)`` [N, 1] for every term of ``rewards.TERMS``.
     """
 
-    def __init__(self, config: NavEnvConfig = NavEnvConfig(), num_envs: int = 1, device: str | torch.device = "cpu", seed: int = 0,
-                 scenes: Optional[SceneSource] = None, renderer: Optional[FrameRenderer] = None) -> None:
+    def __init__(
+        self,
+        config: NavEnvConfig = NavEnvConfig(),
+        num_envs: int = 1,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        scenes: Optional[SceneSource] = None,
+        renderer: Optional[FrameRenderer] = None,
+    ) -> None:
         """``scenes`` and ``renderer`` default to procedural streets (``config.scene`` under the
         task's overrides) and the raycaster in ``config.domain``; see ``s2e.sim.scene_source``."""
         if num_envs < 1:
@@ -175,8 +182,13 @@ class NavEnv(EnvBase):
         yaw = self.robot_yaw if whole else self.robot_yaw[idx]
         camera = xy + self.robot.camera_forward * torch.stack([torch.cos(yaw), torch.sin(yaw)], -1)
         rgb, depth = self.renderer.render(
-            scene, camera, yaw, self.robot.camera_height, self.robot.hfov_deg,
-            with_depth=self.config.with_depth, noise_generator=self._render_generator,
+            scene,
+            camera,
+            yaw,
+            self.robot.camera_height,
+            self.robot.hfov_deg,
+            with_depth=self.config.with_depth,
+            noise_generator=self._render_generator,
         )
         if whole and idx is not None:
             rgb, depth = rgb[idx], (None if depth is None else depth[idx])
@@ -219,7 +231,7 @@ class NavEnv(EnvBase):
         self._success[idx] = False
         self.contacts.reset(idx)
         self._obstacles = ObstacleSet.of(self.world.scene.obstacles, self.world.scene.obstacle_mask)  # static until the next reset
-        limit = (self.config.time_limit_factor * self.world.route_total[idx] / self.robot.max_speed + self.config.time_limit_slack)
+        limit = self.config.time_limit_factor * self.world.route_total[idx] / self.robot.max_speed + self.config.time_limit_slack
         self._step_limit[idx] = torch.ceil(limit / self.config.timing.control_dt).long()
         rgb, depth = self._render(idx)
         self._frames.restart(idx, rgb)
@@ -294,9 +306,7 @@ class NavEnv(EnvBase):
         dt = cfg.timing.control_dt
         old_xy = self.robot_xy
         obstacles = self._obstacles
-        xy, yaw, blocked = integrate_unicycle(
-            world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles
-        )
+        xy, yaw, blocked = integrate_unicycle(world, old_xy, self.robot_yaw, action[:, 0], action[:, 1], dt, cfg.physics_substeps, robot.radius, obstacles)
         self.robot_xy, self.robot_yaw = xy, yaw
         crowd_step(world, xy, (xy - old_xy) / dt, robot.radius, dt, cfg.crowd, obstacles, self._compiling(), self.compile_policy)
         clearance = footprint_clearance(world, xy[:, None], robot.radius, obstacles=obstacles).total[:, 0]

@@ -52,9 +52,7 @@ class ExpertPlanner:
         w = torch.linspace(-1.0, 1.0, config.turns)
         self._unit_v, self._unit_w = (g.reshape(-1) for g in torch.meshgrid(v, w, indexing="ij"))
 
-    def plan(
-        self, world, xy: torch.Tensor, yaw: torch.Tensor, speed_scale: torch.Tensor | None = None, side_bias: torch.Tensor | None = None
-    ) -> ExpertPlan:
+    def plan(self, world, xy: torch.Tensor, yaw: torch.Tensor, speed_scale: torch.Tensor | None = None, side_bias: torch.Tensor | None = None) -> ExpertPlan:
         """Plan for robots at xy [B, 2], yaw [B]; ``speed_scale`` [B] in (0, 1], ``side_bias`` [B] in
         metres (positive prefers passing with the route on the right, i.e. keeping left)."""
         cfg, robot, scene = self.config, self.robot, world.scene
@@ -67,8 +65,12 @@ class ExpertPlanner:
         heading = yaw[:, None, None] + w[..., None] * t  # [B, A, T]
         straight = w.abs()[..., None] < 1e-4
         safe_w = torch.where(straight, torch.ones_like(w[..., None]), w[..., None])
-        dx = torch.where(straight, v[..., None] * t * torch.cos(yaw)[:, None, None], v[..., None] / safe_w * (torch.sin(heading) - torch.sin(yaw)[:, None, None]))
-        dy = torch.where(straight, v[..., None] * t * torch.sin(yaw)[:, None, None], -v[..., None] / safe_w * (torch.cos(heading) - torch.cos(yaw)[:, None, None]))
+        dx = torch.where(
+            straight, v[..., None] * t * torch.cos(yaw)[:, None, None], v[..., None] / safe_w * (torch.sin(heading) - torch.sin(yaw)[:, None, None])
+        )
+        dy = torch.where(
+            straight, v[..., None] * t * torch.sin(yaw)[:, None, None], -v[..., None] / safe_w * (torch.cos(heading) - torch.cos(yaw)[:, None, None])
+        )
         path = xy[:, None, None] + torch.stack([dx, dy], -1)  # [B, A, T, 2]
         a, steps = path.shape[1], path.shape[2]
         flat = path.reshape(b, a * steps, 2)

@@ -53,8 +53,7 @@ def extract_facades(wall_height: Tensor) -> tuple[Tensor, Tensor]:
             faces = torch.where(face, height, 0.0)
             scene, line, first, last, value = _runs(faces.transpose(1, 2) if axis == 0 else faces)
             constant = torch.tensor([axis, facing], dtype=torch.float32, device=wall_height.device).expand(len(scene), 2)
-            rows.append(torch.cat([torch.stack([line + 1.0, first.float(), last.float()], -1), constant,
-                                   value.unsqueeze(-1).float()], -1))
+            rows.append(torch.cat([torch.stack([line + 1.0, first.float(), last.float()], -1), constant, value.unsqueeze(-1).float()], -1))
             scenes.append(scene)
     return torch.cat(scenes), torch.cat(rows)
 

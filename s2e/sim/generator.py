@@ -221,10 +221,7 @@ def _layout(canvas: _Canvas, kind: str, hw: float, rng: np.random.Generator, con
         canvas.pave(-half, half, -half, half, Surface.PLAZA)
         # Walk along an arm's centre line into the plaza, then cut across it via a random point.
         inside = rng.uniform(-half + 2.0, half - 2.0, size=2)
-        return [
-            np.vstack([arms[a], arms[a] * (half - 0.5) / edge, inside, arms[b] * (half - 0.5) / edge, arms[b]])
-            for a in arms for b in arms if a != b
-        ]
+        return [np.vstack([arms[a], arms[a] * (half - 0.5) / edge, inside, arms[b] * (half - 0.5) / edge, arms[b]]) for a in arms for b in arms if a != b]
     else:
         raise ValueError(f"unknown layout {kind!r}; known layouts: {LAYOUTS}")
     return [np.vstack([arms[a], centre, arms[b]]) for a in arms for b in arms if a != b]
@@ -252,8 +249,15 @@ _OBSTACLE_SIZES = {  # kind: (shape, half_length range, half_width range, height
 }
 
 
-def place_obstacles(rng: np.random.Generator, count: int, route: np.ndarray, cum: np.ndarray, clearance_at: Callable[[np.ndarray], float],
-                    robot: RobotProfile, config: SceneConfig) -> np.ndarray:
+def place_obstacles(
+    rng: np.random.Generator,
+    count: int,
+    route: np.ndarray,
+    cum: np.ndarray,
+    clearance_at: Callable[[np.ndarray], float],
+    robot: RobotProfile,
+    config: SceneConfig,
+) -> np.ndarray:
     """Obstacles on the walkable area along the route, each leaving a passage on one side."""
     need = 2 * robot.radius * config.obstacle_passage
     placed: list[np.ndarray] = []
@@ -288,8 +292,15 @@ def place_obstacles(rng: np.random.Generator, count: int, route: np.ndarray, cum
     return np.stack(placed) if placed else np.zeros((0, 8), np.float32)
 
 
-def spawn_pedestrians(rng: np.random.Generator, count: int, route: np.ndarray, cum: np.ndarray, clearance_at: Callable[[np.ndarray], float],
-                      start: np.ndarray, robot: RobotProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def spawn_pedestrians(
+    rng: np.random.Generator,
+    count: int,
+    route: np.ndarray,
+    cum: np.ndarray,
+    clearance_at: Callable[[np.ndarray], float],
+    start: np.ndarray,
+    robot: RobotProfile,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pedestrian discs along the route corridor with ping-pong goals (along, across or standing)."""
     peds, goals_a, goals_b, speeds = [], [], [], []
     seg_len = np.diff(cum)
@@ -362,10 +373,20 @@ def generate_scene_arrays(seed: int, config: SceneConfig, robot: RobotProfile) -
     obstacles = place_obstacles(rng, n_obs, route, cum, clearance_at, robot, config)
     peds, goal_a, goal_b, speeds = spawn_pedestrians(rng, n_ped, route, cum, clearance_at, route[0], robot)
     return {
-        "surface": canvas.surface, "height": canvas.height, "distance": distance, "solid_distance": solid_distance,
-        "origin": canvas.origin.astype(np.float32), "obstacles": obstacles, "pedestrians": peds, "goal_a": goal_a,
-        "goal_b": goal_b, "speeds": speeds, "route": route.astype(np.float32), "cum": cum.astype(np.float32),
-        "half_width": np.float32(hw), "style_seed": int(rng.integers(2**31 - 1)),
+        "surface": canvas.surface,
+        "height": canvas.height,
+        "distance": distance,
+        "solid_distance": solid_distance,
+        "origin": canvas.origin.astype(np.float32),
+        "obstacles": obstacles,
+        "pedestrians": peds,
+        "goal_a": goal_a,
+        "goal_b": goal_b,
+        "speeds": speeds,
+        "route": route.astype(np.float32),
+        "cum": cum.astype(np.float32),
+        "half_width": np.float32(hw),
+        "style_seed": int(rng.integers(2**31 - 1)),
     }
 
 
@@ -420,7 +441,9 @@ def stack_scenes(scenes: Sequence[dict[str, np.ndarray]], config: SceneConfig, d
         route_length=t([min(len(s["route"]), config.max_route_vertices) for s in scenes], torch.long),
         style_seed=t([s["style_seed"] for s in scenes], torch.long),
     )
-    crowd = CrowdState(goal_a=t(goal_a), goal_b=t(goal_b), desired_speed=t(speeds[..., 0]), toward_b=torch.ones(peds.shape[:2], dtype=torch.bool, device=device))
+    crowd = CrowdState(
+        goal_a=t(goal_a), goal_b=t(goal_b), desired_speed=t(speeds[..., 0]), toward_b=torch.ones(peds.shape[:2], dtype=torch.bool, device=device)
+    )
     return World(
         scene=scene,
         solid_distance=t(np.stack([s["solid_distance"] for s in scenes])),

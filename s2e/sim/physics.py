@@ -67,9 +67,14 @@ class ObstacleSet:
         zero = torch.zeros_like(ob[:, 3])
         floor = torch.where(mask[..., None], torch.full_like(zero, -torch.inf), torch.full_like(zero, FAR))
         return cls(
-            x=ob[:, 0], y=ob[:, 1], cos=torch.cos(ob[:, 2]), sin=torch.sin(ob[:, 2]),
-            half_x=torch.where(circle, zero, ob[:, 3]), half_y=torch.where(circle, zero, ob[:, 4]),
-            rounding=torch.where(circle, ob[:, 3], zero), floor=floor,
+            x=ob[:, 0],
+            y=ob[:, 1],
+            cos=torch.cos(ob[:, 2]),
+            sin=torch.sin(ob[:, 2]),
+            half_x=torch.where(circle, zero, ob[:, 3]),
+            half_y=torch.where(circle, zero, ob[:, 4]),
+            rounding=torch.where(circle, ob[:, 3], zero),
+            floor=floor,
         )
 
     def distance(self, xy: torch.Tensor) -> torch.Tensor:
@@ -105,9 +110,7 @@ class Clearance:
         return torch.minimum(torch.minimum(self.wall, self.obstacle), self.pedestrian)
 
 
-def footprint_clearance(
-    world, xy: torch.Tensor, radius: float, with_pedestrians: bool = True, obstacles: ObstacleSet | None = None
-) -> Clearance:
+def footprint_clearance(world, xy: torch.Tensor, radius: float, with_pedestrians: bool = True, obstacles: ObstacleSet | None = None) -> Clearance:
     """Clearance of discs of ``radius`` at points xy [B, K, 2] against the world's solid geometry.
 
     ``obstacles``: the scene's obstacles already prepared (``ObstacleSet.of``), when a caller queries
@@ -130,7 +133,14 @@ _TREE_DEPTH = 4
 
 
 def integrate_unicycle(
-    world, xy: torch.Tensor, yaw: torch.Tensor, v: torch.Tensor, omega: torch.Tensor, dt: float, substeps: int, radius: float,
+    world,
+    xy: torch.Tensor,
+    yaw: torch.Tensor,
+    v: torch.Tensor,
+    omega: torch.Tensor,
+    dt: float,
+    substeps: int,
+    radius: float,
     obstacles: ObstacleSet | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Hold (v, omega) for ``dt`` in ``substeps`` blocked-motion substeps.
@@ -155,14 +165,12 @@ def integrate_unicycle(
     moves = torch.stack(direction, 1).view(-1, substeps, 2) * (v * h)[:, None, None]  # [B, S, 2]
     blocked = torch.zeros_like(v, dtype=torch.bool)
     for first in range(0, substeps, _TREE_DEPTH):
-        xy, refused = _follow_substeps(world, xy, moves[:, first:first + _TREE_DEPTH], radius, obstacles)
+        xy, refused = _follow_substeps(world, xy, moves[:, first : first + _TREE_DEPTH], radius, obstacles)
         blocked |= refused
     return xy, torch.remainder(yaw + torch.pi, 2 * torch.pi) - torch.pi, blocked
 
 
-def _follow_substeps(
-    world, xy: torch.Tensor, moves: torch.Tensor, radius: float, obstacles: ObstacleSet
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _follow_substeps(world, xy: torch.Tensor, moves: torch.Tensor, radius: float, obstacles: ObstacleSet) -> tuple[torch.Tensor, torch.Tensor]:
     """Blocked-motion substeps ``moves`` [B, S, 2] from xy [B, 2] -> (xy, any refusal) [B].
 
     Tree of reachable positions: after substep i there are 2**(i+1) nodes, the first half those
@@ -173,7 +181,7 @@ def _follow_substeps(
     """
     nodes = xy[:, None]
     for i in range(moves.shape[1]):
-        nodes = torch.cat([nodes, nodes + moves[:, i:i + 1]], 1)
+        nodes = torch.cat([nodes, nodes + moves[:, i : i + 1]], 1)
     clear = footprint_clearance(world, nodes, radius, obstacles=obstacles).total  # [B, 2**S]
     node = torch.zeros(xy.shape[0], 1, dtype=torch.long, device=xy.device)
     refused = torch.zeros_like(node, dtype=torch.bool)

@@ -157,8 +157,18 @@ def _slab(origin: Tensor, direction: Tensor, half: Tensor) -> tuple[Tensor, Tens
     return torch.minimum(t1, t2), torch.maximum(t1, t2)
 
 
-def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestrians: Tensor, pedestrian_mask: Tensor,
-                  cam: Tensor, dirs: Tensor, wall_t: Tensor, cam_h: Tensor, ped_offset: int) -> tuple[Tensor, ...]:
+def _object_spans(
+    look: _Look,
+    obstacles: Tensor,
+    obstacle_mask: Tensor,
+    pedestrians: Tensor,
+    pedestrian_mask: Tensor,
+    cam: Tensor,
+    dirs: Tensor,
+    wall_t: Tensor,
+    cam_h: Tensor,
+    ped_offset: int,
+) -> tuple[Tensor, ...]:
     """The ``look.layers`` nearest objects of each column, as the pixel-row intervals they cover.
 
     Ray tests against every obstacle (circle or oriented box) and pedestrian (circle) per column
@@ -219,9 +229,14 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     t_in, t_out = cat(o_in, p_in).clamp_min(_NEAR), cat(o_out, p_out)
     valid = cat(o_valid, p_valid) & (t_in < wall_t.unsqueeze(1)) & (t_in < look.max_distance)
     fields = {
-        "t_in": t_in, "t_out": t_out, "top": cat(oh, ph), "light": look.facing(cat(o_nx, p_nx), cat(o_ny, p_ny)),
-        "texel": cat(o_texel, strip.unsqueeze(-1)), "ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
-        "lateral": cat(torch.zeros_like(o_in), lateral.abs()), "valid": valid,
+        "t_in": t_in,
+        "t_out": t_out,
+        "top": cat(oh, ph),
+        "light": look.facing(cat(o_nx, p_nx), cat(o_ny, p_ny)),
+        "texel": cat(o_texel, strip.unsqueeze(-1)),
+        "ped": cat(torch.zeros_like(o_valid), torch.ones_like(p_valid)),
+        "lateral": cat(torch.zeros_like(o_in), lateral.abs()),
+        "valid": valid,
     }
     k = min(look.layers, t_in.shape[1])
     order = torch.where(valid, t_in, math.inf).topk(k, dim=1, largest=False, sorted=True).indices
@@ -240,18 +255,36 @@ def _object_spans(look: _Look, obstacles: Tensor, obstacle_mask: Tensor, pedestr
     has_head = ped & (lat < _HEAD_HALF)
     centre = (1 + _HEAD) / 2
     spans = (
-        lo, hi, roof_hi, ch / top_, t_in / top_,
-        torch.where(ped, legs, -inf), torch.where(ped, neck, inf),
-        torch.where(has_head, centre - head, inf), torch.where(has_head, centre + head, -inf),
-        texel.int(), torch.where(ped, 1, T).int(), light, t_in, (ch - top) / ch,
+        lo,
+        hi,
+        roof_hi,
+        ch / top_,
+        t_in / top_,
+        torch.where(ped, legs, -inf),
+        torch.where(ped, neck, inf),
+        torch.where(has_head, centre - head, inf),
+        torch.where(has_head, centre + head, -inf),
+        texel.int(),
+        torch.where(ped, 1, T).int(),
+        light,
+        t_in,
+        (ch - top) / ch,
     )
     # [K, B, 1, W] and contiguous, so the pixel stage reads each layer's columns with vector loads.
     return tuple(f.transpose(0, 1).unsqueeze(2).contiguous() for f in spans)
 
 
-def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
-                  floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor,
-                  fog_colour: Tensor) -> tuple[Tensor, Tensor]:
+def _shade_pixels(
+    look: _Look,
+    grid: tuple[int, int],
+    rows: Tensor,
+    cam_h: Tensor,
+    wall: tuple[Tensor, ...],
+    floor: tuple[Tensor, ...],
+    spans: tuple[Tensor, ...],
+    colours: Tensor,
+    fog_colour: Tensor,
+) -> tuple[Tensor, Tensor]:
     """Every per-pixel quantity of the frame in one dense function: packed colours int32 [B, H, W]
     (``_colour``) and z-depth [B, H, W].
 
@@ -278,9 +311,17 @@ def _shade_pixels(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tenso
     return _colour(look, index, shade, depth, colours, fog_colour), depth
 
 
-def _shade_pixels_sparse(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
-                         floor: tuple[Tensor, ...], spans: tuple[Tensor, ...], colours: Tensor,
-                         fog_colour: Tensor) -> tuple[Tensor, Tensor]:
+def _shade_pixels_sparse(
+    look: _Look,
+    grid: tuple[int, int],
+    rows: Tensor,
+    cam_h: Tensor,
+    wall: tuple[Tensor, ...],
+    floor: tuple[Tensor, ...],
+    spans: tuple[Tensor, ...],
+    colours: Tensor,
+    fog_colour: Tensor,
+) -> tuple[Tensor, Tensor]:
     """``_shade_pixels`` for eager execution (same arguments, same pixels): each object layer is
     painted on the columns it covers only, gathered as [N, H] pixel columns and written back, so
     its cost follows how much of the view objects take up instead of the frame size."""
@@ -307,8 +348,9 @@ def _gather(table: Tensor, index: Tensor) -> Tensor:
     return table.index_select(0, index.reshape(-1)).view(index.shape)
 
 
-def _background(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...],
-                floor: tuple[Tensor, ...], floor_from: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _background(
+    look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor, wall: tuple[Tensor, ...], floor: tuple[Tensor, ...], floor_from: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Colour index (int32), shade and z-depth [B, H, W] of sky, facades and floor, and each row's
     floor depth [B, H, 1] (arguments as ``_shade_pixels``). Only rows from ``floor_from`` on are
     floor-cast: eagerly, the rows above the horizon (which never see the floor) are skipped."""
@@ -327,14 +369,14 @@ def _background(look: _Look, grid: tuple[int, int], rows: Tensor, cam_h: Tensor,
     if not floor_from:
         return (*_floor(look, grid, rows, t_floor, wall_t, floor, index, shade, depth), t_floor)
     lower = tuple(x[:, floor_from:] for x in (index, shade, depth))
-    for part, painted in zip(lower, _floor(look, grid, rows[:, floor_from:], t_floor[:, floor_from:], wall_t, floor,
-                                           *lower)):
+    for part, painted in zip(lower, _floor(look, grid, rows[:, floor_from:], t_floor[:, floor_from:], wall_t, floor, *lower)):
         part.copy_(painted)
     return index, shade, depth, t_floor
 
 
-def _floor(look: _Look, grid: tuple[int, int], rows: Tensor, t_floor: Tensor, wall_t: Tensor,
-           floor: tuple[Tensor, ...], index: Tensor, shade: Tensor, depth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _floor(
+    look: _Look, grid: tuple[int, int], rows: Tensor, t_floor: Tensor, wall_t: Tensor, floor: tuple[Tensor, ...], index: Tensor, shade: Tensor, depth: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """The ground over (index, shade, depth) where rows below the horizon meet it nearer than the
     wall: z-depth from the per-row table ``t_floor``, one material gather per pixel from the padded
     ground grid, texels from continuous grid coordinates (``floor`` as in ``_shade_pixels``)."""
@@ -353,8 +395,9 @@ def _floor(look: _Look, grid: tuple[int, int], rows: Tensor, t_floor: Tensor, wa
     return index, shade, depth
 
 
-def _paint_layer(look: _Look, rows: Tensor, t_floor: Tensor, layer: tuple[Tensor, ...], index: Tensor, shade: Tensor,
-                 depth: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _paint_layer(
+    look: _Look, rows: Tensor, t_floor: Tensor, layer: tuple[Tensor, ...], index: Tensor, shade: Tensor, depth: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """One object layer over (index, shade, depth): its side (pedestrians by their body profile) and
     the top face of an obstacle the camera looks down onto. ``layer``: one layer of ``_object_spans``,
     broadcasting against ``rows`` and ``t_floor`` (per-row slope and floor depth)."""
@@ -420,8 +463,7 @@ def _blur(x: Tensor, taps: tuple[float, ...], dim: int) -> Tensor:
     return out
 
 
-def _march_chunk(grid: Tensor, base: Tensor, state: Tensor, k0: Tensor, chunk: int, cols: int,
-                 size: Tensor) -> tuple[Tensor, Tensor]:
+def _march_chunk(grid: Tensor, base: Tensor, state: Tensor, k0: Tensor, chunk: int, cols: int, size: Tensor) -> tuple[Tensor, Tensor]:
     """Test the next ``chunk`` gridline crossings of each axis for A rays: (new [t, value, axis] [A, 3], still active [A]).
 
     ``state`` [A, 15] holds per ray (offset, t per cell, start g0, start cell, sign, cells per t — two
@@ -448,8 +490,18 @@ def _march_chunk(grid: Tensor, base: Tensor, state: Tensor, k0: Tensor, chunk: i
     return torch.stack([a_t, a_h, a_axis], -1), (a_t > certain) & (certain < t_limit)
 
 
-def _march(grid: Tensor, dims: tuple[int, int], env: Tensor, g0: Tensor, rays: Tensor, cell: float,
-           t_limit: Tensor | float, compiled: bool, policy: CompilePolicy, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:
+def _march(
+    grid: Tensor,
+    dims: tuple[int, int],
+    env: Tensor,
+    g0: Tensor,
+    rays: Tensor,
+    cell: float,
+    t_limit: Tensor | float,
+    compiled: bool,
+    policy: CompilePolicy,
+    chunk: int = 16,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Exact DDA of N rays over a padded grid: (t, value, axis) of the first crossing into a cell > 0.
 
     The k-th crossing of a vertical gridline happens at t = (offset + k - 1) * cell / |dx| and
@@ -511,9 +563,17 @@ class Raycaster:
             process-wide ``PROCESS_POLICY``, shared by every renderer so each stage compiles once).
     """
 
-    def __init__(self, width: int, height: int, domain: str | AppearanceDomain = "sim",
-                 max_distance: float = 40.0, device: str | torch.device = "cpu", layers: int = 3,
-                 compiled: bool | None = None, compile_policy: CompilePolicy = PROCESS_POLICY) -> None:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        domain: str | AppearanceDomain = "sim",
+        max_distance: float = 40.0,
+        device: str | torch.device = "cpu",
+        layers: int = 3,
+        compiled: bool | None = None,
+        compile_policy: CompilePolicy = PROCESS_POLICY,
+    ) -> None:
         if width < 2 or height < 2:
             raise ValueError(f"image size must be at least 2x2 pixels, got {width}x{height}")
         if max_distance <= 0 or layers < 1:
@@ -529,8 +589,7 @@ class Raycaster:
         d = self.domain
         sun = torch.tensor(d.sun_direction, dtype=torch.float32)
         blur = tuple(self._gaussian(d.blur_sigma).tolist()) if d.blur_sigma > 0 else ()
-        look = _Look(self.max_distance, d.fog_distance, self.layers, d.ambient, d.sun_intensity,
-                     (float(sun[0]), float(sun[1])), 1 / d.gamma, blur)
+        look = _Look(self.max_distance, d.fog_distance, self.layers, d.ambient, d.sun_intensity, (float(sun[0]), float(sun[1])), 1 / d.gamma, blur)
         self._look = replace(look, top_shade=look.lambert(torch.tensor(max(float(sun[2]), 0.0))).item())
         # Camera response folded into colours: 8-bit scale, exposure and white balance multiply every
         # colour-table entry; display gamma applies to colours and to light separately (before fog).
@@ -546,9 +605,16 @@ class Raycaster:
         self._grids = SceneGridCache(self.domain.lane_offset)
 
     # ------------------------------------------------------------------ public API
-    def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
-               hfov_deg: Tensor | float, with_depth: bool = False,
-               noise_generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
+    def render(
+        self,
+        scene: SceneBatch,
+        camera_xy: Tensor,
+        camera_yaw: Tensor,
+        camera_height: Tensor | float,
+        hfov_deg: Tensor | float,
+        with_depth: bool = False,
+        noise_generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Frames uint8 [B, 3, H, W] and, if ``with_depth``, z-depth float [B, 1, H, W] in metres.
 
         A pure function of its inputs: the only randomness is sensor noise, drawn from
@@ -578,8 +644,21 @@ class Raycaster:
         run = self.compile_policy.run
         g0 = (cam - scene.origin.to(torch.float32)) / float(scene.resolution) + 1  # camera in padded cells
         wall = self._cast_walls(scene, grids, cam, g0, dirs, fast)
-        spans = run(_object_spans, True, fast, self._look, scene.obstacles, scene.obstacle_mask, scene.pedestrians,
-                           scene.pedestrian_mask, cam, dirs.transpose(1, 2).contiguous(), wall.t, cam_h, ped_offset)
+        spans = run(
+            _object_spans,
+            True,
+            fast,
+            self._look,
+            scene.obstacles,
+            scene.obstacle_mask,
+            scene.pedestrians,
+            scene.pedestrian_mask,
+            cam,
+            dirs.transpose(1, 2).contiguous(),
+            wall.t,
+            cam_h,
+            ped_offset,
+        )
         # Per-column inputs of the pixel stage as [B, 1, W], per-row ones as [B, H, 1]; indices int32.
         T, res, env = TEXTURE_SIZE, float(scene.resolution), torch.arange(b, device=dev, dtype=torch.int32)
         texels_per_m = T / repeat[:, MAT_FACADE]  # [B, 2]
@@ -590,12 +669,18 @@ class Raycaster:
         walls = tuple(x.unsqueeze(1) for x in walls) + (texels_per_m[:, 1].view(b, 1, 1), sky)
         gh, gw = scene.surface.shape[1:]
         cells_per_m = (dirs / res).permute(2, 0, 1).unsqueeze(2).contiguous()  # [2, B, 1, W]
-        floor = (g0[:, 0].view(b, 1, 1), g0[:, 1].view(b, 1, 1), cells_per_m[0], cells_per_m[1], grids.material,
-                 (env * ((gh + 2) * (gw + 2))).view(b, 1, 1), (T * res / repeat.view(-1, 2)).t().contiguous())
+        floor = (
+            g0[:, 0].view(b, 1, 1),
+            g0[:, 1].view(b, 1, 1),
+            cells_per_m[0],
+            cells_per_m[1],
+            grids.material,
+            (env * ((gh + 2) * (gw + 2))).view(b, 1, 1),
+            (T * res / repeat.view(-1, 2)).t().contiguous(),
+        )
         noise = self._noise(b * 3 * H * W, noise_generator).view(b, 3, H, W) if self.domain.noise_std > 0 else None
         pixels = _shade_pixels if fast else _shade_pixels_sparse
-        packed, depth = run(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h,
-                                   walls, floor, spans, colours, self._fog)
+        packed, depth = run(pixels, True, fast, self._look, (gh + 2, gw + 2), row_slope.view(b, H, 1), cam_h, walls, floor, spans, colours, self._fog)
         if self._look.blur or noise is not None:
             image = run(_sensor, True, fast, self._look, packed, noise)
         else:
@@ -614,8 +699,7 @@ class Raycaster:
         return self.compile_policy.wants(batch * self.width * self.height)
 
     # ------------------------------------------------------------------ geometry per column
-    def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, g0: Tensor, dirs: Tensor,
-                    compiled: bool) -> _WallHits:
+    def _cast_walls(self, scene: SceneBatch, grids: SceneGrids, cam: Tensor, g0: Tensor, dirs: Tensor, compiled: bool) -> _WallHits:
         """First building face per column: one dense test of every column against the scene's facade
         segments, or, for layouts with more than ``MAX_FACADES`` of them, a grid DDA.
 
@@ -628,8 +712,9 @@ class Raycaster:
         if grids.facades is None:
             t, height, axis = self._march_walls(grids, (rows, cols), g0, dirs, res, compiled)
         else:
-            t, height, axis = self.compile_policy.run(facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1),
-                                         (dirs / res).transpose(1, 2).contiguous(), self.max_distance)
+            t, height, axis = self.compile_policy.run(
+                facade_hits, True, compiled, grids.facades, g0.unsqueeze(-1), (dirs / res).transpose(1, 2).contiguous(), self.max_distance
+            )
         cell = g0.floor().long()
         env = torch.arange(b, device=self.device)
         own = grids.wall.take((env * rows + cell[:, 1].clamp(0, rows - 1)) * cols + cell[:, 0].clamp(0, cols - 1))
@@ -643,8 +728,7 @@ class Raycaster:
         normal = -sign * torch.stack([axis == 0, axis == 1], -1)
         return _WallHits(t, height, along, normal)
 
-    def _march_walls(self, grids: SceneGrids, dims: tuple[int, int], g0: Tensor, dirs: Tensor, res: float,
-                     compiled: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _march_walls(self, grids: SceneGrids, dims: tuple[int, int], g0: Tensor, dirs: Tensor, res: float, compiled: bool) -> tuple[Tensor, Tensor, Tensor]:
         """(t, height, axis) [B, W] of the first building cell per column by a coarse-then-fine grid DDA.
 
         Rays first march the max-pooled grid (``COARSE`` cells per block) to the first block holding

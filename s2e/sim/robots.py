@@ -62,9 +62,7 @@ class RobotProfile:
 
 #: Built-in embodiments. The quadruped's camera sits lower, it is slower and turns more gently.
 ROBOTS: dict[str, RobotProfile] = {
-    "wheeled": RobotProfile(
-        name="wheeled", max_speed=1.5, min_speed=0.0, max_omega=1.5, radius=0.3, camera_height=0.7, hfov_deg=90.0, camera_forward=0.2
-    ),
+    "wheeled": RobotProfile(name="wheeled", max_speed=1.5, min_speed=0.0, max_omega=1.5, radius=0.3, camera_height=0.7, hfov_deg=90.0, camera_forward=0.2),
     "quadruped": RobotProfile(
         name="quadruped", max_speed=1.0, min_speed=-0.3, max_omega=1.0, radius=0.35, camera_height=0.45, hfov_deg=80.0, camera_forward=0.3
     ),

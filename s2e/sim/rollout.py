@@ -37,8 +37,13 @@ class EpisodeRecord:
     pedestrians: list[np.ndarray] = field(default_factory=list)  # per step [P, 6] real rows (if asked)
 
 
-def run_episodes(env: NavEnv, controller: Controller, record_frames: bool = True, record_pedestrians: bool = False,
-                 observe: Optional[Callable[[TensorDictBase], None]] = None) -> list[EpisodeRecord]:
+def run_episodes(
+    env: NavEnv,
+    controller: Controller,
+    record_frames: bool = True,
+    record_pedestrians: bool = False,
+    observe: Optional[Callable[[TensorDictBase], None]] = None,
+) -> list[EpisodeRecord]:
     """Reset every env, step ``controller`` until all episodes are done, return one record per env.
     ``observe`` sees every observation before the controller acts on it (a learned policy's input)."""
     td = env.reset()
@@ -78,8 +83,14 @@ def run_episodes(env: NavEnv, controller: Controller, record_frames: bool = True
         speed = np.concatenate([[0.0], np.linalg.norm(np.diff(path, axis=0), axis=1) / dt])
         records.append(
             EpisodeRecord(
-                t=np.arange(length) * dt, xy=path, yaw=yaw_all[:length, i].astype(np.float64), speed=speed,
-                success=final[i][0], route_completion=final[i][1], collisions=final[i][2], style_seed=int(style[i]),
+                t=np.arange(length) * dt,
+                xy=path,
+                yaw=yaw_all[:length, i].astype(np.float64),
+                speed=speed,
+                success=final[i][0],
+                route_completion=final[i][1],
+                collisions=final[i][2],
+                style_seed=int(style[i]),
                 frames=np.stack([f[i] for f in frames[:length]]) if record_frames else None,
                 pedestrians=[p[i][m[i]].numpy() for p, m in peds[:length]] if record_pedestrians else [],
             )
@@ -112,14 +123,22 @@ class ExpertStyle:
     drift_tau: float = 1.0
 
     @classmethod
-    def sample(cls, n: int, generator: torch.Generator, noise_std: tuple[float, float] = (0.05, 0.1),
-               drift_std: tuple[float, float] = (0.0, 0.0), drift_tau: float = 1.0) -> "ExpertStyle":
+    def sample(
+        cls,
+        n: int,
+        generator: torch.Generator,
+        noise_std: tuple[float, float] = (0.05, 0.1),
+        drift_std: tuple[float, float] = (0.0, 0.0),
+        drift_tau: float = 1.0,
+    ) -> "ExpertStyle":
         scale = 0.6 + 0.4 * torch.rand(n, generator=generator)
         side = (torch.rand(n, generator=generator) * 2 - 1) * 1.5
         return cls(scale, side, noise_std, drift_std, drift_tau)
 
 
-def expert_controller(planner: ExpertPlanner, style: Optional[ExpertStyle] = None, generator: Optional[torch.Generator] = None, plans: Optional[list[ExpertPlan]] = None) -> Controller:
+def expert_controller(
+    planner: ExpertPlanner, style: Optional[ExpertStyle] = None, generator: Optional[torch.Generator] = None, plans: Optional[list[ExpertPlan]] = None
+) -> Controller:
     """A controller that asks ``planner`` for every env (optionally styled, noised and drifted);
     ``plans`` collects each step's plan (waypoints included) when given."""
     drift: Optional[torch.Tensor] = None  # the Ornstein-Uhlenbeck offset [N, 2], in command units
@@ -162,8 +181,17 @@ class TakeoverController:
     recovery from them is the label that teaches the way out.
     """
 
-    def __init__(self, learner: Controller, expert: Controller, num_envs: int, control_dt: float, generator: torch.Generator,
-                 learner_s: tuple[float, float] = (1.0, 4.0), expert_s: tuple[float, float] = (1.0, 4.0), horizon_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        learner: Controller,
+        expert: Controller,
+        num_envs: int,
+        control_dt: float,
+        generator: torch.Generator,
+        learner_s: tuple[float, float] = (1.0, 4.0),
+        expert_s: tuple[float, float] = (1.0, 4.0),
+        horizon_s: float = 3.0,
+    ) -> None:
         self.learner, self.expert = learner, expert
         self.control_dt, self.generator = control_dt, generator
         self.learner_s, self.expert_s, self.horizon_s = learner_s, expert_s, horizon_s

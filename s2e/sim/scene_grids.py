@@ -91,9 +91,17 @@ class SceneGridCache:
         b = layout["surface"].shape[0]
         ids = torch.arange(b, device=layout["surface"].device)
         wall, coarse, material, owner, segments = _derive(layout, resolution, self.lane_offset, ids)
-        entry = {"tensors": layout, "copies": {k: v.clone() for k, v in layout.items()},
-                 "versions": _versions(layout), "wall": wall, "coarse": coarse, "material": material,
-                 "owner": owner, "segments": segments, "capacity": 0}
+        entry = {
+            "tensors": layout,
+            "copies": {k: v.clone() for k, v in layout.items()},
+            "versions": _versions(layout),
+            "wall": wall,
+            "coarse": coarse,
+            "material": material,
+            "owner": owner,
+            "segments": segments,
+            "capacity": 0,
+        }
         entry["grids"] = self._grids(entry)
         return entry
 

@@ -23,17 +23,22 @@ from s2e.sim.seeds import draw_scene_seeds, purpose_index
 class SceneSource(Protocol):
     """Hands out ``count`` new scenes at a (partial) reset, as one padded ``World`` batch."""
 
-    def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
-        ...
+    def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World: ...
 
 
 class FrameRenderer(Protocol):
     """Draws the robots' camera views of a scene batch (the contract ``Raycaster.render`` defines)."""
 
-    def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
-               hfov_deg: Tensor | float, with_depth: bool = False,
-               noise_generator: Optional[torch.Generator] = None) -> tuple[Tensor, Optional[Tensor]]:
-        ...
+    def render(
+        self,
+        scene: SceneBatch,
+        camera_xy: Tensor,
+        camera_yaw: Tensor,
+        camera_height: Tensor | float,
+        hfov_deg: Tensor | float,
+        with_depth: bool = False,
+        noise_generator: Optional[torch.Generator] = None,
+    ) -> tuple[Tensor, Optional[Tensor]]: ...
 
 
 class ProceduralScenes:

@@ -141,8 +141,7 @@ def make_scene_style(domain: AppearanceDomain, seed: int, size: int = TEXTURE_SI
         colour = _jittered(domain.ground[key], jitter, g)
         tile = domain.ground_tile[key] * (1 + 0.5 * jitter * float(torch.rand(1, generator=g) * 2 - 1))
         if surface in (Surface.SIDEWALK, Surface.PLAZA):
-            atlas[surface] = _paving(colour, g, size, 2 if surface == Surface.SIDEWALK else 4, domain.tile_grout,
-                                     bond=surface == Surface.PLAZA, noise=noise)
+            atlas[surface] = _paving(colour, g, size, 2 if surface == Surface.SIDEWALK else 4, domain.tile_grout, bond=surface == Surface.PLAZA, noise=noise)
             repeat[surface] = 2 * tile
         elif surface == Surface.CURB:
             atlas[surface] = _paving(colour, g, size, 1, domain.tile_grout, bond=False, noise=noise)

@@ -16,19 +16,32 @@ from s2e.splat.gaussians import Gaussians, rgb_to_sh0
 
 #: Colour per ``ObstacleKind`` (RGB in [0, 1]).
 OBSTACLE_COLOURS = {
-    ObstacleKind.BENCH: (0.45, 0.30, 0.18), ObstacleKind.POLE: (0.35, 0.37, 0.40), ObstacleKind.BIN: (0.15, 0.35, 0.20),
-    ObstacleKind.BOX: (0.70, 0.55, 0.35), ObstacleKind.SCOOTER: (0.80, 0.20, 0.15), ObstacleKind.PLANTER: (0.25, 0.45, 0.20),
+    ObstacleKind.BENCH: (0.45, 0.30, 0.18),
+    ObstacleKind.POLE: (0.35, 0.37, 0.40),
+    ObstacleKind.BIN: (0.15, 0.35, 0.20),
+    ObstacleKind.BOX: (0.70, 0.55, 0.35),
+    ObstacleKind.SCOOTER: (0.80, 0.20, 0.15),
+    ObstacleKind.PLANTER: (0.25, 0.45, 0.20),
 }
 _CLOTHES = torch.tensor([[0.15, 0.20, 0.45], [0.55, 0.10, 0.10], [0.20, 0.20, 0.20], [0.85, 0.80, 0.70], [0.25, 0.45, 0.30]])
 _SKIN = (0.80, 0.62, 0.50)
 _OPAQUE = 8.0  # opacity logit: solid (renderers cap alpha at 0.99)
-_LATTICE = torch.stack(torch.meshgrid(torch.linspace(-2 / 3, 2 / 3, 3), torch.linspace(-2 / 3, 2 / 3, 3),
-                                      torch.linspace(1 / 6, 5 / 6, 3), indexing="ij"), -1).reshape(-1, 3)
+_LATTICE = torch.stack(
+    torch.meshgrid(torch.linspace(-2 / 3, 2 / 3, 3), torch.linspace(-2 / 3, 2 / 3, 3), torch.linspace(1 / 6, 5 / 6, 3), indexing="ij"), -1
+).reshape(-1, 3)
 # Pedestrian parts: (lateral offset / radius, height fraction, scale across / radius, scale along / radius, scale up / height):
 # two legs, a torso of three overlapping Gaussians (so its middle is opaque), head, hair.
-_PED_PARTS = torch.tensor([[-0.4, 0.24, 0.30, 0.35, 0.13], [0.4, 0.24, 0.30, 0.35, 0.13], [-0.45, 0.62, 0.45, 0.55, 0.17],
-                           [0.0, 0.62, 0.50, 0.55, 0.17], [0.45, 0.62, 0.45, 0.55, 0.17], [0.0, 0.90, 0.35, 0.35, 0.06],
-                           [0.0, 0.95, 0.37, 0.37, 0.03]])
+_PED_PARTS = torch.tensor(
+    [
+        [-0.4, 0.24, 0.30, 0.35, 0.13],
+        [0.4, 0.24, 0.30, 0.35, 0.13],
+        [-0.45, 0.62, 0.45, 0.55, 0.17],
+        [0.0, 0.62, 0.50, 0.55, 0.17],
+        [0.45, 0.62, 0.45, 0.55, 0.17],
+        [0.0, 0.90, 0.35, 0.35, 0.06],
+        [0.0, 0.95, 0.37, 0.37, 0.03],
+    ]
+)
 
 
 def _yaw_quats(yaw: Tensor) -> Tensor:
@@ -57,8 +70,10 @@ def obstacle_gaussians(obstacles: Tensor) -> Gaussians:
     palette = torch.tensor([OBSTACLE_COLOURS[k] for k in ObstacleKind], device=dev)
     colour = palette[obstacles[:, 7].long().clamp(0, len(ObstacleKind) - 1)]
     return Gaussians(
-        means=means.reshape(-1, 3), quats=_yaw_quats(obstacles[:, 2]).repeat_interleave(g, 0),
-        log_scales=scale.log().repeat_interleave(g, 0), opacity_logits=torch.full((m * g,), _OPAQUE, device=dev),
+        means=means.reshape(-1, 3),
+        quats=_yaw_quats(obstacles[:, 2]).repeat_interleave(g, 0),
+        log_scales=scale.log().repeat_interleave(g, 0),
+        opacity_logits=torch.full((m * g,), _OPAQUE, device=dev),
         sh=rgb_to_sh0(colour).repeat_interleave(g, 0)[:, None],
     )
 
@@ -73,12 +88,14 @@ def pedestrian_gaussians(pedestrians: Tensor, ids: Tensor) -> Gaussians:
     means = _local_to_world(pedestrians[:, :2], yaw, local)
     scale = torch.stack([radius * parts[:, 3], radius * parts[:, 2], height * parts[:, 4]], -1)
     clothes = _CLOTHES.to(dev)[ids.long() % len(_CLOTHES)]
-    colour = torch.stack([clothes * 0.6, clothes * 0.6, clothes, clothes, clothes, torch.tensor(_SKIN, device=dev).expand(m, 3),
-                          clothes * 0.3], 1)
+    colour = torch.stack([clothes * 0.6, clothes * 0.6, clothes, clothes, clothes, torch.tensor(_SKIN, device=dev).expand(m, 3), clothes * 0.3], 1)
     g = parts.shape[0]
     return Gaussians(
-        means=means.reshape(-1, 3), quats=_yaw_quats(yaw).repeat_interleave(g, 0), log_scales=scale.reshape(-1, 3).log(),
-        opacity_logits=torch.full((m * g,), _OPAQUE, device=dev), sh=rgb_to_sh0(colour.reshape(-1, 3))[:, None],
+        means=means.reshape(-1, 3),
+        quats=_yaw_quats(yaw).repeat_interleave(g, 0),
+        log_scales=scale.reshape(-1, 3).log(),
+        opacity_logits=torch.full((m * g,), _OPAQUE, device=dev),
+        sh=rgb_to_sh0(colour.reshape(-1, 3))[:, None],
     )
 
 

@@ -16,11 +16,14 @@ def level_viewmats(xy: Tensor, yaw: Tensor, height: Tensor) -> Tensor:
     """World-to-camera matrices [B, 4, 4] of level cameras at (x, y, height) looking along yaw."""
     c, s = torch.cos(yaw), torch.sin(yaw)
     zero, one = torch.zeros_like(c), torch.ones_like(c)
-    rot = torch.stack([
-        torch.stack([s, -c, zero], -1),  # camera x: the robot's right
-        torch.stack([zero, zero, -one], -1),  # camera y: down
-        torch.stack([c, s, zero], -1),  # camera z: forward
-    ], -2)
+    rot = torch.stack(
+        [
+            torch.stack([s, -c, zero], -1),  # camera x: the robot's right
+            torch.stack([zero, zero, -one], -1),  # camera y: down
+            torch.stack([c, s, zero], -1),  # camera z: forward
+        ],
+        -2,
+    )
     position = torch.cat([xy, height[:, None]], -1)
     view = torch.zeros(xy.shape[0], 4, 4, dtype=xy.dtype, device=xy.device)
     view[:, :3, :3] = rot

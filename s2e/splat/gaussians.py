@@ -18,8 +18,7 @@ from torch import Tensor
 SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658,
-          1.445305721320277, -0.5900435899266435)
+_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 MAX_SH_DEGREE = 3
 
 
@@ -36,11 +35,20 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
 def quat_to_matrix(quats: Tensor) -> Tensor:
     """Rotation matrices [..., 3, 3] of w-first quaternions [..., 4] (normalised here)."""
     w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(*quats.shape[:-1], 3, 3)
+    return torch.stack(
+        [
+            1 - 2 * (y * y + z * z),
+            2 * (x * y - w * z),
+            2 * (x * z + w * y),
+            2 * (x * y + w * z),
+            1 - 2 * (x * x + z * z),
+            2 * (y * z - w * x),
+            2 * (x * z - w * y),
+            2 * (y * z + w * x),
+            1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).reshape(*quats.shape[:-1], 3, 3)
 
 
 def matrix_to_quat(matrix: Tensor) -> Tensor:
@@ -66,12 +74,15 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
     """Hamilton product a * b of w-first quaternions (broadcasting)."""
     aw, ax, ay, az = a.unbind(-1)
     bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], -1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        -1,
+    )
 
 
 def _eval_sh(sh: Tensor, dirs: Tensor | None) -> Tensor:
@@ -84,13 +95,25 @@ def _eval_sh(sh: Tensor, dirs: Tensor | None) -> Tensor:
         out = out - _SH_C1 * y * sh[:, 1] + _SH_C1 * z * sh[:, 2] - _SH_C1 * x * sh[:, 3]
         if k > 4:
             xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-            out = (out + _SH_C2[0] * xy * sh[:, 4] + _SH_C2[1] * yz * sh[:, 5] + _SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6]
-                   + _SH_C2[3] * xz * sh[:, 7] + _SH_C2[4] * (xx - yy) * sh[:, 8])
+            out = (
+                out
+                + _SH_C2[0] * xy * sh[:, 4]
+                + _SH_C2[1] * yz * sh[:, 5]
+                + _SH_C2[2] * (2 * zz - xx - yy) * sh[:, 6]
+                + _SH_C2[3] * xz * sh[:, 7]
+                + _SH_C2[4] * (xx - yy) * sh[:, 8]
+            )
             if k > 9:
-                out = (out + _SH_C3[0] * y * (3 * xx - yy) * sh[:, 9] + _SH_C3[1] * xy * z * sh[:, 10]
-                       + _SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11] + _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-                       + _SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13] + _SH_C3[5] * z * (xx - yy) * sh[:, 14]
-                       + _SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15])
+                out = (
+                    out
+                    + _SH_C3[0] * y * (3 * xx - yy) * sh[:, 9]
+                    + _SH_C3[1] * xy * z * sh[:, 10]
+                    + _SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11]
+                    + _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
+                    + _SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13]
+                    + _SH_C3[5] * z * (xx - yy) * sh[:, 14]
+                    + _SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15]
+                )
     return (out + 0.5).clamp_min(0.0)
 
 
@@ -121,7 +144,12 @@ class Gaussians:
         for name, shape in expected.items():
             if n < 0 or tuple(getattr(self, name).shape) != shape:
                 raise ValueError(f"Gaussians.{name} must have shape {shape if n >= 0 else '[N, 3]'}, got {tuple(getattr(self, name).shape)}")
-        if self.sh.dim() != 3 or self.sh.shape[0] != n or self.sh.shape[2] != 3 or self.sh.shape[1] not in [sh_coefficients(d) for d in range(MAX_SH_DEGREE + 1)]:
+        if (
+            self.sh.dim() != 3
+            or self.sh.shape[0] != n
+            or self.sh.shape[2] != 3
+            or self.sh.shape[1] not in [sh_coefficients(d) for d in range(MAX_SH_DEGREE + 1)]
+        ):
             raise ValueError(f"Gaussians.sh must have shape [{n}, K, 3] with K in 1, 4, 9, 16, got {tuple(self.sh.shape)}")
         if tuple(self.sh_frame.shape) != (3, 3):
             raise ValueError(f"Gaussians.sh_frame must be a 3x3 rotation, got shape {tuple(self.sh_frame.shape)}")
@@ -189,12 +217,21 @@ class Gaussians:
             raise ValueError("cannot join view-dependent Gaussians whose SH coefficients live in different frames")
         sh = [torch.nn.functional.pad(p.sh, (0, 0, 0, k - p.sh.shape[1])) for p in parts]
         return Gaussians(
-            means=torch.cat([p.means for p in parts]), quats=torch.cat([p.quats for p in parts]),
-            log_scales=torch.cat([p.log_scales for p in parts]), opacity_logits=torch.cat([p.opacity_logits for p in parts]),
-            sh=torch.cat(sh), sh_frame=frames[0] if frames else parts[0].sh_frame,
+            means=torch.cat([p.means for p in parts]),
+            quats=torch.cat([p.quats for p in parts]),
+            log_scales=torch.cat([p.log_scales for p in parts]),
+            opacity_logits=torch.cat([p.opacity_logits for p in parts]),
+            sh=torch.cat(sh),
+            sh_frame=frames[0] if frames else parts[0].sh_frame,
         )
 
     def subset(self, index: Tensor) -> "Gaussians":
         """The Gaussians at ``index`` (a bool mask or indices)."""
-        return replace(self, means=self.means[index], quats=self.quats[index], log_scales=self.log_scales[index],
-                       opacity_logits=self.opacity_logits[index], sh=self.sh[index])
+        return replace(
+            self,
+            means=self.means[index],
+            quats=self.quats[index],
+            log_scales=self.log_scales[index],
+            opacity_logits=self.opacity_logits[index],
+            sh=self.sh[index],
+        )

@@ -18,8 +18,10 @@ from torch import Tensor
 from s2e.splat.camera import camera_positions
 from s2e.splat.gaussians import Gaussians
 
-_INSTALL = ('gsplat is not installed: pip install "gsplat>=1.4" (or pip install -e ".[gsplat]"); it needs a CUDA '
-            'toolkit to compile its kernels on first use. On CPU use backend="reference".')
+_INSTALL = (
+    'gsplat is not installed: pip install "gsplat>=1.4" (or pip install -e ".[gsplat]"); it needs a CUDA '
+    'toolkit to compile its kernels on first use. On CPU use backend="reference".'
+)
 
 
 def import_gsplat():
@@ -31,8 +33,15 @@ def import_gsplat():
     return gsplat
 
 
-def rasterize_gsplat(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tensor, intrinsics: Tensor, width: int, height: int,
-                     background: Tensor | None = None, near: float = 0.05) -> tuple[Tensor, Tensor, Tensor]:
+def rasterize_gsplat(
+    gaussians: Gaussians | Sequence[Gaussians],
+    viewmats: Tensor,
+    intrinsics: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    near: float = 0.05,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Same contract as ``s2e.splat.reference.rasterize``: RGB [C, H, W, 3], expected depth [C, H, W], alpha [C, H, W]."""
     gsplat = import_gsplat()
     if viewmats.device.type != "cuda":
@@ -43,9 +52,19 @@ def rasterize_gsplat(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tenso
     if isinstance(gaussians, Gaussians):  # one set seen by every camera: no copies, colours per camera
         g = gaussians.to(dev)
         image, alpha, _ = gsplat.rasterization(
-            g.means, torch.nn.functional.normalize(g.quats, dim=-1), g.scales, g.opacities, g.colors(positions),
-            viewmats.float(), intrinsics.float(), width, height, near_plane=near, render_mode="RGB+ED",
-            backgrounds=bg.expand(cams, 3), packed=False,
+            g.means,
+            torch.nn.functional.normalize(g.quats, dim=-1),
+            g.scales,
+            g.opacities,
+            g.colors(positions),
+            viewmats.float(),
+            intrinsics.float(),
+            width,
+            height,
+            near_plane=near,
+            render_mode="RGB+ED",
+            backgrounds=bg.expand(cams, 3),
+            packed=False,
         )
         return image[..., :3], image[..., 3], alpha[..., 0]
     sets = list(gaussians)
@@ -63,9 +82,20 @@ def rasterize_gsplat(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tenso
         m = len(g)
         means[cam, :m], quats[cam, :m] = g.means, torch.nn.functional.normalize(g.quats, dim=-1)
         scales[cam, :m], opacities[cam, :m] = g.scales, g.opacities
-        colors[cam, :m] = g.colors(positions[cam:cam + 1])[0]
+        colors[cam, :m] = g.colors(positions[cam : cam + 1])[0]
     image, alpha, _ = gsplat.rasterization(
-        means, quats, scales, opacities, colors, viewmats[:, None].float(), intrinsics[:, None].float(), width, height,
-        near_plane=near, render_mode="RGB+ED", backgrounds=bg.expand(cams, 3)[:, None], packed=False,
+        means,
+        quats,
+        scales,
+        opacities,
+        colors,
+        viewmats[:, None].float(),
+        intrinsics[:, None].float(),
+        width,
+        height,
+        near_plane=near,
+        render_mode="RGB+ED",
+        backgrounds=bg.expand(cams, 3)[:, None],
+        packed=False,
     )
     return image[:, 0, ..., :3], image[:, 0, ..., 3], alpha[:, 0, ..., 0]

@@ -34,8 +34,19 @@ from s2e.splat.ply import SplatFileError
 
 FORMAT = "s2e-splat-layout"
 VERSION = 1
-_KEYS = {"format", "version", "world_from_splat", "grid", "walkable_polygons", "solid_polygons", "bounds", "resolution",
-         "routes", "spawn_regions", "wall_height"}
+_KEYS = {
+    "format",
+    "version",
+    "world_from_splat",
+    "grid",
+    "walkable_polygons",
+    "solid_polygons",
+    "bounds",
+    "resolution",
+    "routes",
+    "spawn_regions",
+    "wall_height",
+}
 _MAX_CELLS = 4096
 
 
@@ -96,8 +107,9 @@ class SplatLayout:
     def validate(self, source: str = "layout") -> "SplatLayout":
         """Raise ``SplatFileError`` unless grids, routes and regions are consistent; returns self."""
         if self.walkable.ndim != 2 or self.walkable.shape != self.solid.shape or self.walkable.shape != self.height.shape:
-            raise SplatFileError(f"{source}: walkable, solid and height must be 2D grids of one shape, got "
-                                 f"{self.walkable.shape}, {self.solid.shape}, {self.height.shape}")
+            raise SplatFileError(
+                f"{source}: walkable, solid and height must be 2D grids of one shape, got {self.walkable.shape}, {self.solid.shape}, {self.height.shape}"
+            )
         h, w = self.shape
         if min(h, w) < 2 or max(h, w) > _MAX_CELLS:
             raise SplatFileError(f"{source}: grid must be between 2 and {_MAX_CELLS} cells per side, got {h}x{w}")
@@ -157,7 +169,7 @@ def _polylines(value: Any, name: str, source: str, min_points: int) -> list[np.n
 
 def _grid_from_file(spec: Any, base: Path, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     if not isinstance(spec, dict) or set(spec) - {"file", "origin", "resolution"} or "file" not in spec:
-        raise SplatFileError(f"{source}: grid must be {{\"file\": ..., \"origin\": [x, y], \"resolution\": r}}, got {json.dumps(spec)[:120]}")
+        raise SplatFileError(f'{source}: grid must be {{"file": ..., "origin": [x, y], "resolution": r}}, got {json.dumps(spec)[:120]}')
     path = base / str(spec["file"])
     if not path.is_file():
         raise SplatFileError(f"{source}: grid file {path} not found")
@@ -219,8 +231,7 @@ def load_layout(path: str | Path) -> SplatLayout:
     if unknown:
         raise SplatFileError(f"{source}: unknown keys {sorted(unknown)}; known keys: {sorted(_KEYS)}")
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
-        raise SplatFileError(f"{source}: expected \"format\": \"{FORMAT}\" and \"version\": {VERSION}, got "
-                             f"{raw.get('format')!r} and {raw.get('version')!r}")
+        raise SplatFileError(f'{source}: expected "format": "{FORMAT}" and "version": {VERSION}, got {raw.get("format")!r} and {raw.get("version")!r}')
     if ("grid" in raw) == ("walkable_polygons" in raw):
         raise SplatFileError(f"{source}: give exactly one of 'grid' (an .npz occupancy grid) or 'walkable_polygons'")
     if "grid" in raw:
@@ -238,9 +249,14 @@ def load_layout(path: str | Path) -> SplatLayout:
     if "routes" not in raw:
         raise SplatFileError(f"{source}: missing 'routes' (a list of polylines [[x, y], ...] in world metres)")
     layout = SplatLayout(
-        walkable=walkable, solid=solid, height=np.where(solid, height, 0.0).astype(np.float32), origin=origin, resolution=res,
+        walkable=walkable,
+        solid=solid,
+        height=np.where(solid, height, 0.0).astype(np.float32),
+        origin=origin,
+        resolution=res,
         routes=_polylines(raw["routes"], "routes", source, 2),
-        spawn_regions=_polylines(raw.get("spawn_regions", []), "spawn_regions", source, 3), world_from_splat=world,
+        spawn_regions=_polylines(raw.get("spawn_regions", []), "spawn_regions", source, 3),
+        world_from_splat=world,
     )
     return layout.validate(source)
 
@@ -253,7 +269,9 @@ def save_layout(path: str | Path, layout: SplatLayout) -> Path:
     grid = path.with_name(path.stem + ".grid.npz")
     np.savez_compressed(grid, walkable=layout.walkable, solid=layout.solid, height=layout.height.astype(np.float32))
     doc = {
-        "format": FORMAT, "version": VERSION, "world_from_splat": np.asarray(layout.world_from_splat).tolist(),
+        "format": FORMAT,
+        "version": VERSION,
+        "world_from_splat": np.asarray(layout.world_from_splat).tolist(),
         "grid": {"file": grid.name, "origin": [float(v) for v in layout.origin], "resolution": float(layout.resolution)},
         "routes": [np.round(r, 4).tolist() for r in layout.routes],
         "spawn_regions": [np.round(p, 4).tolist() for p in layout.spawn_regions],

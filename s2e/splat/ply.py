@@ -104,8 +104,7 @@ def load_ply(path: str | Path) -> Gaussians:
         raise SplatFileError(f"{path}: f_rest_* properties must be numbered 0..{len(rest_ids) - 1} without gaps, got {rest_ids}")
     if len(rest_ids) not in _REST_COUNTS:
         raise SplatFileError(
-            f"{path}: {len(rest_ids)} f_rest_* properties is not a valid SH degree; degrees 0, 1, 2, 3 need "
-            f"{sorted(_REST_COUNTS)} rest coefficients"
+            f"{path}: {len(rest_ids)} f_rest_* properties is not a valid SH degree; degrees 0, 1, 2, 3 need {sorted(_REST_COUNTS)} rest coefficients"
         )
     k = sh_coefficients(_REST_COUNTS[len(rest_ids)])
     sh = np.zeros((len(means), k, 3))

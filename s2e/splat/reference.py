@@ -40,8 +40,7 @@ class Projected:
     color: Tensor  # [M, 3]
 
 
-def project(g: Gaussians, viewmat: Tensor, intrinsics: Tensor, color: Tensor, width: int, height: int,
-            near: float = 0.05) -> Projected:
+def project(g: Gaussians, viewmat: Tensor, intrinsics: Tensor, color: Tensor, width: int, height: int, near: float = 0.05) -> Projected:
     """EWA projection of Gaussians into one camera; drops those nearer than ``near`` (or behind it) or off screen."""
     rot, t = viewmat[:3, :3], viewmat[:3, 3]
     p = g.means @ rot.T + t
@@ -82,8 +81,7 @@ def _log_alpha_coefficients(proj: Projected, idx: Tensor, origin: Tensor) -> Ten
     return torch.stack([-0.5 * a, -0.5 * c, -b, a * mx + b * my, c * my + b * mx, const], -1)
 
 
-def _composite_tile(proj: Projected, idx: Tensor, coef: Tensor, monomials: Tensor, background: Tensor,
-                    chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+def _composite_tile(proj: Projected, idx: Tensor, coef: Tensor, monomials: Tensor, background: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
     """Front-to-back compositing of the Gaussians ``idx`` (near to far) at the P pixels of ``monomials`` [6, P].
 
     A pixel stops at the first Gaussian that would take its transmittance below ``T_MIN`` (that
@@ -96,7 +94,7 @@ def _composite_tile(proj: Projected, idx: Tensor, coef: Tensor, monomials: Tenso
     depth = torch.zeros(n_px, dtype=dtype, device=dev)
     start, size = 0, min(chunk, 128)  # most pixels saturate within a few near Gaussians: grow the chunk
     while start < len(idx):
-        sel, rows = idx[start:start + size], slice(start, start + size)
+        sel, rows = idx[start : start + size], slice(start, start + size)
         start, size = start + size, min(2 * size, chunk)
         alpha = torch.exp(coef[rows] @ monomials).clamp_max_(ALPHA_MAX)
         alpha.masked_fill_((alpha < ALPHA_MIN) | done[None], 0.0)
@@ -113,8 +111,17 @@ def _composite_tile(proj: Projected, idx: Tensor, coef: Tensor, monomials: Tenso
     return rgb + trans[:, None] * background, depth, 1 - trans
 
 
-def rasterize(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tensor, intrinsics: Tensor, width: int, height: int,
-              background: Tensor | None = None, near: float = 0.05, tile: int = 16, chunk: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
+def rasterize(
+    gaussians: Gaussians | Sequence[Gaussians],
+    viewmats: Tensor,
+    intrinsics: Tensor,
+    width: int,
+    height: int,
+    background: Tensor | None = None,
+    near: float = 0.05,
+    tile: int = 16,
+    chunk: int = 1024,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Render C cameras: RGB [C, H, W, 3] in [0, 1], expected depth [C, H, W] (0 where empty), alpha [C, H, W].
 
     ``gaussians`` is one set seen by every camera or a sequence of C sets (one per camera, e.g. a
@@ -137,7 +144,7 @@ def rasterize(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tensor, intr
     for cam in range(cams):
         g = sets[cam]
         if colors is None or sets[cam] is not sets[cam - 1] or g.sh_degree > 0:
-            colors = g.colors(camera_positions(viewmats[cam:cam + 1]))[0]
+            colors = g.colors(camera_positions(viewmats[cam : cam + 1]))[0]
         proj = project(g, viewmats[cam], intrinsics[cam], colors, width, height, near)
         lo, hi = proj.mean2d - proj.radius, proj.mean2d + proj.radius
         for y0 in range(0, height, tile):
@@ -146,8 +153,9 @@ def rasterize(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tensor, intr
             for x0 in range(0, width, tile):
                 x1 = min(x0 + tile, width)
                 idx = (in_rows & (hi[:, 0] >= x0) & (lo[:, 0] <= x1)).nonzero()[:, 0]
-                ys, xs = torch.meshgrid(torch.arange(y1 - y0, device=dev, dtype=dtype) + 0.5,
-                                        torch.arange(x1 - x0, device=dev, dtype=dtype) + 0.5, indexing="ij")
+                ys, xs = torch.meshgrid(
+                    torch.arange(y1 - y0, device=dev, dtype=dtype) + 0.5, torch.arange(x1 - x0, device=dev, dtype=dtype) + 0.5, indexing="ij"
+                )
                 xs, ys = xs.reshape(-1), ys.reshape(-1)
                 monomials = torch.stack([xs * xs, ys * ys, xs * ys, xs, ys, torch.ones_like(xs)])
                 coef = _log_alpha_coefficients(proj, idx, torch.tensor([x0, y0], dtype=dtype, device=dev))
@@ -157,4 +165,3 @@ def rasterize(gaussians: Gaussians | Sequence[Gaussians], viewmats: Tensor, intr
                 out_depth[cam, y0:y1, x0:x1] = (depth / alpha.clamp_min(1e-10)).reshape(shape)
                 out_alpha[cam, y0:y1, x0:x1] = alpha.reshape(shape)
     return out_rgb, out_depth, out_alpha
-

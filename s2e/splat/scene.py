@@ -21,8 +21,7 @@ from scipy.ndimage import distance_transform_edt
 from torch import Tensor
 
 from s2e.sim.env import NavEnv, NavEnvConfig
-from s2e.sim.generator import (SceneConfig, World, place_obstacles, polyline_cumlen, signed_distance,
-                               spawn_pedestrians, stack_scenes)
+from s2e.sim.generator import SceneConfig, World, place_obstacles, polyline_cumlen, signed_distance, spawn_pedestrians, stack_scenes
 from s2e.sim.render import per_env
 from s2e.sim.robots import RobotProfile, get_robot
 from s2e.sim.scene import SceneBatch, Surface
@@ -78,8 +77,11 @@ class SplatScenes:
         surface[layout.solid] = Surface.BUILDING
         res = layout.resolution
         self._grids = {
-            "surface": surface, "height": layout.height.astype(np.float32), "distance": signed_distance(layout.walkable, res),
-            "solid_distance": (distance_transform_edt(~layout.solid) * res - res / 2).astype(np.float32) if layout.solid.any()
+            "surface": surface,
+            "height": layout.height.astype(np.float32),
+            "distance": signed_distance(layout.walkable, res),
+            "solid_distance": (distance_transform_edt(~layout.solid) * res - res / 2).astype(np.float32)
+            if layout.solid.any()
             else np.full(layout.shape, 1e3, np.float32),
             "origin": np.asarray(layout.origin, np.float32),
         }
@@ -106,9 +108,16 @@ class SplatScenes:
             peds, goal_a, goal_b, speeds = peds[keep], goal_a[keep], goal_b[keep], speeds[keep]
         along = np.array([self._clearance_at(p) for p in route])
         return {
-            **self._grids, "obstacles": obstacles, "pedestrians": peds, "goal_a": goal_a, "goal_b": goal_b, "speeds": speeds,
-            "route": route.astype(np.float32), "cum": cum.astype(np.float32),
-            "half_width": np.float32(max(float(np.median(along)), self.robot.radius)), "style_seed": int(rng.integers(2**31 - 1)),
+            **self._grids,
+            "obstacles": obstacles,
+            "pedestrians": peds,
+            "goal_a": goal_a,
+            "goal_b": goal_b,
+            "speeds": speeds,
+            "route": route.astype(np.float32),
+            "cum": cum.astype(np.float32),
+            "half_width": np.float32(max(float(np.median(along)), self.robot.radius)),
+            "style_seed": int(rng.integers(2**31 - 1)),
         }
 
     def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
@@ -132,9 +141,17 @@ class SplatRenderer:
     Sensor noise is not modelled: ``noise_generator`` is accepted for the contract and unused.
     """
 
-    def __init__(self, gaussians: Gaussians, width: int, height: int, backend: str = "auto",
-                 background: tuple[float, float, float] = (0.62, 0.72, 0.86), max_distance: float = 40.0,
-                 device: str | torch.device = "cpu", cameras_per_call: int = 8) -> None:
+    def __init__(
+        self,
+        gaussians: Gaussians,
+        width: int,
+        height: int,
+        backend: str = "auto",
+        background: tuple[float, float, float] = (0.62, 0.72, 0.86),
+        max_distance: float = 40.0,
+        device: str | torch.device = "cpu",
+        cameras_per_call: int = 8,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"unknown splat backend {backend!r}; known: {BACKENDS}")
         if width < 2 or height < 2:
@@ -157,9 +174,16 @@ class SplatRenderer:
             self._rasterize = rasterize
         self.backend = backend
 
-    def render(self, scene: SceneBatch, camera_xy: Tensor, camera_yaw: Tensor, camera_height: Tensor | float,
-               hfov_deg: Tensor | float, with_depth: bool = False,
-               noise_generator: Optional[torch.Generator] = None) -> tuple[Tensor, Optional[Tensor]]:
+    def render(
+        self,
+        scene: SceneBatch,
+        camera_xy: Tensor,
+        camera_yaw: Tensor,
+        camera_height: Tensor | float,
+        hfov_deg: Tensor | float,
+        with_depth: bool = False,
+        noise_generator: Optional[torch.Generator] = None,
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """Frames uint8 [B, 3, H, W] and, if ``with_depth``, z-depth float [B, 1, H, W] (``max_distance`` where empty)."""
         b, dev = scene.batch_size, self.device
         if tuple(camera_xy.shape) != (b, 2) or tuple(camera_yaw.shape) != (b,):
@@ -188,8 +212,9 @@ def _gsplat_available() -> bool:
     return True
 
 
-def make_splat_env(config: NavEnvConfig, gaussians: Gaussians, layout: SplatLayout, num_envs: int = 1,
-                   device: str | torch.device = "cpu", seed: int = 0, backend: str = "auto") -> NavEnv:
+def make_splat_env(
+    config: NavEnvConfig, gaussians: Gaussians, layout: SplatLayout, num_envs: int = 1, device: str | torch.device = "cpu", seed: int = 0, backend: str = "auto"
+) -> NavEnv:
     """``NavEnv`` on a splat scene: the config's task, robot, timing, image size and rewards, the bundle's world."""
     robot = get_robot(config.robot)
     scenes = SplatScenes(layout, get_task(config.task).apply(config.scene), robot)

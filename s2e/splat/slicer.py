@@ -26,8 +26,7 @@ _STEPS = (0.5, 1.0, 1.5)
 _AXES = np.concatenate([np.zeros((1, 3))] + [sign * step * np.eye(3) for step in _STEPS for sign in (1, -1)]).astype(np.float32)
 
 
-def gaussian_samples(g: Gaussians, min_opacity: float = 0.3, z_keep: tuple[float, float] | None = None,
-                     chunk: int = 1 << 18) -> np.ndarray:
+def gaussian_samples(g: Gaussians, min_opacity: float = 0.3, z_keep: tuple[float, float] | None = None, chunk: int = 1 << 18) -> np.ndarray:
     """World points [M, 3] at the centre and +-0.5, 1, 1.5 sigma along each axis of every Gaussian at least
     ``min_opacity`` opaque (samples half a sigma apart leave no gaps between neighbouring Gaussians),
     optionally only those with z inside ``z_keep`` (saves memory on large captures)."""
@@ -35,7 +34,7 @@ def gaussian_samples(g: Gaussians, min_opacity: float = 0.3, z_keep: tuple[float
     axes = torch.from_numpy(_AXES)
     out = []
     for start in range(0, len(keep), chunk):
-        idx = keep[start:start + chunk]
+        idx = keep[start : start + chunk]
         rot = quat_to_matrix(g.quats[idx])
         points = (g.means[idx][:, None] + (axes[None] * g.scales[idx][:, None]) @ rot.transpose(-1, -2)).reshape(-1, 3)
         if z_keep is not None:
@@ -93,8 +92,9 @@ def bounds_of(points: np.ndarray, margin: float = 1.0, quantile: float = 0.005) 
     return float(lo[0] - margin), float(lo[1] - margin), float(hi[0] + margin), float(hi[1] + margin)
 
 
-def occupancy(points: np.ndarray, bounds: tuple[float, float, float, float], resolution: float,
-              z_range: tuple[float, float], min_hits: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def occupancy(
+    points: np.ndarray, bounds: tuple[float, float, float, float], resolution: float, z_range: tuple[float, float], min_hits: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """bool [H, W] cells holding at least ``min_hits`` points with z in ``z_range``, and the grid origin [2]."""
     x0, y0, x1, y1 = bounds
     if not (x1 > x0 and y1 > y0 and resolution > 0 and z_range[1] > z_range[0]):
@@ -190,9 +190,16 @@ def _inside(route: np.ndarray, mask: np.ndarray, origin: np.ndarray, resolution:
     return True
 
 
-def layout_from_points(solid_points: np.ndarray, bounds: tuple[float, float, float, float], resolution: float = 0.2,
-                       z_range: tuple[float, float] = (0.3, 1.6), ground_z: float | None = 0.0, robot_radius: float = 0.35,
-                       routes: list[np.ndarray] | None = None, wall_height: float = 3.0) -> SplatLayout:
+def layout_from_points(
+    solid_points: np.ndarray,
+    bounds: tuple[float, float, float, float],
+    resolution: float = 0.2,
+    z_range: tuple[float, float] = (0.3, 1.6),
+    ground_z: float | None = 0.0,
+    robot_radius: float = 0.35,
+    routes: list[np.ndarray] | None = None,
+    wall_height: float = 3.0,
+) -> SplatLayout:
     """A layout from scene samples [M, 3] (world frame, z up): occupancy slab -> solid, supported free cells -> walkable.
 
     With ``ground_z`` set, only cells with samples within 0.15 m of it count as walkable (no walking

@@ -19,12 +19,17 @@ def _flat_gaussians(points: torch.Tensor, normal_axis: int, spacing: float, rgb:
     """Opaque Gaussians at points [N, 3], wide (0.6 spacing) in-plane and thin along ``normal_axis``."""
     scale = torch.full((len(points), 3), 0.6 * spacing)
     scale[:, normal_axis] = 0.02
-    return Gaussians(means=points, quats=quats, log_scales=scale.log(), opacity_logits=torch.full((len(points),), 4.0),
-                     sh=rgb_to_sh0(rgb)[:, None])
+    return Gaussians(means=points, quats=quats, log_scales=scale.log(), opacity_logits=torch.full((len(points),), 4.0), sh=rgb_to_sh0(rgb)[:, None])
 
 
-def gaussian_wall(start: tuple[float, float], end: tuple[float, float], height: float, spacing: float = 0.2,
-                  rgb: tuple[float, float, float] = (0.65, 0.45, 0.35), seed: int = 0) -> Gaussians:
+def gaussian_wall(
+    start: tuple[float, float],
+    end: tuple[float, float],
+    height: float,
+    spacing: float = 0.2,
+    rgb: tuple[float, float, float] = (0.65, 0.45, 0.35),
+    seed: int = 0,
+) -> Gaussians:
     """A vertical wall of Gaussians from ground ``start`` to ``end`` (x, y), ``height`` metres tall."""
     gen = torch.Generator().manual_seed(seed)
     (x0, y0), (x1, y1) = start, end
@@ -40,20 +45,21 @@ def gaussian_wall(start: tuple[float, float], end: tuple[float, float], height: 
     return _flat_gaussians(points, 1, spacing, (torch.tensor(rgb) * shade).clamp(0, 1), quats)  # local y is the wall normal
 
 
-def gaussian_ground(x_range: tuple[float, float], y_range: tuple[float, float], spacing: float = 0.25,
-                    rgb: tuple[float, float, float] = (0.55, 0.55, 0.52), seed: int = 0) -> Gaussians:
+def gaussian_ground(
+    x_range: tuple[float, float], y_range: tuple[float, float], spacing: float = 0.25, rgb: tuple[float, float, float] = (0.55, 0.55, 0.52), seed: int = 0
+) -> Gaussians:
     """A flat ground patch of Gaussians at z = 0 over the given x and y ranges."""
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.meshgrid(torch.arange(x_range[0] + spacing / 2, x_range[1], spacing),
-                          torch.arange(y_range[0] + spacing / 2, y_range[1], spacing), indexing="ij")
+    x, y = torch.meshgrid(
+        torch.arange(x_range[0] + spacing / 2, x_range[1], spacing), torch.arange(y_range[0] + spacing / 2, y_range[1], spacing), indexing="ij"
+    )
     points = torch.stack([x.reshape(-1), y.reshape(-1), torch.zeros(x.numel())], -1)
     shade = 1.0 + 0.2 * (torch.rand(len(points), 1, generator=gen) - 0.5)
     quats = torch.tensor([1.0, 0.0, 0.0, 0.0]).expand(len(points), 4).clone()
     return _flat_gaussians(points, 2, spacing, (torch.tensor(rgb) * shade).clamp(0, 1), quats)
 
 
-def synthetic_street(length: float = 30.0, width: float = 6.0, wall_height: float = 3.0, spacing: float = 0.25,
-                     seed: int = 0) -> Gaussians:
+def synthetic_street(length: float = 30.0, width: float = 6.0, wall_height: float = 3.0, spacing: float = 0.25, seed: int = 0) -> Gaussians:
     """A straight street along x: ground for |x| <= length/2 between facades at y = +-width/2 (which run
     0.5 m past the ground's ends), and an end wall at x = +length/2 closing the street on that side."""
     half, end = width / 2, length / 2
