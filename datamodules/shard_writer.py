@@ -1,7 +1,7 @@
 """Write navigation episodes into WebDataset tar shards, rolling to a new shard by count or size.
 
 One sample = one episode (or a chunk of one): ``<key>.mp4`` + ``<key>.traj.npz`` + ``<key>.json``
-(see DESIGN.md, "Shard format"). Everything is stored as bytes we produced ourselves; nothing is
+(see the README, "Shard format"). Everything is stored as bytes we produced ourselves; nothing is
 pickled.
 
 A shard is written as ``<name>.tar.partial`` and renamed to ``<name>.tar`` once it is closed and

@@ -187,13 +187,13 @@ class Window(NamedTuple):
         return self.episode.jitter[self.row] if self.episode.jitter is not None else None
 
     def materialize(self) -> dict[str, Any]:
-        """This window alone as a training sample (DESIGN.md "Training sample")."""
+        """This window alone as a training sample (README "Conventions": frames, goal, normalized waypoints and scale)."""
         batch = collate_windows([self])
         return {name: value[0] for name, value in batch.items()}
 
 
 def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
-    """A batch (DESIGN.md "Training sample") gathered straight from the episodes' frames.
+    """A batch (README "Conventions": frames, goal, normalized waypoints and scale) gathered straight from the episodes' frames.
 
     ``frames`` is uint8 [B, k, 3, H, W] whose memory is channels-last ([B, k, H, W, 3], the decoder's
     layout): every context frame is one contiguous copy from its episode into the batch. A

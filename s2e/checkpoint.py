@@ -149,7 +149,7 @@ def check_resumable(
     if had_ram and RAMConfig.from_dict(stored["ram"]) != ram:
         raise ValueError(
             f"the checkpoint's RAM {RAMConfig.from_dict(stored['ram'])} differs from {run}'s {ram}; "
-            "resume with the same model.ram (a checkpoint written before 2026-12 has branch_input 'gated')"
+            "resume with the same model.ram (older checkpoints have branch_input 'gated')"
         )
 
 
