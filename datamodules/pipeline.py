@@ -20,7 +20,7 @@ than ``wds.WebDataset(...)`` defaults, because every stage here has a decision t
 - **episode decode + windows** (in the workers): each episode is decoded once, into shared memory,
   and cut into many windows as index rows (:class:`datamodules.windows.EpisodeWindows`) as soon as
   its video is opened; the worker sends the windows in slices as their frames decode (the frames
-  travel once, as a shared-memory handle), with its skip-counter delta (:class:`EpisodeRecord`).
+  travel once, as a shared-memory handle), with its skip-counter delta (:class:`WorkerEpisode`).
 - **colour jitter** (training): fused into the batch gather (a compiled kernel that copies, mirrors
   and jitters each frame in one pass), in the workers on each window's frames, or carried to
   wherever the batch lives (:mod:`datamodules.augment`).
@@ -460,7 +460,7 @@ def episode_windows(
 
 
 @dataclass
-class EpisodeRecord:
+class WorkerEpisode:
     """What a worker sends per slice of a decoded episode: its windows and the skips counted since the last record.
 
     A worker's last record has ``windows=None`` and carries the counts of its stream's tail. Between
@@ -476,7 +476,7 @@ class EpisodeRecord:
     same_frames: bool = False
 
 
-def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter: SkipCounter) -> Iterator[EpisodeRecord]:
+def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter: SkipCounter) -> Iterator[WorkerEpisode]:
     """Records of ``episodes`` up to ``quota`` windows in all (the last one cut), then the final counts."""
     remaining = quota
     if remaining is None or remaining > 0:
@@ -484,13 +484,13 @@ def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter
             if remaining is not None:
                 windows = windows.head(min(remaining, len(windows)))
                 remaining -= len(windows)
-            yield EpisodeRecord(windows, counter.take())
+            yield WorkerEpisode(windows, counter.take())
             if remaining is not None and remaining <= 0:
                 break
-    yield EpisodeRecord(None, counter.take())
+    yield WorkerEpisode(None, counter.take())
 
 
-def place_colour_jitter(records: Iterable[EpisodeRecord], placement: JitterPlacement, shared_memory: bool = False) -> Iterator[EpisodeRecord]:
+def place_colour_jitter(records: Iterable[WorkerEpisode], placement: JitterPlacement, shared_memory: bool = False) -> Iterator[WorkerEpisode]:
     """Leave each record's colour jitter to the batch gather ("loader"), apply it here ("workers"),
     or hand it on with the windows for the batch to carry ("batch").
 
@@ -501,15 +501,15 @@ def place_colour_jitter(records: Iterable[EpisodeRecord], placement: JitterPlace
         if record.windows is None or record.windows.jitter is None or placement == "loader":
             yield record
         elif placement == "batch":
-            yield EpisodeRecord(defer_colour_jitter(record.windows), record.skip_counts)
+            yield WorkerEpisode(defer_colour_jitter(record.windows), record.skip_counts)
         else:
             counts = record.skip_counts
             for clips in jittered_clips(record.windows, shared_frames if shared_memory else None):
-                yield EpisodeRecord(clips, counts)
+                yield WorkerEpisode(clips, counts)
                 counts = {}
 
 
-def send_frames_once(records: Iterable[EpisodeRecord], worker: int) -> Iterator[EpisodeRecord]:
+def send_frames_once(records: Iterable[WorkerEpisode], worker: int) -> Iterator[WorkerEpisode]:
     """Records as a DataLoader worker sends them: stamped with the worker, frames left out when the previous record sent them."""
     previous = None
     for record in records:
@@ -523,7 +523,7 @@ def send_frames_once(records: Iterable[EpisodeRecord], worker: int) -> Iterator[
         yield record
 
 
-def records_to_windows(records: Iterable[EpisodeRecord], skip_counts: Counter[str]) -> Iterator[Window]:
+def records_to_windows(records: Iterable[WorkerEpisode], skip_counts: Counter[str]) -> Iterator[Window]:
     """The windows of every record, one by one; each record's skip counts are added to ``skip_counts``.
 
     A record sent without its frames (:func:`send_frames_once`) gets those of its worker's previous record.
@@ -590,7 +590,7 @@ def batched(windows: Iterable[Window], batch_size: int, skip_counts: Counter[str
 
 
 class EpisodeStream(IterableDataset):
-    """The worker side: this worker's shards -> tar -> decode -> windows, one :class:`EpisodeRecord` per episode.
+    """The worker side: this worker's shards -> tar -> decode -> windows, one :class:`WorkerEpisode` per episode.
 
     Args are those of :class:`NavWindowLoader`; ``batches_per_rank`` None means one pass over the
     shards, otherwise each worker cycles its shards until its share of the rank's windows is sent.
@@ -636,7 +636,7 @@ class EpisodeStream(IterableDataset):
         with self._epoch.get_lock():
             self._epoch.value = int(epoch)
 
-    def __iter__(self) -> Iterator[EpisodeRecord]:
+    def __iter__(self) -> Iterator[WorkerEpisode]:
         info = get_worker_info()
         worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         parts = worker_shard_parts(self.rank_urls, worker_id, num_workers)
@@ -758,7 +758,7 @@ class NavWindowLoader:
             colour_jitter=colour_jitter,
             max_member_mb=max_member_mb,
         )
-        self.episodes: Iterable[EpisodeRecord] = self.stream
+        self.episodes: Iterable[WorkerEpisode] = self.stream
         if num_workers > 0:
             self.episodes = DataLoader(
                 self.stream,
