@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,9 +12,7 @@ import pytest
 
 from datamodules.pipeline import SkipCounter, read_tar_episodes
 from datamodules.video_decode import backend_unavailable
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import bench_data  # noqa: E402
+from s2e.scripts import bench_data
 
 NTSC = Fraction(30000, 1001)
 
@@ -41,7 +38,7 @@ def test_synthetic_recordings_are_sharded_the_way_a_user_does_it(user_shard: Pat
 
 def test_one_run_compares_backends_at_the_shipped_settings_with_both_workers_decoding(user_shard: Path) -> None:
     backends = ["decord", "pyav"] + ([] if backend_unavailable("torchcodec") else ["torchcodec"])
-    result = bench_data.main(["--shards", str(user_shard), "--repeats", "1", "--backend", *backends])
+    result = bench_data.run(["--shards", str(user_shard), "--repeats", "1", "--backend", *backends])
     assert result["config"].endswith("pretrain.yaml") and result["workers"] == 2 and result["decode_size"] == [64, 64]
     assert result["augment"]["brightness"] == 0.2 and result["jitter_on"] == "loader"  # jittered in this process's gather
     assert result["shards"] == 1 and result["frames_decoded"] == 2 * 180 and result["windows"] > 100
@@ -53,7 +50,7 @@ def test_one_run_compares_backends_at_the_shipped_settings_with_both_workers_dec
 
 
 def test_plain_settings_and_an_unknown_backend(user_shard: Path, capsys: pytest.CaptureFixture) -> None:
-    result = bench_data.main(["--shards", str(user_shard), "--config", "none", "--repeats", "1", "--size", "48x64", "--backend", "nope", "pyav"])
+    result = bench_data.run(["--shards", str(user_shard), "--config", "none", "--repeats", "1", "--size", "48x64", "--backend", "nope", "pyav"])
     assert "backend nope skipped: unknown video backend" in capsys.readouterr().out
     assert [r["backend"] for r in result["results"]] == ["pyav"]
     assert result["augment"]["brightness"] == 0.0 and result["decode_size"] == [48, 64]
@@ -62,6 +59,6 @@ def test_plain_settings_and_an_unknown_backend(user_shard: Path, capsys: pytest.
 def test_repeats_zero_only_writes_the_synthetic_data(tmp_path: Path) -> None:
     out = tmp_path / "synthetic"
     args = ["--make-synthetic", str(out), "--repeats", "0", "--synthetic-episodes", "1", "--synthetic-seconds", "1", "--synthetic-size", "48x64"]
-    assert bench_data.main(args) is None and len(list(out.glob("shard-*.tar"))) == 1
+    assert bench_data.run(args) is None and len(list(out.glob("shard-*.tar"))) == 1
     with pytest.raises(SystemExit):
-        bench_data.main(["--shards", str(next(out.glob("shard-*.tar"))), "--repeats", "0"])
+        bench_data.run(["--shards", str(next(out.glob("shard-*.tar"))), "--repeats", "0"])
