@@ -5,10 +5,9 @@ saturation) factors in the worker; the pixels change when the window's k frames 
 batch. On the CPU that gather is :func:`gather_frames`: a small C kernel (:data:`GATHER_SOURCE`,
 compiled on first use with the system's C compiler and cached on disk, like ``torch.compile``'s
 C++ code) that copies each context frame from its decoded episode into the batch, mirrored and
-jittered in the same pass, 16 or 32 pixels at a time. Measured at 64x64 (5 frames per window, one
-core of this project's machine): about 3 µs per window to copy, 12-15 µs to copy, mirror and
-jitter, where numpy took 190 µs to jitter and 130 µs to mirror (a negative-stride copy of 3-byte
-pixels). The jitter is :func:`datamodules.windows.colour_jitter`'s float32 map, so the results
+jittered in the same pass, 16 or 32 pixels at a time: an order of magnitude less than numpy's
+separate jitter and mirror passes (a negative-stride copy of 3-byte pixels; timings in
+``docs/experiments.md``). The jitter is :func:`datamodules.windows.colour_jitter`'s float32 map, so the results
 agree with it up to float32 rounding (a value rounds the other way for a few pixels in a million).
 Without a C compiler (or with ``S2E_GATHER_KERNEL=0``) the same batches come from numpy, 10-20x
 slower, and the loader says so once in the log.
