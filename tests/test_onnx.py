@@ -89,6 +89,7 @@ def test_a_ram_post_trained_checkpoint_exports_to_onnx_that_matches_pytorch(ram_
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_paper_preset_exports_to_onnx_that_matches_pytorch(tmp_path: pathlib.Path) -> None:
     """The paper preset's structure (11 frames, d_model 384, 6 fusion layers, 2 decoder layers, 64
     anchors) at a small image size, with the CNN frame encoder when timm is missing (the ViT is timm's)."""

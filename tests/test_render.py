@@ -363,7 +363,7 @@ def test_fixed_shape_stages_compile_for_a_few_shapes_then_run_eagerly(monkeypatc
 
 
 @pytest.mark.slow
-@pytest.mark.compile
+@pytest.mark.heavy
 def test_compiled_stages_render_like_eager():
     """The torch.compile'd stages (default for large batches) draw the eager picture up to float rounding."""
     scene, start, yaw, robot = _street_batch(3)

@@ -77,6 +77,7 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path: pathlib.Path, capsys: p
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_ablation_end_to_end_then_rerun_skips_and_a_failed_fit_is_reported(
     pretrained: pathlib.Path,  # noqa: F811 (the imported fixture)
     tmp_path: pathlib.Path,

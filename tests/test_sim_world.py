@@ -301,7 +301,7 @@ def test_tree_integration_follows_substeps_one_by_one(substeps):
 
 
 @pytest.mark.slow
-@pytest.mark.compile
+@pytest.mark.heavy
 def test_compiled_crowd_step_walks_the_eager_crowd():
     """The crowd's compiled step (used whenever the renderer compiles) moves pedestrians as the eager
     step does, up to float rounding, over many steps with the robot in their way."""
