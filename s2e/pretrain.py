@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from s2e.anchors import Anchors
-from s2e.checkpoint import CHECKPOINT_KEY, check_resumable, policy_entry
+from s2e.checkpoint import CHECKPOINT_KEY, check_resumable, load_policy_from_checkpoint, policy_entry
 from s2e.distributions import Assignment, agdm_loss
 from s2e.model.policy import PolicyConfig, S2EPolicy, best_trajectory_metres, modes_metres
 
@@ -37,6 +37,10 @@ class PretrainModule(pl.LightningModule):
             ``min_lr_ratio * lr`` at the trainer's last step.
         top_k: modes counted in minADE/minFDE.
         image_every_n_steps: training steps between TensorBoard mode images (0 disables them).
+        init_from: a pretraining checkpoint whose policy weights this run starts from, with a fresh
+            optimizer and learning-rate schedule (``--ckpt_path`` instead resumes the old run, whose
+            schedule has already decayed): fine-tuning on new data, e.g. a DAgger round. Its policy
+            config, timing and anchors must equal this run's.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class PretrainModule(pl.LightningModule):
         min_lr_ratio: float = 0.05,
         top_k: int = 5,
         image_every_n_steps: int = 500,
+        init_from: Optional[str] = None,
     ) -> None:
         super().__init__()
         anchors = Anchors.load(anchors_path)
@@ -73,7 +78,20 @@ class PretrainModule(pl.LightningModule):
         )
         self.policy = S2EPolicy(config, torch.from_numpy(anchors.points), torch.from_numpy(anchors.trajectories))
         self.register_buffer("anchor_counts", torch.from_numpy(anchors.counts))
+        if init_from is not None:
+            self._start_from(init_from)
         self.save_hyperparameters()
+
+    def _start_from(self, path: str) -> None:
+        """Copy the policy weights of checkpoint ``path`` after checking it is the same model."""
+        start, timing, anchors = load_policy_from_checkpoint(path)
+        if timing != self.timing:
+            raise ValueError(f"init_from {path}: its TimingSpec {timing} differs from this run's anchors ({self.timing})")
+        if start.config != self.policy.config:
+            raise ValueError(f"init_from {path}: its policy config differs from this run's:\n  {start.config}\n  {self.policy.config}")
+        if not np.allclose(anchors.points, self.policy.anchor_points.numpy()):
+            raise ValueError(f"init_from {path}: its anchors differ from this run's anchors file; fine-tune with the file the checkpoint was trained with")
+        self.policy.load_state_dict(start.state_dict())
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:

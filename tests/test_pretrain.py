@@ -198,3 +198,29 @@ def test_fit_without_val_shards_then_test_and_predict_on_test_shards(demo, tmp_p
     assert predictions and all(p["waypoints_m"].shape[1:] == (10, 2) and torch.isfinite(p["waypoints_m"]).all() for p in predictions)
     with pytest.raises(ValueError, match="test_shards"):
         _trainer(tmp_path).test(module, datamodule=demo_datamodule(shards), verbose=False)
+
+
+def test_init_from_starts_with_the_checkpoint_weights_and_a_fresh_schedule(demo, tmp_path: pathlib.Path) -> None:
+    """Fine-tuning (a DAgger round): init_from copies the policy weights, while the learning rate
+    follows a schedule of its own (resuming with ckpt_path would keep the decayed one);
+    another model or another timing is refused by name."""
+    shards, anchors = demo
+    trainer = _trainer(tmp_path / "a", max_steps=6, callbacks=[ModelCheckpoint(dirpath=tmp_path / "a", save_last=True)])
+    trainer.fit(_module(anchors), datamodule=demo_datamodule(shards))
+    last = str(tmp_path / "a" / "last.ckpt")
+    trained, _, _ = load_policy_from_checkpoint(last)
+
+    tuned = _module(anchors, init_from=last)
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(tuned.policy.state_dict()[name], value, msg=name)
+    assert any(not torch.equal(value, _module(anchors).policy.state_dict()[name]) for name, value in trained.state_dict().items())
+    fine_tune = _trainer(tmp_path / "b", max_steps=1)
+    fine_tune.fit(tuned, datamodule=demo_datamodule(shards))
+    decayed = trainer.optimizers[0].param_groups[0]["lr"]
+    assert decayed < 0.1 * 3e-4 and fine_tune.optimizers[0].param_groups[0]["lr"] > 10 * decayed  # its own schedule, not the old one's end
+
+    with pytest.raises(ValueError, match="policy config differs"):
+        _module(anchors, init_from=last, policy={**TINY_POLICY, "d_model": 16})
+    other = fit_demo_anchors(shards, tmp_path / "anchors3.npz", timing=TimingSpec(context_frames=3))
+    with pytest.raises(ValueError, match="TimingSpec"):
+        _module(other, init_from=last)

@@ -130,3 +130,56 @@ def test_takeover_alternates_drivers_and_marks_what_the_expert_drove():
         assert inner and all(5 <= n <= 10 for v, n in inner if v) and all(12 <= n <= 14 for v, n in inner if not v), runs
     mask = control.demonstrated_poses(0, 50)
     assert mask.tolist() == (~by_learner[:49, 0]).tolist() + [True]
+
+
+def _drive_and_watch(takeover_clearance):
+    """200 steps of a straight-driving learner and a turn-in-place expert in obstacle scenes: the
+    clearance before each step, whether the learner drove it, and the controller."""
+    from s2e.sim.env import NavEnv, NavEnvConfig
+    from s2e.sim.physics import footprint_clearance
+    from s2e.sim.rollout import TakeoverController
+
+    env = NavEnv(NavEnvConfig(task="obstacle", image_size=(16, 16)), num_envs=8, seed=5)
+    obs = env.reset()
+    learner = lambda env: torch.tensor([[1.2, 0.0]]).expand(8, 2)  # noqa: E731
+    expert = lambda env: torch.tensor([[0.0, 1.5]]).expand(8, 2)  # noqa: E731
+    control = TakeoverController(
+        learner,
+        expert,
+        8,
+        control_dt=0.1,
+        generator=torch.Generator().manual_seed(1),
+        learner_s=(100.0, 100.0),
+        expert_s=(0.5, 0.5),
+        horizon_s=0.5,
+        takeover_clearance=takeover_clearance,
+    )
+    clearance, by_learner = [], []
+    for _ in range(200):
+        clearance.append(footprint_clearance(env.world, env.robot_xy[:, None], env.robot.radius).total[:, 0].clone())
+        command = control(env)
+        by_learner.append(command[:, 0] > 0)
+        obs = env.step(obs.set("action", command)).get("next")
+    return torch.stack(clearance), torch.stack(by_learner), control
+
+
+def test_gated_takeover_hands_over_before_the_learner_comes_too_close():
+    """Human-gated DAgger: with takeover_clearance the expert drives every step that starts within
+    the gate's distance of something solid, so the learner never drives into it; without the gate
+    the same learner does, which is what makes the gate matter."""
+    clearance, by_learner, control = _drive_and_watch((0.3, 0.3))
+    assert control.gated_takeovers > 0
+    assert not (by_learner & (clearance <= 0.3)).any()
+    assert torch.equal(~by_learner, torch.stack(control.demonstrated))
+    ungated_clearance, ungated_learner, ungated = _drive_and_watch(None)
+    assert ungated.gated_takeovers == 0
+    assert (ungated_learner & (ungated_clearance <= 0.3)).any()
+
+
+def test_takeover_clearance_must_be_an_ordered_non_negative_range():
+    import pytest
+
+    from s2e.sim.rollout import TakeoverController
+
+    with pytest.raises(ValueError, match="takeover_clearance"):
+        TakeoverController(lambda e: None, lambda e: None, 2, 0.1, torch.Generator(), takeover_clearance=(0.3, 0.1))

@@ -90,7 +90,7 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
     :func:`learner_controller`), as intervention data: the learner drives and the expert takes over."""
     config = env_config(args)
     noise = torch.Generator().manual_seed(args.seed)
-    written = skipped = frames = batch = 0
+    written = skipped = frames = batch = gated = demonstrated_frames = 0
     start = time.perf_counter()
     with EpisodeShardWriter(args.out, prefix=args.prefix, max_count=args.shard_episodes) as writer:
         while written < args.episodes:
@@ -112,6 +112,7 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
                     learner_s=tuple(args.learner_seconds),
                     expert_s=tuple(args.expert_seconds),
                     horizon_s=config.timing.horizon,
+                    takeover_clearance=None if args.takeover_clearance is None else tuple(args.takeover_clearance),
                 )
             records = run_episodes(env, takeover or expert, observe=observe)
             for i, record in enumerate(records):
@@ -133,6 +134,8 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
                 writer.write(key, buf.getvalue(), traj, episode_meta(env, record, styled, args))
                 written += 1
                 frames += len(record.t)
+                demonstrated_frames += len(record.t) if demonstrated is None else int(demonstrated.sum())
+            gated += takeover.gated_takeovers if takeover is not None else 0
             batch += 1
             if batch > 4 * (args.episodes // max(args.envs, 1) + 1):
                 raise RuntimeError(f"the expert failed too often: {skipped} failed episodes, {written} written")
@@ -142,6 +145,8 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
         "episodes": written,
         "skipped_failed": skipped,
         "frames": frames,
+        "demonstrated_frames": demonstrated_frames,
+        "gated_takeovers": gated,
         "seconds": round(seconds, 2),
         "frames_per_s": round(frames / max(seconds, 1e-9), 1),
         "shards": shards,
@@ -183,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=(1.0, 4.0),
         metavar=("MIN", "MAX"),
         help="how long the expert drives after a takeover, beyond the policy's horizon",
+    )
+    parser.add_argument(
+        "--takeover-clearance",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="with --learner: the expert also takes over once the robot comes within this many metres (drawn per turn) of anything solid or a person "
+        "(human-gated DAgger; pair it with long --learner-seconds so labels land where the learner fails)",
     )
     parser.add_argument("--prefix", default="sim", help="shard file and episode key prefix")
     parser.add_argument("--shard-episodes", type=int, default=200, help="episodes per shard")

@@ -17,6 +17,7 @@ from tensordict import TensorDictBase
 
 from s2e.sim.env import NavEnv
 from s2e.sim.expert import ExpertPlan, ExpertPlanner
+from s2e.sim.physics import footprint_clearance
 
 Controller = Callable[[NavEnv], torch.Tensor]
 
@@ -179,6 +180,11 @@ class TakeoverController:
     step, which envs the demonstrator drove: a learned policy reaches states no clean
     demonstration visits (too close to an obstacle, pointed at a wall), and the demonstrator's
     recovery from them is the label that teaches the way out.
+
+    With ``takeover_clearance`` (metres, a range drawn per learner turn) the demonstrator also takes
+    over the moment the learner's footprint comes closer than that to anything solid or a person, as
+    a safety driver would (human-gated DAgger): a learner that drives for long stretches then
+    produces labels exactly where it fails (0 means only once it touches), not at random points.
     """
 
     def __init__(
@@ -191,13 +197,26 @@ class TakeoverController:
         learner_s: tuple[float, float] = (1.0, 4.0),
         expert_s: tuple[float, float] = (1.0, 4.0),
         horizon_s: float = 3.0,
+        takeover_clearance: Optional[tuple[float, float]] = None,
     ) -> None:
+        if takeover_clearance is not None and not 0.0 <= takeover_clearance[0] <= takeover_clearance[1]:
+            raise ValueError(f"takeover_clearance must be (min, max) metres with 0 <= min <= max, got {takeover_clearance}")
         self.learner, self.expert = learner, expert
         self.control_dt, self.generator = control_dt, generator
         self.learner_s, self.expert_s, self.horizon_s = learner_s, expert_s, horizon_s
+        self.takeover_clearance = takeover_clearance
         self.learner_drives = torch.rand(num_envs, generator=generator) < 0.5
         self.steps_left = self._draw(self.learner_drives)
+        self.gate = self._draw_gate(num_envs)
+        self.gated_takeovers = 0
         self.demonstrated: list[torch.Tensor] = []
+
+    def _draw_gate(self, num_envs: int) -> torch.Tensor:
+        """Per env, the clearance (metres) below which the demonstrator takes over (-inf: never)."""
+        if self.takeover_clearance is None:
+            return torch.full((num_envs,), -math.inf)
+        lo, hi = self.takeover_clearance
+        return lo + torch.rand(num_envs, generator=self.generator) * (hi - lo)
 
     def _draw(self, learner: torch.Tensor) -> torch.Tensor:
         u = torch.rand(learner.shape, generator=self.generator)
@@ -208,6 +227,14 @@ class TakeoverController:
     def __call__(self, env: NavEnv) -> torch.Tensor:
         expert = self.expert(env)
         learner = self.learner(env)
+        if self.takeover_clearance is not None:
+            clearance = footprint_clearance(env.world, env.robot_xy[:, None], env.robot.radius).total[:, 0].cpu()
+            danger = self.learner_drives & (clearance <= self.gate)
+            if danger.any():
+                self.gated_takeovers += int(danger.sum())
+                self.learner_drives = self.learner_drives & ~danger
+                self.steps_left = torch.where(danger, self._draw(self.learner_drives), self.steps_left)
+                self.gate = torch.where(danger, self._draw_gate(len(danger)), self.gate)
         drives = self.learner_drives.to(expert.device)
         self.demonstrated.append(~self.learner_drives.clone())
         self.steps_left -= 1
