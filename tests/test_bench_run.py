@@ -37,6 +37,10 @@ def test_expert_beats_straight_to_goal_on_obstacles_and_pedestrians() -> None:
     assert ct(expert, "obstacle") == 0.0 and ct(straight, "obstacle") >= 0.4
     assert sr(expert, "pedestrian") == 1.0 and ct(expert, "pedestrian") == 0.0
     assert ct(straight, "pedestrian") >= 1.0  # it gets there by walking into people
+    stuck = lambda s, t: s[t]["stuck"]["mean"]  # noqa: E731
+    # straight-to-goal pushes into what blocks it until time runs out; the expert never ends pinned
+    assert stuck(straight, "obstacle") >= 0.4 and stuck(straight, "obstacle") <= 1 - sr(straight, "obstacle")
+    assert stuck(expert, "obstacle") == 0.0 and stuck(expert, "pedestrian") == 0.0
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,10 @@ Per episode i (all from the env's own bookkeeping, see ``s2e.sim.env``):
 * **SPL**, success weighted by path length: S_i * L_i / max(L_i, P_i), with P_i the length of the
   path the robot drove and L_i = max(route length - arrival_radius, 0) the shortest drive that
   reaches the arrival circle along the route. SPL = mean over episodes.
+* **Stuck**: 1 if the robot did not arrive and moved less than ``STUCK_DISTANCE`` metres during the
+  last ``STUCK_WINDOW_S`` seconds of its episode (pinned against something, or turning in place),
+  else 0. Stuck = mean over episodes. It tells a policy that drives into an obstacle and never backs
+  away (no recovery) from one that wanders off or runs out of time while moving.
 * **TtG**, time to goal: seconds from the start to arrival, averaged over successful episodes
   only (undefined, reported as null, when none succeeded).
 
@@ -30,7 +34,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 #: metric key -> column label, in report order.
-METRICS: dict[str, str] = {"success_rate": "SR", "route_completion": "RC", "collisions": "CT", "spl": "SPL", "time_to_goal": "TtG (s)"}
+METRICS: dict[str, str] = {"success_rate": "SR", "route_completion": "RC", "collisions": "CT", "stuck": "Stuck", "spl": "SPL", "time_to_goal": "TtG (s)"}
+
+#: An unsuccessful episode whose robot moved less than this many metres during its last
+#: ``STUCK_WINDOW_S`` seconds counts as stuck (see the module docstring).
+STUCK_DISTANCE = 0.5
+STUCK_WINDOW_S = 5.0
 
 
 @dataclass
@@ -46,6 +55,7 @@ class EpisodeResult:
     time_s: float  # when the episode ended (arrival or time limit)
     path_length: float  # metres driven
     route_length: float  # metres along the route polyline
+    stuck: bool = False  # ended without arriving, hardly moving (STUCK_DISTANCE, STUCK_WINDOW_S)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +75,7 @@ def episode_values(results: Sequence[EpisodeResult], arrival_radius: float) -> d
         "success_rate": np.array([float(r.success) for r in results]),
         "route_completion": np.array([r.route_completion for r in results], dtype=np.float64),
         "collisions": np.array([r.collisions for r in results], dtype=np.float64),
+        "stuck": np.array([float(r.stuck) for r in results]),
         "spl": np.array([spl(r, arrival_radius) for r in results]),
         "time_to_goal": np.array([r.time_s for r in results if r.success], dtype=np.float64),
     }

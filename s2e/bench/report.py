@@ -170,8 +170,9 @@ def compare_reports(
                 cells = []
                 for task in tasks:
                     entry = summary["tasks"].get(task)
-                    cells.append(format_metric({"mean": entry[metric]["mean"]}) if entry else "-")
-                cells.append(format_metric({"mean": summary["overall"][metric]["mean"]}))
+                    cells.append(format_metric({"mean": entry[metric]["mean"]}) if entry and metric in entry else "-")  # older reports lack newer metrics
+                overall = summary["overall"].get(metric)
+                cells.append(format_metric({"mean": overall["mean"]}) if overall else "-")
                 lines.append(f"| {method_label(r)} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines + camera_ablation(reports))

@@ -21,7 +21,7 @@ import torch
 from tensordict import TensorDictBase
 
 from s2e.bench.agents import Agent
-from s2e.bench.metrics import EpisodeResult
+from s2e.bench.metrics import STUCK_DISTANCE, STUCK_WINDOW_S, EpisodeResult
 from s2e.bench.report import FRAME_MODES
 from s2e.bench.suite import EpisodeSpec, Suite, SuiteScenes
 from s2e.sim.env import NavEnv, NavEnvConfig
@@ -121,17 +121,21 @@ def run_batch(
         _trace_step(env, obs, t, i)
     live = torch.ones(n, dtype=torch.bool, device=env.device)
     driven = torch.zeros(n, dtype=torch.float64, device=env.device)
+    recent = [env.robot_xy.clone()]  # positions over the last STUCK_WINDOW_S seconds
+    window_steps = max(1, round(STUCK_WINDOW_S / env.config.timing.control_dt))
     results: list[Optional[EpisodeResult]] = [None] * n
     while live.any():
         action = agent.act(ablate_frames(obs, frames), env)
         before = env.robot_xy.clone()
         obs = env.step(obs.set("action", action)).get("next")
         driven += torch.where(live, (env.robot_xy - before).norm(dim=-1).double(), torch.zeros_like(driven))
+        recent = [*recent[-window_steps:], env.robot_xy.clone()]
         for i, t in traces.items():
             if live[i]:
                 _trace_step(env, obs, t, i)
         done = obs["done"][:, 0] & live
         seconds = env.time
+        moved = (torch.stack(recent) - env.robot_xy).norm(dim=-1).amax(0) if done.any() else None  # [N] farthest from here lately
         for i in done.nonzero()[:, 0].tolist():
             spec = episodes[i]
             results[i] = EpisodeResult(
@@ -144,6 +148,7 @@ def run_batch(
                 time_s=round(float(seconds[i]), 6),
                 path_length=float(driven[i]),
                 route_length=float(env.world.route_total[i]),
+                stuck=not bool(obs["success"][i, 0]) and float(moved[i]) < STUCK_DISTANCE,
             )
             if i in traces:
                 traces[i].result = results[i]

@@ -28,7 +28,7 @@ from s2e.bench.report import compare_reports, load_report, method_label
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", type=Path, help="report.json files or folders holding one")
-    parser.add_argument("--metrics", nargs="+", default=["success_rate", "route_completion", "collisions"], choices=list(METRICS))
+    parser.add_argument("--metrics", nargs="+", default=["success_rate", "route_completion", "collisions", "stuck"], choices=list(METRICS))
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     parser.add_argument("--allow-different-suites", action="store_true", help="compare reports of different suites anyway")
     return parser
