@@ -25,7 +25,7 @@ from tensordict import TensorDictBase
 from datamodules.episode import Trajectory
 from datamodules.shard_writer import EpisodeShardWriter
 from s2e.sim.env import NavEnv, NavEnvConfig
-from s2e.sim.expert import ExpertPlanner
+from s2e.sim.expert import ExpertConfig, ExpertPlanner
 from s2e.sim.generator import SceneConfig
 from s2e.sim.rollout import Controller, EpisodeRecord, ExpertStyle, TakeoverController, expert_controller, run_episodes
 from s2e.sim.tasks import TASKS
@@ -99,7 +99,7 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
             style = ExpertStyle.sample(
                 n, noise, noise_std=(args.noise_v, args.noise_omega), drift_std=(args.drift_v, args.drift_omega), drift_tau=args.drift_tau
             )
-            expert = expert_controller(ExpertPlanner(env.robot), style, noise)
+            expert = expert_controller(ExpertPlanner(env.robot, ExpertConfig(safety=args.expert_safety)), style, noise)
             takeover = observe = None
             if learner is not None:
                 observe, drive = learner
@@ -129,6 +129,7 @@ def render_demo_data(args: argparse.Namespace, learner: Optional[tuple[Callable[
                     "noise_std": list(style.noise_std),
                     "drift_std": list(style.drift_std),
                     "drift_tau": style.drift_tau,
+                    "safety_m": args.expert_safety,
                 }
                 key = f"{args.prefix}_{args.task}_{args.robot}_s{args.seed}_b{batch:04d}_e{i:03d}"
                 writer.write(key, buf.getvalue(), traj, episode_meta(env, record, styled, args))
@@ -197,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("MIN", "MAX"),
         help="with --learner: the expert also takes over once the robot comes within this many metres (drawn per turn) of anything solid or a person "
         "(human-gated DAgger; pair it with long --learner-seconds so labels land where the learner fails)",
+    )
+    parser.add_argument(
+        "--expert-safety",
+        type=float,
+        default=ExpertConfig.safety,
+        help="metres of clearance the expert keeps from obstacles and people (arcs closer count as collisions); a learner "
+        "imitates it only to within its own error, so demonstrations need a margin wider than that error",
     )
     parser.add_argument("--prefix", default="sim", help="shard file and episode key prefix")
     parser.add_argument("--shard-episodes", type=int, default=200, help="episodes per shard")
