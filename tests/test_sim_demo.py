@@ -214,3 +214,18 @@ def test_expert_safety_sets_how_wide_it_passes_obstacles():
     assert default_arrived and wide_arrived
     assert default < 0.2
     assert wide >= 0.3
+
+
+def test_gate_and_margin_options_refuse_what_cannot_apply(tmp_path, capsys):
+    """--takeover-clearance without a learner and a negative --expert-safety are usage errors that
+    say why, before anything renders."""
+    import pytest
+
+    base = ["--out", str(tmp_path), "--episodes", "1", "--size", "16x16"]
+    with pytest.raises(SystemExit):
+        render_demo_data.run([*base, "--takeover-clearance", "0.0", "0.2"])
+    assert "--takeover-clearance needs --learner" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        render_demo_data.run([*base, "--expert-safety", "-0.1"])
+    assert "--expert-safety must be >= 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

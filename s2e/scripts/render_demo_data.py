@@ -217,6 +217,10 @@ def run(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.envs < 1:
         parser.error("--episodes and --envs must be >= 1")
+    if args.takeover_clearance is not None and args.learner is None:
+        parser.error("--takeover-clearance needs --learner (the policy the expert takes over from)")
+    if args.expert_safety < 0:
+        parser.error(f"--expert-safety must be >= 0 metres, got {args.expert_safety}")
     learner = None
     if args.learner is not None:
         try:
