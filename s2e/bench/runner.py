@@ -13,6 +13,7 @@ the metrics and the traces (videos show the true camera) do not.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -121,21 +122,21 @@ def run_batch(
         _trace_step(env, obs, t, i)
     live = torch.ones(n, dtype=torch.bool, device=env.device)
     driven = torch.zeros(n, dtype=torch.float64, device=env.device)
-    recent = [env.robot_xy.clone()]  # positions over the last STUCK_WINDOW_S seconds
     window_steps = max(1, round(STUCK_WINDOW_S / env.config.timing.control_dt))
+    recent = deque([env.robot_xy.clone()], maxlen=window_steps + 1)  # positions over the last STUCK_WINDOW_S seconds
     results: list[Optional[EpisodeResult]] = [None] * n
     while live.any():
         action = agent.act(ablate_frames(obs, frames), env)
         before = env.robot_xy.clone()
         obs = env.step(obs.set("action", action)).get("next")
         driven += torch.where(live, (env.robot_xy - before).norm(dim=-1).double(), torch.zeros_like(driven))
-        recent = [*recent[-window_steps:], env.robot_xy.clone()]
+        recent.append(env.robot_xy.clone())
         for i, t in traces.items():
             if live[i]:
                 _trace_step(env, obs, t, i)
         done = obs["done"][:, 0] & live
         seconds = env.time
-        moved = (torch.stack(recent) - env.robot_xy).norm(dim=-1).amax(0) if done.any() else None  # [N] farthest from here lately
+        moved = (torch.stack(list(recent)) - env.robot_xy).norm(dim=-1).amax(0) if done.any() else None  # [N] farthest from here lately
         for i in done.nonzero()[:, 0].tolist():
             spec = episodes[i]
             results[i] = EpisodeResult(
