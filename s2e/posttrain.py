@@ -84,6 +84,10 @@ class PostTrainModule(pl.LightningModule):
             transition, one rendered frame per decision; :class:`s2e.sim.env.NavEnvConfig`). The
             policy still sees frames ``frame_dt`` apart, and evaluation and export decide every
             ``control_dt`` as before.
+        end_on_contact: the training env ends an episode at its first contact event
+            (:class:`s2e.sim.env.NavEnvConfig`): PPO then sees no frames of a pinned robot, and the
+            lost progress and arrival fall on the decisions just before the contact. NavBench runs
+            its own env, where contacts never end an episode; ``RolloutVideo`` films the training env.
         expert_noise: (v m/s, omega rad/s) std of the noise on the expert's commands (``sft``).
 
     These defaults are the shipped experiment: ``experiments/posttrain.yaml`` sets only what it
@@ -107,6 +111,7 @@ class PostTrainModule(pl.LightningModule):
         ppo: PPOConfig = PPOConfig(),
         lookahead_time: float = LOOKAHEAD_TIME,
         action_repeat: int = 1,
+        end_on_contact: bool = False,
         expert_noise: tuple[float, float] = (0.1, 0.2),
     ) -> None:
         super().__init__()
@@ -135,6 +140,7 @@ class PostTrainModule(pl.LightningModule):
             rewards=rewards,
             crowd=crowd,
             action_repeat=action_repeat,
+            end_on_contact=end_on_contact,
         )
         modules = build_actor_critic(
             policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=ppo.exploration()

@@ -6,7 +6,10 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+from tensordict import TensorDictBase
 from torchrl.envs.utils import check_env_specs, step_mdp
+
+from s2e.bench.agents import StraightToGoalAgent
 
 from s2e.sim.compiled import CompilePolicy
 from s2e.sim.env import NavEnv, NavEnvConfig
@@ -195,3 +198,39 @@ def test_an_episode_that_ends_inside_the_held_periods_stops_there():
 def test_action_repeat_must_divide_the_frame_period():
     with pytest.raises(ValueError, match="does not divide"):
         NavEnv(replace(SMALL, action_repeat=3), num_envs=1)  # frame_dt 0.2 s is 2 control periods
+
+
+def _straight_at_goal(env: NavEnv, steps: int) -> tuple[list[TensorDictBase], torch.Tensor]:
+    """Drive every env straight at its goal (through obstacles) for ``steps`` steps, with resets off:
+    the step outputs and the step at which each env's first contact event happened (-1: none)."""
+    agent = StraightToGoalAgent()
+    td, outputs = env.reset(), []
+    first_contact = torch.full((env.batch_size[0],), -1)
+    for step in range(steps):
+        td = env.step(td.set("action", agent.act(td, env)))
+        outputs.append(td["next"])
+        new = (td["next", "reward_terms", "collision"][:, 0] < 0) & (first_contact < 0)
+        first_contact[new] = step
+        td = step_mdp(td)
+    return outputs, first_contact
+
+
+@pytest.mark.parametrize("action_repeat", [1, 2])
+def test_end_on_contact_ends_the_episode_at_the_first_contact_as_terminated(action_repeat):
+    """Straight at the goal through an obstacle course: with ``end_on_contact`` the step of the first
+    contact event is the episode's last (terminated, not a success, not truncated); the same scenes
+    without it keep going, pinned."""
+    config = replace(SMALL, task="obstacle", action_repeat=action_repeat)
+    ending, first_contact = _straight_at_goal(NavEnv(replace(config, end_on_contact=True), num_envs=6, seed=3), 60)
+    plain, plain_contact = _straight_at_goal(NavEnv(config, num_envs=6, seed=3), 60)
+    assert torch.equal(first_contact, plain_contact)  # same scenes, same motion up to the contact
+    touched = (first_contact >= 0).nonzero()[:, 0]
+    assert len(touched) >= 2, "the obstacle task must put obstacles on the straight line"
+    for env_index in touched.tolist():
+        step = int(first_contact[env_index])
+        out = ending[step]
+        assert out["done"][env_index] and out["terminated"][env_index]
+        assert not out["truncated"][env_index] and not out["success"][env_index]
+        assert not plain[step]["done"][env_index]  # without the option the pinned episode goes on
+        assert not plain[step + 1]["done"][env_index]
+        assert all(not plain[s]["success"][env_index] for s in range(step, 60))

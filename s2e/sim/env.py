@@ -57,6 +57,11 @@ class NavEnvConfig:
         action_repeat: control periods each command is held (one env step, one rendered frame);
             ``frame_dt`` must be a whole multiple of ``action_repeat * control_dt``. Rewards of the
             held periods add up; an episode that ends inside them stops there.
+        end_on_contact: a training option: the first contact event ends the episode (``terminated``,
+            so nothing is bootstrapped past it). Why: with blocked motion a contact nearly always
+            pins the robot until the time limit (NavBench's Stuck metric), so without this most of
+            an RL batch on obstacle tasks is frames of a pinned robot, and the decision that caused
+            the contact is a long, discounted way from the return it lost. Benchmarks keep it off.
     """
 
     task: str = "both"
@@ -73,6 +78,7 @@ class NavEnvConfig:
     time_limit_factor: float = 2.0
     time_limit_slack: float = 10.0
     action_repeat: int = 1
+    end_on_contact: bool = False
 
 
 def decision_stride(timing: TimingSpec, action_repeat: int) -> int:
@@ -262,8 +268,9 @@ class NavEnv(EnvBase):
         spec = self.action_spec
         action = torch.maximum(torch.minimum(tensordict.get("action").to(self.device).float(), spec.space.high), spec.space.low)
         reward, terms = self._hold(action)
-        ended = self._success | (self._steps >= self._step_limit)
-        truncated = ended & ~self._success
+        ended = self._ended()
+        terminated = self._success | self._contact_ended()
+        truncated = ended & ~terminated
 
         rgb, depth = self._render()
         self._frames.push(rgb)
@@ -274,7 +281,7 @@ class NavEnv(EnvBase):
         out["reward_terms"] = {t: v[:, None].float() for t, v in terms.items()}
         out.update(
             reward=reward[:, None].float(),
-            terminated=self._success[:, None].clone(),
+            terminated=terminated[:, None],
             truncated=truncated[:, None],
             done=ended[:, None],
         )
@@ -288,7 +295,7 @@ class NavEnv(EnvBase):
         repeat = self.config.action_repeat
         reward, terms = self._control_period(action)
         for _ in range(repeat - 1):
-            running = ~(self._success | (self._steps >= self._step_limit))
+            running = ~self._ended()
             state = (self.robot_xy, self.robot_yaw, self._best_arc, self._steps)
             more_reward, more_terms = self._control_period(action, running)
             self.robot_xy, self.robot_yaw, self._best_arc, self._steps = (
@@ -298,6 +305,14 @@ class NavEnv(EnvBase):
             reward = reward + torch.where(running, more_reward, 0.0)
             terms = {t: v + torch.where(running, more_terms[t], 0.0) for t, v in terms.items()}
         return reward, terms
+
+    def _contact_ended(self) -> torch.Tensor:
+        """Envs [N] whose episode a contact ended (never unless ``end_on_contact``)."""
+        return (self.contacts.count > 0) & self.config.end_on_contact
+
+    def _ended(self) -> torch.Tensor:
+        """Envs [N] whose episode is over: arrived, out of time, or (``end_on_contact``) touched something."""
+        return self._success | (self._steps >= self._step_limit) | self._contact_ended()
 
     def _control_period(self, action: torch.Tensor, running: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One control period of physics, crowd, contacts, progress and rewards (no rendering).
