@@ -89,7 +89,7 @@ def test_shuffled_frames_are_another_episodes_real_frames(runs) -> None:
 def test_compare_flags_a_frame_blind_baseline_as_camera_blind_on_every_row(runs) -> None:
     table = compare_reports([runs[m][0] for m in ("real", "grey", "shuffled")])
     assert "| straight [grey frames] |" in table and "| straight [shuffled frames] |" in table
-    section = table[table.index("# Camera ablation") :]
+    section = table[table.index("# Camera ablation") : table.index("# Paired differences")]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| task")]
     assert len(rows) == 5  # 4 tasks + overall
     assert all(row.endswith("| **camera-blind** (grey: unchanged, shuffled: unchanged) |") for row in rows)
@@ -148,7 +148,7 @@ def test_compare_reports_a_camera_ablation_section_with_the_drops(tmp_path: path
     table = (tmp_path / "cmp.md").read_text()
     assert "| pol [grey frames] | 0.00 | 0.50 | 0.25 |" in table  # labels carry the mode, never twice
     assert "| pol-shuf [shuffled frames] | 0.25 | 0.75 | 0.50 |" in table
-    section = table[table.index("# Camera ablation") :]
+    section = table[table.index("# Camera ablation") : table.index("# Paired differences")]
     assert section.count("## ") == 1 and "## pol (`ckpt/pol.ckpt`), domain `sim`" in section  # "other" has no ablated run
     assert "| task | real | ± | grey | drop | shuffled | drop | camera |" in section
     # empty: SR 1 with a zero-width CI; both ablations cost SR. both: the real CI of [1, 1, 0, 0] is [0, 1] (±0.5).

@@ -78,7 +78,7 @@ def test_replay_reproduces_the_generated_scene_and_the_reverse_variant() -> None
 
 
 def test_bad_suites_and_selections_fail_clearly(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"suite file not found: .*nope.json \(built-in suites: \['quick', 'standard'\]"):
+    with pytest.raises(FileNotFoundError, match=r"suite file not found: .*nope.json \(built-in suites: \['large', 'quick', 'standard'\]"):
         load_suite(tmp_path / "nope.json")
     data = json.loads((SUITES_DIR / "quick.json").read_text())
     data["episodes"][0]["task"] = "stairs"

@@ -16,7 +16,7 @@ from s2e.sim.scene_source import ProceduralScenes
 from s2e.sim.seeds import NUM_DRAWS, NUM_PURPOSES, PURPOSES, SEED_LIMIT, draw_scene_seeds, purpose_of, scene_seed
 
 ROBOT = get_robot("wheeled")
-SUITES = ("quick", "standard")
+SUITES = ("quick", "standard", "large")
 #: Training env seeds whose scenes are compared layout by layout (plus every built-in suite's seed).
 TRAIN_SEEDS = range(24)
 #: Scenes per training env seed compared by layout: the first ones its resets generate.

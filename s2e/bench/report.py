@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from s2e.bench.metrics import METRICS, EpisodeResult, format_metric, summarize
+from s2e.bench.paired import paired_section
 from s2e.bench.suite import Suite
 
 REPORT_FORMAT = 1
@@ -143,13 +144,24 @@ def load_report(path: str | Path) -> dict[str, Any]:
 
 
 def compare_reports(
-    reports: Sequence[dict[str, Any]], metrics: Sequence[str] = ("success_rate", "route_completion", "collisions"), allow_different_suites: bool = False
+    reports: Sequence[dict[str, Any]],
+    metrics: Sequence[str] = ("success_rate", "route_completion", "collisions"),
+    allow_different_suites: bool = False,
+    baseline: Optional[int] = 0,
+    labels: Optional[Sequence[str]] = None,
 ) -> str:
     """One markdown table per domain and metric: a row per agent, a column per task, then overall
     (means; the per-report files hold the intervals). Reports of different suites are refused
-    unless allowed: their numbers are not comparable."""
+    unless allowed: their numbers are not comparable. Then the camera-ablation section, and the
+    paired differences of every report against ``reports[baseline]`` (:mod:`s2e.bench.paired`;
+    None: no such section). ``labels``: row names, one per report (default: each agent's name
+    with its frames mode; two checkpoints both called ``last.ckpt`` need them)."""
     if not reports:
         raise ValueError("nothing to compare: no reports given")
+    if labels is None:
+        labels = [method_label(r) for r in reports]
+    elif len(labels) != len(reports):
+        raise ValueError(f"{len(labels)} labels for {len(reports)} reports")
     unknown = set(metrics) - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; known metrics: {list(METRICS)}")
@@ -163,7 +175,7 @@ def compare_reports(
         tasks = list(dict.fromkeys(t for r in reports if domain in r["results"] for t in r["results"][domain]["tasks"]))
         for metric in metrics:
             lines += [f"## {METRICS[metric]}, domain `{domain}`", "", "| method | " + " | ".join([*tasks, OVERALL]) + " |", "|---" * (len(tasks) + 2) + "|"]
-            for r in reports:
+            for r, label in zip(reports, labels):
                 summary = r["results"].get(domain)
                 if summary is None:
                     continue
@@ -173,9 +185,10 @@ def compare_reports(
                     cells.append(format_metric({"mean": entry[metric]["mean"]}) if entry and metric in entry else "-")  # older reports lack newer metrics
                 overall = summary["overall"].get(metric)
                 cells.append(format_metric({"mean": overall["mean"]}) if overall else "-")
-                lines.append(f"| {method_label(r)} | " + " | ".join(cells) + " |")
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
-    return "\n".join(lines + camera_ablation(reports))
+    paired = [] if baseline is None else paired_section(reports, labels, baseline)
+    return "\n".join(lines + camera_ablation(reports) + paired)
 
 
 def _policy_key(report: dict[str, Any]) -> tuple[str, str]:
