@@ -107,6 +107,8 @@ def test_ablation_end_to_end_then_rerun_skips_and_a_failed_fit_is_reported(
     # the no-update control keeps the pretrained policy: the very same episodes
     episodes = {n: json.loads((out / n / "navbench" / "report.json").read_text())["episodes"] for n in ("pretrained", "none")}
     assert episodes["none"] == episodes["pretrained"]
+    results_md = (out / "results.md").read_text()  # paired differences: the control changes no episode
+    assert "## none vs pretrained, domain `sim`" in results_md and "| overall | 8 | +0.00 [+0.00, +0.00] | +0.00 [+0.00, +0.00] | 0 | 0 |" in results_md
     # learning curves: PPO diagnostics for the PPO runs, the SFT loss for sft
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / "curves.png").stat().st_size > 20_000
     for name in ("ram", "full", "decoder", "none"):

@@ -10,7 +10,6 @@ from tensordict import TensorDictBase
 from torchrl.envs.utils import check_env_specs, step_mdp
 
 from s2e.bench.agents import StraightToGoalAgent
-
 from s2e.sim.compiled import CompilePolicy
 from s2e.sim.env import NavEnv, NavEnvConfig
 from s2e.sim.expert import ExpertPlanner

@@ -82,7 +82,7 @@ def paired_section(reports: Sequence[dict[str, Any]], labels: Sequence[str], bas
                     "",
                     "Same episodes, method minus baseline: mean difference with its paired bootstrap 95 % CI "
                     "(* = the interval excludes 0), and how many episodes only the method (gained) or only the "
-                    "baseline (lost) solved. This is the test for \"is it better\"; overlapping per-run CIs are not.",
+                    'baseline (lost) solved. This is the test for "is it better"; overlapping per-run CIs are not.',
                     "",
                 ]
             lines += [

@@ -20,7 +20,8 @@ noise; its numbers should equal the pretrained policy's, as RAM starts as the id
 
 Writes under ``--out``: ``<method>/last.ckpt`` (the run's last checkpoint), ``<method>/fit.log``,
 ``<method>/navbench/report.{json,md,csv}``, ``compare.md`` (``tools/navbench_compare.py``, means),
-``results.md`` (the printed tables, with CIs), ``curves.png`` (training curves from TensorBoard vs
+``results.md`` (the printed tables, with CIs, then every strategy's paired difference from the
+pretrained policy on the same episodes: ``s2e/bench/paired.py``), ``curves.png`` (training curves from TensorBoard vs
 env frames: episode return / success / route completion of the training rollouts, KL, clip
 fraction, entropy, explained variance, SFT loss) and ``summary.json``; the last printed line is one
 JSON object. A rerun skips every finished step (a checkpoint, or a report of the same suite newer
@@ -46,6 +47,7 @@ from typing import Any, Optional
 import yaml
 
 from s2e.bench.metrics import METRICS, format_metric
+from s2e.bench.paired import paired_section
 from s2e.bench.report import OVERALL, load_report
 from s2e.bench.suite import load_suite
 from s2e.rl.strategy import STRATEGIES
@@ -369,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--strategies", nargs="+", default=[*STRATEGIES, CONTROL], choices=[*STRATEGIES, CONTROL])
     parser.add_argument("--minutes", type=float, default=30.0, help="training wall-clock budget of every strategy (fractions allowed)")
     parser.add_argument("--task", help="training task (default: experiments/posttrain.yaml's)")
-    parser.add_argument("--suite", default="standard", help="NavBench suite: standard, quick or a suite JSON")
+    parser.add_argument("--suite", default="standard", help="NavBench suite: standard, large (4x the episodes), quick or a suite JSON")
     parser.add_argument("--bench-episodes", type=int, help="NavBench episodes per task (default: all, 24 in the standard suite)")
     parser.add_argument("--fit-args", nargs=argparse.REMAINDER, default=[], help="everything after it goes to every fit")
     return parser
@@ -423,6 +425,9 @@ def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "methods": {m.name: method_summary(m, args) for m in methods},
     }
     tables = ci_tables({name: m["results"] for name, m in summary["methods"].items() if "results" in m})
+    reported = [m for m in methods if m.report is not None]
+    if reported and reported[0].name == PRETRAINED:  # every strategy minus the policy it started from, on the same episodes
+        tables += "\n" + "\n".join(paired_section([load_report(m.report) for m in reported], [m.name for m in reported]))
     (args.out / "results.md").write_text(tables + "\n")
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{tables}\ncurves: {curves}\nsummary: {args.out / 'summary.json'} ({time.monotonic() - started:.0f} s)")
