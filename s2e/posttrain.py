@@ -145,6 +145,8 @@ class PostTrainModule(pl.LightningModule):
         modules = build_actor_critic(
             policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=ppo.exploration()
         )
+        if ppo.reference_kl > 0 and modules.reference_kl is None:
+            raise ValueError(f"model.ppo.reference_kl needs strategy 'ram' (the pretrained policy is the RAM's frozen half), got {strategy!r}")
         self.agent = _Agent(modules, None if strategy == "sft" else make_ppo_loss(modules, ppo))
         self.rollout_spec = self._rollout_spec(expert_noise)
 
@@ -202,7 +204,8 @@ class PostTrainModule(pl.LightningModule):
         if self.strategy == "sft":
             metrics.update(sft_update(batch, self.policy, self.timing, self.ppo, self._optimizer_step))
         else:
-            metrics.update(ppo_update(batch, self.agent.loss, self.agent.modules.value_of, self.ppo, self._optimizer_step))
+            modules = self.agent.modules
+            metrics.update(ppo_update(batch, self.agent.loss, modules.value_of, self.ppo, self._optimizer_step, modules.reference_kl))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.numel())
 
     def _optimizer_step(self, loss: Tensor) -> None:

@@ -140,8 +140,10 @@ def test_ram_fit_logs_tensorboard_writes_video_checkpoint_and_resumes(pretrained
         "ppo/clip_fraction",
         "ppo/entropy",
         "ppo/explained_variance",
+        "ppo/reference_kl",  # the RAM's drift from the pretrained policy, logged at penalty weight 0 too
     ):
         assert tag in scalars, tag
+    assert max(e.value for e in events.Scalars("ppo/reference_kl")) > 0
     assert "rollout/frames" in events.Tags()["images"]
     assert (log_dir / "videos" / "epoch_0000.mp4").stat().st_size > 0
 

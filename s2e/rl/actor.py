@@ -20,6 +20,8 @@ Keys (all batch-first):
 * or, exploring in anchor space: ``scores`` -> ``anchor`` + ``anchor_log_prob``      (ProbabilisticActor, :class:`AnchorChoice`),
   then that anchor's mean trajectory x its scale -> ``action``                      (:class:`AnchorCommand`)
 * ``context`` (detached), ``goal`` -> ``state_value`` [1]                            (:class:`ValueHead`)
+* with a frozen-half RAM: ``context`` + ``frozen_anchor_features`` -> ``reference_kl``, how far the
+  anchor choice has moved from the pretrained policy's                              (:class:`AnchorReferenceKL`)
 
 Scale: the distribution is over *normalized* trajectories; the metres-per-step scale is the
 posterior-weighted anchor scale of the sampled trajectory (see
@@ -50,6 +52,7 @@ TRAJECTORY_KEY = "trajectory"
 LOG_PROB_KEY = "trajectory_log_prob"
 ANCHOR_KEY = "anchor"
 ANCHOR_LOG_PROB_KEY = "anchor_log_prob"
+REFERENCE_KL_KEY = "reference_kl"
 EXPLORATION_SPACES = ("trajectory", "anchor")
 #: Metres per unit of the goal distance the critic reads: goals lie metres to tens of metres away,
 #: so divided by this the distance enters at the scale of the bearing's cos and sin.
@@ -160,6 +163,31 @@ class ResidualDecoder(PolicyDecoder):
         return self._explore(policy.heads(features, policy.anchor_trajectories))
 
 
+class AnchorReferenceKL(nn.Module):
+    """(context, frozen anchor features) -> KL(current || pretrained) of the (tempered) anchor choice [B].
+
+    With a frozen-half RAM the pretrained policy needs no copy: the RAM is ``frozen + branch`` with a
+    zero-started branch, so the heads on the frozen half alone are exactly the policy post-training
+    started from (and the heads are frozen too). PPO's clip bounds each update's step from the
+    policy that collected the batch, not the sum of the steps; where the reward says little (an
+    empty street in an obstacle-task batch) those steps add up to a random walk of the argmax. A
+    penalty on this KL (``PPOConfig.reference_kl``) holds the policy near what pretraining taught
+    wherever the advantages do not pull it away; logged at any weight, it measures the drift.
+    """
+
+    def __init__(self, decoder: ResidualDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, context: Tensor, frozen_features: Tensor) -> Tensor:
+        scores = self.decoder(context, frozen_features)[0]
+        policy = self.decoder.policy
+        with torch.no_grad():
+            reference = self.decoder._explore(policy.heads(frozen_features, policy.anchor_trajectories))[0]
+        log_p, log_q = scores.log_softmax(-1), reference.log_softmax(-1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def has_frozen_ram(policy: S2EPolicy) -> bool:
     """Whether the policy's cross-attention is a RAM whose frozen block stays frozen (strategy ``ram``)."""
     block = policy.cross_attention
@@ -243,6 +271,8 @@ class ActorCritic:
             collector runs over an env with :class:`s2e.rl.features.FrameFeatures`); ``None`` when
             the encoder is trainable, since stored features would then go stale.
         action_key, log_prob_key: the actor's sample and its log-probability (what PPO's ratio reads).
+        reference_kl: (``context``, ``frozen_anchor_features``) -> ``reference_kl`` (:class:`AnchorReferenceKL`)
+            when the RAM's frozen half is stored in the rollout (strategy ``ram``), else ``None``.
     """
 
     context: TensorDictModule
@@ -254,6 +284,7 @@ class ActorCritic:
     feature_policy: TensorDictSequential | None = None
     action_key: str = TRAJECTORY_KEY
     log_prob_key: str = LOG_PROB_KEY
+    reference_kl: TensorDictModule | None = None
 
     def value_of(self, observation: TensorDictBase) -> Tensor:
         """V [K, 1] of K observations from the rollout env: from their frame features when the env
@@ -273,9 +304,12 @@ def build_actor_critic(
 ) -> ActorCritic:
     """Wire the modules (see the module docstring); ``exploration`` shapes the sampled distribution."""
     context = TensorDictModule(PolicyContext(policy), in_keys=["frames", "goal"], out_keys=["context"])
+    reference_kl = None
     if not encoder_trainable and has_frozen_ram(policy):  # the RAM's frozen half goes into the rollout beside the context
         before_actor = [TensorDictModule(FrozenAnchorFeatures(policy), in_keys=["context"], out_keys=[FROZEN_KEY])]
-        decoder = TensorDictModule(ResidualDecoder(policy, exploration), in_keys=["context", FROZEN_KEY], out_keys=[*DIST_KEYS, "scale"])
+        residual = ResidualDecoder(policy, exploration)
+        decoder = TensorDictModule(residual, in_keys=["context", FROZEN_KEY], out_keys=[*DIST_KEYS, "scale"])
+        reference_kl = TensorDictModule(AnchorReferenceKL(residual), in_keys=["context", FROZEN_KEY], out_keys=[REFERENCE_KL_KEY])
     else:
         before_actor = []
         decoder = TensorDictModule(PolicyDecoder(policy, exploration), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
@@ -318,6 +352,7 @@ def build_actor_critic(
         collect_policy=TensorDictSequential(drive, critic),
         action_key=action_key,
         log_prob_key=log_prob_key,
+        reference_kl=reference_kl,
     )
     if not encoder_trainable:
         modules.feature_context = TensorDictModule(FeatureContext(policy), in_keys=[FEATURES_KEY, "goal"], out_keys=["context"])

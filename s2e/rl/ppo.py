@@ -9,6 +9,7 @@ step), which is where ``PostTrainModule`` puts Lightning's manual optimization.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
@@ -16,10 +17,11 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
 from torch import Tensor
 from torchrl.objectives import ClipPPOLoss
 
-from s2e.rl.actor import ActorCritic, Exploration
+from s2e.rl.actor import REFERENCE_KL_KEY, ActorCritic, Exploration
 from s2e.rl.advantage import ValueOfObservation, add_gae
 
 PPO_DIAGNOSTICS = ("kl_approx", "clip_fraction", "entropy", "explained_variance", "ESS", "loss_objective", "loss_critic", "loss_entropy")
@@ -54,6 +56,9 @@ class PPOConfig:
             anchor every step. Evaluation and export use the mode, which neither changes.
         exploration_space: ``trajectory`` (sample a whole trajectory from the mixture) or ``anchor``
             (sample which anchor to follow and drive its mean): see :class:`s2e.rl.actor.Exploration`.
+        reference_kl: weight of the penalty on KL(policy || pretrained policy) of the anchor choice
+            (:class:`s2e.rl.actor.AnchorReferenceKL`; strategy ``ram`` only). 0: no penalty; the KL
+            is logged as ``ppo/reference_kl`` whenever the strategy can compute it.
     """
 
     gamma: float = 0.99
@@ -70,10 +75,13 @@ class PPOConfig:
     anchor_temperature: float = 0.5
     std_scale: float = 0.5
     exploration_space: str = "trajectory"
+    reference_kl: float = 0.0
 
     def __post_init__(self) -> None:
         if self.target_kl is not None and not self.target_kl > 0:
             raise ValueError(f"model.ppo.target_kl must be a positive number or null, got {self.target_kl}")
+        if not (isinstance(self.reference_kl, (int, float)) and math.isfinite(self.reference_kl) and self.reference_kl >= 0):
+            raise ValueError(f"model.ppo.reference_kl must be a finite number >= 0, got {self.reference_kl!r}")
         self.exploration()  # a bad temperature, std scale or space fails here, where it was configured
 
     def exploration(self) -> Exploration:
@@ -102,8 +110,17 @@ def minibatch_indices(size: int, epochs: int, minibatch_size: int) -> Iterator[T
         yield from torch.randperm(size).split(minibatch_size)
 
 
-def ppo_update(batch: TensorDictBase, loss: ClipPPOLoss, value_of: ValueOfObservation, config: PPOConfig, optimizer_step: OptimizerStep) -> dict[str, float]:
-    """One rollout batch [envs, time] of PPO; returns the ``ppo/*`` diagnostics (means over minibatches)."""
+def ppo_update(
+    batch: TensorDictBase,
+    loss: ClipPPOLoss,
+    value_of: ValueOfObservation,
+    config: PPOConfig,
+    optimizer_step: OptimizerStep,
+    reference_kl: Optional[TensorDictModule] = None,
+) -> dict[str, float]:
+    """One rollout batch [envs, time] of PPO; returns the ``ppo/*`` diagnostics (means over minibatches).
+    ``reference_kl``: the actor's :class:`s2e.rl.actor.AnchorReferenceKL` (``ActorCritic.reference_kl``),
+    logged, and penalised with weight ``config.reference_kl``."""
     # 1. advantages and value targets; V(s_t) was stored by the collector, V(s_t+1) is re-evaluated only where a row ends
     add_gae(batch, value_of, config.gamma, config.gae_lambda)
 
@@ -116,12 +133,19 @@ def ppo_update(batch: TensorDictBase, loss: ClipPPOLoss, value_of: ValueOfObserv
     logged: dict[str, list[float]] = defaultdict(list)
     updates = 0
     for index in minibatch_indices(flat.shape[0], config.epochs, config.minibatch_size):
-        losses = loss(flat[index])
+        minibatch = flat[index]
+        losses = loss(minibatch)
         for key in PPO_DIAGNOSTICS:
             logged[key].append(float(losses[key].detach().mean()))
         if config.target_kl is not None and logged["kl_approx"][-1] > config.target_kl:
             break  # the policy left the trust region: this batch's data is used up
-        optimizer_step(losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"])
+        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+        if reference_kl is not None:
+            drift = reference_kl(minibatch.select(*reference_kl.in_keys))[REFERENCE_KL_KEY].mean()
+            logged["reference_kl"].append(float(drift.detach()))
+            if config.reference_kl > 0:
+                total = total + config.reference_kl * drift
+        optimizer_step(total)
         updates += 1
 
     # 4. what TensorBoard shows
