@@ -63,6 +63,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("success (training rollouts)", ("episode/success",)),
     ("route completion (training rollouts)", ("episode/route_completion",)),
     ("approx. KL", ("kl_approx", "/kl")),
+    ("KL to the pretrained policy (anchor choice)", ("reference_kl",)),
     ("clip fraction", ("clip_fraction",)),
     ("entropy", ("ppo/entropy", "entropy")),
     ("explained variance", ("explained_variance",)),
