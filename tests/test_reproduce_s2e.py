@@ -117,7 +117,9 @@ def test_ablation_end_to_end_then_rerun_skips_and_a_failed_fit_is_reported(
     # printed: the CI tables, then one JSON line
     assert re.search(r"^\| none \| \d\.\d\d \[\d\.\d\d, \d\.\d\d\] \|", printed, re.M) and "## CT, domain `recorded`" in printed
     assert json.loads(printed.strip().splitlines()[-1])["failed"] == []
-    assert (out / "compare.md").read_text().count("| decoder |") == 6  # SR / RC / CT x 2 domains
+    compare_md = (out / "compare.md").read_text()
+    assert compare_md.count("| decoder |") == 8  # SR / RC / CT / Stuck x 2 domains
+    assert "## decoder vs pretrained, domain `recorded`" in compare_md  # the paired differences
 
     before = _outputs(out)
     assert len(before) == 11

@@ -141,7 +141,8 @@ def ppo_update(
             break  # the policy left the trust region: this batch's data is used up
         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
         if reference_kl is not None:
-            drift = reference_kl(minibatch.select(*reference_kl.in_keys))[REFERENCE_KL_KEY].mean()
+            with torch.set_grad_enabled(config.reference_kl > 0):  # at weight 0 only logged: no graph
+                drift = reference_kl(minibatch.select(*reference_kl.in_keys))[REFERENCE_KL_KEY].mean()
             logged["reference_kl"].append(float(drift.detach()))
             if config.reference_kl > 0:
                 total = total + config.reference_kl * drift
