@@ -34,6 +34,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 #: metric key -> column label, in report order.
+#: The row of a summary that pools every task.
+OVERALL = "overall"
 METRICS: dict[str, str] = {"success_rate": "SR", "route_completion": "RC", "collisions": "CT", "stuck": "Stuck", "spl": "SPL", "time_to_goal": "TtG (s)"}
 
 #: An unsuccessful episode whose robot moved less than this many metres during its last

@@ -19,9 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from s2e.bench.metrics import bootstrap_ci
+from s2e.bench.metrics import OVERALL, bootstrap_ci
 
-OVERALL = "overall"
 #: Per-episode fields a paired difference is taken of, and their column names.
 PAIRED_METRICS: dict[str, str] = {"success": "ΔSR", "route_completion": "ΔRC"}
 

@@ -12,12 +12,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from s2e.bench.metrics import METRICS, EpisodeResult, format_metric, summarize
+from s2e.bench.metrics import METRICS, OVERALL, EpisodeResult, format_metric, summarize
 from s2e.bench.paired import paired_section
 from s2e.bench.suite import Suite
 
 REPORT_FORMAT = 1
-OVERALL = "overall"
 #: What the agent sees in place of its camera, per ``frames`` mode of a run (the camera ablation).
 FRAME_MODES: dict[str, str] = {
     "real": "its own camera",

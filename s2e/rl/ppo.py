@@ -58,7 +58,7 @@ class PPOConfig:
             (sample which anchor to follow and drive its mean): see :class:`s2e.rl.actor.Exploration`.
         reference_kl: weight of the penalty on KL(policy || pretrained policy) of the anchor choice
             (:class:`s2e.rl.actor.AnchorReferenceKL`; strategy ``ram`` only). 0: no penalty; the KL
-            is logged as ``ppo/reference_kl`` whenever the strategy can compute it.
+            is logged as ``ppo/reference_kl`` whenever the strategy can compute it (at 0: once per batch).
     """
 
     gamma: float = 0.99
@@ -120,7 +120,8 @@ def ppo_update(
 ) -> dict[str, float]:
     """One rollout batch [envs, time] of PPO; returns the ``ppo/*`` diagnostics (means over minibatches).
     ``reference_kl``: the actor's :class:`s2e.rl.actor.AnchorReferenceKL` (``ActorCritic.reference_kl``),
-    logged, and penalised with weight ``config.reference_kl``."""
+    penalised with weight ``config.reference_kl`` on every minibatch; at weight 0 only logged, from
+    each batch's first minibatch (the drift before this batch's updates), to keep the update cheap."""
     # 1. advantages and value targets; V(s_t) was stored by the collector, V(s_t+1) is re-evaluated only where a row ends
     add_gae(batch, value_of, config.gamma, config.gae_lambda)
 
@@ -140,8 +141,8 @@ def ppo_update(
         if config.target_kl is not None and logged["kl_approx"][-1] > config.target_kl:
             break  # the policy left the trust region: this batch's data is used up
         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-        if reference_kl is not None:
-            with torch.set_grad_enabled(config.reference_kl > 0):  # at weight 0 only logged: no graph
+        if reference_kl is not None and (config.reference_kl > 0 or updates == 0):  # at weight 0 only logged, once per batch
+            with torch.set_grad_enabled(config.reference_kl > 0):
                 drift = reference_kl(minibatch.select(*reference_kl.in_keys))[REFERENCE_KL_KEY].mean()
             logged["reference_kl"].append(float(drift.detach()))
             if config.reference_kl > 0:

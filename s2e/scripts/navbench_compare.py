@@ -51,14 +51,14 @@ def run(argv: list[str] | None = None) -> dict:
         parser.error(f"--labels: {len(args.labels)} labels for {len(args.reports)} reports")
     try:
         reports = [load_report(path) for path in args.reports]
-        table = compare_reports(reports, args.metrics, args.allow_different_suites, baseline=args.baseline - 1 if args.baseline else None, labels=args.labels)
+        labels = args.labels or [method_label(r) for r in reports]
+        table = compare_reports(reports, args.metrics, args.allow_different_suites, baseline=args.baseline - 1 if args.baseline else None, labels=labels)
     except (OSError, ValueError) as err:
         parser.error(str(err))
     print(table)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table + "\n")
-    labels = args.labels or [method_label(r) for r in reports]
     summary = {
         label: {
             d: {t: {m: s[m]["mean"] for m in args.metrics} for t, s in [*r["results"][d]["tasks"].items(), ("overall", r["results"][d]["overall"])]}
