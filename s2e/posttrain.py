@@ -72,6 +72,8 @@ class PostTrainModule(pl.LightningModule):
         strategy: ``ram`` | ``full`` | ``decoder`` | ``sft`` (see :mod:`s2e.rl.strategy`).
         ram: RAMConfig fields (``ram`` strategy only).
         task, robot, domain: the training env (task preset, robot profile, appearance domain).
+            ``task`` may be a list of tasks, a mix: each new scene draws its task from the list, so
+            one batch trains on all of them (``[empty, obstacle, pedestrian, both]`` is NavBench's mix).
         rewards, scene, crowd: the training env's reward weights (:class:`s2e.sim.rewards.RewardConfig`),
             scene generation ranges (:class:`s2e.sim.generator.SceneConfig`; the task then removes
             the distractors it excludes) and social-force crowd (:class:`s2e.sim.crowd.CrowdConfig`).
@@ -99,7 +101,7 @@ class PostTrainModule(pl.LightningModule):
         pretrained: str,
         strategy: str = "ram",
         ram: Optional[dict[str, Any]] = None,
-        task: str = "obstacle",
+        task: str | list[str] = "obstacle",
         robot: str = "wheeled",
         domain: str = "sim",
         rewards: RewardConfig = RewardConfig(),
@@ -131,7 +133,7 @@ class PostTrainModule(pl.LightningModule):
         profile = get_robot(robot)
         self.limits = ControllerLimits(max_speed=profile.max_speed, max_yaw_rate=profile.max_omega, lookahead_time=lookahead_time)
         self.env_config = NavEnvConfig(
-            task=task,
+            task=task if isinstance(task, str) else tuple(task),
             robot=robot,
             timing=self.timing,
             image_size=policy.config.image_size,

@@ -274,6 +274,36 @@ def test_env_settings_given_on_the_command_line_reach_the_training_env(pretraine
         env.close()
 
 
+def test_a_task_mix_on_the_command_line_trains_one_batch_on_several_tasks(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """``--model.init_args.task [empty, both]``: the collector's env draws each scene's task from
+    the list, and the checkpoint keeps the list as plain data."""
+    cli = S2ECLI(
+        args=[
+            "--config",
+            str(ROOT / "experiments" / "posttrain.yaml"),
+            "--model.init_args.pretrained",
+            str(pretrained),
+            "--model.init_args.task",
+            "[empty, both]",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+        ],
+        run=False,
+    )
+    assert cli.model.hparams["task"] == ["empty", "both"]
+    env = cli.model.rollout_spec.env_factory(16, 1)()
+    try:
+        env.reset()
+        assert [t.name for t in env.base_env.tasks] == ["empty", "both"]
+        drawn = env.base_env.scenes.last_tasks
+        obstacles = env.base_env.world.scene.obstacle_mask.sum(1)
+        assert set(drawn.tolist()) == {0, 1} and (obstacles[torch.as_tensor(drawn) == 0] == 0).all()
+    finally:
+        env.close()
+
+
 def test_the_data_module_collects_with_what_the_model_hands_it(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """SimulatorRollouts does not look the model up: the model attaches its RolloutSpec in setup."""
     with pytest.raises(RuntimeError, match="nothing to collect with"):

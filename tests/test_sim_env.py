@@ -233,3 +233,60 @@ def test_end_on_contact_ends_the_episode_at_the_first_contact_as_terminated(acti
         assert not plain[step]["done"][env_index]  # without the option the pinned episode goes on
         assert not plain[step + 1]["done"][env_index]
         assert all(not plain[s]["success"][env_index] for s in range(step, 60))
+
+
+def _distractor_counts(env: NavEnv) -> tuple[list[int], list[int]]:
+    scene = env.world.scene
+    return scene.obstacle_mask.sum(1).tolist(), scene.pedestrian_mask.sum(1).tolist()
+
+
+def test_a_task_mix_gives_every_scene_the_distractors_of_its_own_task():
+    """RL on a mix trains one batch on several NavBench tasks: each scene draws its task from the
+    list and gets exactly that task's distractors, also at a partial reset."""
+    names = ("empty", "obstacle", "pedestrian", "both")
+    env = NavEnv(replace(SMALL, task=names, scene=SceneConfig()), num_envs=24, seed=5)  # routes long enough for obstacles
+    check_env_specs(env)
+    td = env.reset()
+    first = env.scenes.last_tasks.copy()
+    assert set(first.tolist()) == {0, 1, 2, 3}  # 24 draws: every task is in the batch
+
+    def assert_counts_match(tasks, rows):
+        obstacles, pedestrians = _distractor_counts(env)
+        for row, t in zip(rows, tasks):
+            spec = TASKS[names[t]]
+            assert (obstacles[row] > 0) == spec.obstacles and (pedestrians[row] > 0) == spec.pedestrians
+
+    assert_counts_match(first, range(24))
+    mask = torch.zeros(24, 1, dtype=torch.bool)
+    mask[::3] = True
+    env.reset(td.clone().set("_reset", mask))
+    rows = mask[:, 0].nonzero()[:, 0].tolist()
+    assert len(env.scenes.last_tasks) == len(rows)
+    assert_counts_match(env.scenes.last_tasks, rows)
+    keep = [r for r in range(24) if r not in rows]
+    assert_counts_match(first[keep], keep)  # the other envs keep their scenes and tasks
+
+
+def test_a_task_mix_is_seeded_and_weighted_by_repetition():
+    def draws(task, seed):
+        env = NavEnv(replace(SMALL, task=task), num_envs=64, seed=seed)
+        env.reset()
+        return env.scenes.last_tasks
+
+    assert (draws(("empty", "both"), 1) == draws(("empty", "both"), 1)).all()
+    weighted = draws(("obstacle", "obstacle", "obstacle", "empty"), 1)
+    assert (weighted < 3).sum() > 32  # three of four slots are obstacle
+    one = NavEnv(replace(SMALL, task=("both",)), num_envs=2, seed=1)
+    assert one.task.name == "both"  # a one-task list is that task
+
+
+@pytest.mark.parametrize(("task", "message"), [((), "at least one task"), (("empty", "stairs"), "unknown task 'stairs'")])
+def test_a_bad_task_mix_is_a_clear_error(task, message):
+    with pytest.raises(ValueError, match=message):
+        NavEnv(replace(SMALL, task=task), num_envs=1)
+
+
+def test_a_mixed_env_has_no_single_task():
+    env = NavEnv(replace(SMALL, task=("empty", "both")), num_envs=1)
+    with pytest.raises(ValueError, match="mixes tasks"):
+        env.task

@@ -34,8 +34,8 @@ from s2e.sim.physics import ContactTracker, ObstacleSet, footprint_clearance, in
 from s2e.sim.render import Raycaster
 from s2e.sim.rewards import TERMS, RewardConfig, reward_terms, route_arclength, total_reward
 from s2e.sim.robots import RobotProfile, get_robot
-from s2e.sim.scene_source import FrameRenderer, ProceduralScenes, SceneSource
-from s2e.sim.tasks import get_task
+from s2e.sim.scene_source import FrameRenderer, ProceduralScenes, SceneSource, TaskMixScenes
+from s2e.sim.tasks import TaskSpec, get_tasks
 from s2e.timing import TimingSpec
 
 
@@ -44,7 +44,8 @@ class NavEnvConfig:
     """Everything that defines an environment instance (besides its batch size, device and seed).
 
     Attributes:
-        task: "empty", "obstacle", "pedestrian" or "both".
+        task: "empty", "obstacle", "pedestrian" or "both", or a list of them: a mix, where every
+            new scene draws its task from the list (``s2e.sim.tasks.get_tasks``).
         robot: "wheeled" or "quadruped" (or a ``RobotProfile``).
         timing: frame stacking and control period.
         image_size: (height, width) of rendered frames.
@@ -64,7 +65,7 @@ class NavEnvConfig:
             the contact is a long, discounted way from the return it lost. Benchmarks keep it off.
     """
 
-    task: str = "both"
+    task: str | tuple[str, ...] = "both"
     robot: str | RobotProfile = "wheeled"
     timing: TimingSpec = field(default_factory=TimingSpec)
     image_size: tuple[int, int] = (96, 96)
@@ -120,18 +121,28 @@ class NavEnv(EnvBase):
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         self.config = config
         self.robot = get_robot(config.robot)
-        self.task = get_task(config.task)
-        self.scene_config = self.task.apply(config.scene).validate(self.robot)
+        self.tasks = get_tasks(config.task)
+        mixed = len(self.tasks) > 1
+        self.scene_config = (config.scene if mixed else self.tasks[0].apply(config.scene)).validate(self.robot)
         self.stride = decision_stride(config.timing, config.action_repeat)
         h, w = config.image_size
         if h < 8 or w < 8:
             raise ValueError(f"image_size must be at least 8x8, got {config.image_size}")
-        self.scenes = scenes if scenes is not None else ProceduralScenes(self.scene_config, self.robot)
+        if scenes is None:
+            scenes = TaskMixScenes(self.scene_config, self.robot, self.tasks) if mixed else ProceduralScenes(self.scene_config, self.robot)
+        self.scenes = scenes
         self.renderer = renderer if renderer is not None else Raycaster(w, h, domain=config.domain, max_distance=config.scene.extent, device=self.device)
         self._make_specs(num_envs)
         self._render_generator = torch.Generator(device=self.device)
         self._set_seed(seed)
         self.world: Optional[World] = None
+
+    @property
+    def task(self) -> TaskSpec:
+        """The env's one task; a clear error for a task mix, whose scenes each draw their own."""
+        if len(self.tasks) > 1:
+            raise ValueError(f"this env mixes tasks {[t.name for t in self.tasks]}; it has no single task")
+        return self.tasks[0]
 
     # ------------------------------------------------------------------ specs
     def _make_specs(self, n: int) -> None:

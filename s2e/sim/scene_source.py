@@ -8,16 +8,19 @@ source (their layout) and a renderer (Gaussian splatting), without the env knowi
 
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from s2e.sim.generator import SceneConfig, World, generate_world
+from s2e.sim.generator import SceneConfig, World, generate_scene_arrays, generate_world, stack_scenes
 from s2e.sim.robots import RobotProfile
 from s2e.sim.scene import SceneBatch
 from s2e.sim.seeds import draw_scene_seeds, purpose_index
+
+if TYPE_CHECKING:
+    from s2e.sim.tasks import TaskSpec
 
 
 class SceneSource(Protocol):
@@ -60,3 +63,27 @@ class ProceduralScenes:
 
     def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
         return generate_world(self.draw_seeds(count, rng), self.config, self.robot, device=device)
+
+
+class TaskMixScenes(ProceduralScenes):
+    """Fresh procedural scenes whose task is drawn per scene from ``tasks`` (uniformly; repeat a
+    task to weight it), so one batch of training envs holds several NavBench tasks at once.
+
+    Every scene is padded to ``config``'s maximum counts (the task-free config), so scenes of any
+    task can replace each other at a partial reset. ``last_tasks`` holds the task index of each
+    scene of the latest ``sample``.
+    """
+
+    def __init__(self, config: SceneConfig, robot: RobotProfile, tasks: Sequence["TaskSpec"], purpose: str = "train") -> None:
+        super().__init__(config, robot, purpose)
+        if not tasks:
+            raise ValueError("TaskMixScenes needs at least one task")
+        self.tasks = tuple(tasks)
+        self.task_configs = [task.apply(self.config).validate(robot) for task in self.tasks]
+        self.last_tasks = np.zeros(0, np.int64)
+
+    def sample(self, count: int, rng: np.random.Generator, device: torch.device) -> World:
+        seeds = self.draw_seeds(count, rng)
+        self.last_tasks = rng.integers(len(self.tasks), size=count)
+        arrays = [generate_scene_arrays(int(seed), self.task_configs[t], self.robot) for seed, t in zip(seeds, self.last_tasks)]
+        return stack_scenes(arrays, self.config, device)

@@ -7,7 +7,7 @@ stay the same, so success rates across tasks isolate the effect of obstacles and
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from s2e.config_parsing import lookup
 
@@ -44,3 +44,18 @@ TASKS: dict[str, TaskSpec] = {
 def get_task(task: str | TaskSpec) -> TaskSpec:
     """Look a task up by name; unknown names list the known ones."""
     return lookup(task, TASKS, "task")
+
+
+def get_tasks(task: str | TaskSpec | Sequence[str | TaskSpec]) -> tuple[TaskSpec, ...]:
+    """One task or a mix of them, as a tuple of specs.
+
+    A mix (a list of names) gives every new scene a task drawn uniformly from the list, so a name
+    listed twice is drawn twice as often. Why: RL on one task specialises the policy to it and
+    loses on tasks it never saw; a training mix covers what NavBench asks for.
+    """
+    if isinstance(task, (str, TaskSpec)):
+        return (get_task(task),)
+    tasks = tuple(get_task(t) for t in task)
+    if not tasks:
+        raise ValueError("a task mix needs at least one task name")
+    return tasks

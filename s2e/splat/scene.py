@@ -25,7 +25,7 @@ from s2e.sim.generator import SceneConfig, World, place_obstacles, polyline_cuml
 from s2e.sim.render import per_env
 from s2e.sim.robots import RobotProfile, get_robot
 from s2e.sim.scene import SceneBatch, Surface
-from s2e.sim.tasks import get_task
+from s2e.sim.tasks import get_tasks
 from s2e.splat.assets import scene_assets
 from s2e.splat.camera import level_viewmats, pinhole_intrinsics
 from s2e.splat.gaussians import Gaussians
@@ -217,7 +217,10 @@ def make_splat_env(
 ) -> NavEnv:
     """``NavEnv`` on a splat scene: the config's task, robot, timing, image size and rewards, the bundle's world."""
     robot = get_robot(config.robot)
-    scenes = SplatScenes(layout, get_task(config.task).apply(config.scene), robot)
+    tasks = get_tasks(config.task)
+    if len(tasks) > 1:
+        raise ValueError(f"a splat env has one task (its scene is one captured place), got the mix {[t.name for t in tasks]}")
+    scenes = SplatScenes(layout, tasks[0].apply(config.scene), robot)
     h, w = config.image_size
     renderer = SplatRenderer(gaussians, w, h, backend=backend, max_distance=config.scene.extent, device=device)
     return NavEnv(config, num_envs=num_envs, device=device, seed=seed, scenes=scenes, renderer=renderer)
