@@ -52,6 +52,7 @@ from s2e.sim.env import NavEnvConfig
 from s2e.sim.generator import SceneConfig
 from s2e.sim.rewards import RewardConfig
 from s2e.sim.robots import get_robot
+from s2e.sim.tasks import get_tasks
 
 
 @dataclass
@@ -144,6 +145,7 @@ class PostTrainModule(pl.LightningModule):
             action_repeat=action_repeat,
             end_on_contact=end_on_contact,
         )
+        self.task_names = [t.name for t in get_tasks(self.env_config.task)]  # refuses an unknown task before any env starts
         modules = build_actor_critic(
             policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=ppo.exploration()
         )
@@ -202,7 +204,7 @@ class PostTrainModule(pl.LightningModule):
 
     def training_step(self, dataloader_iter: Iterator) -> None:
         batch, _, _ = next(dataloader_iter)
-        metrics = {f"train/{k}": v for k, v in rollout_stats(batch).items()}
+        metrics = {f"train/{k}": v for k, v in rollout_stats(batch, self.task_names).items()}
         if self.strategy == "sft":
             metrics.update(sft_update(batch, self.policy, self.timing, self.ppo, self._optimizer_step))
         else:

@@ -295,8 +295,9 @@ def test_a_task_mix_on_the_command_line_trains_one_batch_on_several_tasks(pretra
     assert cli.model.hparams["task"] == ["empty", "both"]
     env = cli.model.rollout_spec.env_factory(16, 1)()
     try:
-        env.reset()
+        td = env.reset()
         assert [t.name for t in env.base_env.tasks] == ["empty", "both"]
+        assert cli.model.task_names == ["empty", "both"] and "task" in td.keys()  # training logs split outcomes by it
         drawn = env.base_env.scenes.last_tasks
         obstacles = env.base_env.world.scene.obstacle_mask.sum(1)
         assert set(drawn.tolist()) == {0, 1} and (obstacles[torch.as_tensor(drawn) == 0] == 0).all()

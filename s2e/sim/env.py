@@ -102,7 +102,8 @@ class NavEnv(EnvBase):
     Output keys besides the TorchRL ones: ``frames`` uint8 [N, k, 3, H, W], ``goal`` [N, 3]
     (distance, cos, sin in the robot frame), optional ``depth`` [N, k, 1, H, W], ``collisions``
     [N, 1] (contact events this episode), ``route_completion`` [N, 1], ``success`` [N, 1] and
-    ``("reward_terms", name)`` [N, 1] for every term of ``rewards.TERMS``.
+    ``("reward_terms", name)`` [N, 1] for every term of ``rewards.TERMS``; a task mix adds ``task``
+    [N, 1], each env's index into ``tasks`` (training logs split episode outcomes by it).
     """
 
     def __init__(
@@ -122,12 +123,14 @@ class NavEnv(EnvBase):
         self.config = config
         self.robot = get_robot(config.robot)
         self.tasks = get_tasks(config.task)
-        mixed = len(self.tasks) > 1
+        self.mixed = mixed = len(self.tasks) > 1
         self.scene_config = (config.scene if mixed else self.tasks[0].apply(config.scene)).validate(self.robot)
         self.stride = decision_stride(config.timing, config.action_repeat)
         h, w = config.image_size
         if h < 8 or w < 8:
             raise ValueError(f"image_size must be at least 8x8, got {config.image_size}")
+        if mixed and scenes is not None:
+            raise ValueError("a task mix draws its own procedural scenes; give one task with a scene source")
         if scenes is None:
             scenes = TaskMixScenes(self.scene_config, self.robot, self.tasks) if mixed else ProceduralScenes(self.scene_config, self.robot)
         self.scenes = scenes
@@ -140,7 +143,7 @@ class NavEnv(EnvBase):
     @property
     def task(self) -> TaskSpec:
         """The env's one task; a clear error for a task mix, whose scenes each draw their own."""
-        if len(self.tasks) > 1:
+        if self.mixed:
             raise ValueError(f"this env mixes tasks {[t.name for t in self.tasks]}; it has no single task")
         return self.tasks[0]
 
@@ -156,6 +159,8 @@ class NavEnv(EnvBase):
             "success": Categorical(2, shape=(n, 1), dtype=torch.bool, device=self.device),  # arrived this episode
             "reward_terms": Composite({t: Unbounded(shape=(n, 1), device=self.device) for t in TERMS}, shape=(n,), device=self.device),
         }
+        if self.mixed:
+            obs["task"] = Categorical(len(self.tasks), shape=(n, 1), dtype=torch.int64, device=self.device)
         if cfg.with_depth:
             obs["depth"] = Unbounded(shape=(n, k, 1, h, w), dtype=torch.float32, device=self.device)
         self.observation_spec = Composite(obs, shape=(n,), device=self.device)
@@ -221,6 +226,8 @@ class NavEnv(EnvBase):
             "route_completion": self.route_completion[:, None],
             "success": self._success[:, None].clone(),
         }
+        if self.mixed:
+            obs["task"] = self._task_index[:, None].clone()
         if self.config.with_depth:
             obs["depth"] = self._depth.stacked()
         return obs
@@ -238,6 +245,8 @@ class NavEnv(EnvBase):
             self._allocate(fresh)
         else:
             self.world.assign(idx, fresh)
+        if self.mixed:
+            self._task_index[idx] = torch.as_tensor(self.scenes.last_tasks, device=self.device)
         route = self.world.scene.route[idx]
         start_dir = route[:, 1] - route[:, 0]
         self.robot_xy[idx] = route[:, 0]
@@ -271,6 +280,7 @@ class NavEnv(EnvBase):
         self._step_limit = torch.zeros(n, dtype=torch.long, device=dev)
         self._best_arc = torch.zeros(n, device=dev)
         self._success = torch.zeros(n, dtype=torch.bool, device=dev)
+        self._task_index = torch.zeros(n, dtype=torch.long, device=dev)
         self.contacts = ContactTracker(n, dev)
         self._frames = FrameRing(n, k, self.stride, (3, h, w), torch.uint8, dev)
         self._depth = FrameRing(n, k, self.stride, (1, h, w), torch.float32, dev) if self.config.with_depth else None
