@@ -229,29 +229,26 @@ def test_fit_through_the_cli_with_the_experiment_yaml(pretrained: pathlib.Path, 
     assert resumed.trainer.global_step == 2 * cli.trainer.global_step
 
 
+def _configured_cli(pretrained: pathlib.Path, root: pathlib.Path, *overrides: str) -> S2ECLI:
+    """The shipped post-training experiment with ``overrides``, configured but not run."""
+    args = ["--config", str(ROOT / "experiments" / "posttrain.yaml"), "--model.init_args.pretrained", str(pretrained), *overrides]
+    return S2ECLI(args=[*args, "--trainer.default_root_dir", str(root), "--trainer.logger", "false"], run=False)
+
+
 def test_env_settings_given_on_the_command_line_reach_the_training_env(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """Reward weights, scene generation and crowd are experiment knobs: a CLI override of one field
     changes that field only, in the env the collector steps, and the checkpoint keeps plain values."""
-    cli = S2ECLI(
-        args=[
-            "--config",
-            str(ROOT / "experiments" / "posttrain.yaml"),
-            "--model.init_args.pretrained",
-            str(pretrained),
-            "--model.init_args.rewards.collision",
-            "5.0",
-            "--model.init_args.rewards.progress",
-            "2.0",
-            "--model.init_args.scene.num_obstacles",
-            "[7, 7]",
-            "--model.init_args.crowd.robot_strength",
-            "4.0",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger",
-            "false",
-        ],
-        run=False,
+    cli = _configured_cli(
+        pretrained,
+        tmp_path,
+        "--model.init_args.rewards.collision",
+        "5.0",
+        "--model.init_args.rewards.progress",
+        "2.0",
+        "--model.init_args.scene.num_obstacles",
+        "[7, 7]",
+        "--model.init_args.crowd.robot_strength",
+        "4.0",
     )
     model = cli.model
     assert model.env_config.rewards == RewardConfig(collision=5.0, progress=2.0)
@@ -277,21 +274,7 @@ def test_env_settings_given_on_the_command_line_reach_the_training_env(pretraine
 def test_a_task_mix_on_the_command_line_trains_one_batch_on_several_tasks(pretrained: pathlib.Path, tmp_path: pathlib.Path) -> None:
     """``--model.init_args.task [empty, both]``: the collector's env draws each scene's task from
     the list, and the checkpoint keeps the list as plain data."""
-    cli = S2ECLI(
-        args=[
-            "--config",
-            str(ROOT / "experiments" / "posttrain.yaml"),
-            "--model.init_args.pretrained",
-            str(pretrained),
-            "--model.init_args.task",
-            "[empty, both]",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger",
-            "false",
-        ],
-        run=False,
-    )
+    cli = _configured_cli(pretrained, tmp_path, "--model.init_args.task", "[empty, both]")
     assert cli.model.hparams["task"] == ["empty", "both"]
     env = cli.model.rollout_spec.env_factory(16, 1)()
     try:
