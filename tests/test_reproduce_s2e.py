@@ -76,6 +76,26 @@ def test_a_missing_checkpoint_is_a_clear_error(tmp_path: pathlib.Path, capsys: p
     assert not (tmp_path / "out").exists()
 
 
+def test_curves_plot_the_overall_success_when_a_task_mix_also_logs_per_task_rates(tmp_path: pathlib.Path) -> None:
+    """A task-mix run logs ``episode/success/<task>`` beside ``episode/success`` (real event files,
+    the per-task tag written first): the success panel plots the overall rate."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "ram" / "version_0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    writer = SummaryWriter(str(run))
+    for step in range(3):
+        writer.add_scalar("train/episode/success/obstacle", 0.1, step)
+        writer.add_scalar("train/episode/success", 0.5, step)
+        writer.add_scalar("ppo/entropy", 1.7, step)
+    writer.close()
+    used = reproduce_s2e.plot_curves({"ram": tmp_path / "ram"}, tmp_path / "curves.png")
+    assert used["ram"] == ["train/episode/success", "ppo/entropy"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert reproduce_s2e.panel_tag(["train/ppo/kl_approx_mean"], ("kl_approx",)) == "train/ppo/kl_approx_mean"  # else: contains
+
+
 @pytest.mark.slow
 @pytest.mark.heavy
 def test_ablation_end_to_end_then_rerun_skips_and_a_failed_fit_is_reported(

@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import yaml
 
@@ -307,6 +307,18 @@ def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+def panel_tag(tags: Iterable[str], keys: Sequence[str]) -> Optional[str]:
+    """The logged tag a panel plots: the first key a tag ends with, else the first key a tag contains.
+    Ends-with first, so ``episode/success`` picks the overall rate, never a task mix's
+    ``episode/success/<task>``, whichever was logged first."""
+    tags = list(tags)
+    for match in (str.endswith, str.__contains__):
+        found = next((t for key in keys for t in tags if match(t, key)), None)
+        if found is not None:
+            return found
+    return None
+
+
 def plot_curves(roots: dict[str, Path], path: Path, smooth: int = 10) -> dict[str, list[str]]:
     """One PNG, a panel per :data:`PANELS` entry, a line per method (raw faint, ``smooth``-point trailing mean solid)
     against env frames (or rollout batches when the run's hparams do not say); returns the tags used."""
@@ -327,7 +339,7 @@ def plot_curves(roots: dict[str, Path], path: Path, smooth: int = 10) -> dict[st
         per_batch = frames_per_batch(hparams) or 1
         label = f"{name} (expert rollouts)" if hparams.get("strategy") == "sft" else name
         for ax, (title, keys) in zip(axes.flat, PANELS):
-            tag = next((t for key in keys for t in scalars if key in t), None)
+            tag = panel_tag(scalars, keys)
             if tag is None or not scalars[tag]:
                 continue
             used.setdefault(name, []).append(tag)
