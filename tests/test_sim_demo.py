@@ -154,26 +154,39 @@ def _drive_and_watch(takeover_clearance):
         horizon_s=0.5,
         takeover_clearance=takeover_clearance,
     )
-    clearance, by_learner = [], []
+    clearance, by_learner, touching = [], [], []
     for _ in range(200):
         clearance.append(footprint_clearance(env.world, env.robot_xy[:, None], env.robot.radius).total[:, 0].clone())
+        touching.append(env.contacts.in_contact.clone())
         command = control(env)
         by_learner.append(command[:, 0] > 0)
         obs = env.step(obs.set("action", command)).get("next")
-    return torch.stack(clearance), torch.stack(by_learner), control
+    return torch.stack(clearance), torch.stack(by_learner), torch.stack(touching), control
 
 
 def test_gated_takeover_hands_over_before_the_learner_comes_too_close():
     """Human-gated DAgger: with takeover_clearance the expert drives every step that starts within
     the gate's distance of something solid, so the learner never drives into it; without the gate
     the same learner does, which is what makes the gate matter."""
-    clearance, by_learner, control = _drive_and_watch((0.3, 0.3))
+    clearance, by_learner, _, control = _drive_and_watch((0.3, 0.3))
     assert control.gated_takeovers > 0
     assert not (by_learner & (clearance <= 0.3)).any()
     assert torch.equal(~by_learner, torch.stack(control.demonstrated))
-    ungated_clearance, ungated_learner, ungated = _drive_and_watch(None)
+    ungated_clearance, ungated_learner, _, ungated = _drive_and_watch(None)
     assert ungated.gated_takeovers == 0
     assert (ungated_learner & (ungated_clearance <= 0.3)).any()
+
+
+def test_takeover_at_zero_clearance_hands_over_on_touch():
+    """``takeover_clearance (0, 0)``: the expert takes over once the learner touches something.
+    Blocked motion leaves a pushing robot a few mm short of contact, so a gate on clearance <= 0
+    alone would never fire and the learner would stay pinned; the env's contact state must."""
+    clearance, by_learner, touching, control = _drive_and_watch((0.0, 0.0))
+    ungated_clearance, ungated_learner, ungated_touching, _ = _drive_and_watch(None)
+    assert (ungated_learner & ungated_touching).sum() > 20  # the straight learner pins itself for many steps
+    assert not (ungated_clearance[ungated_touching] <= 0).all()  # ... at a positive clearance
+    assert control.gated_takeovers > 0
+    assert not (by_learner & touching).any()
 
 
 def test_takeover_clearance_must_be_an_ordered_non_negative_range():

@@ -229,7 +229,9 @@ class TakeoverController:
         learner = self.learner(env)
         if self.takeover_clearance is not None:
             clearance = footprint_clearance(env.world, env.robot_xy[:, None], env.robot.radius).total[:, 0].cpu()
-            danger = self.learner_drives & (clearance <= self.gate)
+            # Blocked motion stops a robot a hair short of what it pushes into (clearance stays a few
+            # mm above 0), so a touch is the env's contact state, not a clearance of exactly 0.
+            danger = self.learner_drives & ((clearance <= self.gate) | env.contacts.in_contact.cpu())
             if danger.any():
                 self.gated_takeovers += int(danger.sum())
                 self.learner_drives = self.learner_drives & ~danger
