@@ -152,8 +152,10 @@ def agdm_loss(
     *,
     assignment: Assignment = "nearest_anchor",
     scale_weight: float = 1.0,
+    weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """AGDM loss: -log N_h(target) - log q_h + scale_weight * (s_h - s)^2, averaged over the batch.
+    """AGDM loss: -log N_h(target) - log q_h + scale_weight * (s_h - s)^2, averaged over the batch
+    (``weights`` [B]: a weighted average instead; the logged parts stay plain means).
 
     Args:
         mixture: the predicted anchor mixture (normalized units).
@@ -168,4 +170,5 @@ def agdm_loss(
     cls = F.cross_entropy(mixture.logits, assigned, reduction="none")
     scale = (select_modes(pred_scale, assigned) - target_scale) ** 2
     loss = nll + cls + scale_weight * scale
-    return {"loss": loss.mean(), "nll": nll.mean(), "cls": cls.mean(), "scale": scale.mean(), "assigned": assigned}
+    total = loss.mean() if weights is None else (weights * loss).sum() / weights.sum()
+    return {"loss": total, "nll": nll.mean(), "cls": cls.mean(), "scale": scale.mean(), "assigned": assigned}

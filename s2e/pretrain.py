@@ -37,6 +37,11 @@ class PretrainModule(pl.LightningModule):
             ``min_lr_ratio * lr`` at the trainer's last step.
         top_k: modes counted in minADE/minFDE.
         image_every_n_steps: training steps between TensorBoard mode images (0 disables them).
+        departure_weight, departure_m: each window's loss counts ``1 + departure_weight *
+            min(d / departure_m, 1)``, where d (metres) is how far its demonstrated future strays
+            sideways from the straight line to its goal (:func:`departure_weights`; 0 turns it off,
+            goal-free windows count 1). Why: the demonstrator leaves the goal line to avoid
+            something on a few % of steps, so avoidance is a sliver of the plain loss.
         init_from: a pretraining checkpoint whose policy weights this run starts from, with a fresh
             optimizer and learning-rate schedule (``--ckpt_path`` instead resumes the old run, whose
             schedule has already decayed): fine-tuning on new data, e.g. a DAgger round. Its policy
@@ -58,8 +63,12 @@ class PretrainModule(pl.LightningModule):
         top_k: int = 5,
         image_every_n_steps: int = 500,
         init_from: Optional[str] = None,
+        departure_weight: float = 0.0,
+        departure_m: float = 1.0,
     ) -> None:
         super().__init__()
+        if not (math.isfinite(departure_weight) and departure_weight >= 0 and math.isfinite(departure_m) and departure_m > 0):
+            raise ValueError(f"departure_weight must be >= 0 and departure_m > 0 (finite), got {departure_weight} and {departure_m}")
         anchors = Anchors.load(anchors_path)
         if num_anchors is not None and num_anchors != anchors.num_anchors:
             raise ValueError(
@@ -138,12 +147,21 @@ class PretrainModule(pl.LightningModule):
             self.policy.anchor_points,
             assignment=self.hparams.assignment,
             scale_weight=self.hparams.scale_weight,
+            weights=self._window_weights(batch),
         )
         metrics = {k: v for k, v in losses.items() if k != "assigned"}
         metrics.update(trajectory_metrics(out, batch["waypoints"], batch["scale"], losses["assigned"], self.hparams.top_k))
         with torch.no_grad():
             metrics["nll"] = -mixture.log_prob(batch["waypoints"]).mean()
         return losses["loss"], out, metrics
+
+    def _window_weights(self, batch: dict[str, Any]) -> Optional[Tensor]:
+        """Per-window loss weights [B] (None: the plain mean), see ``departure_weight``."""
+        if not self.hparams.get("departure_weight", 0.0):
+            return None
+        waypoints_m = batch["waypoints"] * batch["scale"][:, None, None]
+        departure = departure_weights(waypoints_m, batch["goal"], self.hparams.departure_m)
+        return 1.0 + self.hparams.departure_weight * departure
 
     def _shared_step(self, batch: dict[str, Any], split: str) -> tuple[Tensor, dict[str, Tensor]]:
         loss, out, metrics = self.compute_step(batch)
@@ -195,6 +213,15 @@ class PretrainModule(pl.LightningModule):
             (batch["waypoints"][0] * batch["scale"][0]).detach().float().cpu().numpy(),
         )
         experiment.add_figure("train/modes", figure, global_step=self.global_step)
+
+
+def departure_weights(waypoints_m: Tensor, goal: Tensor, departure_m: float) -> Tensor:
+    """[B] in [0, 1]: the largest sideways distance of a future [B, T, 2] (metres, robot frame) from
+    the straight line to its goal (``goal``: the (distance, cos, sin) encoding), over ``departure_m``,
+    capped at 1. A goal-free window (goal all zeros) has no line and gets 0."""
+    direction = goal[:, 1:3]  # (cos, sin) of the goal's bearing; zeros when the goal is dropped
+    sideways = (waypoints_m[..., 1] * direction[:, None, 0] - waypoints_m[..., 0] * direction[:, None, 1]).abs()
+    return (sideways.amax(dim=1) / departure_m).clamp(max=1.0)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):

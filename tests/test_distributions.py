@@ -100,6 +100,24 @@ def test_agdm_loss_is_component_nll_plus_cross_entropy_plus_scale_l2() -> None:
     assert torch.equal(out["assigned"], h)
 
 
+def test_agdm_loss_weights_make_a_weighted_average_and_leave_the_logged_parts_plain() -> None:
+    mix = _random_mixture(5, torch.float64)
+    target = torch.randn(B, T, 2, dtype=torch.float64)
+    anchor_points = torch.randn(M, 2, dtype=torch.float64)
+    pred_scale = torch.rand(B, M, dtype=torch.float64) + 0.5
+    target_scale = torch.rand(B, dtype=torch.float64) + 0.5
+    args = (mix, pred_scale, target, target_scale, anchor_points)
+    plain = agdm_loss(*args)
+    torch.testing.assert_close(agdm_loss(*args, weights=torch.full((B,), 3.0, dtype=torch.float64))["loss"], plain["loss"])
+    only_first = torch.zeros(B, dtype=torch.float64)
+    only_first[0] = 1.0
+    first = agdm_loss(AnchorMixture(mix.logits[:1], mix.mean[:1], mix.log_std[:1], mix.rho[:1]), pred_scale[:1], target[:1], target_scale[:1], anchor_points)
+    weighted = agdm_loss(*args, weights=only_first)
+    torch.testing.assert_close(weighted["loss"], first["loss"])
+    for part in ("nll", "cls", "scale"):
+        torch.testing.assert_close(weighted[part], plain[part])
+
+
 def test_best_mode_assignment_picks_the_most_likely_component() -> None:
     mix = _random_mixture(6)
     target = mix.mean[:, 2] + 0.01  # right next to component 2 of every row

@@ -224,3 +224,47 @@ def test_init_from_starts_with_the_checkpoint_weights_and_a_fresh_schedule(demo,
     other = fit_demo_anchors(shards, tmp_path / "anchors3.npz", timing=TimingSpec(context_frames=3))
     with pytest.raises(ValueError, match="TimingSpec"):
         _module(other, init_from=last)
+
+
+def test_departure_weights_measure_how_far_the_future_leaves_the_goal_line() -> None:
+    from s2e.geometry import goal_encoding
+    from s2e.pretrain import departure_weights
+
+    along = torch.linspace(0.3, 3.0, 10)
+    straight = torch.stack([along, torch.zeros(10)], -1)  # on the line to a goal dead ahead
+    swerve = torch.stack([along, 0.8 * torch.sin(along)], -1)  # 0.8 m to the left at its widest
+    futures = torch.stack([straight, swerve, swerve, swerve])
+    goals = goal_encoding(torch.tensor([[20.0, 0.0], [20.0, 0.0], [0.0, 20.0], [0.0, 0.0]]))
+    goals[3] = 0.0  # a dropped goal: no line to leave
+    weights = departure_weights(futures, goals, departure_m=0.5)
+    torch.testing.assert_close(weights[:2], torch.tensor([0.0, 1.0]))  # 0.8 m over 0.5 m, capped at 1
+    assert weights[2] == 1.0  # a goal to the left: the forward future leaves its line by 3 m
+    assert weights[3] == 0.0
+    torch.testing.assert_close(departure_weights(futures[1:2], goals[1:2], departure_m=1.6), (0.8 * torch.sin(along)).max()[None] / 1.6)
+
+
+def test_departure_weight_changes_the_loss_only_through_departing_windows(demo) -> None:
+    """On a real batch: weight 0 is the plain loss; a positive weight makes it the average weighted
+    by each window's departure, so it differs exactly when the batch's departures differ."""
+    from s2e.pretrain import departure_weights
+
+    shards, anchors = demo
+    dm = demo_datamodule(shards, goal_horizon_m=(1.0, 30.0), goal_at_end=1.0, goal_dropout=0.0)
+    dm.setup("fit")
+    batch = dm.consume_skip_counts(next(iter(dm.train_dataloader())))
+    torch.manual_seed(0)
+    plain = _module(anchors)
+    weighted = _module(anchors, departure_weight=4.0, departure_m=2.0)
+    weighted.policy.load_state_dict(plain.policy.state_dict())
+    departure = departure_weights(batch["waypoints"] * batch["scale"][:, None, None], batch["goal"], 2.0)
+    assert departure.max() - departure.min() > 0.1 and departure.max() < 1.0  # curved and straight episodes, under the cap
+    with torch.no_grad():
+        loss_plain, out, _ = plain.compute_step(batch)
+        loss_weighted, _, _ = weighted.compute_step(batch)
+        per_window = torch.stack([plain.compute_step({k: v[i : i + 1] for k, v in batch.items()})[0] for i in range(len(departure))])
+    w = 1.0 + 4.0 * departure
+    torch.testing.assert_close(loss_weighted, (w * per_window).sum() / w.sum(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_plain, per_window.mean(), rtol=1e-4, atol=1e-5)
+    assert (loss_weighted - loss_plain).abs() > 1e-3  # the per-window losses differ, so the weighting shows
+    with pytest.raises(ValueError, match="departure_weight"):
+        _module(anchors, departure_weight=-1.0)
