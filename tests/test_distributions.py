@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 from torch.distributions import Categorical, Independent, MixtureSameFamily, MultivariateNormal
 
 from s2e.distributions import AnchorMixture, agdm_loss, assign_modes, bivariate_log_prob, bound_log_std, bound_rho
@@ -86,12 +87,17 @@ def test_log_prob_gradients_pass_gradcheck() -> None:
     assert torch.autograd.gradcheck(f, inputs)
 
 
-def test_agdm_loss_is_component_nll_plus_cross_entropy_plus_scale_l2() -> None:
+def _agdm_inputs() -> tuple[AnchorMixture, Tensor, Tensor, Tensor, Tensor]:
+    """(mixture, predicted scales, target, target scales, anchor points) for agdm_loss, float64."""
     mix = _random_mixture(5, torch.float64)
-    target = torch.randn(B, T, 2, dtype=torch.float64)
-    anchor_points = torch.randn(M, 2, dtype=torch.float64)
     pred_scale = torch.rand(B, M, dtype=torch.float64) + 0.5
+    target = torch.randn(B, T, 2, dtype=torch.float64)
     target_scale = torch.rand(B, dtype=torch.float64) + 0.5
+    return mix, pred_scale, target, target_scale, torch.randn(M, 2, dtype=torch.float64)
+
+
+def test_agdm_loss_is_component_nll_plus_cross_entropy_plus_scale_l2() -> None:
+    mix, pred_scale, target, target_scale, anchor_points = _agdm_inputs()
     out = agdm_loss(mix, pred_scale, target, target_scale, anchor_points, scale_weight=2.0)
     h = torch.cdist(target[:, -1], anchor_points).argmin(-1)
     rows = torch.arange(B)
@@ -101,12 +107,8 @@ def test_agdm_loss_is_component_nll_plus_cross_entropy_plus_scale_l2() -> None:
 
 
 def test_agdm_loss_weights_make_a_weighted_average_and_leave_the_logged_parts_plain() -> None:
-    mix = _random_mixture(5, torch.float64)
-    target = torch.randn(B, T, 2, dtype=torch.float64)
-    anchor_points = torch.randn(M, 2, dtype=torch.float64)
-    pred_scale = torch.rand(B, M, dtype=torch.float64) + 0.5
-    target_scale = torch.rand(B, dtype=torch.float64) + 0.5
-    args = (mix, pred_scale, target, target_scale, anchor_points)
+    args = _agdm_inputs()
+    mix, pred_scale, target, target_scale, anchor_points = args
     plain = agdm_loss(*args)
     torch.testing.assert_close(agdm_loss(*args, weights=torch.full((B,), 3.0, dtype=torch.float64))["loss"], plain["loss"])
     only_first = torch.zeros(B, dtype=torch.float64)
