@@ -41,7 +41,9 @@ class PretrainModule(pl.LightningModule):
             min(d / departure_m, 1)``, where d (metres) is how far its demonstrated future strays
             sideways from the straight line to its goal (:func:`departure_weights`; 0 turns it off,
             goal-free windows count 1). Why: the demonstrator leaves the goal line to avoid
-            something on a few % of steps, so avoidance is a sliver of the plain loss.
+            something on a few % of steps, so avoidance is a sliver of the plain loss. Measured
+            once (1,632 episodes, weight 4, 1 m): `obstacle` unchanged (README, "The learned
+            policy"), hence off by default.
         init_from: a pretraining checkpoint whose policy weights this run starts from, with a fresh
             optimizer and learning-rate schedule (``--ckpt_path`` instead resumes the old run, whose
             schedule has already decayed): fine-tuning on new data, e.g. a DAgger round. Its policy
