@@ -155,7 +155,8 @@ def agdm_loss(
     weights: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """AGDM loss: -log N_h(target) - log q_h + scale_weight * (s_h - s)^2, averaged over the batch
-    (``weights`` [B]: a weighted average instead; the logged parts stay plain means).
+    (``weights`` [B], non-negative with a positive sum: a weighted average instead; the logged
+    parts stay plain means).
 
     Args:
         mixture: the predicted anchor mixture (normalized units).

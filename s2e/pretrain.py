@@ -159,7 +159,7 @@ class PretrainModule(pl.LightningModule):
 
     def _window_weights(self, batch: dict[str, Any]) -> Optional[Tensor]:
         """Per-window loss weights [B] (None: the plain mean), see ``departure_weight``."""
-        if not self.hparams.get("departure_weight", 0.0):
+        if not self.hparams.departure_weight:
             return None
         waypoints_m = batch["waypoints"] * batch["scale"][:, None, None]
         departure = departure_weights(waypoints_m, batch["goal"], self.hparams.departure_m)

@@ -259,7 +259,7 @@ def test_departure_weight_changes_the_loss_only_through_departing_windows(demo) 
     departure = departure_weights(batch["waypoints"] * batch["scale"][:, None, None], batch["goal"], 2.0)
     assert departure.max() - departure.min() > 0.1 and departure.max() < 1.0  # curved and straight episodes, under the cap
     with torch.no_grad():
-        loss_plain, out, _ = plain.compute_step(batch)
+        loss_plain, _, _ = plain.compute_step(batch)
         loss_weighted, _, _ = weighted.compute_step(batch)
         per_window = torch.stack([plain.compute_step({k: v[i : i + 1] for k, v in batch.items()})[0] for i in range(len(departure))])
     w = 1.0 + 4.0 * departure

@@ -181,7 +181,7 @@ def test_takeover_at_zero_clearance_hands_over_on_touch():
     """``takeover_clearance (0, 0)``: the expert takes over once the learner touches something.
     Blocked motion leaves a pushing robot a few mm short of contact, so a gate on clearance <= 0
     alone would never fire and the learner would stay pinned; the env's contact state must."""
-    clearance, by_learner, touching, control = _drive_and_watch((0.0, 0.0))
+    _, by_learner, touching, control = _drive_and_watch((0.0, 0.0))
     ungated_clearance, ungated_learner, ungated_touching, _ = _drive_and_watch(None)
     assert (ungated_learner & ungated_touching).sum() > 20  # the straight learner pins itself for many steps
     assert not (ungated_clearance[ungated_touching] <= 0).all()  # ... at a positive clearance
