@@ -21,6 +21,8 @@ than ``wds.WebDataset(...)`` defaults, because every stage here has a decision t
   and cut into many windows as index rows (:class:`datamodules.windows.EpisodeWindows`) as soon as
   its video is opened; the worker sends the windows in slices as their frames decode (the frames
   travel once, as a shared-memory handle), with its skip-counter delta (:class:`WorkerEpisode`).
+  Persistent workers decode into recycled shared memory (:mod:`datamodules.frame_pool`): a slot the
+  training process has let go of, already mapped in both processes, instead of fresh pages per episode.
 - **colour jitter** (training): fused into the batch gather (a compiled kernel that copies, mirrors
   and jitters each frame in one pass), in the workers on each window's frames, or carried to
   wherever the batch lives (:mod:`datamodules.augment`).
@@ -73,6 +75,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from datamodules.augment import JITTER_PLACEMENTS, JitterPlacement, batch_colour_jitter, defer_colour_jitter, gather_kernel, jittered_clips
 from datamodules.episode import META_MEMBER, TRAJ_MEMBER, VIDEO_MEMBER, BadTrajectoryError, Trajectory
 from datamodules.episode_checks import video_problem
+from datamodules.frame_pool import FramePool, PooledFrames, PooledRef, released_table
 from datamodules.video_decode import Backend, UndecodableVideoError, open_video, require_backend
 from datamodules.windows import EpisodeWindows, Window, WindowConfig, collate_windows, cut_windows
 
@@ -368,10 +371,14 @@ class _SharedFrames:
     frames (7x the faults, a third of its CPU on one shard of small recordings).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool: Optional[FramePool] = None) -> None:
+        self.pool = pool
         self.tensor: Optional[torch.Tensor] = None
 
     def __call__(self, shape: tuple[int, int, int, int]) -> np.ndarray:
+        if self.pool is not None:  # a recycled slot's pages are mapped already (datamodules.frame_pool)
+            self.tensor = self.pool.take(shape)
+            return self.tensor.numpy()
         self.tensor = shared_frames(shape)
         frames = self.tensor.numpy()
         frames.reshape(-1)[:: mmap.PAGESIZE] = 0
@@ -406,10 +413,12 @@ def episode_windows(
     video_backend: Backend = "auto",
     shared_memory: bool = False,
     min_windows: Optional[int] = None,
+    pool: Optional[FramePool] = None,
 ) -> Iterator[EpisodeWindows]:
     """Validate, decode and cut each raw episode; bad ones are counted and skipped.
 
-    With ``shared_memory`` (inside a DataLoader worker) frames are decoded into shared memory.
+    With ``shared_memory`` (inside a DataLoader worker) frames are decoded into shared memory, into
+    ``pool``'s recycled slots when given (persistent workers, :mod:`datamodules.frame_pool`).
     An episode's windows are cut as soon as its video is opened (decord knows every frame's time
     before decoding) and come out in slices, each as soon as the frames its windows use are
     decoded (at least ``min_windows`` per slice, default :data:`RECORD_MIN_WINDOWS`, except the last): the consumer starts gathering an
@@ -427,7 +436,7 @@ def episode_windows(
         where = f"{raw['__url__']}:{raw['__key__']}"
         backend = video_backend
         while True:  # once, or twice when decord fails before the episode's first window left: then PyAV
-            allocate = _SharedFrames() if shared_memory else None
+            allocate = _SharedFrames(pool) if shared_memory else None
             try:
                 video = open_video(raw[VIDEO_MEMBER], image_size, backend, allocate)
             except UndecodableVideoError as exc:
@@ -467,13 +476,16 @@ class WorkerEpisode:
     processes, a record whose windows use the same frames as the worker's previous record carries
     ``windows.frames=None`` and ``same_frames=True`` (:func:`send_frames_once`): handing a
     shared-memory tensor to another process again costs milliseconds (a socket connection to fetch
-    its file descriptor), as much as gathering a hundred small windows.
+    its file descriptor), as much as gathering a hundred small windows. Frames decoded into a
+    recycled slot travel as ``pooled`` (which slot, which use; :mod:`datamodules.frame_pool`) with
+    ``windows.frames=None``.
     """
 
     windows: Optional[EpisodeWindows]
     skip_counts: dict[str, int]
     worker: int = 0
     same_frames: bool = False
+    pooled: Optional[PooledRef] = None
 
 
 def with_quota(episodes: Iterable[EpisodeWindows], quota: Optional[int], counter: SkipCounter) -> Iterator[WorkerEpisode]:
@@ -509,13 +521,18 @@ def place_colour_jitter(records: Iterable[WorkerEpisode], placement: JitterPlace
                 counts = {}
 
 
-def send_frames_once(records: Iterable[WorkerEpisode], worker: int) -> Iterator[WorkerEpisode]:
-    """Records as a DataLoader worker sends them: stamped with the worker, frames left out when the previous record sent them."""
+def send_frames_once(records: Iterable[WorkerEpisode], worker: int, pool: Optional[FramePool] = None) -> Iterator[WorkerEpisode]:
+    """Records as a DataLoader worker sends them: stamped with the worker, frames left out when the
+    previous record sent them, or replaced by a reference when they lie in one of ``pool``'s slots."""
     previous = None
     for record in records:
         record.worker = worker
         if record.windows is not None:
-            if record.windows.frames is previous:
+            pooled = pool.ref(record.windows.frames) if pool is not None else None
+            if pooled is not None:
+                record.windows = dataclasses.replace(record.windows, frames=None)
+                record.pooled = pooled
+            elif record.windows.frames is previous:
                 record.windows = dataclasses.replace(record.windows, frames=None)
                 record.same_frames = True
             else:
@@ -523,16 +540,21 @@ def send_frames_once(records: Iterable[WorkerEpisode], worker: int) -> Iterator[
         yield record
 
 
-def records_to_windows(records: Iterable[WorkerEpisode], skip_counts: Counter[str]) -> Iterator[Window]:
+def records_to_windows(records: Iterable[WorkerEpisode], skip_counts: Counter[str], pooled: Optional[PooledFrames] = None) -> Iterator[Window]:
     """The windows of every record, one by one; each record's skip counts are added to ``skip_counts``.
 
-    A record sent without its frames (:func:`send_frames_once`) gets those of its worker's previous record.
+    A record sent without its frames (:func:`send_frames_once`) gets those of its worker's previous
+    record, or a view of the worker's slot it names (``pooled``, the loader's :class:`PooledFrames`).
     """
     frames: dict[int, torch.Tensor] = {}
     for record in records:
         skip_counts.update(record.skip_counts)
         if record.windows is not None:
-            if record.same_frames:
+            if record.pooled is not None:
+                if pooled is None:
+                    raise RuntimeError("a worker sent pooled frames to a loader without a frame pool")
+                record.windows.frames = pooled.frames(record.worker, record.pooled)
+            elif record.same_frames:
                 record.windows.frames = frames[record.worker]
             else:
                 frames[record.worker] = record.windows.frames
@@ -594,6 +616,8 @@ class EpisodeStream(IterableDataset):
 
     Args are those of :class:`NavWindowLoader`; ``batches_per_rank`` None means one pass over the
     shards, otherwise each worker cycles its shards until its share of the rank's windows is sent.
+    ``released`` (persistent workers): the loader's :func:`datamodules.frame_pool.released_table`;
+    each worker process then decodes into its own :class:`datamodules.frame_pool.FramePool`.
     """
 
     def __init__(
@@ -611,6 +635,7 @@ class EpisodeStream(IterableDataset):
         video_backend: Backend,
         colour_jitter: JitterPlacement,
         max_member_mb: float,
+        released: Optional[torch.Tensor] = None,
     ) -> None:
         super().__init__()
         self.rank_urls = list(rank_urls)
@@ -625,6 +650,8 @@ class EpisodeStream(IterableDataset):
         self.video_backend = video_backend
         self.colour_jitter = colour_jitter
         self.max_member_mb = max_member_mb
+        self.released = released
+        self._pool: Optional[FramePool] = None  # made in the worker process, kept across its epochs
         # shared with the worker processes, so set_epoch reaches persistent workers too
         self._epoch = torch.multiprocessing.Value("q", 0)
 
@@ -644,6 +671,8 @@ class EpisodeStream(IterableDataset):
         cycle = self.batches_per_rank is not None
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
         quota = batches_for_worker(self.batches_per_rank, worker_id, num_workers) * self.batch_size if cycle else None
+        if info is not None and self.released is not None and self._pool is None:
+            self._pool = FramePool(self.released[worker_id], shared_frames)
         pipeline = wds.DataPipeline(
             functools.partial(shard_source, parts, rng if self.shuffle_shards else None, cycle, counter, self.rank_urls),
             functools.partial(read_tar_episodes, counter=counter, max_member_mb=self.max_member_mb),
@@ -655,11 +684,12 @@ class EpisodeStream(IterableDataset):
                 counter=counter,
                 video_backend=self.video_backend,
                 shared_memory=info is not None,
+                pool=self._pool if info is not None else None,
             ),
             functools.partial(with_quota, quota=quota, counter=counter),
             functools.partial(place_colour_jitter, placement=self.colour_jitter, shared_memory=info is not None),
         )
-        return iter(pipeline) if info is None else send_frames_once(pipeline, worker_id)
+        return iter(pipeline) if info is None else send_frames_once(pipeline, worker_id, self._pool)
 
 
 class NavWindowLoader:
@@ -682,7 +712,8 @@ class NavWindowLoader:
         video_backend: "auto" (decord, PyAV fallback), "decord", "pyav" or "torchcodec".
         num_workers: DataLoader worker processes decoding episodes (0: decode in this process).
             With fewer shards per rank than workers, workers split the shards' episodes.
-        persistent_workers: keep the workers alive between epochs.
+        persistent_workers: keep the workers alive between epochs. Persistent workers also decode into
+            recycled shared memory (:mod:`datamodules.frame_pool`): no fresh pages per episode.
         prefetch_factor: records each worker may hold ready: decoded episodes, or clip chunks with the
             jitter in the workers (memory: whole episodes, or chunks).
         colour_jitter: where the window config's colour jitter runs: "loader" (fused into this
@@ -736,6 +767,8 @@ class NavWindowLoader:
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         rank_urls = split_by_rank(urls, rank, world_size)
+        released = released_table(num_workers) if num_workers > 0 and persistent_workers else None
+        self.pooled_frames = PooledFrames(released) if released is not None else None
         if 0 < len(rank_urls) < num_workers:
             log.info(
                 "%d shard(s) for %d workers on rank %d: the workers split each shard's episodes; a shard with fewer "
@@ -757,6 +790,7 @@ class NavWindowLoader:
             video_backend=video_backend,
             colour_jitter=colour_jitter,
             max_member_mb=max_member_mb,
+            released=released,
         )
         self.episodes: Iterable[WorkerEpisode] = self.stream
         if num_workers > 0:
@@ -791,5 +825,5 @@ class NavWindowLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, _SHUFFLE_STREAM])
         skip_counts: Counter[str] = Counter()
-        windows = records_to_windows(self.episodes, skip_counts)
+        windows = records_to_windows(self.episodes, skip_counts, self.pooled_frames)
         return batched(shuffle_buffer(windows, self.shuffle_buffer, rng), self.batch_size, skip_counts, partial=self.batches_per_rank is None)
