@@ -7,8 +7,9 @@ compiled on first use with the system's C compiler and cached on disk, like ``to
 C++ code) that copies each context frame from its decoded episode into the batch, mirrored and
 jittered in the same pass, 16 or 32 pixels at a time: an order of magnitude less than numpy's
 separate jitter and mirror passes (a negative-stride copy of 3-byte pixels; timings in
-``docs/experiments.md``). The jitter is :func:`datamodules.windows.colour_jitter`'s float32 map, so the results
-agree with it up to float32 rounding (a value rounds the other way for a few pixels in a million).
+``docs/experiments.md``). The jitter is :func:`datamodules.windows.colour_jitter`'s map, in 16-bit
+fixed point for the shipped strengths and in float32 beyond them: every pixel within one level of the
+exact map, and of numpy's float32 result (a few per cent of pixels round the other way).
 Without a C compiler (or with ``S2E_GATHER_KERNEL=0``) the same batches come from numpy, 10-20x
 slower, and the loader says so once in the log.
 
@@ -67,12 +68,13 @@ WORKER_CLIP_CHUNK = 32
 
 #: The fused gather, in C. Frames are RGB-interleaved uint8 [h, w, 3]; SIMD paths for SSSE3 and
 #: AVX2 (deinterleave 16 pixels into R, G, B planes with byte shuffles, mirror a plane with one
-#: more shuffle, jitter in float32 lanes, interleave back), plain C for the other CPUs and the
-#: pixels left over at a row's end; both paths do the same float operations, so a pixel does not
-#: depend on where in a row it falls. The map is ``colour_jitter``'s in float32 with the grey's
-#: weights folded into the saturation term and multiply-adds fused where the CPU has FMA: within a
-#: float32 rounding of numpy's result (a last-bit difference flips a rounded value for a few
-#: pixels in a million). ``-ffp-contract=off`` leaves only the explicit fusions.
+#: more shuffle, jitter in int16 or float32 lanes, interleave back), plain C for the other CPUs and
+#: the pixels left over at a row's end; both paths do the same operations, so a pixel does not
+#: depend on where in a row it falls. The map is ``colour_jitter``'s with the grey's weights folded
+#: into the saturation term: in 16-bit fixed point where a window's factors keep the sums in range
+#: (the shipped strengths always do; within one level of the exact map, see ``coef_fixed``), else
+#: in float32 with multiply-adds fused where the CPU has FMA (within a float32 rounding of numpy's
+#: result). ``-ffp-contract=off`` leaves only the explicit fusions.
 GATHER_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
@@ -86,9 +88,26 @@ GATHER_SOURCE = r"""
 #endif
 
 /* y = A*x + (B*grey(x) + C), A = b*c*s, B = b*c*(1-s), C = (1-c)*b*mean(grey): colour_jitter's map;
-   Br, Bg, Bb = B times the grey's weights */
-typedef struct { float A, B, C, Br, Bg, Bb; } coef_t;
+   Br, Bg, Bb = B times the grey's weights. fixed: the same map in 16-bit fixed point (below). */
+typedef struct { float A, B, C, Br, Bg, Bb; int fixed; int16_t qA, qBr, qBg, qBb, qC; } coef_t;
 static const float LR = 0.299f, LG = 0.587f, LB = 0.114f;
+
+/* The fixed-point map, in 32nds of a level: every product x * coefficient is
+   pmulhrsw(x << 7, round(coefficient * 8192)) = round(32 * x * coefficient), summed with
+   round(32 * C) in int16 and rounded to a level, half to even. Each product is off by at most
+   1/64 + 255/16384 of a level, so a pixel stays within one level of the exact map and differs
+   from the float path's rounding of it in a few per cent of pixels, as often up as down. It is
+   exact integer arithmetic, the same in SIMD and plain C; sums stay in int16 when
+   (|A| + |B|) * 255 + |C| <= 1000, which the shipped strengths (factors 0.8-1.2: at most 575)
+   meet; other draws take the float path. Twice the lanes of float32 and no conversions: the
+   jitter costs about half. */
+#define FIXED_LIMIT 1000.0f
+static inline int16_t q13(float v) { return (int16_t)lrintf(v * 8192.0f); }
+static void coef_fixed(coef_t *q) {
+    q->fixed = (fabsf(q->A) + fabsf(q->B)) * 255.0f + fabsf(q->C) <= FIXED_LIMIT;
+    if (q->fixed) { q->qA = q13(q->A); q->qBr = q13(q->Br); q->qBg = q13(q->Bg); q->qBb = q13(q->Bb); q->qC = (int16_t)lrintf(q->C * 32.0f); }
+}
+static inline int32_t mulhrs(int32_t x7, int32_t c) { return (x7 * c + 0x4000) >> 15; } /* pmulhrsw */
 
 static inline uint8_t to_u8(float y) {
     y = nearbyintf(y); /* half to even, as np.rint */
@@ -101,7 +120,19 @@ static inline uint8_t to_u8(float y) {
 #define MADD(x, m, a) ((x) * (m) + (a))
 #endif
 /* the grey's weights carry B: t = B*grey(x) + C in three multiply-adds */
+static inline uint8_t level(int32_t y32) {
+    int32_t y = (y32 + 15 + ((y32 >> 5) & 1)) >> 5; /* half to even */
+    return (uint8_t)(y < 0 ? 0 : (y > 255 ? 255 : y));
+}
 static inline void pixel(uint8_t *o, const uint8_t *s, const coef_t *q) {
+    if (q->fixed) {
+        int32_t r = s[0] << 7, g = s[1] << 7, b = s[2] << 7;
+        int32_t t = mulhrs(r, q->qBr) + mulhrs(g, q->qBg) + mulhrs(b, q->qBb) + q->qC;
+        o[0] = level(mulhrs(r, q->qA) + t);
+        o[1] = level(mulhrs(g, q->qA) + t);
+        o[2] = level(mulhrs(b, q->qA) + t);
+        return;
+    }
     float r = s[0], g = s[1], b = s[2];
     float t = MADD(r, q->Br, MADD(g, q->Bg, MADD(b, q->Bb, q->C)));
     o[0] = to_u8(MADD(r, q->A, t));
@@ -144,6 +175,12 @@ typedef __m256 F;
 #if defined(__FMA__)
 #define FMADD _mm256_fmadd_ps
 #endif
+#define SET16 _mm256_set1_epi16
+#define ADD16 _mm256_add_epi16
+#define MULHRS _mm256_mulhrs_epi16
+#define SLLI16 _mm256_slli_epi16
+#define SRAI16 _mm256_srai_epi16
+#define AND _mm256_and_si256
 static inline V load2(const uint8_t *lo, const uint8_t *hi) {
     return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)lo)), _mm_loadu_si128((const __m128i *)hi), 1);
 }
@@ -173,6 +210,12 @@ typedef __m128 F;
 #if defined(__FMA__)
 #define FMADD _mm_fmadd_ps
 #endif
+#define SET16 _mm_set1_epi16
+#define ADD16 _mm_add_epi16
+#define MULHRS _mm_mulhrs_epi16
+#define SLLI16 _mm_slli_epi16
+#define SRAI16 _mm_srai_epi16
+#define AND _mm_and_si128
 static inline V load2(const uint8_t *lo, const uint8_t *hi) { (void)hi; return _mm_loadu_si128((const __m128i *)lo); }
 static inline void store2(uint8_t *lo, uint8_t *hi, V v) { (void)hi; _mm_storeu_si128((__m128i *)lo, v); }
 #endif
@@ -180,14 +223,27 @@ static inline void store2(uint8_t *lo, uint8_t *hi, V v) { (void)hi; _mm_storeu_
 #if !defined(FMADD)
 #define FMADD(x, m, a) FADD(FMUL(x, m), a)
 #endif
-typedef struct { V d[3][3], i[3][3], rev, zero; F A, C, Br, Bg, Bb; } vconst_t;
+typedef struct { V d[3][3], i[3][3], rev, zero, qA, qBr, qBg, qBb, qC, half, one; F A, C, Br, Bg, Bb; int fixed; } vconst_t;
 
 static void vconst_init(vconst_t *k, const coef_t *q) {
     for (int c = 0; c < 3; c++)
         for (int j = 0; j < 3; j++) { k->d[c][j] = MASK(DM[c][j]); k->i[c][j] = MASK(IM[c][j]); }
     k->rev = MASK(REV);
     k->zero = ZERO();
+    k->fixed = q && q->fixed;
     if (q) { k->A = FSET(q->A); k->C = FSET(q->C); k->Br = FSET(q->Br); k->Bg = FSET(q->Bg); k->Bb = FSET(q->Bb); }
+    if (k->fixed) { k->qA = SET16(q->qA); k->qBr = SET16(q->qBr); k->qBg = SET16(q->qBg); k->qBb = SET16(q->qBb); k->qC = SET16(q->qC); k->half = SET16(15); k->one = SET16(1); }
+}
+
+/* level() on int16 lanes of 32nds */
+static inline V levels(V y, const vconst_t *k) { return SRAI16(ADD16(ADD16(y, k->half), AND(SRAI16(y, 5), k->one)), 5); }
+/* pixel()'s fixed-point ops on 8 (AVX2: 16) pixels held as int16 lanes */
+static inline void jitter_fixed(V *r, V *g, V *b, const vconst_t *k) {
+    V r7 = SLLI16(*r, 7), g7 = SLLI16(*g, 7), b7 = SLLI16(*b, 7);
+    V t = ADD16(ADD16(MULHRS(r7, k->qBr), MULHRS(g7, k->qBg)), ADD16(MULHRS(b7, k->qBb), k->qC));
+    *r = levels(ADD16(MULHRS(r7, k->qA), t), k);
+    *g = levels(ADD16(MULHRS(g7, k->qA), t), k);
+    *b = levels(ADD16(MULHRS(b7, k->qA), t), k);
 }
 
 /* pixel()'s float ops on 4 (AVX2: 8) pixels held as int32 lanes; cvtps rounds half to even */
@@ -205,7 +261,12 @@ static inline void block(uint8_t *out0, uint8_t *out1, const uint8_t *in0, const
     for (int c = 0; c < 3; c++) p[c] = OR(OR(SHUF(v0, k->d[c][0]), SHUF(v1, k->d[c][1])), SHUF(v2, k->d[c][2]));
     if (flip)
         for (int c = 0; c < 3; c++) p[c] = SHUF(p[c], k->rev);
-    if (jitter) {
+    if (jitter && k->fixed) {
+        V w[3][2]; /* plane c, half h, as int16 lanes */
+        for (int c = 0; c < 3; c++) { w[c][0] = UNPACKLO8(p[c], k->zero); w[c][1] = UNPACKHI8(p[c], k->zero); }
+        for (int h = 0; h < 2; h++) jitter_fixed(&w[0][h], &w[1][h], &w[2][h], k);
+        for (int c = 0; c < 3; c++) p[c] = PACKUS16(w[c][0], w[c][1]); /* clamps to [0, 255] */
+    } else if (jitter) {
         V w[3][4]; /* plane c, quarter q, as int32 lanes */
         for (int c = 0; c < 3; c++) {
             V lo = UNPACKLO8(p[c], k->zero), hi = UNPACKHI8(p[c], k->zero);
@@ -298,8 +359,9 @@ int s2e_gather_windows(int64_t n, int64_t k, int64_t h, int64_t w, const int64_t
                 float mean = cache && !isnan(cache[t]) ? cache[t] : mean_grey(s, h * w);
                 if (cache) cache[t] = mean;
                 float b = factors[3 * i], c = factors[3 * i + 1], sat = factors[3 * i + 2];
-                coef_t q = {b * c * sat, b * c * (1.0f - sat), mean * b * (1.0f - c), 0, 0, 0};
+                coef_t q = {b * c * sat, b * c * (1.0f - sat), mean * b * (1.0f - c), 0, 0, 0, 0, 0, 0, 0, 0, 0};
                 q.Br = q.B * LR; q.Bg = q.B * LG; q.Bb = q.B * LB;
+                coef_fixed(&q);
                 frame(o, s, h, w, flip, &q);
             } else if (flip) {
                 frame(o, s, h, w, 1, 0);

@@ -290,7 +290,8 @@ def colour_jitter(clip: np.ndarray, brightness: float, contrast: float, saturati
     """torchvision-style brightness, contrast, saturation jitter, in place on one window's uint8 [k, H, W, 3].
 
     The definition of the training jitter (the compiled gather of :mod:`datamodules.augment` runs
-    the same float32 operations; this numpy version is its reference and its fallback). The same
+    the same map, in fixed point for the shipped strengths, within one level of this; this numpy
+    version is its reference and its fallback). The same
     factors for all k frames keep the clip consistent. The three steps (x*b; blend with the frame's
     mean grey by c; blend with the pixel's grey by s) are linear, so they are applied as one affine
     map ``y = b*c*s*x + b*c*(1-s)*grey(x) + (1-c)*mean(grey(x*b))``, clamped once at the end as the

@@ -70,8 +70,7 @@ def test_device_jitter_is_the_collate_definition_and_keeps_channels_last_memory(
     assert torch.equal(apply_colour_jitter(plain["frames"], factors), reference)  # on the CPU: collation's kernel
     out = _jitter_tensor(plain["frames"], factors)  # what an accelerator runs, here on CPU tensors
     assert out.dtype == torch.uint8 and out.permute(0, 1, 3, 4, 2).is_contiguous()
-    diff = (out.int() - reference.int()).abs()
-    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # float32 rounding only
+    _assert_rounding_apart(out.numpy(), reference.numpy())  # float32 on the device, fixed point in the CPU kernel
     assert (plain["frames"] != reference).float().mean() > 0.5  # the deferred batch was not jittered yet
 
 
@@ -148,6 +147,16 @@ def test_datamodule_places_the_jitter_by_where_batches_live_and_applies_it_after
 # ------------------------------------------------------------------------------ the compiled gather
 
 
+def _assert_rounding_apart(a: np.ndarray, b: np.ndarray) -> None:
+    """Two roundings of the same jitter over many windows: no pixel more than one level apart, few
+    apart at all, no bias (a wrong rounding rule, such as truncation, differs in about half the
+    pixels, all one way). Within one window the fixed-point map's differences share a sign: its
+    coefficients are rounded once per window, as if a factor were drawn 1/8192 off."""
+    diff = a.astype(np.float64) - np.asarray(b, np.float64)
+    assert np.abs(diff).max() <= 1
+    assert (diff != 0).mean() < 0.08 and abs(diff.mean()) < 0.01, ((diff != 0).mean(), diff.mean())
+
+
 def _reference_jitter(clip: np.ndarray, b: float, c: float, s: float) -> np.ndarray:
     """The jitter step by step in float64, as torchvision defines it (brightness, contrast towards the
     frame's mean grey, saturation towards each pixel's grey), clamped and rounded once at the end."""
@@ -172,9 +181,11 @@ def _gather(frames: np.ndarray, indices: np.ndarray, flip: np.ndarray, factors) 
 
 
 @pytest.mark.parametrize("size", [(64, 64), (7, 37), (12, 16), (30, 50), (5, 1), (48, 64)])
-@pytest.mark.parametrize("strength", [0.2, 0.6])
+@pytest.mark.parametrize("strength", [0.2, 0.6, 0.95])
 def test_the_gather_jitters_and_mirrors_like_the_float_reference(size: tuple[int, int], strength: float) -> None:
-    """Every row length (SIMD blocks of 16 and 32 pixels plus a plain-C tail), mirrored or not: within one grey level."""
+    """Every row length (SIMD blocks of 16 and 32 pixels plus a plain-C tail), mirrored or not: within
+    one grey level. Strengths up to 0.6 run the fixed-point map, 0.95 draws factors that need the
+    float one for some windows."""
     rng = np.random.default_rng(size[0] * 100 + size[1])
     frames = _coloured_frames(rng, (20, *size, 3))
     indices = rng.integers(0, 20, (24, 5))
@@ -182,12 +193,12 @@ def test_the_gather_jitters_and_mirrors_like_the_float_reference(size: tuple[int
     factors = (1 + rng.uniform(-strength, strength, (24, 3))).astype(np.float32)
     out = _gather(frames, indices, flip, factors)
     mirrored = np.zeros_like(out)  # without jitter: exactly the frames, mirrored where drawn
+    reference = np.zeros(out.shape)
     for i in range(24):
         expected = frames[indices[i]][:, :, ::-1] if flip[i] else frames[indices[i]]
-        diff = np.abs(out[i].astype(np.float64) - _reference_jitter(expected, *factors[i].tolist()))
-        assert diff.max() <= 1, (i, diff.max())
-        assert (diff > 0).mean() < 2e-3  # float32 rounding only: a rounded value flips now and then
+        reference[i] = _reference_jitter(expected, *factors[i].tolist())
         mirrored[i] = expected
+    _assert_rounding_apart(out, reference)
     assert np.array_equal(_gather(frames, indices, flip, None), mirrored)
 
 
@@ -220,8 +231,7 @@ def test_numpy_gives_the_same_batches_where_no_kernel_can_be_built(monkeypatch: 
     slow = collate_windows(list(windows))
     for name in ("waypoints", "goal", "scale", "t", "goal_mask"):
         assert torch.equal(fast[name], slow[name]), name
-    diff = (fast["frames"].int() - slow["frames"].int()).abs()
-    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # fused multiply-adds vs numpy's: float32 rounding
+    _assert_rounding_apart(fast["frames"].numpy(), slow["frames"].numpy())  # fixed point vs numpy's float32
     assert torch.equal(
         collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"], collate_windows(list(_windows(AugmentConfig(hflip=0.5), seed=6)))["frames"]
     )
