@@ -212,18 +212,23 @@ def collate_windows(windows: Sequence[Window]) -> dict[str, Any]:
 
     where: dict[int, int] = {}
     episodes: list[EpisodeWindows] = []
-    tables: list[np.ndarray] = []
     sources: list[int] = []
-    rows: list[np.ndarray] = []
-    for episode, row in windows:
+    for episode, _ in windows:
         j = where.get(id(episode))
         if j is None:
             j = where[id(episode)] = len(episodes)
             episodes.append(episode)
-            tables.append(_window_table(episode))
         sources.append(j)
-        rows.append(tables[j][row])
-    table, source = np.stack(rows), np.array(sources, np.int64)
+    source = np.array(sources, np.int64)
+    rows = np.fromiter((row for _, row in windows), np.int64, len(windows))
+    tables = [_window_table(e) for e in episodes]
+    if len(episodes) == 1:
+        table = tables[0][rows]
+    else:  # one fancy index per episode, not one row view per window
+        table = np.empty((len(windows), tables[0].shape[1]))
+        for j, episode_table in enumerate(tables):
+            mine = source == j
+            table[mine] = episode_table[rows[mine]]
     first = episodes[0]
     n, k, num_waypoints = len(windows), first.frame_indices.shape[1], first.waypoints.shape[1]
     goal_at = k + 2 * num_waypoints  # then goal (3), scale, goal mask, t, flip, jitter (3)
