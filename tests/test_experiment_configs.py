@@ -17,7 +17,12 @@ from s2e.control import ControllerLimits
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 BASES = ("pretrain.yaml", "posttrain.yaml", "navbench.yaml")
-OVERLAYS = {"model_paper.yaml": "pretrain.yaml", "pretrain_single.yaml": "pretrain.yaml", "navbench_quick.yaml": "navbench.yaml"}
+OVERLAYS = {
+    "model_paper.yaml": "pretrain.yaml",
+    "pretrain_single.yaml": "pretrain.yaml",
+    "navbench_quick.yaml": "navbench.yaml",
+    "posttrain_mix.yaml": "posttrain.yaml",
+}
 EXPORT = "export.yaml"  # not a LightningCLI config: the `export:` section of `python -m s2e export`
 
 
