@@ -30,7 +30,6 @@ the pool holds at most :data:`POOL_SLOTS` of them per worker.
 from __future__ import annotations
 
 import logging
-import mmap
 import os
 import weakref
 from dataclasses import dataclass
@@ -79,8 +78,8 @@ class FramePool:
 
     Args:
         released: this worker's row of :func:`released_table` (shared with the training process).
-        allocate: makes a fresh shared uint8 tensor of a given length (the pipeline's
-            :func:`datamodules.pipeline.shared_frames`, which checks that /dev/shm can hold it).
+        allocate: makes a fresh shared uint8 tensor of a given length with its pages faulted in (the
+            pipeline's :func:`datamodules.pipeline.touched_shared_frames`, which checks that /dev/shm can hold it).
     """
 
     def __init__(self, released: torch.Tensor, allocate: Callable[[tuple[int, ...]], torch.Tensor]) -> None:
@@ -100,18 +99,17 @@ class FramePool:
         fitting = [i for i in free if self._slots[i].tensor.numel() >= size]
         if fitting:
             index = min(fitting, key=lambda i: self._slots[i].tensor.numel())
-        elif len(self._slots) < len(self._released) or free:
-            index = len(self._slots) if len(self._slots) < len(self._released) else free[0]  # grow, or replace a free slot too small
-            slot = _Slot(self._touched(size))
-            if index == len(self._slots):
-                self._slots.append(slot)
-            else:
-                self._slots[index] = slot
+        elif len(self._slots) < len(self._released):  # grow
+            index = len(self._slots)
+            self._slots.append(_Slot(self._allocate((size,))))
+        elif free:  # replace a free slot too small
+            index = free[0]
+            self._slots[index] = _Slot(self._allocate((size,)))
         else:
             if not self.fresh:
                 log.info("all %d frame-pool slots of this worker are in use: further episodes get fresh shared memory while they are", len(self._slots))
             self.fresh += 1
-            return self._touched(size).view(shape)
+            return self._allocate((size,)).view(shape)
         slot = self._slots[index]
         slot.use, slot.use_sent, self._next_use = self._next_use, False, self._next_use + 1
         slot.frames = slot.tensor[:size].view(shape)
@@ -125,12 +123,6 @@ class FramePool:
                 slot.sent = slot.use_sent = True
                 return ref
         return None
-
-    def _touched(self, size: int) -> torch.Tensor:
-        """A fresh segment with every page faulted in now (see :class:`datamodules.pipeline._SharedFrames`)."""
-        tensor = self._allocate((size,))
-        tensor.numpy()[:: mmap.PAGESIZE] = 0
-        return tensor
 
 
 class PooledFrames:

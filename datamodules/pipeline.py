@@ -379,10 +379,15 @@ class _SharedFrames:
         if self.pool is not None:  # a recycled slot's pages are mapped already (datamodules.frame_pool)
             self.tensor = self.pool.take(shape)
             return self.tensor.numpy()
-        self.tensor = shared_frames(shape)
-        frames = self.tensor.numpy()
-        frames.reshape(-1)[:: mmap.PAGESIZE] = 0
-        return frames
+        self.tensor = touched_shared_frames(shape)
+        return self.tensor.numpy()
+
+
+def touched_shared_frames(shape: tuple[int, ...]) -> torch.Tensor:
+    """:func:`shared_frames` with every page faulted in now (see :class:`_SharedFrames` for why)."""
+    tensor = shared_frames(shape)
+    tensor.numpy().reshape(-1)[:: mmap.PAGESIZE] = 0
+    return tensor
 
 
 def shared_frames(shape: tuple[int, ...]) -> torch.Tensor:
@@ -672,7 +677,7 @@ class EpisodeStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker_id])
         quota = batches_for_worker(self.batches_per_rank, worker_id, num_workers) * self.batch_size if cycle else None
         if info is not None and self.released is not None and self._pool is None:
-            self._pool = FramePool(self.released[worker_id], shared_frames)
+            self._pool = FramePool(self.released[worker_id], touched_shared_frames)
         pipeline = wds.DataPipeline(
             functools.partial(shard_source, parts, rng if self.shuffle_shards else None, cycle, counter, self.rank_urls),
             functools.partial(read_tar_episodes, counter=counter, max_member_mb=self.max_member_mb),

@@ -11,7 +11,7 @@ import torch
 from conftest import curved_trajectory, frame_with_index
 from datamodules import pipeline, video_decode
 from datamodules.frame_pool import FramePool, PooledFrames, released_table
-from datamodules.pipeline import NavWindowLoader, shared_frames
+from datamodules.pipeline import NavWindowLoader, touched_shared_frames
 from datamodules.shard_writer import EpisodeShardWriter
 from datamodules.windows import WindowConfig
 from s2e.video_io import write_mp4
@@ -31,7 +31,7 @@ def _send(pool: FramePool, consumer: PooledFrames, frames: torch.Tensor) -> torc
 
 def test_a_slot_is_reused_only_after_the_training_process_let_go_of_it() -> None:
     table = released_table(1, slots=4)
-    pool, consumer = FramePool(table[0], shared_frames), PooledFrames(table)
+    pool, consumer = FramePool(table[0], touched_shared_frames), PooledFrames(table)
     first = pool.take(SHAPE)
     first.fill_(1)
     seen = _send(pool, consumer, first)
@@ -51,7 +51,7 @@ def test_a_slot_is_reused_only_after_the_training_process_let_go_of_it() -> None
 
 def test_frames_never_sent_are_reused_and_a_stale_release_never_frees_a_slot() -> None:
     table = released_table(1, slots=1)
-    pool = FramePool(table[0], shared_frames)
+    pool = FramePool(table[0], touched_shared_frames)
     abandoned = pool.take(SHAPE)  # decoding failed before any window left the worker
     retry = pool.take(SHAPE)
     assert retry.data_ptr() == abandoned.data_ptr()
@@ -63,7 +63,7 @@ def test_frames_never_sent_are_reused_and_a_stale_release_never_frees_a_slot() -
 
 
 def test_a_free_slot_too_small_is_replaced_by_a_larger_one() -> None:
-    pool = FramePool(released_table(1, slots=1)[0], shared_frames)
+    pool = FramePool(released_table(1, slots=1)[0], touched_shared_frames)
     small = pool.take(SHAPE)
     large = pool.take((60, 8, 8, 3))
     assert large.shape == (60, 8, 8, 3) and len(pool) == 1 and pool.fresh == 0
