@@ -21,7 +21,6 @@ OVERLAYS = {
     "model_paper.yaml": "pretrain.yaml",
     "pretrain_single.yaml": "pretrain.yaml",
     "navbench_quick.yaml": "navbench.yaml",
-    "posttrain_mix.yaml": "posttrain.yaml",
 }
 EXPORT = "export.yaml"  # not a LightningCLI config: the `export:` section of `python -m s2e export`
 
@@ -97,5 +96,5 @@ def test_the_export_config_states_no_default_limit() -> None:
 def test_a_restated_default_is_caught_field_by_field() -> None:
     """The check itself: a config dataclass field equal to its default is found, a changed one is not."""
     effective = _defaults("s2e.posttrain.PostTrainModule")
-    found = _restated({"ppo": {"epochs": 4, "lr": 1e-4}, "task": "obstacle", "rewards": {"collision": 5.0}}, effective, "m")
+    found = _restated({"ppo": {"epochs": 2, "lr": 1e-4}, "task": ["obstacle", "both"], "rewards": {"collision": 5.0}}, effective, "m")
     assert found == ["m.ppo.epochs", "m.task"]

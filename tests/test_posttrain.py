@@ -35,7 +35,9 @@ from s2e.sim.rewards import RewardConfig
 from s2e.timing import TimingMismatchError, TimingSpec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_PPO = PPOConfig(epochs=1, minibatch_size=8, lr=1e-3, target_kl=None)  # every minibatch steps: tests count optimizer steps
+# every minibatch steps (tests count optimizer steps); no KL penalty, which only ``ram`` can compute
+# (tests/test_rl_reference_kl.py), so one config serves every strategy
+TINY_PPO = PPOConfig(epochs=1, minibatch_size=8, lr=1e-3, target_kl=None, reference_kl=0.0)
 TINY_RUN = dict(ppo=TINY_PPO)
 TINY_DATA = dict(num_envs=2, steps_per_batch=8, batches_per_epoch=1)
 
@@ -383,7 +385,7 @@ def test_target_kl_stops_a_batchs_ppo_passes_once_the_policy_left_the_trust_regi
     the first minibatch (KL 0 to the collecting policy) steps and a later one, beyond the target, stops."""
     steps = {}
     for target in (None, 1e-4):
-        module = PostTrainModule(str(pretrained), strategy="full", ppo=PPOConfig(epochs=3, minibatch_size=8, lr=1e-2, target_kl=target))
+        module = PostTrainModule(str(pretrained), strategy="full", ppo=PPOConfig(epochs=3, minibatch_size=8, lr=1e-2, target_kl=target, reference_kl=0.0))
         trainer = _trainer(tmp_path / str(target))
         trainer.fit(module, datamodule=SimulatorRollouts(**TINY_DATA))
         steps[target] = trainer.global_step

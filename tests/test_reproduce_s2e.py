@@ -66,7 +66,9 @@ def test_budget_is_lightnings_max_time_and_the_control_trains_nothing(tmp_path: 
     command = " ".join(reproduce_s2e.fit_command("none", args))
     assert "--model.init_args.strategy ram --model.init_args.ppo.lr 0 --model.init_args.ppo.value_lr 0" in command
     assert command.endswith("--x 1") and "--model.init_args.task" not in command  # the yaml's task unless --task
-    assert "--model.init_args.strategy full --trainer.max_time 00:00:30:00" in " ".join(reproduce_s2e.fit_command("full", args))
+    assert "reference_kl" not in command  # ram's shipped KL penalty stays in the control
+    full = " ".join(reproduce_s2e.fit_command("full", args))
+    assert "--model.init_args.strategy full --model.init_args.ppo.reference_kl 0 --trainer.max_time 00:00:30:00" in full
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:

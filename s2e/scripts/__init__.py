@@ -24,3 +24,11 @@ def frame_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 128x72 (width x height), got {text!r}") from None
     return w, h
+
+
+def strategy_fit_args(strategy: str) -> list[str]:
+    """``s2e fit`` arguments that select a post-training ``strategy`` of the shipped experiment. The
+    shipped KL penalty to the pretrained policy reads the RAM's frozen half, so every other strategy
+    runs without it (``PostTrainModule`` refuses the penalty it cannot compute)."""
+    args = ["--model.init_args.strategy", strategy]
+    return args if strategy == "ram" else [*args, "--model.init_args.ppo.reference_kl", "0"]

@@ -34,7 +34,7 @@ from s2e.control import LOOKAHEAD_TIME, ControllerLimits
 from s2e.rl.actor import driving_policy
 from s2e.rl.collect import make_rollout_env
 from s2e.rl.evaluate import run_policy_episodes
-from s2e.scripts import REPO_ROOT
+from s2e.scripts import REPO_ROOT, strategy_fit_args
 from s2e.sim.env import NavEnvConfig
 from s2e.sim.robots import get_robot
 
@@ -52,8 +52,7 @@ def fit_command(strategy: str, args: argparse.Namespace) -> list[str]:
         str(REPO_ROOT / "experiments" / "posttrain.yaml"),
         "--model.init_args.pretrained",
         str(args.pretrained),
-        "--model.init_args.strategy",
-        strategy,
+        *strategy_fit_args(strategy),
         "--model.init_args.task",
         args.task,
         "--trainer.callbacks.init_args.every_n_epochs",

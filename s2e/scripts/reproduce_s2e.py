@@ -6,7 +6,8 @@ From one pretrained checkpoint, every post-training strategy (``ram``, ``full``,
 ``sft``, and ``none``: the ``ram`` run with both learning rates at 0, a control that collects and
 runs the PPO loop but changes nothing) is trained through the real CLI
 (``python -m s2e fit --config experiments/posttrain.yaml``) for the SAME wall-clock budget
-(``--minutes``, Lightning's ``trainer.max_time``), one after the other. Then the pretrained policy
+(``--minutes``, Lightning's ``trainer.max_time``), one after the other; ``full``, ``decoder`` and
+``sft`` without the shipped KL penalty to the pretrained policy, which only ``ram`` can compute. Then the pretrained policy
 and every run's last checkpoint drive the held-out NavBench suite (``--suite``, default the
 standard one: 4 tasks x 24 episodes; ``--bench-episodes`` keeps the first N per task) in the RL
 training domain ``sim`` and in the pretraining domain ``recorded``
@@ -51,7 +52,7 @@ from s2e.bench.paired import paired_section
 from s2e.bench.report import OVERALL, load_report
 from s2e.bench.suite import load_suite
 from s2e.rl.strategy import STRATEGIES
-from s2e.scripts import REPO_ROOT
+from s2e.scripts import REPO_ROOT, strategy_fit_args
 
 CONTROL = "none"  # the no-update control: `ram` with lr = value_lr = 0
 PRETRAINED = "pretrained"
@@ -95,7 +96,9 @@ def max_time(minutes: float) -> str:
 
 def fit_command(name: str, args: argparse.Namespace) -> list[str]:
     root = str(args.out / name)
-    strategy = ["ram", "--model.init_args.ppo.lr", "0", "--model.init_args.ppo.value_lr", "0"] if name == CONTROL else [name]
+    strategy = (
+        strategy_fit_args("ram") + ["--model.init_args.ppo.lr", "0", "--model.init_args.ppo.value_lr", "0"] if name == CONTROL else strategy_fit_args(name)
+    )
     task = ["--model.init_args.task", args.task] if args.task else []
     return [
         sys.executable,
@@ -106,7 +109,6 @@ def fit_command(name: str, args: argparse.Namespace) -> list[str]:
         str(REPO_ROOT / "experiments" / "posttrain.yaml"),
         "--model.init_args.pretrained",
         str(args.pretrained),
-        "--model.init_args.strategy",
         *strategy,
         *task,
         "--trainer.max_time",
