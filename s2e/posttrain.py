@@ -154,7 +154,7 @@ class PostTrainModule(pl.LightningModule):
         modules = build_actor_critic(
             policy, self.value_head, self.timing.waypoint_dt, self.limits, encoder_trainable=encoder_trainable(strategy), exploration=ppo.exploration()
         )
-        if ppo.reference_kl > 0 and modules.reference_kl is None:
+        if ppo.reference_kl > 0 and modules.reference_scores is None:
             raise ValueError(
                 f"model.ppo.reference_kl {ppo.reference_kl} needs strategy 'ram' (the pretrained policy is the RAM's frozen half); "
                 f"strategy {strategy!r} has no pretrained policy at hand: add --model.init_args.ppo.reference_kl 0"
@@ -217,7 +217,7 @@ class PostTrainModule(pl.LightningModule):
             metrics.update(sft_update(batch, self.policy, self.timing, self.ppo, self._optimizer_step))
         else:
             modules = self.agent.modules
-            metrics.update(ppo_update(batch, self.agent.loss, modules.value_of, self.ppo, self._optimizer_step, modules.reference_kl))
+            metrics.update(ppo_update(batch, self.agent.loss, modules.value_of, self.ppo, self._optimizer_step, modules.reference_scores))
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=batch.numel())
 
     def _optimizer_step(self, loss: Tensor) -> None:

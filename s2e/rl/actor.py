@@ -20,8 +20,8 @@ Keys (all batch-first):
 * or, exploring in anchor space: ``scores`` -> ``anchor`` + ``anchor_log_prob``      (ProbabilisticActor, :class:`AnchorChoice`),
   then that anchor's mean trajectory x its scale -> ``action``                      (:class:`AnchorCommand`)
 * ``context`` (detached), ``goal`` -> ``state_value`` [1]                            (:class:`ValueHead`)
-* with a frozen-half RAM: ``context`` + ``frozen_anchor_features`` -> ``reference_kl``, how far the
-  anchor choice has moved from the pretrained policy's                              (:class:`AnchorReferenceKL`)
+* with a frozen-half RAM: ``frozen_anchor_features`` -> ``reference_scores``, the pretrained policy's
+  anchor scores, from which PPO measures how far the anchor choice moved           (:class:`ReferenceScores`)
 
 Scale: the distribution is over *normalized* trajectories; the metres-per-step scale is the
 posterior-weighted anchor scale of the sampled trajectory (see
@@ -52,7 +52,7 @@ TRAJECTORY_KEY = "trajectory"
 LOG_PROB_KEY = "trajectory_log_prob"
 ANCHOR_KEY = "anchor"
 ANCHOR_LOG_PROB_KEY = "anchor_log_prob"
-REFERENCE_KL_KEY = "reference_kl"
+REFERENCE_SCORES_KEY = "reference_scores"
 EXPLORATION_SPACES = ("trajectory", "anchor")
 #: Metres per unit of the goal distance the critic reads: goals lie metres to tens of metres away,
 #: so divided by this the distance enters at the scale of the bearing's cos and sin.
@@ -163,29 +163,34 @@ class ResidualDecoder(PolicyDecoder):
         return self._explore(policy.heads(features, policy.anchor_trajectories))
 
 
-class AnchorReferenceKL(nn.Module):
-    """(context, frozen anchor features) -> KL(current || pretrained) of the (tempered) anchor choice [B].
+class ReferenceScores(nn.Module):
+    """frozen anchor features -> the pretrained policy's (tempered) anchor scores [B, M], no gradient.
 
     With a frozen-half RAM the pretrained policy needs no copy: the RAM is ``frozen + branch`` with a
     zero-started branch, so the heads on the frozen half alone are exactly the policy post-training
     started from (and the heads are frozen too). PPO's clip bounds each update's step from the
     policy that collected the batch, not the sum of the steps; where the reward says little (an
     empty street in an obstacle-task batch) those steps add up to a random walk of the argmax. A
-    penalty on this KL (``PPOConfig.reference_kl``) holds the policy near what pretraining taught
-    wherever the advantages do not pull it away; logged at any weight, it measures the drift.
+    penalty on KL(current || these) (``PPOConfig.reference_kl``, :func:`anchor_kl`) holds the policy
+    near what pretraining taught wherever the advantages do not pull it away; logged at any weight,
+    the KL measures the drift. The scores depend on stored rollout keys only, so PPO computes them
+    once per batch, and the KL reuses the scores of the loss's own forward pass.
     """
 
     def __init__(self, decoder: ResidualDecoder) -> None:
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, context: Tensor, frozen_features: Tensor) -> Tensor:
-        scores = self.decoder(context, frozen_features)[0]
+    @torch.no_grad()
+    def forward(self, frozen_features: Tensor) -> Tensor:
         policy = self.decoder.policy
-        with torch.no_grad():
-            reference = self.decoder._explore(policy.heads(frozen_features, policy.anchor_trajectories))[0]
-        log_p, log_q = scores.log_softmax(-1), reference.log_softmax(-1)
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
+        return self.decoder._explore(policy.heads(frozen_features, policy.anchor_trajectories))[0]
+
+
+def anchor_kl(scores: Tensor, reference_scores: Tensor) -> Tensor:
+    """KL(softmax(scores) || softmax(reference_scores)) over the last (anchor) dimension."""
+    log_p, log_q = scores.log_softmax(-1), reference_scores.log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def has_frozen_ram(policy: S2EPolicy) -> bool:
@@ -271,7 +276,7 @@ class ActorCritic:
             collector runs over an env with :class:`s2e.rl.features.FrameFeatures`); ``None`` when
             the encoder is trainable, since stored features would then go stale.
         action_key, log_prob_key: the actor's sample and its log-probability (what PPO's ratio reads).
-        reference_kl: (``context``, ``frozen_anchor_features``) -> ``reference_kl`` (:class:`AnchorReferenceKL`)
+        reference_scores: ``frozen_anchor_features`` -> ``reference_scores`` (:class:`ReferenceScores`)
             when the RAM's frozen half is stored in the rollout (strategy ``ram``), else ``None``.
     """
 
@@ -284,7 +289,7 @@ class ActorCritic:
     feature_policy: TensorDictSequential | None = None
     action_key: str = TRAJECTORY_KEY
     log_prob_key: str = LOG_PROB_KEY
-    reference_kl: TensorDictModule | None = None
+    reference_scores: TensorDictModule | None = None
 
     def value_of(self, observation: TensorDictBase) -> Tensor:
         """V [K, 1] of K observations from the rollout env: from their frame features when the env
@@ -304,12 +309,12 @@ def build_actor_critic(
 ) -> ActorCritic:
     """Wire the modules (see the module docstring); ``exploration`` shapes the sampled distribution."""
     context = TensorDictModule(PolicyContext(policy), in_keys=["frames", "goal"], out_keys=["context"])
-    reference_kl = None
+    reference_scores = None
     if not encoder_trainable and has_frozen_ram(policy):  # the RAM's frozen half goes into the rollout beside the context
         before_actor = [TensorDictModule(FrozenAnchorFeatures(policy), in_keys=["context"], out_keys=[FROZEN_KEY])]
         residual = ResidualDecoder(policy, exploration)
         decoder = TensorDictModule(residual, in_keys=["context", FROZEN_KEY], out_keys=[*DIST_KEYS, "scale"])
-        reference_kl = TensorDictModule(AnchorReferenceKL(residual), in_keys=["context", FROZEN_KEY], out_keys=[REFERENCE_KL_KEY])
+        reference_scores = TensorDictModule(ReferenceScores(residual), in_keys=[FROZEN_KEY], out_keys=[REFERENCE_SCORES_KEY])
     else:
         before_actor = []
         decoder = TensorDictModule(PolicyDecoder(policy, exploration), in_keys=["context"], out_keys=[*DIST_KEYS, "scale"])
@@ -352,7 +357,7 @@ def build_actor_critic(
         collect_policy=TensorDictSequential(drive, critic),
         action_key=action_key,
         log_prob_key=log_prob_key,
-        reference_kl=reference_kl,
+        reference_scores=reference_scores,
     )
     if not encoder_trainable:
         modules.feature_context = TensorDictModule(FeatureContext(policy), in_keys=[FEATURES_KEY, "goal"], out_keys=["context"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -21,9 +21,10 @@ from tensordict.nn import TensorDictModule
 from torch import Tensor
 from torchrl.objectives import ClipPPOLoss
 
-from s2e.rl.actor import REFERENCE_KL_KEY, ActorCritic, Exploration
+from s2e.rl.actor import REFERENCE_SCORES_KEY, ActorCritic, Exploration, anchor_kl
 from s2e.rl.advantage import ValueOfObservation, add_gae
 
+REFERENCE_KL_KEY = "reference_kl"  # logged as ppo/reference_kl
 PPO_DIAGNOSTICS = ("kl_approx", "clip_fraction", "entropy", "explained_variance", "ESS", "loss_objective", "loss_critic", "loss_entropy")
 
 OptimizerStep = Callable[[Tensor], None]  # one loss -> backward, gradient clipping, optimizer step
@@ -95,9 +96,44 @@ class PPOConfig:
         return Exploration(self.anchor_temperature, self.std_scale, self.exploration_space)
 
 
+class AnchoredClipPPOLoss(ClipPPOLoss):
+    """``ClipPPOLoss`` that also reports KL(policy || pretrained policy) of the anchor choice, from the
+    anchor scores of the same forward pass that gives PPO its ratio (one decoder pass per minibatch,
+    not two): where a minibatch holds ``reference_scores`` (:class:`s2e.rl.actor.ReferenceScores`),
+    the output gets ``reference_kl`` (its mean, detached, for the log) and ``loss_reference_kl``
+    (``weight`` x that mean, with its gradient).
+    """
+
+    def __init__(self, *args: Any, reference_weight: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reference_weight = float(reference_weight)
+        self._scores: Optional[Tensor] = None
+
+    def _get_cur_log_prob(self, tensordict: TensorDictBase, params: Any = None) -> Any:
+        # the actor's decoder writes its (tempered) anchor scores into the loss's copy of the minibatch
+        out = super()._get_cur_log_prob(tensordict, params)
+        if params is None:
+            self._scores = tensordict.get("scores", None)
+        return out
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        self._scores = None
+        out = super().forward(tensordict)
+        reference = tensordict.get(REFERENCE_SCORES_KEY, None)
+        if reference is not None:
+            if self._scores is None:
+                raise RuntimeError("the actor wrote no 'scores' for the reference KL")
+            drift = anchor_kl(self._scores, reference).mean()
+            out.set(REFERENCE_KL_KEY, drift.detach())
+            out.set("loss_reference_kl", self.reference_weight * drift)
+        self._scores = None
+        return out
+
+
 def make_ppo_loss(modules: ActorCritic, config: PPOConfig) -> ClipPPOLoss:
-    """``ClipPPOLoss`` over the actor and critic, reading the actor's sample and log-probability keys."""
-    loss = ClipPPOLoss(
+    """``ClipPPOLoss`` over the actor and critic, reading the actor's sample and log-probability keys,
+    with the KL penalty to the pretrained policy where the strategy can compute it."""
+    loss = AnchoredClipPPOLoss(
         modules.actor,
         modules.critic,
         clip_epsilon=config.clip_epsilon,
@@ -105,6 +141,7 @@ def make_ppo_loss(modules: ActorCritic, config: PPOConfig) -> ClipPPOLoss:
         critic_coeff=config.critic_coeff,
         normalize_advantage=True,
         functional=False,  # the optimizer owns the live parameters; required under DDP
+        reference_weight=config.reference_kl,
     )
     loss.set_keys(action=modules.action_key, sample_log_prob=modules.log_prob_key, value="state_value")
     return loss
@@ -122,12 +159,12 @@ def ppo_update(
     value_of: ValueOfObservation,
     config: PPOConfig,
     optimizer_step: OptimizerStep,
-    reference_kl: Optional[TensorDictModule] = None,
+    reference_scores: Optional[TensorDictModule] = None,
 ) -> dict[str, float]:
     """One rollout batch [envs, time] of PPO; returns the ``ppo/*`` diagnostics (means over minibatches).
-    ``reference_kl``: the actor's :class:`s2e.rl.actor.AnchorReferenceKL` (``ActorCritic.reference_kl``),
-    penalised with weight ``config.reference_kl`` on every minibatch; at weight 0 only logged, from
-    each batch's first minibatch (the drift before this batch's updates), to keep the update cheap."""
+    ``reference_scores``: the actor's :class:`s2e.rl.actor.ReferenceScores` (``ActorCritic.reference_scores``),
+    run once over the batch; the loss (:class:`AnchoredClipPPOLoss`) then logs the KL to them on
+    every minibatch and adds its penalty (weight ``config.reference_kl``)."""
     # 1. advantages and value targets; V(s_t) was stored by the collector, V(s_t+1) is re-evaluated only where a row ends
     add_gae(batch, value_of, config.gamma, config.gae_lambda)
 
@@ -135,25 +172,21 @@ def ppo_update(
     keys = loss.tensor_keys
     reads = [k for k in loss.in_keys if not (isinstance(k, tuple) and k[0] == "next")]
     flat = batch.select(*dict.fromkeys([*reads, keys.action, keys.sample_log_prob, keys.advantage, keys.value_target, keys.value])).reshape(-1)
+    if reference_scores is not None:
+        reference_scores(flat)  # the pretrained policy's anchor scores: stored keys only, so once per batch
 
-    # 3. shuffled minibatch passes of the clipped objective + value loss (+ entropy bonus)
+    # 3. shuffled minibatch passes of the clipped objective + value loss (+ entropy bonus, + KL penalty)
     logged: dict[str, list[float]] = defaultdict(list)
     updates = 0
     for index in minibatch_indices(flat.shape[0], config.epochs, config.minibatch_size):
-        minibatch = flat[index]
-        losses = loss(minibatch)
+        losses = loss(flat[index])
         for key in PPO_DIAGNOSTICS:
             logged[key].append(float(losses[key].detach().mean()))
+        if REFERENCE_KL_KEY in losses.keys():
+            logged[REFERENCE_KL_KEY].append(float(losses[REFERENCE_KL_KEY]))
         if config.target_kl is not None and logged["kl_approx"][-1] > config.target_kl:
             break  # the policy left the trust region: this batch's data is used up
-        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-        if reference_kl is not None and (config.reference_kl > 0 or updates == 0):  # at weight 0 only logged, once per batch
-            with torch.set_grad_enabled(config.reference_kl > 0):
-                drift = reference_kl(minibatch.select(*reference_kl.in_keys))[REFERENCE_KL_KEY].mean()
-            logged["reference_kl"].append(float(drift.detach()))
-            if config.reference_kl > 0:
-                total = total + config.reference_kl * drift
-        optimizer_step(total)
+        optimizer_step(sum(losses[key] for key in losses.keys() if key.startswith("loss_")))
         updates += 1
 
     # 4. what TensorBoard shows
