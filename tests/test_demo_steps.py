@@ -44,3 +44,25 @@ def test_every_navbench_step_reports_where_the_compare_step_reads(tmp_path: Path
     for step in bench:
         assert _option(step.command, "--data.init_args.max_episodes_per_task") == "12"
         assert int(_option(step.command, "--data.init_args.num_envs")) == 48  # every task of a run in one batch
+
+
+def test_the_rl_step_keeps_the_newest_run_and_plots_its_curves(tmp_path: Path) -> None:
+    """After the RL fit: the newest run's last.ckpt becomes posttrain.ckpt and its TensorBoard
+    scalars (real event files) become the learning-curve PNG the demo prints."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = tmp_path / "demo"
+    logs = out / "lightning_logs"
+    step = next(s for s in demo.build_steps(out, _args(400)) if s.name.startswith("RL post-training"))
+    assert step.output == out / "posttrain.ckpt" and _option(step.command, "--trainer.max_epochs") == "1"
+    for version, content in ((0, b"old"), (1, b"new")):
+        run = logs / "posttrain" / f"version_{version}"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.ckpt").write_bytes(content)
+        writer = SummaryWriter(str(run))
+        for batch in range(3):
+            writer.add_scalar("train/episode/return", float(batch), batch)
+        writer.close()
+    step.after()
+    assert (out / "posttrain.ckpt").read_bytes() == b"new"
+    assert (out / "posttrain_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,8 @@ Steps (each prints its progress; a rerun skips every step whose output already e
 2. dataset statistics of those shards;
 3. K-Means anchors over their normalized future trajectories;
 4. AGDM pretraining of the small policy through the Lightning CLI (``experiments/pretrain.yaml``);
-5. RL post-training with the Residual Attention Module in the ``sim`` domain (``experiments/posttrain.yaml``);
+5. RL post-training with the Residual Attention Module in the ``sim`` domain (``experiments/posttrain.yaml``,
+   4 epochs of its recipe), its learning curves as ``posttrain_curves.png``;
 6. NavBench on held-out episodes of the standard suite (12 per task, both appearance domains):
    straight-to-goal, the pretrained policy with real and with grey frames (does it use its
    camera?) and the post-trained policy, then SR / RC / CT with bootstrap 95 % CIs side by side
@@ -163,7 +164,7 @@ def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
                 "--trainer.logger.init_args.save_dir",
                 str(logs),
             ],
-            after=lambda: shutil.copy(_newest("posttrain/**/last.ckpt", logs), out / "posttrain.ckpt"),
+            after=lambda: _keep_posttrain(logs, out),
         ),
         *[
             navbench_step(out, name, agent_args, logs, args.bench_episodes)
@@ -219,6 +220,16 @@ def build_steps(out: Path, args: argparse.Namespace) -> list[Step]:
             ],
         ),
     ]
+
+
+def _keep_posttrain(logs: Path, out: Path) -> None:
+    """The RL run's last checkpoint becomes the demo's stable path, and its learning curves (return,
+    success, KL, clip fraction, ... from TensorBoard) a PNG beside it."""
+    from s2e.scripts.reproduce_s2e import plot_curves
+
+    shutil.copy(_newest("posttrain/**/last.ckpt", logs), out / "posttrain.ckpt")
+    plot_curves({"ram": logs / "posttrain"}, out / "posttrain_curves.png")
+    print(f"RL learning curves: {out / 'posttrain_curves.png'}", flush=True)
 
 
 def navbench_step(out: Path, name: str, agent_args: list[str], logs: Path, episodes_per_task: int) -> Step:
