@@ -9,8 +9,10 @@ Runs ``PostTrainModule`` + ``SimulatorRollouts`` under a Lightning ``Trainer`` e
 a config such as :class:`s2e.rl.ppo.PPOConfig`), and times, from the second collected
 batch on (env creation, compilation and the first batch excluded):
 
-* ``render``: the renderer (``NavEnv.renderer.render``);
+* ``render``: the renderer (``NavEnv.renderer.render``) within env steps;
 * ``env_other``: the rest of the env step (physics, crowd, rewards, frame stacking);
+* ``reset``: starting new episodes for the envs whose episode ended (``NavEnv._reset``: new scenes,
+  their first frames), which with ``end_on_contact`` happens after most steps somewhere in the batch;
 * ``encode``: the frozen encoder on the env's new frames (:class:`s2e.rl.features.FrameFeatures`,
   ``ram`` / ``decoder``; under ``full`` the encoder runs inside ``policy``);
 * ``policy``: the collector's policy (context, actor, controller, value);
@@ -51,27 +53,33 @@ import s2e.rl.ppo as ppo
 from s2e.posttrain import PostTrainModule, SimulatorRollouts
 from s2e.sim.compiled import PROCESS_POLICY, CompilePolicy
 
-PARTS = ("render", "env_other", "encode", "policy", "gae", "update", "overhead")
+PARTS = ("render", "env_other", "reset", "encode", "policy", "gae", "update", "overhead")
 
 
 class Stopwatch:
-    """Accumulated seconds and calls per named part; ``wrap`` times every call of a function."""
+    """Accumulated seconds and calls per named part; ``wrap`` times every call of a function, except
+    calls made while the part named ``unless`` runs (they count in that part, not twice)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.calls: dict[str, int] = {}
+        self.running: dict[str, int] = {}
 
-    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap(self, name: str, fn: Callable[..., Any], unless: str | None = None) -> Callable[..., Any]:
         self.seconds.setdefault(name, 0.0)
         self.calls.setdefault(name, 0)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            if unless is not None and self.running.get(unless):
+                return fn(*args, **kwargs)
+            self.running[name] = self.running.get(name, 0) + 1
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - start
                 self.calls[name] += 1
+                self.running[name] -= 1
 
         return timed
 
@@ -97,7 +105,8 @@ class Instrument(pl.Callback):
         if self.started is None:
             watch, env = self.watch, self._env(trainer)
             base = env.base_env
-            base.renderer.render = watch.wrap("render", base.renderer.render)
+            base._reset = watch.wrap("reset", base._reset)
+            base.renderer.render = watch.wrap("render", base.renderer.render, unless="reset")
             base._step = watch.wrap("env_step", base._step)
             for transform in env.transform:
                 if hasattr(transform, "_features"):  # s2e.rl.features.FrameFeatures
@@ -208,7 +217,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.fit(module, datamodule=data)
     wall = time.perf_counter() - instrument.started
 
-    seconds = {name: watch.seconds.get(name, 0.0) for name in ("render", "encode", "policy", "gae")}
+    seconds = {name: watch.seconds.get(name, 0.0) for name in ("render", "reset", "encode", "policy", "gae")}
     seconds["env_other"] = watch.seconds["env_step"] - seconds["render"]
     seconds["update"] = watch.seconds["ppo"] - seconds["gae"]
     seconds["overhead"] = wall - sum(seconds.values())
@@ -227,6 +236,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds_by_part": {k: round(v, 2) for k, v in seconds.items()},
         "ms_per_env_step": {k: round(1e3 * v / env_steps, 2) for k, v in seconds.items()},
         "ppo_updates_per_batch": watch.calls["optimizer_step"] / args.batches,
+        "resets_per_batch": watch.calls["reset"] / args.batches,
         "strategy": args.strategy,
         "envs": args.envs,
         "steps_per_batch": steps,
