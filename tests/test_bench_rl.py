@@ -1,11 +1,19 @@
 """tools/bench_rl.py: its time split accounts for the run's wall time without counting anything twice
-(a render inside an episode reset belongs to the reset, not to the env step), on a real tiny fit."""
+(a render inside an episode reset belongs to the reset, not to the env step), on a real tiny fit.
+The tool runs as users run it, in its own process: it sets the thread count, seeds and patches the
+functions it times, none of which may leak into the other tests."""
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
+import subprocess
+import sys
 
 from s2e.scripts import bench_rl
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_a_call_inside_the_unless_part_counts_once() -> None:
@@ -18,7 +26,10 @@ def test_a_call_inside_the_unless_part_counts_once() -> None:
 
 
 def test_the_split_covers_the_wall_time_with_no_negative_part() -> None:
-    result = bench_rl.run(["--envs", "4", "--steps", "8", "--batches", "2", "--compile", "off", "--threads", "1", "--model", "ppo.minibatch_size=16"])
+    argv = ["--envs", "4", "--steps", "8", "--batches", "2", "--compile", "off", "--threads", "1", "--model", "ppo.minibatch_size=16"]
+    done = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_rl.py"), *argv], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])  # the last line is one JSON object
     assert result["action_repeat"] == 2 and result["frames"] == 4 * 8 * 2 * 2  # envs x steps x batches x repeat
     parts = result["seconds_by_part"]
     assert set(parts) == set(bench_rl.PARTS)
