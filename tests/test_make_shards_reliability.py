@@ -95,6 +95,11 @@ def test_subfolders_pair_by_relative_path_and_a_video_with_two_pose_files_is_an_
         find_clips(videos, poses, "csv")
 
 
+#: Clips an interrupted run is given: many more than the three it reports before the signal, so that
+#: on a loaded machine, where the test may read the child's third line late, the tool is still busy.
+INTERRUPTED_CLIPS = 40
+
+
 def interrupt_tool(videos: Path, poses: Path, out: Path, sig: signal.Signals, clips: int) -> int:
     """Run the tool over ``clips`` clips, two per shard, and send ``sig`` once it reports its third clip."""
     for n in range(clips):
@@ -114,17 +119,17 @@ def interrupt_tool(videos: Path, poses: Path, out: Path, sig: signal.Signals, cl
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_deletes_the_open_shard_and_keeps_the_finished_ones(tmp_path, sig):
     videos, poses, out = folders(tmp_path)
-    assert interrupt_tool(videos, poses, out, sig, clips=12) == 130
+    assert interrupt_tool(videos, poses, out, sig, clips=INTERRUPTED_CLIPS) == 130
     assert not list(out.glob("*.partial"))
     kept = shard_episodes(out)  # every shard-*.tar reads to its end
     journal = [json.loads(line) for line in (out / "ingest-journal.jsonl").read_text().splitlines()[1:]]
     assert sorted(c["clip"] for line in journal for c in line["clips"]) == kept  # the journal describes exactly them
-    assert 2 <= len(kept) < 12
+    assert 2 <= len(kept) < INTERRUPTED_CLIPS
 
 
 def test_killed_run_is_refused_then_resumed_without_duplicates(tmp_path):
     videos, poses, out = folders(tmp_path)
-    clips = [f"clip{n:02d}" for n in range(12)]
+    clips = [f"clip{n:02d}" for n in range(INTERRUPTED_CLIPS)]
     assert interrupt_tool(videos, poses, out, signal.SIGKILL, clips=len(clips)) == -signal.SIGKILL
     assert 2 <= len(shard_episodes(out)) < len(clips)  # whatever is named shard-*.tar is complete
 
@@ -141,7 +146,7 @@ def test_killed_run_is_refused_then_resumed_without_duplicates(tmp_path):
     changed = run_tool(videos, poses, out, "--shard-max-count", "3", "--resume")
     assert changed.returncode == 2 and "other inputs or options (shard_max_count)" in changed.stderr
     over = run_tool(videos, poses, out, "--shard-max-count", "3", "--overwrite")
-    assert over.returncode == 0 and sorted(shard_episodes(out)) == clips and len(list(out.glob("shard-*.tar"))) == 4
+    assert over.returncode == 0 and sorted(shard_episodes(out)) == clips and len(list(out.glob("shard-*.tar"))) == -(-len(clips) // 3)
 
 
 def test_a_run_that_writes_nothing_fails_leaves_no_shard_and_does_not_block_a_rerun(tmp_path):
