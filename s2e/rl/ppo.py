@@ -62,10 +62,11 @@ class PPOConfig:
             (sample which anchor to follow and drive its mean: the ratio is that of the choice the
             deployed argmax makes): see :class:`s2e.rl.actor.Exploration`.
         reference_kl: weight of the penalty on KL(policy || pretrained policy) of the anchor choice
-            (:class:`s2e.rl.actor.AnchorReferenceKL`; strategy ``ram`` only, so the other strategies
-            need it set to 0). 0: no penalty; the KL is logged as ``ppo/reference_kl`` whenever the
-            strategy can compute it (at 0: once per batch). 0.01 kept every task at or above the
-            pretrained policy; without it a task mix drifted (overall SR -0.08), 0.5 froze learning.
+            (:class:`s2e.rl.actor.ReferenceScores`, :class:`AnchoredClipPPOLoss`; strategy ``ram``
+            only, so the other strategies need it set to 0). 0: no penalty; the KL is logged as
+            ``ppo/reference_kl`` whenever the strategy can compute it (at any weight, every
+            minibatch). 0.01 kept every task at or above the pretrained policy; without it a task
+            mix drifted (overall SR -0.08), 0.5 froze learning.
     """
 
     gamma: float = 0.99
